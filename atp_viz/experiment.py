@@ -1,0 +1,266 @@
+"""One experiment = schedule -> prune -> measure -> store; beta sweeps and strategy comparisons.
+
+A ``Workbench`` holds one loaded model, its corpus windows and a copy of the dense weights, so that
+many schedules can be tried without reloading: each point restores the dense weights, prunes
+sequentially, measures, and commits its result to the store before the next point starts.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any, Callable, Iterator, Sequence
+
+import numpy as np
+import torch
+
+from . import schedules
+from .calibration import BlockCalls, PruneReport, capture_block_calls, outlier_ratios, prune_sequential
+from .config import CALIBRATION_MODES, CalibConfig, EvalConfig, PruneConfig, ScheduleSpec, check_choice, check_int
+from .data import DEFAULT_CORPUS, Corpus, calibration_windows, evaluation_windows, load_corpus, token_ids
+from .evaluate import perplexity
+from .layer_stats import block_alphas, block_param_counts, prunable_linears
+from .models import DEFAULT_MODEL, LoadedModel, load_model
+from .pruners import get_pruner
+from .store import ResultStore, fingerprint
+
+# (fraction of the whole job done in [0, 1], what is happening now)
+Progress = Callable[[float, str], None]
+POINT_KIND = "point"
+DENSE_KIND = "dense"
+
+
+@dataclass(frozen=True)
+class Setup:
+    """Everything except the schedule that decides a result (plus where to run it)."""
+
+    model: str = DEFAULT_MODEL
+    corpus: str = DEFAULT_CORPUS
+    calib: CalibConfig = field(default_factory=CalibConfig)
+    evaluation: EvalConfig = field(default_factory=EvalConfig)
+    prune: PruneConfig = field(default_factory=PruneConfig)
+    calibration: str = "sequential"
+    device: str = "cpu"
+    dtype: str = "float32"
+    batch_size: int = 8  # calibration windows per block call (memory, not results)
+
+    def __post_init__(self) -> None:
+        check_choice("calibration mode", self.calibration, CALIBRATION_MODES)
+        check_int("batch size", self.batch_size, 1)
+
+    def describe(self) -> dict[str, Any]:
+        """Flat, JSON-friendly settings: store rows are filtered on these fields."""
+        return {
+            "model": self.model,
+            "corpus": self.corpus,
+            "pruner": self.prune.pruner,
+            "nm": list(self.prune.nm) if self.prune.nm else None,
+            "calib_samples": self.calib.samples,
+            "calib_seqlen": self.calib.seqlen,
+            "seed": self.calib.seed,
+            "eval_windows": self.evaluation.windows,
+            "eval_seqlen": self.evaluation.seqlen,
+            "calibration": self.calibration,
+            "dtype": self.dtype,
+        }
+
+
+@dataclass
+class PointResult:
+    """One pruned model's measurements; arrays have one entry per decoder block."""
+
+    method: str
+    sparsity: float
+    beta: float
+    rates: np.ndarray
+    perplexity: float
+    layer_sparsity: np.ndarray
+    cumulative_error: np.ndarray
+    local_error: np.ndarray
+    cumulative_error_abs: np.ndarray
+    local_error_abs: np.ndarray
+    wall_time: float
+    params: dict[str, Any] = field(default_factory=dict)
+    key: str = ""
+    cached: bool = False  # read from the store rather than computed now
+
+    ARRAYS = ("rates", "layer_sparsity", "cumulative_error", "local_error", "cumulative_error_abs", "local_error_abs")
+
+    def to_record(self) -> dict[str, Any]:
+        record = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name not in ("key", "cached")}
+        return {k: (v.tolist() if isinstance(v, np.ndarray) else v) for k, v in record.items()}
+
+    @classmethod
+    def from_record(cls, record: dict[str, Any], key: str = "", cached: bool = True) -> "PointResult":
+        values = {k: (np.asarray(v, dtype=float) if k in cls.ARRAYS else v) for k, v in record.items()}
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in values.items() if k in names}, key=key, cached=cached)
+
+
+def scaled(progress: Progress | None, start: float, width: float) -> Progress | None:
+    """A progress callback for a sub-task occupying [start, start + width] of the whole job."""
+    if progress is None:
+        return None
+    return lambda fraction, message: progress(start + width * min(max(fraction, 0.0), 1.0), message)
+
+
+class Workbench:
+    """A loaded model with its calibration and evaluation windows, ready to try schedules."""
+
+    def __init__(self, setup: Setup, store: ResultStore | None = None, loaded: LoadedModel | None = None, progress: Progress | None = None) -> None:
+        self.setup = setup
+        self.store = store
+        report = (lambda message: progress(0.0, message)) if progress else None
+        self.loaded = loaded or load_model(setup.model, setup.device, setup.dtype, progress=report)
+        self.corpus: Corpus = load_corpus(setup.corpus)
+        self._check_lengths()
+        tokenizer = self.loaded.tokenizer
+        self.calib_ids = calibration_windows(token_ids(tokenizer, self.corpus.calibration_text), setup.calib.samples, setup.calib.seqlen, setup.calib.seed)
+        self.eval_ids = evaluation_windows(token_ids(tokenizer, self.corpus.evaluation_text), setup.evaluation.windows, setup.evaluation.seqlen)
+        self.pruner = get_pruner(setup.prune.pruner)
+        # Dense weights of every prunable linear; each point starts from these (SparseGPT edits weights).
+        self.dense_weights = {
+            (i, name): lin.weight.detach().clone() for i, block in enumerate(self.loaded.blocks) for name, lin in prunable_linears(block).items()
+        }
+        self.param_counts = block_param_counts(self.loaded.blocks)
+        self._calls: BlockCalls | None = None
+        self._alphas: np.ndarray | None = None
+        self._outliers: dict[float, np.ndarray] = {}
+
+    def _check_lengths(self) -> None:
+        limit = self.loaded.max_length
+        for what, seqlen in (("calibration", self.setup.calib.seqlen), ("evaluation", self.setup.evaluation.seqlen)):
+            if seqlen > limit:
+                raise ValueError(f"{what} seqlen {seqlen} exceeds the model's context of {limit} tokens (allowed: 2..{limit})")
+
+    @property
+    def num_blocks(self) -> int:
+        return self.loaded.num_blocks
+
+    def base_fingerprint(self) -> dict[str, Any]:
+        return {"model": self.loaded.fingerprint, "corpus": self.corpus.fingerprint, **self.setup.describe()}
+
+    def point_key(self, spec: ScheduleSpec) -> str:
+        return fingerprint(kind=POINT_KIND, **self.base_fingerprint(), schedule=spec.params())
+
+    def calls(self) -> BlockCalls:
+        if self._calls is None:
+            self._calls = capture_block_calls(self.loaded.model, self.loaded.blocks, self.calib_ids, self.setup.batch_size)
+        return self._calls
+
+    def restore_dense(self) -> None:
+        with torch.no_grad():
+            for i, block in enumerate(self.loaded.blocks):
+                for name, lin in prunable_linears(block).items():
+                    lin.weight.copy_(self.dense_weights[(i, name)])
+
+    # -- layer statistics used by OWL and AlphaPruning ---------------------------------------
+    def alphas(self) -> np.ndarray:
+        if self._alphas is None:
+            self._alphas = block_alphas(self.loaded.blocks)
+        return self._alphas
+
+    def outlier_ratios(self, m: float, progress: Progress | None = None) -> np.ndarray:
+        if m not in self._outliers:
+            self.restore_dense()
+            report = (lambda done, total: progress(done / total, f"OWL outliers: block {done}/{total}")) if progress else None
+            self._outliers[m] = outlier_ratios(self.loaded.blocks, self.calls(), m, self.setup.batch_size, report)
+        return self._outliers[m]
+
+    def schedule(self, spec: ScheduleSpec, progress: Progress | None = None) -> np.ndarray:
+        """Per-block rates for ``spec`` on this model (OWL runs a dense calibration pass once)."""
+        return schedules.make_schedule(
+            spec,
+            self.num_blocks,
+            outlier_ratios=self.outlier_ratios(spec.m, progress) if spec.method == "owl" else None,
+            alphas=self.alphas() if spec.method == "alphapruning" else None,
+            weights=self.param_counts,
+        )
+
+    # -- measurements --------------------------------------------------------------------------
+    def dense_perplexity(self, progress: Progress | None = None) -> float:
+        """Perplexity of the unpruned model, computed once per model + corpus + evaluation setting."""
+        key = fingerprint(kind=DENSE_KIND, model=self.loaded.fingerprint, corpus=self.corpus.fingerprint, evaluation=asdict(self.setup.evaluation), dtype=self.setup.dtype)
+        if self.store is not None and (record := self.store.get(key)) is not None:
+            return float(record["perplexity"])
+        self.restore_dense()
+        report = (lambda done, total: progress(done / total, f"dense perplexity: window {done}/{total}")) if progress else None
+        value = perplexity(self.loaded.model, self.eval_ids, self.setup.evaluation.batch_size, report)
+        if self.store is not None:
+            self.store.put(key, DENSE_KIND, self.setup.model, {**self.setup.describe(), "method": "dense"}, {"perplexity": value})
+        return value
+
+    def stored(self, spec: ScheduleSpec) -> PointResult | None:
+        if self.store is None:
+            return None
+        key = self.point_key(spec)
+        record = self.store.get(key)
+        return PointResult.from_record(record, key) if record is not None else None
+
+    def run(self, spec: ScheduleSpec, progress: Progress | None = None) -> PointResult:
+        """Prune the dense model with ``spec``, measure it and commit the result (or read it back)."""
+        if (done := self.stored(spec)) is not None:
+            return done
+        started = time.perf_counter()
+        rates = self.schedule(spec, scaled(progress, 0.0, 0.05))
+        self.restore_dense()
+        blocks = self.num_blocks
+        prune_report = (lambda d, t: progress(0.05 + 0.65 * d / t, f"pruning block {d}/{t}")) if progress else None
+        report: PruneReport = prune_sequential(self.loaded.blocks, self.calls(), rates, self.pruner, self.setup.prune.nm, self.setup.batch_size, prune_report)
+        eval_report = (lambda d, t: progress(0.7 + 0.3 * d / t, f"perplexity: window {d}/{t}")) if progress else None
+        ppl = perplexity(self.loaded.model, self.eval_ids, self.setup.evaluation.batch_size, eval_report)
+        result = PointResult(
+            method=spec.method,
+            sparsity=float(schedules.weighted_mean(rates, self.param_counts)),
+            beta=float(spec.beta) if spec.method == "atp" else 0.0,
+            rates=rates,
+            perplexity=ppl,
+            layer_sparsity=report.layer_sparsity,
+            cumulative_error=report.cumulative_error,
+            local_error=report.local_error,
+            cumulative_error_abs=report.cumulative_error_abs,
+            local_error_abs=report.local_error_abs,
+            wall_time=time.perf_counter() - started,
+            params=spec.params(),
+            key=self.point_key(spec),
+        )
+        assert len(result.rates) == blocks
+        if self.store is not None:
+            config = {**self.setup.describe(), **{k: v for k, v in spec.params().items() if k != "rates"}}
+            self.store.put(result.key, POINT_KIND, self.setup.model, config, result.to_record())
+        return result
+
+    def run_many(self, specs: Sequence[ScheduleSpec], progress: Progress | None = None) -> Iterator[PointResult]:
+        """Run specs in order, yielding each result as soon as it is stored (finished ones are read back)."""
+        total = len(specs)
+        for index, spec in enumerate(specs):
+            label = f"[{index + 1}/{total}] {describe_spec(spec)}"
+            sub = scaled(progress, index / total, 1 / total)
+            yield self.run(spec, (lambda f, m, sub=sub, label=label: sub(f, f"{label}: {m}")) if sub else None)
+            if progress:
+                progress((index + 1) / total, f"{label}: done")
+
+    def beta_sweep(self, sparsity: float, step: float = schedules.GRID_STEP, progress: Progress | None = None) -> Iterator[PointResult]:
+        """beta = 0 (uniform) and then every beta of the grid, each point stored as it finishes."""
+        return self.run_many(sweep_specs(self.num_blocks, sparsity, step), progress)
+
+
+def sweep_specs(num_blocks: int, sparsity: float, step: float = schedules.GRID_STEP) -> list[ScheduleSpec]:
+    """Uniform (beta = 0, stored as a uniform point so other jobs share it) plus the ATP grid."""
+    grid = schedules.beta_grid(num_blocks, sparsity, step).tolist()
+    return [ScheduleSpec(method="uniform", sparsity=sparsity), *(ScheduleSpec(method="atp", sparsity=sparsity, beta=float(b)) for b in grid)]
+
+
+def best_point(points: Sequence[PointResult]) -> PointResult:
+    """The ATP point (beta > 0) with the lowest perplexity; the uniform point when it is alone."""
+    grid = [p for p in points if p.method == "atp" and p.beta > 0] or list(points)
+    return min(grid, key=lambda p: p.perplexity)
+
+
+def describe_spec(spec: ScheduleSpec) -> str:
+    params = spec.params()
+    if spec.method == "custom":
+        return "custom"
+    extra = ", ".join(f"{k}={v:g}" for k, v in params.items() if k not in ("method", "sparsity"))
+    return f"{spec.method} S={spec.sparsity:g}" + (f" {extra}" if extra else "")
