@@ -44,6 +44,8 @@ class Setup:
     device: str = "cpu"
     dtype: str = "float32"
     batch_size: int = 8  # calibration windows per block call (memory, not results)
+    trust_remote_code: bool = False  # load options: they decide what may run, not the results
+    allow_pickle: bool = False
 
     def __post_init__(self) -> None:
         check_choice("calibration mode", self.calibration, CALIBRATION_MODES)
@@ -80,6 +82,7 @@ class PointResult:
     local_error: np.ndarray
     cumulative_error_abs: np.ndarray
     local_error_abs: np.ndarray
+    achieved_sparsity: float  # parameter-weighted fraction of zeros over all prunable linears
     wall_time: float
     params: dict[str, Any] = field(default_factory=dict)
     key: str = ""
@@ -112,7 +115,9 @@ class Workbench:
         self.setup = setup
         self.store = store
         report = (lambda message: progress(0.0, message)) if progress else None
-        self.loaded = loaded or load_model(setup.model, setup.device, setup.dtype, progress=report)
+        self.loaded = loaded or load_model(
+            setup.model, setup.device, setup.dtype, trust_remote_code=setup.trust_remote_code, allow_pickle=setup.allow_pickle, progress=report
+        )
         self.corpus: Corpus = load_corpus(setup.corpus)
         self._check_lengths()
         tokenizer = self.loaded.tokenizer
@@ -198,21 +203,24 @@ class Workbench:
         record = self.store.get(key)
         return PointResult.from_record(record, key) if record is not None else None
 
+    def apply(self, spec: ScheduleSpec, progress: Progress | None = None) -> tuple[np.ndarray, PruneReport]:
+        """Prune the dense weights in place with ``spec`` (no evaluation, nothing stored)."""
+        rates = self.schedule(spec, scaled(progress, 0.0, 0.1))
+        self.restore_dense()
+        report = (lambda d, t: progress(0.1 + 0.9 * d / t, f"pruning block {d}/{t}")) if progress else None
+        return rates, prune_sequential(self.loaded.blocks, self.calls(), rates, self.pruner, self.setup.prune.nm, self.setup.batch_size, report)
+
     def run(self, spec: ScheduleSpec, progress: Progress | None = None) -> PointResult:
         """Prune the dense model with ``spec``, measure it and commit the result (or read it back)."""
         if (done := self.stored(spec)) is not None:
             return done
         started = time.perf_counter()
-        rates = self.schedule(spec, scaled(progress, 0.0, 0.05))
-        self.restore_dense()
-        blocks = self.num_blocks
-        prune_report = (lambda d, t: progress(0.05 + 0.65 * d / t, f"pruning block {d}/{t}")) if progress else None
-        report: PruneReport = prune_sequential(self.loaded.blocks, self.calls(), rates, self.pruner, self.setup.prune.nm, self.setup.batch_size, prune_report)
+        rates, report = self.apply(spec, scaled(progress, 0.0, 0.7))
         eval_report = (lambda d, t: progress(0.7 + 0.3 * d / t, f"perplexity: window {d}/{t}")) if progress else None
         ppl = perplexity(self.loaded.model, self.eval_ids, self.setup.evaluation.batch_size, eval_report)
         result = PointResult(
             method=spec.method,
-            sparsity=float(schedules.weighted_mean(rates, self.param_counts)),
+            sparsity=float(schedules.weighted_mean(rates, self.param_counts)) if spec.method == "custom" else spec.sparsity,
             beta=float(spec.beta) if spec.method == "atp" else 0.0,
             rates=rates,
             perplexity=ppl,
@@ -221,11 +229,11 @@ class Workbench:
             local_error=report.local_error,
             cumulative_error_abs=report.cumulative_error_abs,
             local_error_abs=report.local_error_abs,
+            achieved_sparsity=float(schedules.weighted_mean(report.layer_sparsity, self.param_counts)),
             wall_time=time.perf_counter() - started,
             params=spec.params(),
             key=self.point_key(spec),
         )
-        assert len(result.rates) == blocks
         if self.store is not None:
             config = {**self.setup.describe(), **{k: v for k, v in spec.params().items() if k != "rates"}}
             self.store.put(result.key, POINT_KIND, self.setup.model, config, result.to_record())

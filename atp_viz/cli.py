@@ -1,0 +1,365 @@
+"""The ``atp-viz`` command: the same library calls the dashboard makes, with JSON output.
+
+Results go to stdout (``--json``: exactly one JSON object), progress to stderr. Bad input exits with
+code 2 and one line on stderr, before anything is written to the store.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from typing import Any, Sequence
+
+import numpy as np
+
+from . import schedules
+from .config import CALIBRATION_MODES, DTYPES, METHODS, PRUNERS, CalibConfig, EvalConfig, PruneConfig, ScheduleSpec, check_sparsity, parse_nm
+from .data import DEFAULT_CORPUS, HUB_CORPORA
+from .experiment import PointResult, Progress, Setup, Workbench, best_point, describe_spec, sweep_specs
+from .models import DEFAULT_MODEL, EMBEDDED_MODELS
+from .store import ResultStore, StoreError, default_store_path, to_jsonable
+
+EXIT_BAD_INPUT = 2
+
+
+class CliError(Exception):
+    """Bad input found by the CLI itself; printed as one line, exit code 2."""
+
+
+class Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # type: ignore[override]
+        # argparse prints usage + message; one line is easier to read in scripts and logs.
+        self.exit(EXIT_BAD_INPUT, f"{self.prog}: error: {message}\n")
+
+
+def float_list(text: str) -> list[float]:
+    try:
+        return [float(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
+
+
+def name_list(text: str) -> list[str]:
+    return [x.strip() for x in text.split(",") if x.strip()]
+
+
+def add_schedule_args(p: argparse.ArgumentParser, method: bool = True) -> None:
+    if method:
+        p.add_argument("--method", default="atp", choices=METHODS, help="schedule (default: atp)")
+    p.add_argument("--sparsity", type=float, default=0.7, help="target mean sparsity S in (0, 1) (default 0.7)")
+    p.add_argument("--beta", type=float, default=None, help="ATP slope in [0, beta_max] (prune/schedule: required for atp)")
+    p.add_argument("--lam", type=float, default=0.08, help="OWL lambda (default 0.08)")
+    p.add_argument("--m", type=float, default=5.0, help="OWL outlier threshold M (default 5)")
+    p.add_argument("--eps", type=float, default=0.3, help="AlphaPruning epsilon (default 0.3)")
+    p.add_argument("--rates", type=float_list, default=None, help="custom schedule: comma-separated rates, one per block")
+
+
+def add_setup_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", default=DEFAULT_MODEL, help=f"named model ({', '.join(EMBEDDED_MODELS)}), HF folder, .gguf file or hub id")
+    p.add_argument("--corpus", default=DEFAULT_CORPUS, help=f"{DEFAULT_CORPUS}, {', '.join(HUB_CORPORA)}, or a .txt/.json/.jsonl/.parquet file")
+    p.add_argument("--pruner", default="wanda", choices=PRUNERS)
+    p.add_argument("--nm", default=None, help="N:M semi-structured pattern such as 2:4 instead of a rate")
+    p.add_argument("--calib-samples", type=int, default=CalibConfig.samples, help="calibration windows (default %(default)s)")
+    p.add_argument("--seqlen", type=int, default=CalibConfig.seqlen, help="tokens per calibration window, and per evaluation window unless --eval-seqlen (default %(default)s)")
+    p.add_argument("--eval-windows", type=int, default=EvalConfig.windows, help="evaluation windows, 0 = all (default %(default)s)")
+    p.add_argument("--eval-seqlen", type=int, default=None, help="tokens per evaluation window (default: --seqlen)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--calibration", default="sequential", choices=CALIBRATION_MODES, help="sequential (paper-faithful) or cached statistics")
+    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto")
+    p.add_argument("--dtype", default="float32", choices=DTYPES)
+    p.add_argument("--batch-size", type=int, default=8, help="windows per forward call (memory only)")
+    p.add_argument("--store", default=None, help=f"results store (default {default_store_path()})")
+    p.add_argument("--no-store", action="store_true", help="neither read nor write the results store")
+    p.add_argument("--trust-remote-code", action="store_true", help="allow a model's own Python code to run (off by default)")
+    p.add_argument("--allow-pickle", action="store_true", help="allow pickle weights (.bin/.pt), which can run code (off by default)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = Parser(prog="atp-viz", description="Layer-wise sparsity for LLMs: ATP, OWL, AlphaPruning, uniform.")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
+
+    p = sub.add_parser("schedule", help="print per-block rates of a schedule")
+    add_schedule_args(p)
+    p.add_argument("--layers", type=int, default=None, help="number of decoder blocks (instead of --model)")
+    p.add_argument("--model", default=None, help="read the block count (and OWL/AlphaPruning statistics) from this model")
+    p.add_argument("--corpus", default=DEFAULT_CORPUS)
+    p.add_argument("--json", action="store_true")
+
+    for name, text in (("prune", "prune a model with one schedule and measure it"), ("errors", "per-block reconstruction errors of one or more schedules")):
+        p = sub.add_parser(name, help=text)
+        add_setup_args(p)
+        add_schedule_args(p, method=(name == "prune"))
+        if name == "errors":
+            p.add_argument("--methods", type=name_list, default=["uniform", "atp"], help="comma-separated (default uniform,atp)")
+        else:
+            p.add_argument("--save", default=None, help="export the pruned model (safetensors) + schedule.json to this folder")
+            p.add_argument("--force", action="store_true", help="allow --save into a non-empty folder")
+        p.add_argument("--json", action="store_true")
+
+    p = sub.add_parser("sweep", help="beta grid search: uniform (beta=0) plus every beta of the grid")
+    add_setup_args(p)
+    p.add_argument("--sparsity", type=float, default=0.7)
+    p.add_argument("--step", type=float, default=schedules.GRID_STEP, help="grid step (default %(default)s)")
+    p.add_argument("--json", action="store_true")
+
+    p = sub.add_parser("compare", help="methods x sparsities table (ATP at its best beta)")
+    add_setup_args(p)
+    p.add_argument("--methods", type=name_list, default=["uniform", "owl", "alphapruning", "atp"])
+    p.add_argument("--sparsities", type=float_list, default=[0.5, 0.6, 0.7, 0.8])
+    p.add_argument("--beta", type=float, default=None, help="fixed ATP beta instead of a sweep per sparsity")
+    p.add_argument("--step", type=float, default=schedules.GRID_STEP)
+    p.add_argument("--lam", type=float, default=0.08)
+    p.add_argument("--m", type=float, default=5.0)
+    p.add_argument("--eps", type=float, default=0.3)
+    p.add_argument("--json", action="store_true")
+
+    for name, text in (("models", "named models and whether they are installed"), ("corpora", "available corpora")):
+        p = sub.add_parser(name, help=text)
+        p.add_argument("--json", action="store_true")
+    return parser
+
+
+# -- building settings from arguments (all validation happens here, before any I/O) -------------
+def setup_from(args: argparse.Namespace) -> Setup:
+    return Setup(
+        model=args.model,
+        corpus=args.corpus,
+        calib=CalibConfig(args.calib_samples, args.seqlen, args.seed),
+        evaluation=EvalConfig(args.eval_windows, args.eval_seqlen or args.seqlen),
+        prune=PruneConfig(args.pruner, parse_nm(args.nm)),
+        calibration=args.calibration,
+        device=args.device,
+        dtype=args.dtype,
+        batch_size=args.batch_size,
+        trust_remote_code=args.trust_remote_code,
+        allow_pickle=args.allow_pickle,
+    )
+
+
+def spec_from(args: argparse.Namespace, method: str) -> ScheduleSpec:
+    if method == "atp" and args.beta is None:
+        raise CliError("--method atp needs --beta (see `atp-viz schedule --method atp --layers L --sparsity S` for beta_max, or run `atp-viz sweep`)")
+    return ScheduleSpec(
+        method=method,
+        sparsity=args.sparsity,
+        beta=args.beta or 0.0,
+        lam=args.lam,
+        m=args.m,
+        eps=args.eps,
+        rates=tuple(args.rates or ()),
+    )
+
+
+def open_store(args: argparse.Namespace) -> ResultStore | None:
+    return None if args.no_store else ResultStore(args.store)
+
+
+def tqdm_progress() -> Progress:
+    """A bar on stderr driven by the library's (fraction, message) callbacks."""
+    from tqdm import tqdm
+
+    bar = tqdm(total=1000, file=sys.stderr, bar_format="{l_bar}{bar}| {elapsed}<{remaining}", leave=False)
+
+    def update(fraction: float, message: str) -> None:
+        bar.n = int(round(1000 * min(max(fraction, 0.0), 1.0)))
+        bar.set_description_str(message[:70], refresh=False)
+        bar.refresh()
+
+    return update
+
+
+def log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def workbench(args: argparse.Namespace, setup: Setup) -> Workbench:
+    """Load the model and corpus (validates lengths), then attach the store: bad input writes nothing."""
+    wb = Workbench(setup, store=None, progress=lambda _f, message: log(message))
+    wb.store = open_store(args)
+    return wb
+
+
+def point_json(point: PointResult) -> dict[str, Any]:
+    return to_jsonable(point.to_record() | {"cached": point.cached})
+
+
+# -- commands -------------------------------------------------------------------------------------
+def cmd_schedule(args: argparse.Namespace) -> dict[str, Any]:
+    spec = spec_from(args, args.method)
+    if args.model is None:
+        if args.layers is None:
+            raise CliError("give --layers N or --model NAME")
+        if args.method in ("owl", "alphapruning"):
+            raise CliError(f"--method {args.method} needs layer statistics: give --model NAME instead of --layers")
+        rates = schedules.make_schedule(spec, args.layers)
+        weights = None
+    else:
+        setup = Setup(model=args.model, corpus=args.corpus, calib=CalibConfig(), evaluation=EvalConfig(windows=1))
+        wb = Workbench(setup, progress=lambda _f, message: log(message))
+        rates, weights = wb.schedule(spec), wb.param_counts
+    layers = len(rates)
+    sparsity = spec.sparsity if args.method != "custom" else schedules.weighted_mean(rates, weights)
+    return {
+        "method": args.method,
+        "layers": layers,
+        "sparsity": sparsity,
+        "beta_max": schedules.beta_max(layers, check_sparsity(sparsity)) if 0 < sparsity < 1 else 0.0,
+        "rates": rates.tolist(),
+        "mean": float(np.mean(rates)),
+        "weighted_mean": schedules.weighted_mean(rates, weights),
+    }
+
+
+def cmd_prune(args: argparse.Namespace) -> dict[str, Any]:
+    from .export import check_target, save_pruned
+
+    setup, spec = setup_from(args), spec_from(args, args.method)
+    if args.save:
+        check_target(__import__("pathlib").Path(args.save).expanduser(), args.force)
+    wb = workbench(args, setup)
+    wb.schedule(spec)  # validates beta against this model's beta_max before anything is stored
+    progress = tqdm_progress()
+    dense = wb.dense_perplexity(lambda f, m: progress(f, m))
+    point = wb.run(spec, progress)
+    out = point_json(point) | {"dense_perplexity": dense}
+    if args.save:
+        if point.cached:  # the stored result has no pruned weights in memory: prune again
+            wb.apply(spec, progress)
+        out["saved"] = str(save_pruned(wb.loaded, args.save, {**setup.describe(), **out}, force=args.force))
+    return out
+
+
+def cmd_errors(args: argparse.Namespace) -> dict[str, Any]:
+    setup = setup_from(args)
+    specs = [spec_from(args, method) for method in args.methods]
+    wb = workbench(args, setup)
+    for spec in specs:
+        wb.schedule(spec)
+    results = list(wb.run_many(specs, tqdm_progress()))
+    return {
+        "schedules": [
+            {"label": describe_spec(spec), **{k: v for k, v in point_json(point).items() if k in ("method", "beta", "sparsity", "rates", "perplexity", "cumulative_error", "local_error", "cumulative_error_abs", "local_error_abs")}}
+            for spec, point in zip(specs, results)
+        ]
+    }
+
+
+def cmd_sweep(args: argparse.Namespace) -> dict[str, Any]:
+    setup = setup_from(args)
+    sparsity = check_sparsity(args.sparsity)
+    if not (math.isfinite(args.step) and 0 < args.step < 1):
+        raise CliError(f"--step must be in (0, 1), got {args.step}")
+    wb = workbench(args, setup)
+    specs = sweep_specs(wb.num_blocks, sparsity, args.step)
+    progress = tqdm_progress()
+    dense = wb.dense_perplexity(progress)
+    points = []
+    for point in wb.run_many(specs, progress):
+        points.append(point)
+        log(f"{describe_spec(specs[len(points) - 1])}: ppl {point.perplexity:.3f}{' (stored)' if point.cached else ''}")
+    best = best_point(points)
+    return {
+        "sparsity": sparsity,
+        "beta_max": schedules.beta_max(wb.num_blocks, sparsity),
+        "dense_perplexity": dense,
+        "uniform_perplexity": points[0].perplexity,
+        "best_beta": best.beta,
+        "best_perplexity": best.perplexity,
+        "points": [point_json(p) for p in points],
+    }
+
+
+def cmd_compare(args: argparse.Namespace) -> dict[str, Any]:
+    setup = setup_from(args)
+    unknown = [m for m in args.methods if m not in ("uniform", "owl", "alphapruning", "atp")]
+    if unknown or not args.methods:
+        raise CliError(f"unknown method(s) {', '.join(unknown) or '(none given)'}; allowed: uniform, owl, alphapruning, atp")
+    sparsities = [check_sparsity(s) for s in args.sparsities]
+    wb = workbench(args, setup)
+    plan: list[tuple[str, float, list[ScheduleSpec]]] = []
+    for s in sparsities:
+        for method in args.methods:
+            if method == "atp":
+                specs = [ScheduleSpec("atp", s, beta=args.beta)] if args.beta is not None else sweep_specs(wb.num_blocks, s, args.step)[1:]
+            else:
+                specs = [ScheduleSpec(method, s, lam=args.lam, m=args.m, eps=args.eps)]
+            for spec in specs:
+                wb.schedule(spec)
+            plan.append((method, s, specs))
+    progress = tqdm_progress()
+    dense = wb.dense_perplexity(progress)
+    flat = [spec for _, _, specs in plan for spec in specs]
+    done = iter(wb.run_many(flat, progress))
+    rows = []
+    for method, s, specs in plan:
+        points = [next(done) for _ in specs]
+        best = best_point(points) if method == "atp" else points[0]
+        rows.append({"method": method, "sparsity": s, "beta": best.beta, "perplexity": best.perplexity, "rates": best.rates.tolist()})
+        log(f"{method} S={s:g}: ppl {best.perplexity:.3f}")
+    return {"dense_perplexity": dense, "rows": rows}
+
+
+def cmd_models(_args: argparse.Namespace) -> dict[str, Any]:
+    from .models import EmbeddedModel, package_dir
+
+    def installed(entry: EmbeddedModel) -> bool:
+        return all(package_dir(p) is not None for p in entry.packages)
+
+    return {"models": [{"name": name, "installed": installed(e), "install": e.pip, "default": name == DEFAULT_MODEL} for name, e in EMBEDDED_MODELS.items()]}
+
+
+def cmd_corpora(_args: argparse.Namespace) -> dict[str, Any]:
+    from .data import WIKI_PACKAGE
+    from .models import package_dir
+
+    return {
+        "corpora": [
+            {"name": DEFAULT_CORPUS, "installed": package_dir(WIKI_PACKAGE) is not None, "source": "embedded Wikipedia lead extracts (CC BY-SA 4.0)", "default": True},
+            *({"name": name, "installed": None, "source": f"hub dataset {spec.path} (needs the hub, or {name}:/local/dir)", "default": False} for name, spec in HUB_CORPORA.items()),
+            {"name": "PATH.txt|.json|.jsonl|.parquet", "installed": None, "source": "a local file ('text' field for json/parquet)", "default": False},
+        ]
+    }
+
+
+COMMANDS = {
+    "schedule": cmd_schedule,
+    "prune": cmd_prune,
+    "errors": cmd_errors,
+    "sweep": cmd_sweep,
+    "compare": cmd_compare,
+    "models": cmd_models,
+    "corpora": cmd_corpora,
+}
+
+
+def human(result: dict[str, Any]) -> str:
+    """A readable summary when --json is not given."""
+    lines = []
+    for key, value in result.items():
+        if isinstance(value, list) and value and isinstance(value[0], float):
+            value = "[" + ", ".join(f"{v:.4g}" for v in value) + "]"
+        elif isinstance(value, list) and value and isinstance(value[0], dict):
+            value = "\n  " + "\n  ".join(json.dumps({k: v for k, v in row.items() if not isinstance(v, list)}) for row in value)
+        lines.append(f"{key}: {value}")
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        result = COMMANDS[args.command](args)
+    except (ValueError, CliError, StoreError, OSError) as exc:
+        message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        print(f"atp-viz: error: {message}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except KeyboardInterrupt:
+        print("atp-viz: interrupted; finished results are in the store", file=sys.stderr)
+        return 130
+    if args.json:
+        print(json.dumps(to_jsonable(result), allow_nan=True))
+    else:
+        print(human(result))
+    return 0
