@@ -174,9 +174,16 @@ def log(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
-def workbench(args: argparse.Namespace, setup: Setup) -> Workbench:
-    """Load the model and corpus (validates lengths), then attach the store: bad input writes nothing."""
-    wb = Workbench(setup, store=None, progress=lambda _f, message: log(message))
+def load_workbench(setup: Setup) -> Workbench:
+    """Load the model and corpus (this validates lengths); no store is attached yet."""
+    return Workbench(setup, store=None, progress=lambda _f, message: log(message))
+
+
+def attach_store(wb: Workbench, args: argparse.Namespace, specs: Sequence[ScheduleSpec]) -> Workbench:
+    """Check every schedule against the loaded model, then open the store: bad input writes nothing."""
+    for spec in specs:
+        if spec.method != "owl":  # OWL's rates need a calibration pass; its parameters are checked already
+            wb.schedule(spec)
     wb.store = open_store(args)
     return wb
 
@@ -218,8 +225,7 @@ def cmd_prune(args: argparse.Namespace) -> dict[str, Any]:
     setup, spec = setup_from(args), spec_from(args, args.method)
     if args.save:
         check_target(__import__("pathlib").Path(args.save).expanduser(), args.force)
-    wb = workbench(args, setup)
-    wb.schedule(spec)  # validates beta against this model's beta_max before anything is stored
+    wb = attach_store(load_workbench(setup), args, [spec])
     progress = tqdm_progress()
     dense = wb.dense_perplexity(lambda f, m: progress(f, m))
     point = wb.run(spec, progress)
@@ -234,9 +240,7 @@ def cmd_prune(args: argparse.Namespace) -> dict[str, Any]:
 def cmd_errors(args: argparse.Namespace) -> dict[str, Any]:
     setup = setup_from(args)
     specs = [spec_from(args, method) for method in args.methods]
-    wb = workbench(args, setup)
-    for spec in specs:
-        wb.schedule(spec)
+    wb = attach_store(load_workbench(setup), args, specs)
     results = list(wb.run_many(specs, tqdm_progress()))
     return {
         "schedules": [
@@ -251,8 +255,9 @@ def cmd_sweep(args: argparse.Namespace) -> dict[str, Any]:
     sparsity = check_sparsity(args.sparsity)
     if not (math.isfinite(args.step) and 0 < args.step < 1):
         raise CliError(f"--step must be in (0, 1), got {args.step}")
-    wb = workbench(args, setup)
+    wb = load_workbench(setup)
     specs = sweep_specs(wb.num_blocks, sparsity, args.step)
+    attach_store(wb, args, specs)
     progress = tqdm_progress()
     dense = wb.dense_perplexity(progress)
     points = []
@@ -277,7 +282,7 @@ def cmd_compare(args: argparse.Namespace) -> dict[str, Any]:
     if unknown or not args.methods:
         raise CliError(f"unknown method(s) {', '.join(unknown) or '(none given)'}; allowed: uniform, owl, alphapruning, atp")
     sparsities = [check_sparsity(s) for s in args.sparsities]
-    wb = workbench(args, setup)
+    wb = load_workbench(setup)
     plan: list[tuple[str, float, list[ScheduleSpec]]] = []
     for s in sparsities:
         for method in args.methods:
@@ -285,12 +290,11 @@ def cmd_compare(args: argparse.Namespace) -> dict[str, Any]:
                 specs = [ScheduleSpec("atp", s, beta=args.beta)] if args.beta is not None else sweep_specs(wb.num_blocks, s, args.step)[1:]
             else:
                 specs = [ScheduleSpec(method, s, lam=args.lam, m=args.m, eps=args.eps)]
-            for spec in specs:
-                wb.schedule(spec)
             plan.append((method, s, specs))
+    flat = [spec for _, _, specs in plan for spec in specs]
+    attach_store(wb, args, flat)
     progress = tqdm_progress()
     dense = wb.dense_perplexity(progress)
-    flat = [spec for _, _, specs in plan for spec in specs]
     done = iter(wb.run_many(flat, progress))
     rows = []
     for method, s, specs in plan:
@@ -348,7 +352,10 @@ def human(result: dict[str, Any]) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # --help, or a usage error already printed as one line
+        return int(exc.code or 0)
     try:
         result = COMMANDS[args.command](args)
     except (ValueError, CliError, StoreError, OSError) as exc:

@@ -367,11 +367,15 @@ def load_model(
 
 
 def is_causal_lm(config: object) -> bool:
+    """Decoder-only with an LM head: judged by the saved architectures, else by the config class."""
     from transformers import MODEL_FOR_CAUSAL_LM_MAPPING
 
-    if type(config) in MODEL_FOR_CAUSAL_LM_MAPPING:
-        return True
-    return any(arch.endswith("ForCausalLM") or arch.endswith("LMHeadModel") for arch in getattr(config, "architectures", None) or [])
+    if getattr(config, "is_encoder_decoder", False):
+        return False
+    architectures = getattr(config, "architectures", None)
+    if architectures:
+        return any(arch.endswith(("ForCausalLM", "LMHeadModel")) for arch in architectures)
+    return type(config) in MODEL_FOR_CAUSAL_LM_MAPPING
 
 
 def first_line(exc: BaseException) -> str:

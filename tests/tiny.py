@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import torch
@@ -67,4 +68,34 @@ def make_tiny_model(folder: Path, family: str = "llama", layers: int = 4, hidden
 
 def make_corpus_file(path: Path, paragraphs: int = 400) -> Path:
     path.write_text(sample_text(paragraphs), encoding="utf-8")
+    return path
+
+
+def shared_tiny_model(family: str = "llama", layers: int = 4, hidden: int = 64) -> Path:
+    """A tiny model folder built once per machine and reused by every test file (atomic rename)."""
+    import shutil
+    import tempfile
+
+    root = Path(tempfile.gettempdir()) / "atp-viz-tests"
+    folder = root / f"{family}-{layers}x{hidden}-v1"
+    if not (folder / "config.json").is_file():
+        root.mkdir(parents=True, exist_ok=True)
+        building = Path(tempfile.mkdtemp(dir=root, prefix=f".{folder.name}-"))
+        make_tiny_model(building, family, layers, hidden)
+        try:
+            os.rename(building, folder)
+        except OSError:  # another process finished first; theirs is identical
+            shutil.rmtree(building, ignore_errors=True)
+    return folder
+
+
+def shared_corpus_file() -> Path:
+    import tempfile
+
+    path = Path(tempfile.gettempdir()) / "atp-viz-tests" / "tiny-corpus-v1.txt"
+    if not path.is_file():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        partial = path.with_suffix(f".{os.getpid()}.partial")
+        make_corpus_file(partial)
+        partial.replace(path)
     return path
