@@ -1,14 +1,24 @@
 """One experiment = schedule -> prune -> measure -> store; beta sweeps and strategy comparisons.
 
 A ``Workbench`` holds one loaded model, its corpus windows and a copy of the dense weights, so that
-many schedules can be tried without reloading: each point restores the dense weights, prunes
-sequentially, measures, and commits its result to the store before the next point starts.
+many schedules can be tried without reloading: each point restores the dense weights, prunes,
+measures, and commits its result to the store before the next point starts.
+
+Two calibration modes (``Setup.calibration``):
+- ``sequential`` (paper-faithful): block i is calibrated on the outputs of the pruned blocks before
+  it, so each point runs two block forwards over the calibration batch (statistics + local-error
+  reference, then the pruned re-run); the dense trajectory (cumulative-error reference) is the same
+  for every point and is computed once per Workbench.
+- ``cached``: statistics of every linear from one dense pass, stored in the cache as safetensors,
+  with each row's score order computed once; a point is a prefix of those orders plus the
+  evaluation. Reconstruction errors are not measured in this mode (NaN arrays in the result).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import time
+from pathlib import Path
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, Iterator, Sequence
 
@@ -16,19 +26,22 @@ import numpy as np
 import torch
 
 from . import schedules
-from .calibration import BlockCalls, PruneReport, capture_block_calls, outlier_ratios, prune_sequential
+from .calibration import BlockCalls, DenseTrajectory, PruneReport, capture_block_calls, outlier_ratios, prune_sequential
 from .config import CALIBRATION_MODES, CalibConfig, EvalConfig, PruneConfig, ScheduleSpec, check_choice, check_int
 from .data import DEFAULT_CORPUS, Corpus, calibration_windows, evaluation_windows, load_corpus, token_ids
 from .evaluate import perplexity
 from .layer_stats import block_alphas, block_param_counts, prunable_linears
-from .models import DEFAULT_MODEL, LoadedModel, load_model
+from .models import DEFAULT_MODEL, LoadedModel, cache_dir, load_model
 from .pruners import get_pruner
+from .stats_cache import DenseStats, LinearKey, collect_dense_stats, load_stats, outlier_ratios_from_stats, prune_cached, save_stats, score_orders
 from .store import ResultStore, fingerprint
 
 # (fraction of the whole job done in [0, 1], what is happening now)
 Progress = Callable[[float, str], None]
 POINT_KIND = "point"
 DENSE_KIND = "dense"
+STATS_KIND = "calib-stats"
+STATS_FOLDER = "stats"  # under the cache dir: <fingerprint>.safetensors
 
 
 @dataclass(frozen=True)
@@ -132,6 +145,13 @@ class Workbench:
         self._calls: BlockCalls | None = None
         self._alphas: np.ndarray | None = None
         self._outliers: dict[float, np.ndarray] = {}
+        self._dense_ppl: float | None = None
+        # sequential mode: dense block outputs on the calibration batch, shared by all points
+        self.trajectory = DenseTrajectory.empty(self.num_blocks)
+        # cached mode: dense statistics (from the cache file or one dense pass) and score orders
+        self._stats: DenseStats | None = None
+        self._orders: dict[LinearKey, torch.Tensor] | None = None
+        self.stats_source = ""  # "file" or "computed" once the statistics are there
 
     def _check_lengths(self) -> None:
         limit = self.loaded.max_length
@@ -154,6 +174,43 @@ class Workbench:
             self._calls = capture_block_calls(self.loaded.model, self.loaded.blocks, self.calib_ids, self.setup.batch_size)
         return self._calls
 
+    # -- cached calibration ---------------------------------------------------------------------
+    def stats_path(self) -> Path:
+        """Where this model + corpus + calibration setting keeps its dense statistics."""
+        key = fingerprint(
+            kind=STATS_KIND,
+            model=self.loaded.fingerprint,
+            corpus=self.corpus.fingerprint,
+            calib=asdict(self.setup.calib),
+            hessians=self.pruner.name == "sparsegpt",
+            dtype=self.setup.dtype,
+        )
+        return cache_dir() / STATS_FOLDER / f"{key}.safetensors"
+
+    def dense_stats(self, progress: Progress | None = None) -> DenseStats:
+        """Dense statistics of every linear: read from the cache file, or one dense pass (then saved)."""
+        if self._stats is None:
+            path = self.stats_path()
+            stats = load_stats(path, self.loaded.device)
+            if stats is None:
+                self.restore_dense()
+                report = (lambda d, t: progress(d / t, f"dense statistics: block {d}/{t}")) if progress else None
+                stats = collect_dense_stats(self.loaded.blocks, self.calls(), self.pruner.name == "sparsegpt", self.setup.batch_size, report)
+                save_stats(stats, path, {"model": self.setup.model, "corpus": self.setup.corpus})
+                self.stats_source = "computed"
+            else:
+                self.stats_source = "file"
+            self._stats = stats
+        return self._stats
+
+    def score_orders(self) -> dict[LinearKey, torch.Tensor]:
+        """Each dense row's ascending score order (magnitude and Wanda): any rate is a prefix."""
+        if self._orders is None:
+            stats = self.dense_stats() if self.pruner.name == "wanda" else None
+            self.restore_dense()
+            self._orders = score_orders(self.loaded.blocks, stats, self.pruner)
+        return self._orders
+
     def restore_dense(self) -> None:
         with torch.no_grad():
             for i, block in enumerate(self.loaded.blocks):
@@ -167,6 +224,10 @@ class Workbench:
         return self._alphas
 
     def outlier_ratios(self, m: float, progress: Progress | None = None) -> np.ndarray:
+        if m not in self._outliers and self.setup.calibration == "cached":
+            stats = self.dense_stats(progress)
+            self.restore_dense()
+            self._outliers[m] = outlier_ratios_from_stats(self.loaded.blocks, stats, m)
         if m not in self._outliers:
             self.restore_dense()
             report = (lambda done, total: progress(done / total, f"OWL outliers: block {done}/{total}")) if progress else None
@@ -187,13 +248,17 @@ class Workbench:
     def dense_perplexity(self, progress: Progress | None = None) -> float:
         """Perplexity of the unpruned model, computed once per model + corpus + evaluation setting."""
         key = fingerprint(kind=DENSE_KIND, model=self.loaded.fingerprint, corpus=self.corpus.fingerprint, evaluation=asdict(self.setup.evaluation), dtype=self.setup.dtype)
+        if self._dense_ppl is not None:
+            return self._dense_ppl
         if self.store is not None and (record := self.store.get(key)) is not None:
-            return float(record["perplexity"])
+            self._dense_ppl = float(record["perplexity"])
+            return self._dense_ppl
         self.restore_dense()
         report = (lambda done, total: progress(done / total, f"dense perplexity: window {done}/{total}")) if progress else None
         value = perplexity(self.loaded.model, self.eval_ids, self.setup.evaluation.batch_size, report)
         if self.store is not None:
             self.store.put(key, DENSE_KIND, self.setup.model, {**self.setup.describe(), "method": "dense"}, {"perplexity": value})
+        self._dense_ppl = value
         return value
 
     def stored(self, spec: ScheduleSpec) -> PointResult | None:
@@ -206,9 +271,17 @@ class Workbench:
     def apply(self, spec: ScheduleSpec, progress: Progress | None = None) -> tuple[np.ndarray, PruneReport]:
         """Prune the dense weights in place with ``spec`` (no evaluation, nothing stored)."""
         rates = self.schedule(spec, scaled(progress, 0.0, 0.1))
-        self.restore_dense()
         report = (lambda d, t: progress(0.1 + 0.9 * d / t, f"pruning block {d}/{t}")) if progress else None
-        return rates, prune_sequential(self.loaded.blocks, self.calls(), rates, self.pruner, self.setup.prune.nm, self.setup.batch_size, report)
+        if self.setup.calibration == "cached":
+            stats = self.dense_stats(scaled(progress, 0.1, 0.6)) if self.pruner.needs_inputs else None
+            orders = self.score_orders() if self.pruner.name in ("magnitude", "wanda") else None
+            self.restore_dense()
+            achieved = prune_cached(self.loaded.blocks, rates, self.pruner, stats, orders, self.setup.prune.nm, report)
+            return rates, PruneReport.unmeasured(achieved)
+        self.restore_dense()
+        return rates, prune_sequential(
+            self.loaded.blocks, self.calls(), rates, self.pruner, self.setup.prune.nm, self.setup.batch_size, report, dense=self.trajectory
+        )
 
     def run(self, spec: ScheduleSpec, progress: Progress | None = None) -> PointResult:
         """Prune the dense model with ``spec``, measure it and commit the result (or read it back)."""

@@ -1,0 +1,116 @@
+"""The sequential loop: the dense-trajectory cache changes nothing, and no hook or stub survives it."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from atp_viz.calibration import DenseTrajectory, capture_block_calls, outlier_ratios, prune_sequential
+from atp_viz.layer_stats import prunable_linears
+from atp_viz.models import load_model
+from atp_viz.pruners import get_pruner
+from atp_viz.schedules import atp
+from atp_viz.stats_cache import collect_dense_stats
+from tiny import shared_tiny_model
+
+ERRORS = ("cumulative_error", "local_error", "cumulative_error_abs", "local_error_abs", "layer_sparsity")
+
+
+def setup_model(family: str = "llama"):
+    loaded = load_model(str(shared_tiny_model(family)))
+    ids = torch.randint(0, 300, (4, 32), generator=torch.Generator().manual_seed(3))
+    calls = capture_block_calls(loaded.model, loaded.blocks, ids, batch_size=2)
+    dense = {name: p.detach().clone() for name, p in loaded.model.named_parameters()}
+    return loaded, calls, dense
+
+
+def restore(model: nn.Module, dense: dict[str, torch.Tensor]) -> None:
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            p.copy_(dense[name])
+
+
+def assert_no_hooks(model: nn.Module, blocks: nn.ModuleList) -> None:
+    for module in model.modules():
+        assert not module._forward_pre_hooks and not module._forward_hooks
+    for block in blocks:
+        assert "forward" not in block.__dict__  # no stub left in place of the class's forward
+
+
+@pytest.mark.parametrize("family", ["llama", "gemma3"])
+@pytest.mark.parametrize("pruner", ["wanda", "sparsegpt"])
+def test_dense_trajectory_gives_identical_errors(family: str, pruner: str) -> None:
+    loaded, calls, dense = setup_model(family)
+    strategy = get_pruner(pruner)
+    plain = []
+    for beta in (0.0, 0.1):
+        restore(loaded.model, dense)
+        plain.append(prune_sequential(loaded.blocks, calls, atp(loaded.num_blocks, 0.5, beta), strategy, batch_size=2))
+    trajectory = DenseTrajectory.empty(loaded.num_blocks)
+    cached = []
+    for beta in (0.0, 0.1):  # first run fills the trajectory, the second reads it
+        restore(loaded.model, dense)
+        cached.append(prune_sequential(loaded.blocks, calls, atp(loaded.num_blocks, 0.5, beta), strategy, batch_size=2, dense=trajectory))
+        assert trajectory.complete
+    for a, b in zip(plain, cached):
+        for name in ERRORS:
+            np.testing.assert_array_equal(getattr(a, name), getattr(b, name))
+    assert trajectory.nbytes() == loaded.num_blocks * calls.hidden.numel() * calls.hidden.element_size()
+
+
+def test_trajectory_reads_skip_the_dense_forward() -> None:
+    """Once complete, a sequential prune runs two block forwards per block, not three."""
+    loaded, calls, dense = setup_model()
+    trajectory = DenseTrajectory.empty(loaded.num_blocks)
+    counts = {"n": 0}
+    handles = [b.register_forward_pre_hook(lambda *_: counts.__setitem__("n", counts["n"] + 1)) for b in loaded.blocks]
+    try:
+        rates = atp(loaded.num_blocks, 0.5, 0.1)
+        prune_sequential(loaded.blocks, calls, rates, get_pruner("wanda"), batch_size=4, dense=trajectory)
+        first, counts["n"] = counts["n"], 0
+        restore(loaded.model, dense)
+        prune_sequential(loaded.blocks, calls, rates, get_pruner("wanda"), batch_size=4, dense=trajectory)
+    finally:
+        for h in handles:
+            h.remove()
+    assert first == 3 * loaded.num_blocks and counts["n"] == 2 * loaded.num_blocks
+
+
+@pytest.mark.parametrize("family", ["llama", "gpt2", "opt", "gemma3", "qwen2"])
+def test_no_hooks_or_stubs_survive(family: str) -> None:
+    loaded, calls, _ = setup_model(family)
+    assert_no_hooks(loaded.model, loaded.blocks)
+    prune_sequential(loaded.blocks, calls, [0.5] * loaded.num_blocks, get_pruner("wanda"), batch_size=2, dense=DenseTrajectory.empty(loaded.num_blocks))
+    outlier_ratios(loaded.blocks, calls, 5.0, batch_size=2)
+    collect_dense_stats(loaded.blocks, calls, hessians=True, batch_size=2)
+    assert_no_hooks(loaded.model, loaded.blocks)
+
+
+def test_hooks_removed_when_the_loop_raises() -> None:
+    loaded, calls, _ = setup_model()
+
+    class Boom(Exception):
+        pass
+
+    def explode(*_: object) -> None:
+        raise Boom
+
+    first = next(iter(prunable_linears(loaded.blocks[1]).values()))
+    handle = first.register_forward_hook(explode)
+    try:
+        with pytest.raises(Boom):
+            prune_sequential(loaded.blocks, calls, [0.5] * loaded.num_blocks, get_pruner("wanda"), batch_size=2)
+    finally:
+        handle.remove()
+    assert_no_hooks(loaded.model, loaded.blocks)
+
+
+def test_dense_stats_match_owl_pass() -> None:
+    """The cached dense pass and OWL's dense pass see the same inputs: same outlier ratios."""
+    from atp_viz.stats_cache import outlier_ratios_from_stats
+
+    loaded, calls, _ = setup_model()
+    stats = collect_dense_stats(loaded.blocks, calls, hessians=False, batch_size=2)
+    np.testing.assert_allclose(outlier_ratios_from_stats(loaded.blocks, stats, 3.0), outlier_ratios(loaded.blocks, calls, 3.0, batch_size=2))
