@@ -1,0 +1,234 @@
+"""Plotly figure builders for the dashboard (pure: they never import streamlit).
+
+Every builder returns a ``plotly.graph_objects.Figure`` with axis titles that carry units, a legend,
+and hover labels that show exact values; pages draw them with ``PLOTLY_CONFIG`` so the toolbar
+exports PNG.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+import plotly.graph_objects as go
+from numpy.typing import ArrayLike
+
+PLOTLY_CONFIG = {
+    "displaylogo": False,
+    "displayModeBar": True,
+    "toImageButtonOptions": {"format": "png", "scale": 2, "filename": "atp-viz"},
+}
+COLORS = {
+    "uniform": "#7f7f7f",
+    "atp": "#d62728",
+    "owl": "#1f77b4",
+    "alphapruning": "#2ca02c",
+    "custom": "#9467bd",
+    "dense": "#000000",
+}
+BLOCK_AXIS = "decoder block i (index; 0 = next to the embeddings)"
+RATE_AXIS = "sparsity s_i (fraction of the block's weights set to 0)"
+HEIGHT = 420
+
+
+def color_for(name: str) -> str | None:
+    """A stable colour per method, matched on the name's first word ('ATP (beta=...)' -> atp)."""
+    first = name.split()[0].lower().strip("(),:") if name else ""
+    return COLORS.get(first)
+
+
+def _layout(fig: go.Figure, title: str, x_title: str, y_title: str, log_y: bool = False) -> go.Figure:
+    fig.update_layout(
+        title=title,
+        xaxis_title=x_title,
+        yaxis_title=y_title,
+        yaxis_type="log" if log_y else "linear",
+        hovermode="closest",
+        legend_title_text="",
+        showlegend=True,
+        height=HEIGHT,
+        margin=dict(l=70, r=20, t=60, b=60),
+    )
+    return fig
+
+
+def last_first_ratio(curve: ArrayLike) -> float:
+    """curve[-1] / curve[0]: how many times larger the last block's error is than the first's."""
+    values = np.asarray(curve, dtype=np.float64)
+    if values.size == 0 or not np.isfinite(values[[0, -1]]).all():
+        return math.nan
+    return float(values[-1] / values[0]) if values[0] > 0 else math.inf
+
+
+def schedule_figure(schedules: Mapping[str, ArrayLike], title: str = "Per-block sparsity schedules") -> go.Figure:
+    """One line per schedule: block index -> sparsity rate."""
+    fig = go.Figure()
+    for name, rates in schedules.items():
+        values = np.asarray(rates, dtype=np.float64)
+        fig.add_trace(
+            go.Scatter(
+                x=list(range(values.size)),
+                y=values.tolist(),
+                mode="lines+markers",
+                name=name,
+                line=dict(color=color_for(name)),
+                hovertemplate=f"<b>{name}</b><br>block %{{x}}<br>sparsity %{{y:.6f}}<extra></extra>",
+            )
+        )
+    fig = _layout(fig, title, BLOCK_AXIS, RATE_AXIS)
+    fig.update_yaxes(tickformat=".2f")
+    return fig
+
+
+def error_figure(
+    curves: Mapping[str, ArrayLike],
+    *,
+    log_y: bool = True,
+    title: str = "Reconstruction error per block",
+    y_title: str = "relative error ||h - h_pruned||^2 / ||h||^2 (unitless)",
+    x_title: str = BLOCK_AXIS,
+) -> go.Figure:
+    """One line per schedule of a per-block error, with the last/first block ratio annotated."""
+    fig = go.Figure()
+    notes = []
+    for name, curve in curves.items():
+        values = np.asarray(curve, dtype=np.float64)
+        ratio = last_first_ratio(values)
+        notes.append(f"{name}: last/first = {ratio:.3g}x")
+        fig.add_trace(
+            go.Scatter(
+                x=list(range(values.size)),
+                y=values.tolist(),
+                mode="lines+markers",
+                name=name,
+                line=dict(color=color_for(name)),
+                hovertemplate=f"<b>{name}</b><br>block %{{x}}<br>error %{{y:.6g}}<extra></extra>",
+            )
+        )
+    fig = _layout(fig, title, x_title, y_title, log_y)
+    fig.add_annotation(
+        text="<br>".join(notes),
+        xref="paper",
+        yref="paper",
+        x=0.01,
+        y=0.99,
+        xanchor="left",
+        yanchor="top",
+        showarrow=False,
+        align="left",
+        bgcolor="rgba(255,255,255,0.8)",
+        bordercolor="#999",
+        borderwidth=1,
+        name="ratios",
+    )
+    return fig
+
+
+def beta_curve_figure(
+    betas: Sequence[float],
+    perplexities: Sequence[float],
+    *,
+    sparsity: float,
+    uniform_ppl: float | None = None,
+    best_beta: float | None = None,
+    beta_max: float | None = None,
+    selected: float | None = None,
+) -> go.Figure:
+    """ATP perplexity against beta (the U-curve), uniform baseline, best and selected point."""
+    order = np.argsort(np.asarray(betas, dtype=np.float64))
+    x = np.asarray(betas, dtype=np.float64)[order]
+    y = np.asarray(perplexities, dtype=np.float64)[order]
+    right = max([beta_max or 0.0, *x.tolist(), 1e-9])
+    fig = go.Figure()
+    if uniform_ppl is not None:
+        fig.add_trace(
+            go.Scatter(
+                x=[0.0, right],
+                y=[uniform_ppl, uniform_ppl],
+                mode="lines",
+                name=f"uniform (beta = 0): {uniform_ppl:.4f}",
+                line=dict(color=COLORS["uniform"], dash="dash"),
+                hovertemplate=f"uniform baseline<br>perplexity {uniform_ppl:.6g}<extra></extra>",
+            )
+        )
+    fig.add_trace(
+        go.Scatter(
+            x=x.tolist(),
+            y=y.tolist(),
+            mode="lines+markers",
+            name=f"ATP at S = {sparsity:g}",
+            line=dict(color=COLORS["atp"]),
+            hovertemplate="beta %{x:.6g}<br>perplexity %{y:.6g}<extra>ATP</extra>",
+        )
+    )
+    for label, beta, symbol, size in (("best", best_beta, "star", 18), ("selected", selected, "circle-open", 20)):
+        if beta is None or not np.any(np.isclose(x, beta)):
+            continue
+        value = float(y[np.isclose(x, beta)][0])
+        fig.add_trace(
+            go.Scatter(
+                x=[beta],
+                y=[value],
+                mode="markers",
+                name=f"{label}: beta = {beta:.4g}, perplexity {value:.4f}",
+                marker=dict(symbol=symbol, size=size, color="#ff7f0e", line=dict(width=2, color="#ff7f0e")),
+                hovertemplate=f"{label}<br>beta %{{x:.6g}}<br>perplexity %{{y:.6g}}<extra></extra>",
+            )
+        )
+    fig = _layout(fig, f"Beta sweep at target sparsity {sparsity:g}", "beta (sparsity increase per block, fraction)", "perplexity (exp of mean token NLL; lower is better)")
+    if beta_max:
+        fig.update_xaxes(range=[-0.03 * beta_max, 1.03 * beta_max])
+    return fig
+
+
+def compare_figure(
+    rows: Sequence[Mapping[str, object]], dense_ppl: float | None = None, log_y: bool = True
+) -> go.Figure:
+    """Grouped bars: one group per target sparsity, one bar per method; rows hold method/sparsity/perplexity."""
+    sparsities = sorted({float(r["sparsity"]) for r in rows})  # type: ignore[arg-type]
+    categories = [f"{s:.0%}" for s in sparsities]
+    methods = list(dict.fromkeys(str(r["method"]) for r in rows))
+    fig = go.Figure()
+    for method in methods:
+        by_s = {float(r["sparsity"]): float(r["perplexity"]) for r in rows if r["method"] == method}  # type: ignore[arg-type]
+        fig.add_trace(
+            go.Bar(
+                x=categories,
+                y=[by_s.get(s) for s in sparsities],
+                name=method,
+                marker_color=color_for(method),
+                hovertemplate=f"<b>{method}</b><br>sparsity %{{x}}<br>perplexity %{{y:.6g}}<extra></extra>",
+            )
+        )
+    if dense_ppl is not None and categories:
+        fig.add_trace(
+            go.Scatter(
+                x=categories,
+                y=[dense_ppl] * len(categories),
+                mode="lines+markers",
+                name=f"dense: {dense_ppl:.4f}",
+                line=dict(color=COLORS["dense"], dash="dot"),
+                hovertemplate="dense model<br>perplexity %{y:.6g}<extra></extra>",
+            )
+        )
+    fig = _layout(fig, "Perplexity by strategy and target sparsity", "target sparsity S (% of prunable weights)", "perplexity (lower is better)" + (", log scale" if log_y else ""), log_y)
+    fig.update_layout(barmode="group")
+    return fig
+
+
+def totals_figure(totals: Mapping[str, float], title: str = "Total error (sum over layers)") -> go.Figure:
+    """Bars of one number per schedule (the theory sandbox's total error)."""
+    names = list(totals)
+    fig = go.Figure(
+        go.Bar(
+            x=names,
+            y=[totals[n] for n in names],
+            marker_color=[color_for(n) or "#8c564b" for n in names],
+            name="total error",
+            text=[f"{totals[n]:.4g}" for n in names],
+            textposition="auto",
+            hovertemplate="%{x}<br>total error %{y:.6g}<extra></extra>",
+        )
+    )
+    return _layout(fig, title, "schedule (same average sparsity)", "sum over layers of ||y - y_pruned||_F^2 (squared activation units)")

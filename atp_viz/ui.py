@@ -1,0 +1,365 @@
+"""Shared dashboard plumbing: sidebar settings in session state, cached workbench and store, job lock.
+
+Pages call ``sidebar()`` first; it returns a ``Context`` with the current ``Setup``, the target
+sparsity and (when the page needs the model) a cached ``Workbench``. Heavy jobs run inside
+``job(model)``, which admits one job per model across all sessions; stored results are read through
+``st.cache_data`` so a revisit shows them at once.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import threading
+import warnings
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import streamlit as st
+
+from atp_viz import schedules
+from atp_viz.config import PRUNERS, CalibConfig, EvalConfig, PruneConfig, ScheduleSpec
+from atp_viz.data import DEFAULT_CORPUS
+from atp_viz.experiment import PointResult, Progress, Setup, Workbench
+from atp_viz.figures import PLOTLY_CONFIG
+from atp_viz.models import DEFAULT_MODEL, EMBEDDED_MODELS
+from atp_viz.store import ResultStore, default_store_path
+
+ENV_MODEL = "ATP_VIZ_DEFAULT_MODEL"  # default model name or path (tests use a tiny model)
+ENV_CORPUS = "ATP_VIZ_DEFAULT_CORPUS"  # default corpus
+ENV_WINDOWS = "ATP_VIZ_DEFAULT_WINDOWS"  # 'COUNTxTOKENS' for calibration and evaluation, e.g. '4x32'
+SPARSITY_RANGE = (0.05, 0.95)
+DEVICES = ("cpu", "auto", "cuda")
+EVAL_BATCH = 4  # evaluation windows per forward pass (memory only)
+READ_TTL_S = 10  # stored results written by other sessions show up after at most this long
+# Small dashboard defaults: the first sweep point on smollm2-135m takes ~20 s on 2 CPU cores.
+DEFAULTS = {
+    "sparsity": 0.7,
+    "pruner": "wanda",
+    "calib_samples": 8,
+    "calib_seqlen": 256,
+    "eval_windows": 8,
+    "eval_seqlen": 256,
+    "seed": 0,
+    "device": "cpu",
+}
+
+
+@dataclass(frozen=True)
+class Context:
+    """What every page gets from the sidebar."""
+
+    setup: Setup | None  # None when the settings are invalid (an error is already shown)
+    sparsity: float
+    workbench: Workbench | None = None  # loaded only for pages that need the model
+
+    @property
+    def ready(self) -> bool:
+        return self.setup is not None and self.workbench is not None
+
+
+def defaults() -> dict[str, object]:
+    """Sidebar defaults; the environment can point them at another model, corpus and window size."""
+    values: dict[str, object] = {
+        "model": os.environ.get(ENV_MODEL, DEFAULT_MODEL),
+        "corpus": os.environ.get(ENV_CORPUS, DEFAULT_CORPUS),
+        **DEFAULTS,
+    }
+    if windows := os.environ.get(ENV_WINDOWS):
+        count, _, tokens = windows.partition("x")
+        values.update(calib_samples=int(count), eval_windows=int(count), calib_seqlen=int(tokens), eval_seqlen=int(tokens))
+    return values
+
+
+# ------------------------------------------------------------------ session state that survives pages
+def _restore(key: str, default: object) -> None:
+    """Widget state is dropped when a page without the widget runs; keep a copy under '_' + key."""
+    if key not in st.session_state:
+        st.session_state[key] = st.session_state.get("_" + key, default)
+
+
+def _remember(keys: Sequence[str]) -> None:
+    for key in keys:
+        st.session_state["_" + key] = st.session_state[key]
+
+
+def keep(key: str, default: object) -> None:
+    """For a page widget whose value should survive visits to other pages: call before drawing it."""
+    _restore(key, default)
+
+
+def remember(*keys: str) -> None:
+    """Call after drawing the widgets passed to ``keep``."""
+    _remember(keys)
+
+
+# ------------------------------------------------------------------ cached resources
+@st.cache_resource(show_spinner=False)
+def get_store(path: str) -> ResultStore:
+    return ResultStore(path)
+
+
+def store_path() -> str:
+    return str(default_store_path())
+
+
+@st.cache_resource(show_spinner=False, max_entries=2)
+def _workbench(setup: Setup, path: str) -> Workbench:
+    bench = Workbench(setup, get_store(path))
+    _loaded().add(setup)
+    return bench
+
+
+@st.cache_resource(show_spinner=False)
+def _loaded() -> set[Setup]:
+    return set()
+
+
+@st.cache_resource(show_spinner=False)
+def _jobs() -> dict[str, tuple[threading.Lock, list[str]]]:
+    return {}
+
+
+_JOBS_GUARD = threading.Lock()
+
+
+@contextlib.contextmanager
+def job(model: str, what: str) -> Iterator[bool]:
+    """Admit one heavy job per model (across sessions); yields False when another one is running."""
+    with _JOBS_GUARD:
+        lock, running = _jobs().setdefault(model, (threading.Lock(), []))
+    acquired = lock.acquire(blocking=False)
+    if acquired:
+        running[:] = [what]
+    try:
+        yield acquired
+    finally:
+        if acquired:
+            running.clear()
+            lock.release()
+
+
+def busy(model: str) -> str:
+    """A message naming the job that holds ``model`` ('' when none does)."""
+    entry = _jobs().get(model)
+    if entry is None or not entry[0].locked():
+        return ""
+    what = entry[1][0] if entry[1] else "a job"
+    return f"Busy: {what} is running on {model}. Wait for it to finish (its results appear here), then try again."
+
+
+def load_workbench(setup: Setup) -> Workbench | None:
+    """The cached workbench for ``setup``; shows st.error (and returns None) when it cannot be built."""
+    try:
+        with st.spinner(f"Loading {setup.model} and tokenizing {setup.corpus} (first time only)..."):
+            return _workbench(setup, store_path())
+    except Exception as exc:  # a bad name, path, corpus or window setting: show it, keep the page usable
+        st.error(f"Cannot load the model with these settings: {exc}")
+        return None
+
+
+# ------------------------------------------------------------------ stored results (st.cache_data)
+@st.cache_data(ttl=READ_TTL_S, show_spinner=False)
+def _records(path: str, keys: tuple[str, ...]) -> dict[str, dict]:
+    store = get_store(path)
+    return {key: record for key in keys if (record := store.get(key)) is not None}
+
+
+@st.cache_data(ttl=READ_TTL_S, show_spinner=False)
+def stored_count(path: str, model: str) -> int:
+    return get_store(path).count(model=model)
+
+
+def stored_points(bench: Workbench, specs: Sequence[ScheduleSpec]) -> list[PointResult | None]:
+    """The stored result of each spec (None where not computed yet), without computing anything."""
+    keys = tuple(bench.point_key(spec) for spec in specs)
+    records = _records(store_path(), keys)
+    return [PointResult.from_record(records[k], k) if k in records else None for k in keys]
+
+
+def refresh_reads() -> None:
+    _records.clear()
+    stored_count.clear()
+
+
+# ------------------------------------------------------------------ long jobs
+def progress_callback(label: str) -> Progress:
+    bar = st.progress(0.0, text=label)
+
+    def report(fraction: float, message: str) -> None:
+        bar.progress(min(max(float(fraction), 0.0), 1.0), text=f"{label}: {message}")
+
+    return report
+
+
+def run_points(bench: Workbench, specs: Sequence[ScheduleSpec], label: str, on_point: Callable[[PointResult], None] | None = None) -> list[PointResult] | None:
+    """Run ``specs`` under the model's job lock with a progress bar; each point is stored as it ends.
+
+    Returns None (after showing why) when the model is busy or a point fails.
+    """
+    model = bench.setup.model
+    with job(model, label) as admitted:
+        if not admitted:
+            st.warning(busy(model) or f"Busy: another job is running on {model}.")
+            return None
+        report = progress_callback(label)
+        done: list[PointResult] = []
+        try:
+            for result in bench.run_many(list(specs), report):
+                done.append(result)
+                refresh_reads()
+                if on_point:
+                    on_point(result)
+        except ValueError as exc:
+            st.error(str(exc))
+            return None
+        finally:
+            refresh_reads()
+        report(1.0, f"done ({len(done)} point{'s' * (len(done) != 1)})")
+        return done
+
+
+def dense_perplexity(bench: Workbench) -> float | None:
+    """Stored or computed now (a few seconds, once per evaluation setting); None when busy."""
+    model = bench.setup.model
+    with job(model, "dense perplexity") as admitted:
+        if not admitted:
+            return None
+        with st.spinner("Measuring the dense model's perplexity (once)..."):
+            value = bench.dense_perplexity()
+        stored_count.clear()
+        return value
+
+
+def schedule_or_error(bench: Workbench, spec: ScheduleSpec) -> np.ndarray | None:
+    """Per-block rates of ``spec`` (OWL's dense pass and AlphaPruning's SVDs run under the job lock)."""
+    model = bench.setup.model
+    needs_model = spec.method in ("owl", "alphapruning")
+    with contextlib.ExitStack() as stack:
+        if needs_model:
+            admitted = stack.enter_context(job(model, f"{spec.method} statistics"))
+            if not admitted:
+                st.warning(busy(model) or f"Busy: another job is running on {model}.")
+                return None
+            bench.restore_dense()  # statistics of the dense model, whatever ran before
+            stack.enter_context(st.spinner(f"Computing {spec.method} layer statistics (once per model)..."))
+        try:
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                rates = bench.schedule(spec)
+            for warning in caught:
+                st.warning(str(warning.message))
+            return rates
+        except ValueError as exc:
+            st.error(str(exc))
+            return None
+
+
+# ------------------------------------------------------------------ sidebar
+def sidebar(load_model: bool = True) -> Context:
+    """Global settings (shared by all pages), a status box, and the workbench when asked for."""
+    keys = ("model", "corpus", *DEFAULTS)
+    for key, default in defaults().items():
+        _restore(key, default)
+    bar = st.sidebar
+    bar.header("Settings")
+    bar.text_input("Model", key="model", help=f"Embedded: {', '.join(EMBEDDED_MODELS)}; or a local Hugging Face folder, a .gguf file, or a hub id.")
+    bar.text_input("Corpus", key="corpus", help=f"{DEFAULT_CORPUS} (embedded), wikitext2, c4, or a local .txt/.json/.jsonl/.parquet file.")
+    bar.slider("Target sparsity S", *SPARSITY_RANGE, step=0.01, key="sparsity", help="Average fraction of the prunable weights set to zero.")
+    bar.selectbox("Pruner", PRUNERS, key="pruner")
+    left, right = bar.columns(2)
+    left.number_input("Calibration windows", min_value=1, step=1, key="calib_samples")
+    right.number_input("Calibration tokens", min_value=2, step=64, key="calib_seqlen")
+    left.number_input("Evaluation windows", min_value=1, step=1, key="eval_windows")
+    right.number_input("Evaluation tokens", min_value=2, step=64, key="eval_seqlen")
+    left.number_input("Seed", min_value=0, step=1, key="seed")
+    right.selectbox("Device", DEVICES, key="device")
+    _remember(keys)
+
+    state = st.session_state
+    setup: Setup | None = None
+    try:
+        setup = Setup(
+            model=state["model"].strip(),
+            corpus=state["corpus"].strip(),
+            calib=CalibConfig(int(state["calib_samples"]), int(state["calib_seqlen"]), int(state["seed"])),
+            evaluation=EvalConfig(int(state["eval_windows"]), int(state["eval_seqlen"]), EVAL_BATCH),
+            prune=PruneConfig(state["pruner"]),
+            device=state["device"],
+        )
+        if not setup.model or not setup.corpus:
+            raise ValueError("model and corpus must not be empty")
+    except ValueError as exc:
+        bar.error(f"Invalid settings: {exc}")
+        setup = None
+    sparsity = float(state["sparsity"])
+    if not SPARSITY_RANGE[0] <= sparsity <= SPARSITY_RANGE[1]:
+        bar.error(f"Target sparsity must be in [{SPARSITY_RANGE[0]}, {SPARSITY_RANGE[1]}], got {sparsity:g}")
+        sparsity = float(DEFAULTS["sparsity"])  # type: ignore[arg-type]
+    bench = load_workbench(setup) if (setup is not None and load_model) else None
+    status_box(setup, bench)
+    return Context(setup, sparsity, bench)
+
+
+def status_box(setup: Setup | None, bench: Workbench | None) -> None:
+    box = st.sidebar.container(border=True)
+    box.markdown("**Status**")
+    if setup is None:
+        box.caption("Fix the settings above.")
+        return
+    if bench is None:
+        loaded = setup in _loaded()
+        box.caption(f"Model: {'loaded' if loaded else 'not loaded'} ({setup.model})")
+    else:
+        total = int(sum(bench.param_counts))
+        box.caption(f"Model: loaded, {bench.num_blocks} blocks, {total / 1e6:.1f} M prunable weights")
+        ppl = dense_perplexity(bench)
+        box.caption(f"Dense perplexity: {ppl:.4f}" if ppl is not None else f"Dense perplexity: {busy(setup.model) or 'busy'}")
+    box.caption(f"Stored results for this model: {stored_count(store_path(), setup.model)}")
+
+
+# ------------------------------------------------------------------ drawing helpers
+def chart(fig: object, key: str | None = None) -> None:
+    st.plotly_chart(fig, config=PLOTLY_CONFIG, key=key)
+
+
+def recipe_snippet(rates: np.ndarray, pruner: str, blocks_path: str, block_class: str) -> str:
+    """An llm-compressor oneshot recipe with one sparsity per decoder block.
+
+    llm-compressor matches a list of sparsities to the layers ``targets`` selects, in order, so
+    the targets are the decoder blocks themselves (``blocks_path`` such as ``model.layers``).
+    """
+    modifier = "SparseGPTModifier" if pruner == "sparsegpt" else "WandaPruningModifier"
+    note = "  # llm-compressor has no oneshot magnitude modifier; Wanda is the closest" if pruner == "magnitude" else ""
+    values = ", ".join(f"{r:.6f}" for r in rates)
+    pattern = "re:" + blocks_path.replace(".", "\\.") + "\\.\\d+$"  # YAML single quotes keep backslashes
+    lines = [
+        "sparsity_stage:",
+        "  run_type: oneshot",
+        "  sparsity_modifiers:",
+        f"    {modifier}:{note}",
+        f"      sparsity: [{values}]  # block 0 first",
+        '      mask_structure: "0:0"',
+        f'      sequential_targets: ["{block_class}"]',
+        f"      targets: ['{pattern}']",
+        '      ignore: ["re:.*lm_head"]',
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def blocks_path(bench: Workbench) -> str:
+    """Dotted name of the decoder block list inside the model (e.g. ``model.layers``)."""
+    for name, module in bench.loaded.model.named_modules():
+        if module is bench.loaded.blocks:
+            return name
+    return "model.layers"
+
+
+def schedule_json(named: dict[str, np.ndarray], meta: dict[str, object]) -> str:
+    return json.dumps({**meta, "schedules": {k: [float(x) for x in v] for k, v in named.items()}}, indent=2)
+
+
+def beta_bound(num_blocks: int, sparsity: float) -> float:
+    return schedules.beta_max(num_blocks, sparsity)

@@ -1,0 +1,75 @@
+"""Error explosion: per-block reconstruction error of models pruned with different schedules."""
+
+import pandas as pd
+import streamlit as st
+
+from atp_viz import figures, schedules, ui
+from atp_viz.config import ScheduleSpec
+
+st.set_page_config(page_title="Error explosion - atp-viz", layout="wide")
+ctx = ui.sidebar()
+st.title("Error explosion")
+st.markdown(
+    """
+Each pruned block makes an error, and every later block receives the *already-corrupted* output of
+the blocks before it. The ATP paper's **Thm 3.2** bounds the reconstruction error of block i+1 from
+below by a term that grows with the error of block i: errors made early are carried and amplified
+by everything after them. The **cumulative** error (dense vs pruned hidden state after block i)
+therefore climbs with depth under uniform sparsity; the **local** error is what block i adds by
+itself. ATP spends less sparsity early, where errors travel furthest.
+"""
+)
+if not ctx.ready:
+    st.stop()
+bench, S, L = ctx.workbench, ctx.sparsity, ctx.workbench.num_blocks
+bound = schedules.beta_max(L, S)
+
+CHOICES = ("uniform", "ATP", "OWL", "AlphaPruning")
+for key, default in (("err_show", ["uniform", "ATP"]), ("err_beta", bound / 2), ("err_kind", "cumulative"), ("err_scale", "relative"), ("err_log", True)):
+    ui.keep(key, default)
+st.session_state["err_beta"] = min(float(st.session_state["err_beta"]), bound)
+c1, c2, c3, c4 = st.columns([3, 3, 2, 2])
+show = c1.multiselect("Schedules", CHOICES, key="err_show")
+beta = c2.slider(f"ATP beta (0 .. beta_max = {bound:.5g})", 0.0, max(bound, 1e-9), step=schedules.GRID_STEP / 4, format="%.4f", key="err_beta")
+kind = c3.radio("Error", ("cumulative", "local"), key="err_kind", horizontal=True)
+scale = c3.radio("Scale", ("relative", "absolute"), key="err_scale", horizontal=True)
+log_y = c4.toggle("Log y axis", key="err_log")
+ui.remember("err_show", "err_beta", "err_kind", "err_scale", "err_log")
+if not show:
+    st.error("Choose at least one schedule (allowed: uniform, ATP, OWL, AlphaPruning).")
+    st.stop()
+
+specs = {
+    "uniform": ScheduleSpec("uniform", S),
+    "ATP": ScheduleSpec("atp", S, beta=min(beta, bound)),
+    "OWL": ScheduleSpec("owl", S),
+    "AlphaPruning": ScheduleSpec("alphapruning", S),
+}
+chosen = [specs[name] for name in show]
+points = dict(zip(show, ui.stored_points(bench, chosen)))
+missing = [specs[name] for name, point in points.items() if point is None]
+if missing:
+    names = ", ".join(name for name, point in points.items() if point is None)
+    st.info(f"Not measured yet at S = {S:g}: {names}. Each takes one prune + evaluation pass (about 20 s for smollm2-135m on 2 CPU cores); results are stored as they finish.")
+    if st.button(f"Measure {len(missing)} schedule{'s' * (len(missing) != 1)}", key="err_run", type="primary"):
+        if ui.run_points(bench, missing, f"error explosion at S = {S:g}") is not None:
+            st.rerun()
+
+done = {name: p for name, p in points.items() if p is not None}
+if done:
+    field = f"{kind}_error" + ("_abs" if scale == "absolute" else "")
+    y_title = ("relative error ||h - h_pruned||^2 / ||h||^2 (unitless)" if scale == "relative" else "squared error ||h - h_pruned||_F^2 (hidden-state units^2)")
+    labels = {name: (f"ATP (beta = {p.beta:.4g})" if name == "ATP" else name) for name, p in done.items()}
+    curves = {labels[name]: getattr(p, field) for name, p in done.items()}
+    ui.chart(figures.error_figure(curves, log_y=log_y, title=f"{kind.capitalize()} reconstruction error per block, {ctx.setup.model}, S = {S:g}", y_title=y_title))
+    st.dataframe(
+        pd.DataFrame(
+            {
+                "schedule": list(curves),
+                "perplexity": [p.perplexity for p in done.values()],
+                "last/first block error": [figures.last_first_ratio(c) for c in curves.values()],
+                "total error (sum over blocks)": [float(c.sum()) for c in curves.values()],
+            }
+        ),
+        hide_index=True,
+    )

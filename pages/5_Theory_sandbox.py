@@ -1,0 +1,50 @@
+"""Theory sandbox: a toy deep network showing error propagation (Thm 3.2) and the increasing-order optimum (Thm 3.5)."""
+
+import streamlit as st
+
+from atp_viz import figures, schedules, toy, ui
+
+st.set_page_config(page_title="Theory sandbox - atp-viz", layout="wide")
+ui.sidebar(load_model=False)
+
+st.title("Theory sandbox")
+st.markdown(
+    f"""
+A random {toy.WIDTH}-wide tanh network stands in for the LLM (no model needed, answers at once).
+Each layer is magnitude-pruned at its rate; the dense and the pruned network see the same
+{toy.SAMPLES} inputs. **Thm 3.2:** the error at layer i+1 grows with the error arriving from layer i,
+so the curves rise with depth. **Thm 3.5:** for the *same* rates, putting them in increasing order
+gives the lowest total error; decreasing order gives the highest.
+"""
+)
+
+for key, default in (("toy_depth", 16), ("toy_sparsity", 0.7), ("toy_beta", 0.02), ("toy_seed", 0), ("toy_log", True)):
+    ui.keep(key, default)
+left, right = st.columns(2)
+depth = left.slider("Depth (layers)", 2, toy.MAX_DEPTH, key="toy_depth")
+sparsity = left.slider("Average sparsity S", 0.05, 0.95, step=0.01, key="toy_sparsity")
+bound = schedules.beta_max(depth, sparsity)
+st.session_state["toy_beta"] = min(float(st.session_state["toy_beta"]), bound)
+beta = right.slider(f"beta (0 .. beta_max = {bound:.4g})", 0.0, max(bound, 1e-6), step=max(bound / 200, 1e-6), format="%.5f", key="toy_beta")
+seed = right.number_input("Network seed", min_value=0, step=1, key="toy_seed")
+log_y = right.toggle("Log y axis", key="toy_log")
+ui.remember("toy_depth", "toy_sparsity", "toy_beta", "toy_seed", "toy_log")
+
+try:
+    results = toy.sandbox(depth, sparsity, min(beta, bound), int(seed))
+except ValueError as exc:
+    st.error(str(exc))
+    st.stop()
+
+errors = figures.error_figure(
+    {name: r.cumulative for name, r in results.items()},
+    log_y=log_y,
+    title=f"Error per layer of a {depth}-layer toy network at S = {sparsity:g}, beta = {beta:.4g}",
+    y_title="squared output error ||y_i - y_pruned,i||_F^2 (activation units^2)",
+    x_title="layer i (0 = first)",
+)
+ui.chart(errors, key="toy_errors")
+totals = {name: r.total for name, r in results.items()}
+ui.chart(figures.totals_figure(totals, "Total error: same rates, different order (Thm 3.5)"), key="toy_totals")
+best = min(totals, key=totals.get)
+st.caption(f"Lowest total error: {best}. Uniform: {totals['uniform']:.4g}; ATP increasing: {totals['ATP (increasing)']:.4g}; decreasing: {totals['ATP rates, decreasing']:.4g}.")

@@ -1,0 +1,91 @@
+"""Figure builders: traces, axis titles, hover text, annotations; no streamlit needed."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import plotly.graph_objects as go
+import pytest
+
+from atp_viz import figures, schedules
+
+
+def axis_titles(fig: go.Figure) -> tuple[str, str]:
+    return fig.layout.xaxis.title.text, fig.layout.yaxis.title.text
+
+
+def assert_readable(fig: go.Figure) -> None:
+    x_title, y_title = axis_titles(fig)
+    assert x_title and y_title and "(" in x_title and "(" in y_title  # units / meaning in brackets
+    assert fig.layout.showlegend
+    for trace in fig.data:
+        assert trace.name and trace.hovertemplate
+
+
+def test_schedule_figure_has_one_exact_line_per_schedule() -> None:
+    rates = {"uniform": schedules.uniform(8, 0.6), "ATP (beta = 0.02)": schedules.atp(8, 0.6, 0.02)}
+    fig = figures.schedule_figure(rates)
+    assert_readable(fig)
+    assert [t.name for t in fig.data] == list(rates)
+    assert list(fig.data[1].y) == rates["ATP (beta = 0.02)"].tolist() and list(fig.data[0].x) == list(range(8))
+    assert fig.data[1].line.color == figures.COLORS["atp"]
+    assert "%{y:.6f}" in fig.data[0].hovertemplate
+
+
+def test_error_figure_annotates_last_first_ratio_and_log_axis() -> None:
+    fig = figures.error_figure({"uniform": [0.01, 0.1, 1.0], "ATP": [0.01, 0.02, 0.04]}, log_y=True)
+    assert_readable(fig)
+    assert fig.layout.yaxis.type == "log"
+    text = fig.layout.annotations[0].text
+    assert "uniform: last/first = 100x" in text and "ATP: last/first = 4x" in text
+    assert figures.error_figure({"a": [1, 2]}, log_y=False).layout.yaxis.type == "linear"
+
+
+@pytest.mark.parametrize(("curve", "expected"), [([2.0, 8.0], 4.0), ([0.0, 1.0], math.inf), ([], math.nan)])
+def test_last_first_ratio(curve: list[float], expected: float) -> None:
+    got = figures.last_first_ratio(curve)
+    assert (math.isnan(got) and math.isnan(expected)) or got == expected
+
+
+def test_beta_curve_marks_best_and_uniform_baseline() -> None:
+    fig = figures.beta_curve_figure([0.004, 0.002, 0.006], [10.0, 12.0, 11.0], sparsity=0.7, uniform_ppl=15.0, best_beta=0.004, beta_max=0.0069, selected=0.006)
+    assert_readable(fig)
+    names = [t.name for t in fig.data]
+    assert names[0].startswith("uniform (beta = 0)") and list(fig.data[0].y) == [15.0, 15.0]
+    assert list(fig.data[1].x) == [0.002, 0.004, 0.006]  # sorted by beta
+    best = next(t for t in fig.data if t.name.startswith("best"))
+    assert list(best.x) == [0.004] and list(best.y) == [10.0] and best.marker.symbol == "star"
+    assert any(n.startswith("selected") for n in names)
+    assert fig.layout.xaxis.range[1] > 0.0069
+
+
+def test_compare_figure_groups_bars_with_dense_line() -> None:
+    rows = [
+        {"method": "uniform", "sparsity": 0.5, "perplexity": 30.0},
+        {"method": "uniform", "sparsity": 0.7, "perplexity": 300.0},
+        {"method": "ATP (best beta)", "sparsity": 0.7, "perplexity": 120.0},
+    ]
+    fig = figures.compare_figure(rows, dense_ppl=20.0)
+    assert_readable(fig)
+    assert fig.layout.barmode == "group" and fig.layout.yaxis.type == "log"
+    bars = {t.name: t for t in fig.data if isinstance(t, go.Bar)}
+    assert list(bars["uniform"].x) == ["50%", "70%"] and list(bars["ATP (best beta)"].y) == [None, 120.0]
+    dense = next(t for t in fig.data if t.name.startswith("dense"))
+    assert list(dense.y) == [20.0, 20.0]
+
+
+def test_totals_figure_labels_every_bar() -> None:
+    fig = figures.totals_figure({"uniform": 3.0, "ATP (increasing)": 1.5})
+    assert_readable(fig)
+    assert list(fig.data[0].y) == [3.0, 1.5] and list(fig.data[0].text) == ["3", "1.5"]
+
+
+def test_figures_module_does_not_import_streamlit() -> None:
+    import ast
+    from pathlib import Path
+
+    tree = ast.parse(Path(figures.__file__).read_text())
+    imported = {alias.name for node in ast.walk(tree) if isinstance(node, (ast.Import, ast.ImportFrom)) for alias in node.names}
+    imported |= {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) and node.module}
+    assert not any(name.startswith("streamlit") for name in imported)
