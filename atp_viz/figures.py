@@ -89,7 +89,7 @@ def error_figure(
     y_title: str = "relative error ||h - h_pruned||^2 / ||h||^2 (unitless)",
     x_title: str = BLOCK_AXIS,
 ) -> go.Figure:
-    """One line per schedule of a per-block error, with the last/first block ratio annotated."""
+    """One line per schedule of a per-block error; the subtitle gives each last/first block ratio."""
     fig = go.Figure()
     notes = []
     for name, curve in curves.items():
@@ -107,21 +107,7 @@ def error_figure(
             )
         )
     fig = _layout(fig, title, x_title, y_title, log_y)
-    fig.add_annotation(
-        text="<br>".join(notes),
-        xref="paper",
-        yref="paper",
-        x=0.01,
-        y=0.99,
-        xanchor="left",
-        yanchor="top",
-        showarrow=False,
-        align="left",
-        bgcolor="rgba(255,255,255,0.8)",
-        bordercolor="#999",
-        borderwidth=1,
-        name="ratios",
-    )
+    fig.update_layout(title_subtitle_text="; ".join(notes), margin_t=80)
     return fig
 
 

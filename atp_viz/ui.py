@@ -74,25 +74,22 @@ def defaults() -> dict[str, object]:
 
 
 # ------------------------------------------------------------------ session state that survives pages
-def _restore(key: str, default: object) -> None:
-    """Widget state is dropped when a page without the widget runs; keep a copy under '_' + key."""
-    if key not in st.session_state:
-        st.session_state[key] = st.session_state.get("_" + key, default)
+# Streamlit drops (or resets) a widget's state when another page runs, even for the same key. So
+# each widget's value is mirrored under '_' + key by its on_change callback and restored from that
+# mirror before the widget is drawn on any page.
+def _mirror(key: str) -> None:
+    st.session_state["_" + key] = st.session_state[key]
 
 
-def _remember(keys: Sequence[str]) -> None:
-    for key in keys:
-        st.session_state["_" + key] = st.session_state[key]
+def state(key: str, default: object) -> dict[str, object]:
+    """Keyword arguments for a widget whose value survives page switches: ``st.slider(..., **state(k, v))``."""
+    st.session_state[key] = st.session_state.get("_" + key, default)
+    return {"key": key, "on_change": _mirror, "args": (key,)}
 
 
-def keep(key: str, default: object) -> None:
-    """For a page widget whose value should survive visits to other pages: call before drawing it."""
-    _restore(key, default)
-
-
-def remember(*keys: str) -> None:
-    """Call after drawing the widgets passed to ``keep``."""
-    _remember(keys)
+def set_state(key: str, value: object) -> None:
+    """Change a ``state`` widget's value from code (before the widget is drawn)."""
+    st.session_state[key] = st.session_state["_" + key] = value
 
 
 # ------------------------------------------------------------------ cached resources
@@ -260,41 +257,38 @@ def schedule_or_error(bench: Workbench, spec: ScheduleSpec) -> np.ndarray | None
 # ------------------------------------------------------------------ sidebar
 def sidebar(load_model: bool = True) -> Context:
     """Global settings (shared by all pages), a status box, and the workbench when asked for."""
-    keys = ("model", "corpus", *DEFAULTS)
-    for key, default in defaults().items():
-        _restore(key, default)
+    initial = defaults()
     bar = st.sidebar
     bar.header("Settings")
-    bar.text_input("Model", key="model", help=f"Embedded: {', '.join(EMBEDDED_MODELS)}; or a local Hugging Face folder, a .gguf file, or a hub id.")
-    bar.text_input("Corpus", key="corpus", help=f"{DEFAULT_CORPUS} (embedded), wikitext2, c4, or a local .txt/.json/.jsonl/.parquet file.")
-    bar.slider("Target sparsity S", *SPARSITY_RANGE, step=0.01, key="sparsity", help="Average fraction of the prunable weights set to zero.")
-    bar.selectbox("Pruner", PRUNERS, key="pruner")
+    bar.text_input("Model", help=f"Embedded: {', '.join(EMBEDDED_MODELS)}; or a local Hugging Face folder, a .gguf file, or a hub id.", **state("model", initial["model"]))
+    bar.text_input("Corpus", help=f"{DEFAULT_CORPUS} (embedded), wikitext2, c4, or a local .txt/.json/.jsonl/.parquet file.", **state("corpus", initial["corpus"]))
+    bar.slider("Target sparsity S", *SPARSITY_RANGE, step=0.01, help="Average fraction of the prunable weights set to zero.", **state("sparsity", initial["sparsity"]))
+    bar.selectbox("Pruner", PRUNERS, **state("pruner", initial["pruner"]))
     left, right = bar.columns(2)
-    left.number_input("Calibration windows", min_value=1, step=1, key="calib_samples")
-    right.number_input("Calibration tokens", min_value=2, step=64, key="calib_seqlen")
-    left.number_input("Evaluation windows", min_value=1, step=1, key="eval_windows")
-    right.number_input("Evaluation tokens", min_value=2, step=64, key="eval_seqlen")
-    left.number_input("Seed", min_value=0, step=1, key="seed")
-    right.selectbox("Device", DEVICES, key="device")
-    _remember(keys)
+    left.number_input("Calibration windows", min_value=1, step=1, **state("calib_samples", initial["calib_samples"]))
+    right.number_input("Calibration tokens", min_value=2, step=64, **state("calib_seqlen", initial["calib_seqlen"]))
+    left.number_input("Evaluation windows", min_value=1, step=1, **state("eval_windows", initial["eval_windows"]))
+    right.number_input("Evaluation tokens", min_value=2, step=64, **state("eval_seqlen", initial["eval_seqlen"]))
+    left.number_input("Seed", min_value=0, step=1, **state("seed", initial["seed"]))
+    right.selectbox("Device", DEVICES, **state("device", initial["device"]))
 
-    state = st.session_state
+    values = st.session_state
     setup: Setup | None = None
     try:
         setup = Setup(
-            model=state["model"].strip(),
-            corpus=state["corpus"].strip(),
-            calib=CalibConfig(int(state["calib_samples"]), int(state["calib_seqlen"]), int(state["seed"])),
-            evaluation=EvalConfig(int(state["eval_windows"]), int(state["eval_seqlen"]), EVAL_BATCH),
-            prune=PruneConfig(state["pruner"]),
-            device=state["device"],
+            model=values["model"].strip(),
+            corpus=values["corpus"].strip(),
+            calib=CalibConfig(int(values["calib_samples"]), int(values["calib_seqlen"]), int(values["seed"])),
+            evaluation=EvalConfig(int(values["eval_windows"]), int(values["eval_seqlen"]), EVAL_BATCH),
+            prune=PruneConfig(values["pruner"]),
+            device=values["device"],
         )
         if not setup.model or not setup.corpus:
             raise ValueError("model and corpus must not be empty")
     except ValueError as exc:
         bar.error(f"Invalid settings: {exc}")
         setup = None
-    sparsity = float(state["sparsity"])
+    sparsity = float(values["sparsity"])
     if not SPARSITY_RANGE[0] <= sparsity <= SPARSITY_RANGE[1]:
         bar.error(f"Target sparsity must be in [{SPARSITY_RANGE[0]}, {SPARSITY_RANGE[1]}], got {sparsity:g}")
         sparsity = float(DEFAULTS["sparsity"])  # type: ignore[arg-type]

@@ -16,16 +16,13 @@ bound = schedules.beta_max(L, S)
 st.markdown(f"Per-block sparsity for **{ctx.setup.model}** ({L} blocks) at average sparsity **S = {S:g}**. ATP's slope is bounded by **beta_max = {bound:.5g}** (first block at 0 or last at 1).")
 
 SHOW = ("uniform", "ATP", "OWL", "AlphaPruning", "custom")
-for key, default in (("sched_show", list(SHOW)), ("sched_beta", bound / 2), ("sched_lam", 0.08), ("sched_m", 5.0), ("sched_eps", 0.3)):
-    ui.keep(key, default)
-st.session_state["sched_beta"] = min(float(st.session_state["sched_beta"]), bound)
-show = st.multiselect("Schedules to show", SHOW, key="sched_show")
+ui.set_state("sched_beta", min(float(st.session_state.get("_sched_beta", bound / 2)), bound))
+show = st.multiselect("Schedules to show", SHOW, **ui.state("sched_show", list(SHOW)))
 c1, c2, c3, c4 = st.columns(4)
-beta = c1.slider(f"ATP beta (0 .. {bound:.5g})", 0.0, max(bound, 1e-9), step=schedules.GRID_STEP / 4, format="%.4f", key="sched_beta")
-lam = c2.number_input("OWL lambda (0 .. 1)", step=0.01, format="%.3f", key="sched_lam")
-m = c3.number_input("OWL M (outlier threshold, x mean score)", step=0.5, key="sched_m")
-eps = c4.number_input("AlphaPruning eps (0 .. 1)", step=0.05, format="%.3f", key="sched_eps")
-ui.remember("sched_show", "sched_beta", "sched_lam", "sched_m", "sched_eps")
+beta = c1.slider(f"ATP beta (0 .. {bound:.5g})", 0.0, max(bound, 1e-9), step=schedules.GRID_STEP / 4, format="%.4f", **ui.state("sched_beta", bound / 2))
+lam = c2.number_input("OWL lambda (0 .. 1)", step=0.01, format="%.3f", **ui.state("sched_lam", 0.08))
+m = c3.number_input("OWL M (outlier threshold, x mean score)", step=0.5, **ui.state("sched_m", 5.0))
+eps = c4.number_input("AlphaPruning eps (0 .. 1)", step=0.05, format="%.3f", **ui.state("sched_eps", 0.3))
 
 with st.expander("Custom schedule (edit the rates; each in [0, 1])", expanded="custom" in show):
     start = pd.DataFrame({"block": range(L), "sparsity": schedules.uniform(L, S)})

@@ -25,16 +25,13 @@ bench, S, L = ctx.workbench, ctx.sparsity, ctx.workbench.num_blocks
 bound = schedules.beta_max(L, S)
 
 CHOICES = ("uniform", "ATP", "OWL", "AlphaPruning")
-for key, default in (("err_show", ["uniform", "ATP"]), ("err_beta", bound / 2), ("err_kind", "cumulative"), ("err_scale", "relative"), ("err_log", True)):
-    ui.keep(key, default)
-st.session_state["err_beta"] = min(float(st.session_state["err_beta"]), bound)
+ui.set_state("err_beta", min(float(st.session_state.get("_err_beta", bound / 2)), bound))
 c1, c2, c3, c4 = st.columns([3, 3, 2, 2])
-show = c1.multiselect("Schedules", CHOICES, key="err_show")
-beta = c2.slider(f"ATP beta (0 .. beta_max = {bound:.5g})", 0.0, max(bound, 1e-9), step=schedules.GRID_STEP / 4, format="%.4f", key="err_beta")
-kind = c3.radio("Error", ("cumulative", "local"), key="err_kind", horizontal=True)
-scale = c3.radio("Scale", ("relative", "absolute"), key="err_scale", horizontal=True)
-log_y = c4.toggle("Log y axis", key="err_log")
-ui.remember("err_show", "err_beta", "err_kind", "err_scale", "err_log")
+show = c1.multiselect("Schedules", CHOICES, **ui.state("err_show", ["uniform", "ATP"]))
+beta = c2.slider(f"ATP beta (0 .. beta_max = {bound:.5g})", 0.0, max(bound, 1e-9), step=schedules.GRID_STEP / 4, format="%.4f", **ui.state("err_beta", bound / 2))
+kind = c3.radio("Error", ("cumulative", "local"), horizontal=True, **ui.state("err_kind", "cumulative"))
+scale = c3.radio("Scale", ("relative", "absolute"), horizontal=True, **ui.state("err_scale", "relative"))
+log_y = c4.toggle("Log y axis", **ui.state("err_log", True))
 if not show:
     st.error("Choose at least one schedule (allowed: uniform, ATP, OWL, AlphaPruning).")
     st.stop()

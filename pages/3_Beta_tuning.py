@@ -20,9 +20,7 @@ if not ctx.ready:
 bench, S, L = ctx.workbench, ctx.sparsity, ctx.workbench.num_blocks
 bound = schedules.beta_max(L, S)
 
-ui.keep("tune_step", schedules.GRID_STEP)
-step = st.number_input("Grid step (> 0)", min_value=0.0, step=0.001, format="%.4f", key="tune_step")
-ui.remember("tune_step")
+step = st.number_input("Grid step (> 0)", min_value=0.0, step=0.001, format="%.4f", **ui.state("tune_step", schedules.GRID_STEP))
 try:
     specs = sweep_specs(L, S, step)
 except ValueError as exc:
@@ -56,7 +54,7 @@ def draw(points: list) -> None:
         uniform_ppl=uniform.perplexity if uniform else None,
         best_beta=best.beta if best else None,
         beta_max=bound,
-        selected=st.session_state.get("tune_pick"),
+        selected=st.session_state.get("_tune_pick"),
     )
     with chart_slot.container():
         ui.chart(fig, key=f"tune_curve_{len(points)}")
@@ -81,9 +79,9 @@ if uniform:
     st.success(f"Best beta = {best.beta:.4g}: perplexity {best.perplexity:.4f} vs uniform {uniform.perplexity:.4f} ({(best.perplexity / uniform.perplexity - 1) * 100:+.2f} %).")
 
 betas = [p.beta for p in atp_points]
-if st.session_state.get("tune_pick") not in betas:
-    st.session_state["tune_pick"] = best.beta
-pick = st.selectbox("Show point", betas, format_func=lambda b: f"beta = {b:.4g}" + (" (best)" if b == best.beta else ""), key="tune_pick")
+if st.session_state.get("_tune_pick") not in betas:
+    ui.set_state("tune_pick", best.beta)
+pick = st.selectbox("Show point", betas, format_func=lambda b: f"beta = {b:.4g}" + (" (best)" if b == best.beta else ""), **ui.state("tune_pick", best.beta))
 chosen = next(p for p in atp_points if p.beta == pick)
 left, right = st.columns(2)
 with left:

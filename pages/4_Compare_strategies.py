@@ -17,14 +17,11 @@ bench, L = ctx.workbench, ctx.workbench.num_blocks
 
 METHODS = ("uniform", "OWL", "AlphaPruning", "ATP (best beta)")
 SPARSITIES = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
-for key, default in (("cmp_methods", list(METHODS)), ("cmp_sparsities", [0.5, 0.6, 0.7, 0.8]), ("cmp_log", True), ("tune_step", schedules.GRID_STEP)):
-    ui.keep(key, default)
 c1, c2, c3, c4 = st.columns([3, 3, 1, 1])
-methods = c1.multiselect("Methods", METHODS, key="cmp_methods")
-sparsities = sorted(c2.multiselect("Target sparsities", SPARSITIES, format_func=lambda s: f"{s:.0%}", key="cmp_sparsities"))
-step = c3.number_input("ATP grid step", min_value=0.0, step=0.001, format="%.4f", key="tune_step", help="Shared with the Beta tuning page.")
-log_y = c4.toggle("Log y axis", key="cmp_log")
-ui.remember("cmp_methods", "cmp_sparsities", "cmp_log", "tune_step")
+methods = c1.multiselect("Methods", METHODS, **ui.state("cmp_methods", list(METHODS)))
+sparsities = sorted(c2.multiselect("Target sparsities", SPARSITIES, format_func=lambda s: f"{s:.0%}", **ui.state("cmp_sparsities", [0.5, 0.6, 0.7, 0.8])))
+step = c3.number_input("ATP grid step", min_value=0.0, step=0.001, format="%.4f", help="Shared with the Beta tuning page.", **ui.state("tune_step", schedules.GRID_STEP))
+log_y = c4.toggle("Log y axis", **ui.state("cmp_log", True))
 if not methods or not sparsities:
     st.error(f"Choose at least one method and one sparsity (allowed sparsities: {', '.join(f'{s:g}' for s in SPARSITIES)}).")
     st.stop()

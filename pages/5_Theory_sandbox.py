@@ -18,17 +18,14 @@ gives the lowest total error; decreasing order gives the highest.
 """
 )
 
-for key, default in (("toy_depth", 16), ("toy_sparsity", 0.7), ("toy_beta", 0.02), ("toy_seed", 0), ("toy_log", True)):
-    ui.keep(key, default)
 left, right = st.columns(2)
-depth = left.slider("Depth (layers)", 2, toy.MAX_DEPTH, key="toy_depth")
-sparsity = left.slider("Average sparsity S", 0.05, 0.95, step=0.01, key="toy_sparsity")
+depth = left.slider("Depth (layers)", 2, toy.MAX_DEPTH, **ui.state("toy_depth", 16))
+sparsity = left.slider("Average sparsity S", 0.05, 0.95, step=0.01, **ui.state("toy_sparsity", 0.7))
 bound = schedules.beta_max(depth, sparsity)
-st.session_state["toy_beta"] = min(float(st.session_state["toy_beta"]), bound)
-beta = right.slider(f"beta (0 .. beta_max = {bound:.4g})", 0.0, max(bound, 1e-6), step=max(bound / 200, 1e-6), format="%.5f", key="toy_beta")
-seed = right.number_input("Network seed", min_value=0, step=1, key="toy_seed")
-log_y = right.toggle("Log y axis", key="toy_log")
-ui.remember("toy_depth", "toy_sparsity", "toy_beta", "toy_seed", "toy_log")
+ui.set_state("toy_beta", min(float(st.session_state.get("_toy_beta", 0.02)), bound))
+beta = right.slider(f"beta (0 .. beta_max = {bound:.4g})", 0.0, max(bound, 1e-6), step=max(bound / 200, 1e-6), format="%.5f", **ui.state("toy_beta", 0.02))
+seed = right.number_input("Network seed", min_value=0, step=1, **ui.state("toy_seed", 0))
+log_y = right.toggle("Log y axis", **ui.state("toy_log", True))
 
 try:
     results = toy.sandbox(depth, sparsity, min(beta, bound), int(seed))

@@ -37,7 +37,7 @@ def test_error_figure_annotates_last_first_ratio_and_log_axis() -> None:
     fig = figures.error_figure({"uniform": [0.01, 0.1, 1.0], "ATP": [0.01, 0.02, 0.04]}, log_y=True)
     assert_readable(fig)
     assert fig.layout.yaxis.type == "log"
-    text = fig.layout.annotations[0].text
+    text = fig.layout.title.subtitle.text
     assert "uniform: last/first = 100x" in text and "ATP: last/first = 4x" in text
     assert figures.error_figure({"a": [1, 2]}, log_y=False).layout.yaxis.type == "linear"
 

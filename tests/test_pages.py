@@ -90,17 +90,17 @@ def test_schedules_page_overlays_all_schedules_and_reacts_to_beta() -> None:
 
 
 def test_error_explosion_measures_then_reads_back() -> None:
-    at = page("pages/2_Error_explosion.py", sparsity=0.6)
+    at = page("pages/2_Error_explosion.py", _sparsity=0.6)
     ok(at)
     assert not figures(at)
     at.button(key="err_run").click().run()
     ok(at)
     (fig,) = figures(at)
     assert len(fig["data"]) == 2 and fig["layout"]["yaxis"]["type"] == "log"
-    assert "last/first" in fig["layout"]["annotations"][0]["text"]
+    assert "last/first" in fig["layout"]["title"]["subtitle"]["text"]
     at.toggle(key="err_log").set_value(False).run()
     assert figures(at)[0]["layout"]["yaxis"]["type"] == "linear"
-    again = page("pages/2_Error_explosion.py", sparsity=0.6)  # a revisit reads the store, no button needed
+    again = page("pages/2_Error_explosion.py", _sparsity=0.6)  # a revisit reads the store, no button needed
     ok(again)
     assert len(figures(again)[0]["data"]) == 2 and not again.button
 
@@ -108,7 +108,7 @@ def test_error_explosion_measures_then_reads_back() -> None:
 def test_error_explosion_says_busy_while_another_job_runs(tiny_assets) -> None:
     from atp_viz import ui
 
-    at = page("pages/2_Error_explosion.py", sparsity=0.55)
+    at = page("pages/2_Error_explosion.py", _sparsity=0.55)
     with ui.job(str(tiny_assets["model"]), "a test job"):
         at.button(key="err_run").click().run()
     ok(at)
@@ -117,7 +117,7 @@ def test_error_explosion_says_busy_while_another_job_runs(tiny_assets) -> None:
 
 
 def test_beta_tuning_sweeps_point_by_point_and_shows_them_on_revisit() -> None:
-    at = page("pages/3_Beta_tuning.py", sparsity=0.7)
+    at = page("pages/3_Beta_tuning.py", _sparsity=0.7)
     ok(at)
     at.number_input(key="tune_step").set_value(0.0).run()
     assert any("step must be" in e.value for e in at.error)
@@ -131,7 +131,7 @@ def test_beta_tuning_sweeps_point_by_point_and_shows_them_on_revisit() -> None:
     assert any(n.startswith("uniform (beta = 0)") for n in names) and any(n.startswith("best:") for n in names)
     assert len(traces(curve)["ATP at S = 0.7"]["x"]) == 4  # 0.05 .. 0.2
     assert len(figs) == 3  # U-curve, selected schedule, selected error curve
-    revisit = page("pages/3_Beta_tuning.py", sparsity=0.7, _tune_step=0.05)
+    revisit = page("pages/3_Beta_tuning.py", _sparsity=0.7, _tune_step=0.05)
     ok(revisit)
     assert len(traces(figures(revisit)[0])["ATP at S = 0.7"]["x"]) == 4
     assert revisit.button(key="tune_run").disabled

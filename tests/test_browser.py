@@ -1,0 +1,191 @@
+"""The dashboard in a real browser: headless Chromium (system build) drives every page.
+
+Starts ``streamlit run app.py`` on a free localhost port with the tiny model (or, with
+ATP_VIZ_BROWSER_REAL=1, the real default model), walks Home -> Schedules -> Error explosion ->
+Beta tuning -> Compare strategies -> Theory sandbox through the sidebar navigation (one session,
+so settings carry over), asserts a Plotly chart is drawn on each page, and saves one screenshot per
+page to artifacts/screenshots (and to docs/screenshots when ATP_VIZ_SCREENSHOTS is set).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+CHROMIUM = Path("/usr/lib/chromium/chromium")
+ARTIFACTS = ROOT / "artifacts" / "screenshots"
+DOCS = ROOT / "docs" / "screenshots"
+REAL = os.environ.get("ATP_VIZ_BROWSER_REAL") == "1"
+SLOW = 1800 if REAL else 1  # real-model jobs take minutes
+CHROMIUM_FLAGS = [
+    "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-background-networking",
+    "--disable-component-update", "--disable-sync", "--disable-default-apps", "--disable-extensions",
+    "--no-first-run", "--no-default-browser-check", "--disable-quic", "--metrics-recording-only",
+]
+CHART = ".js-plotly-plot .main-svg"
+# ATP grid steps typed into the pages: coarse for the tiny model (few points), finer for the real one.
+BETA_STEP = "0.0040" if REAL else "0.1000"
+COMPARE_STEP = "0.0100" if REAL else "0.1000"
+
+pytestmark = [
+    pytest.mark.browser,
+    pytest.mark.skipif(not CHROMIUM.exists(), reason=f"{CHROMIUM} missing: apt-get install -y chromium (.ci/run installs it)"),
+]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(dashboard_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory):
+    """A dashboard server on localhost; yields its base URL and stops it by its own handle."""
+    port = free_port()
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    if REAL:
+        env.setdefault("ATP_VIZ_STORE", str(tmp_path_factory.mktemp("real") / "results.sqlite"))
+    else:
+        env.update({**dashboard_env, "ATP_VIZ_STORE": str(tmp_path_factory.mktemp("browser") / "results.sqlite")})
+    log = (tmp_path_factory.mktemp("server") / "streamlit.log").open("w")
+    command = [sys.executable, "-m", "streamlit", "run", "app.py", "--server.headless", "true", "--server.port", str(port),
+               "--server.address", "127.0.0.1", "--browser.gatherUsageStats", "false"]
+    proc = subprocess.Popen(command, cwd=ROOT, env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                if urllib.request.urlopen(f"{base}/_stcore/health", timeout=2).read() == b"ok":
+                    break
+            except OSError:
+                pass
+            if proc.poll() is not None or time.monotonic() > deadline:
+                pytest.fail(f"streamlit did not start; log: {Path(log.name).read_text()[-2000:]}")
+            time.sleep(0.3)
+        yield base
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        log.close()
+
+
+@pytest.fixture(scope="module")
+def browser_page(server: str):
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_FLAGS)
+        page = browser.new_page(viewport={"width": 1400, "height": 1600})
+        page.set_default_timeout(90_000 * SLOW)
+        yield page
+        browser.close()
+
+
+def shoot(page, name: str) -> None:
+    page.wait_for_timeout(800)  # let Plotly finish its transitions
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / f"{name}.png"), full_page=True)
+    if os.environ.get("ATP_VIZ_SCREENSHOTS"):
+        DOCS.mkdir(parents=True, exist_ok=True)
+        page.screenshot(path=str(DOCS / f"{name}.png"), full_page=True)
+
+
+def goto(page, label: str) -> None:
+    """Switch page through the sidebar navigation (keeps the session and its settings)."""
+    page.locator('[data-testid="stSidebarNav"] a', has_text=re.compile(f"^{label}$")).click()
+    page.wait_for_url(re.compile(label.replace(" ", "_") + "$"))
+
+
+def wait_idle(page) -> None:
+    """Wait until the script run finished (Streamlit shows a 'Running...' status widget meanwhile)."""
+    page.wait_for_timeout(300)
+    page.locator('[data-testid="stStatusWidget"]').wait_for(state="detached")
+
+
+def set_number(page, label: str, value: str) -> None:
+    box = page.get_by_label(label)
+    box.fill(value)
+    box.press("Enter")
+    page.wait_for_function("([l, v]) => document.querySelector(`input[aria-label='${l}']`)?.value === v", arg=[label, value])
+    wait_idle(page)
+
+
+def chart_count(page) -> int:
+    page.locator(CHART).first.wait_for(state="visible")
+    return page.locator(".js-plotly-plot").count()
+
+
+def legend(page) -> str:
+    return " | ".join(page.locator(".js-plotly-plot .legendtext").all_text_contents())
+
+
+def test_every_page_draws_a_plotly_chart(server: str, browser_page) -> None:
+    page = browser_page
+    page.goto(server, wait_until="domcontentloaded")
+    page.locator(CHART).first.wait_for(state="visible")
+    wait_idle(page)
+    assert "Uniform vs ATP schedule" in page.locator(".js-plotly-plot .gtitle").first.text_content()
+    assert page.get_by_text("Dense perplexity:").is_visible()
+    shoot(page, "1_home")
+
+    goto(page, "Schedules")
+    page.locator(".js-plotly-plot .gtitle", has_text="Per-block sparsity").wait_for()
+    wait_idle(page)
+    assert page.locator(".js-plotly-plot .scatterlayer path.js-line").count() == 5
+    before = legend(page)
+    slider = page.locator('[data-testid="stMain"] input[type="range"]').first  # ATP beta, not the sidebar's S
+    slider.focus()
+    for _ in range(4):
+        slider.press("ArrowRight")
+    page.wait_for_function("b => Array.from(document.querySelectorAll('.js-plotly-plot .legendtext')).map(e => e.textContent).join(' | ') !== b", arg=before)
+    wait_idle(page)
+    shoot(page, "2_schedules")
+
+    goto(page, "Error explosion")
+    page.get_by_role("button", name=re.compile("^Measure")).click()
+    page.locator(".js-plotly-plot .gtitle", has_text="reconstruction error per block").wait_for()
+    wait_idle(page)
+    assert "last/first" in page.locator(".js-plotly-plot .infolayer").first.text_content()
+    shoot(page, "3_error_explosion")
+
+    goto(page, "Beta tuning")
+    set_number(page, "Grid step (> 0)", BETA_STEP)
+    page.get_by_role("button", name=re.compile("^Run sweep")).click()
+    page.locator(".js-plotly-plot .legendtext", has_text="best:").first.wait_for()
+    page.get_by_text(re.compile("^Best beta =")).wait_for()
+    wait_idle(page)
+    assert chart_count(page) == 3
+    shoot(page, "4_beta_tuning")
+
+    goto(page, "Compare strategies")
+    page.get_by_label("ATP grid step").wait_for()
+    set_number(page, "ATP grid step", COMPARE_STEP)
+    run = page.get_by_role("button", name=re.compile("^Run .* missing"))
+    run.wait_for()
+    run.click()
+    page.get_by_role("button", name="Download CSV").wait_for()
+    wait_idle(page)
+    page.locator(".js-plotly-plot .legendtext", has_text="ATP (best beta)").first.wait_for()
+    assert page.locator(".js-plotly-plot .barlayer .point").count() >= 4
+    shoot(page, "5_compare_strategies")
+
+    goto(page, "Theory sandbox")
+    page.locator(".js-plotly-plot .gtitle", has_text="toy network").wait_for()
+    page.locator(".js-plotly-plot .gtitle", has_text="Total error").wait_for()
+    wait_idle(page)
+    assert chart_count(page) == 2
+    shoot(page, "6_theory_sandbox")
