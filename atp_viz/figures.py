@@ -38,6 +38,11 @@ def color_for(name: str) -> str | None:
     return COLORS.get(first)
 
 
+def _block_ticks(fig: go.Figure, blocks: int) -> go.Figure:
+    """Integer ticks on a block/layer axis (about 16 of them at most)."""
+    return fig.update_xaxes(tick0=0, dtick=max(1, math.ceil(blocks / 16)))
+
+
 def _layout(fig: go.Figure, title: str, x_title: str, y_title: str, log_y: bool = False) -> go.Figure:
     fig.update_layout(
         title=title,
@@ -78,6 +83,7 @@ def schedule_figure(schedules: Mapping[str, ArrayLike], title: str = "Per-block 
         )
     fig = _layout(fig, title, BLOCK_AXIS, RATE_AXIS)
     fig.update_yaxes(tickformat=".2f")
+    _block_ticks(fig, max((len(t.y) for t in fig.data), default=1))
     return fig
 
 
@@ -108,6 +114,7 @@ def error_figure(
         )
     fig = _layout(fig, title, x_title, y_title, log_y)
     fig.update_layout(title_subtitle_text="; ".join(notes), margin_t=80)
+    _block_ticks(fig, max((len(t.y) for t in fig.data), default=1))
     return fig
 
 
@@ -200,6 +207,7 @@ def compare_figure(
         )
     fig = _layout(fig, "Perplexity by strategy and target sparsity", "target sparsity S (% of prunable weights)", "perplexity (lower is better)" + (", log scale" if log_y else ""), log_y)
     fig.update_layout(barmode="group")
+    fig.update_xaxes(type="category")  # '70%' would otherwise be read as the number 70
     return fig
 
 

@@ -117,16 +117,18 @@ def wait_idle(page) -> None:
 
 
 def set_number(page, label: str, value: str) -> None:
-    box = page.get_by_label(label)
+    box = page.locator(f'input[aria-label="{label}"]')
     box.fill(value)
     box.press("Enter")
     page.wait_for_function("([l, v]) => document.querySelector(`input[aria-label='${l}']`)?.value === v", arg=[label, value])
     wait_idle(page)
 
 
-def chart_count(page) -> int:
+def wait_charts(page, count: int) -> None:
+    """Wait until exactly ``count`` Plotly charts are drawn (stale ones of the previous run are gone)."""
     page.locator(CHART).first.wait_for(state="visible")
-    return page.locator(".js-plotly-plot").count()
+    page.wait_for_function("n => document.querySelectorAll('.js-plotly-plot').length === n", arg=count)
+    assert page.locator(".js-plotly-plot").count() == count
 
 
 def legend(page) -> str:
@@ -168,15 +170,16 @@ def test_every_page_draws_a_plotly_chart(server: str, browser_page) -> None:
     page.locator(".js-plotly-plot .legendtext", has_text="best:").first.wait_for()
     page.get_by_text(re.compile("^Best beta =")).wait_for()
     wait_idle(page)
-    assert chart_count(page) == 3
+    wait_charts(page, 3)
     shoot(page, "4_beta_tuning")
 
     goto(page, "Compare strategies")
-    page.get_by_label("ATP grid step").wait_for()
+    page.locator('input[aria-label="ATP grid step"]').wait_for()
     set_number(page, "ATP grid step", COMPARE_STEP)
     run = page.get_by_role("button", name=re.compile("^Run .* missing"))
     run.wait_for()
     run.click()
+    run.wait_for(state="detached")  # the page reruns without it once every run is stored
     page.get_by_role("button", name="Download CSV").wait_for()
     wait_idle(page)
     page.locator(".js-plotly-plot .legendtext", has_text="ATP (best beta)").first.wait_for()
@@ -187,5 +190,5 @@ def test_every_page_draws_a_plotly_chart(server: str, browser_page) -> None:
     page.locator(".js-plotly-plot .gtitle", has_text="toy network").wait_for()
     page.locator(".js-plotly-plot .gtitle", has_text="Total error").wait_for()
     wait_idle(page)
-    assert chart_count(page) == 2
+    wait_charts(page, 2)
     shoot(page, "6_theory_sandbox")
