@@ -118,8 +118,12 @@ def run_block(block: nn.Module, hidden: torch.Tensor, call: tuple[tuple, dict], 
     return torch.cat(outputs)
 
 
+NORM_CHUNK = 1 << 24  # elements per float64 chunk: no full-size float64 copy of a (N, T, H) tensor
+
+
 def squared_norm(x: torch.Tensor) -> float:
-    return float(x.double().pow(2).sum())
+    """||x||_F^2 accumulated in float64, chunk by chunk."""
+    return float(sum(chunk.double().square().sum() for chunk in x.reshape(-1).split(NORM_CHUNK)))
 
 
 def relative(abs_err: float, ref: float) -> float:

@@ -156,21 +156,79 @@ def load_corpus(name: str = DEFAULT_CORPUS) -> Corpus:
 
 
 _TOKEN_CACHE: dict[tuple[str, str], torch.Tensor] = {}
+# Texts at least this long are tokenized once per machine: their ids are kept in the cache dir.
+DISK_TOKENS_MIN_CHARS = 100_000
+TOKENS_FOLDER = "tokens"
+
+
+def tokenizer_digest(tokenizer: object) -> str:
+    """Identity of a tokenizer: its full serialized vocabulary and rules when it has them."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is not None:
+        return hashlib.sha256(backend.to_str().encode()).hexdigest()[:20]
+    return f"{getattr(tokenizer, 'name_or_path', '')}:{len(tokenizer)}"  # type: ignore[arg-type]
+
+
+def disk_token_path(tokenizer_key: str, text_key: str) -> Path:
+    from .models import cache_dir
+
+    name = hashlib.sha256(f"{tokenizer_key}\0{text_key}".encode()).hexdigest()[:24]
+    return cache_dir() / TOKENS_FOLDER / f"{name}.npy"
 
 
 def token_ids(tokenizer: object, text: str) -> torch.Tensor:
-    """Tokenize a whole text once (1-D int64); repeated calls with the same text are free."""
-    key = (f"{getattr(tokenizer, 'name_or_path', '')}:{len(tokenizer)}", hashlib.sha256(text.encode()).hexdigest())  # type: ignore[arg-type]
-    if key not in _TOKEN_CACHE:
-        ids = tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"]  # type: ignore[operator]
-        _TOKEN_CACHE[key] = torch.tensor(ids, dtype=torch.long)
-    return _TOKEN_CACHE[key]
+    """Tokenize a whole text once (1-D int64); repeated calls with the same text are free.
+
+    Long texts (the corpora) are also cached on disk, keyed by the tokenizer and the text, so a new
+    process skips the tokenization (about 5 s for the embedded corpus).
+    """
+    key = (tokenizer_digest(tokenizer), hashlib.sha256(text.encode()).hexdigest())
+    if key in _TOKEN_CACHE:
+        return _TOKEN_CACHE[key]
+    path = disk_token_path(*key) if len(text) >= DISK_TOKENS_MIN_CHARS else None
+    ids = read_token_file(path) if path is not None else None
+    if ids is None:
+        ids = torch.tensor(tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"], dtype=torch.long)  # type: ignore[operator]
+        if path is not None:
+            write_token_file(path, ids)
+    _TOKEN_CACHE[key] = ids
+    return ids
+
+
+def read_token_file(path: Path) -> torch.Tensor | None:
+    import numpy as np
+
+    try:
+        return torch.from_numpy(np.load(path, allow_pickle=False).astype(np.int64))
+    except (OSError, ValueError):  # missing or damaged: tokenize again
+        return None
+
+
+def write_token_file(path: Path, ids: torch.Tensor) -> None:
+    import os
+    import tempfile
+
+    import numpy as np
+
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        handle, temp = tempfile.mkstemp(dir=path.parent, suffix=".npy.tmp")
+        with os.fdopen(handle, "wb") as f:
+            np.save(f, ids.numpy().astype(np.int32 if ids.numel() == 0 or int(ids.max()) < 2**31 else np.int64))
+        os.replace(temp, path)
+    except OSError:  # a read-only cache only costs the tokenization next time
+        pass
 
 
 def calibration_windows(ids: torch.Tensor, samples: int, seqlen: int, seed: int) -> torch.Tensor:
     """``samples`` windows of ``seqlen`` tokens at seeded random offsets. Shape (samples, seqlen)."""
     if ids.numel() <= seqlen:
         raise CorpusError(f"calibration text has {ids.numel()} tokens; windows of {seqlen} need more than that")
+    available = ids.numel() // seqlen  # random windows may overlap, but never ask for more text than there is
+    if samples > available:
+        raise CorpusError(
+            f"calibration text holds {available} windows of {seqlen} tokens; asked for {samples} (allowed: 1..{available}); more windows need more text"
+        )
     generator = torch.Generator().manual_seed(seed)
     starts = torch.randint(0, ids.numel() - seqlen, (samples,), generator=generator)
     return torch.stack([ids[s : s + seqlen] for s in starts.tolist()])

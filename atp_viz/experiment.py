@@ -17,6 +17,7 @@ Two calibration modes (``Setup.calibration``):
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import time
 from pathlib import Path
 from dataclasses import asdict, dataclass, field
@@ -114,6 +115,10 @@ class PointResult:
         return cls(**{k: v for k, v in values.items() if k in names}, key=key, cached=cached)
 
 
+def ids_digest(ids: torch.Tensor) -> str:
+    return hashlib.sha256(ids.cpu().numpy().tobytes()).hexdigest()[:20] + f":{tuple(ids.shape)}"
+
+
 def scaled(progress: Progress | None, start: float, width: float) -> Progress | None:
     """A progress callback for a sub-task occupying [start, start + width] of the whole job."""
     if progress is None:
@@ -124,18 +129,30 @@ def scaled(progress: Progress | None, start: float, width: float) -> Progress | 
 class Workbench:
     """A loaded model with its calibration and evaluation windows, ready to try schedules."""
 
-    def __init__(self, setup: Setup, store: ResultStore | None = None, loaded: LoadedModel | None = None, progress: Progress | None = None) -> None:
+    def __init__(
+        self,
+        setup: Setup,
+        store: ResultStore | None = None,
+        loaded: LoadedModel | None = None,
+        progress: Progress | None = None,
+        windows: tuple[torch.Tensor, torch.Tensor] | None = None,
+    ) -> None:
+        """``windows``: (calibration ids (N, T), evaluation ids (M, T')) to use instead of the corpus."""
         self.setup = setup
         self.store = store
         report = (lambda message: progress(0.0, message)) if progress else None
         self.loaded = loaded or load_model(
             setup.model, setup.device, setup.dtype, trust_remote_code=setup.trust_remote_code, allow_pickle=setup.allow_pickle, progress=report
         )
-        self.corpus: Corpus = load_corpus(setup.corpus)
         self._check_lengths()
-        tokenizer = self.loaded.tokenizer
-        self.calib_ids = calibration_windows(token_ids(tokenizer, self.corpus.calibration_text), setup.calib.samples, setup.calib.seqlen, setup.calib.seed)
-        self.eval_ids = evaluation_windows(token_ids(tokenizer, self.corpus.evaluation_text), setup.evaluation.windows, setup.evaluation.seqlen)
+        if windows is None:
+            self.corpus: Corpus = load_corpus(setup.corpus)
+            tokenizer = self.loaded.tokenizer
+            self.calib_ids = calibration_windows(token_ids(tokenizer, self.corpus.calibration_text), setup.calib.samples, setup.calib.seqlen, setup.calib.seed)
+            self.eval_ids = evaluation_windows(token_ids(tokenizer, self.corpus.evaluation_text), setup.evaluation.windows, setup.evaluation.seqlen)
+        else:  # pre-cut token windows (benchmarks on random-weight models have no tokenizer)
+            self.calib_ids, self.eval_ids = windows
+            self.corpus = Corpus(setup.corpus, f"token ids {ids_digest(self.calib_ids)}", f"token ids {ids_digest(self.eval_ids)}")
         self.pruner = get_pruner(setup.prune.pruner)
         # Dense weights of every prunable linear; each point starts from these (SparseGPT edits weights).
         self.dense_weights = {
