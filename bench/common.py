@@ -1,0 +1,92 @@
+"""Shared pieces of the benchmarks: the forward-pass floor, the paper-structure baseline, peak memory.
+
+The floor is the time of the dense forward passes a sweep cannot avoid, measured in the same run:
+- one evaluation pass = ``perplexity()`` of the dense model over all evaluation windows (the same
+  batched, chunked-loss evaluation every point runs);
+- one calibration pass = every decoder block run once over the calibration batch (dense weights,
+  block by block, the same micro-batches as calibration), no hooks.
+floor(sequential) = points x (evaluation pass + calibration pass): every point recalibrates.
+floor(cached)     = points x evaluation pass + 1 calibration pass: statistics come from one dense pass.
+The paper's loop itself needs two calibration passes per point (statistics on the pruned input,
+then the pruned re-run); that is reported separately as ``two_pass_floor`` and is NOT the floor.
+"""
+
+from __future__ import annotations
+
+import resource
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from atp_viz.calibration import BlockCalls, capture_block_calls, run_block  # noqa: E402
+from atp_viz.evaluate import perplexity  # noqa: E402
+from atp_viz.hooks import input_hooks  # noqa: E402
+from atp_viz.layer_stats import prunable_linears  # noqa: E402
+from atp_viz.pruners import Pruner  # noqa: E402
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def timed(fn: Any, device: torch.device) -> tuple[float, Any]:
+    sync(device)
+    start = time.perf_counter()
+    value = fn()
+    sync(device)
+    return time.perf_counter() - start, value
+
+
+@torch.inference_mode()
+def calibration_pass(blocks: torch.nn.ModuleList, calls: BlockCalls, batch_size: int) -> torch.Tensor:
+    """One dense forward of every block over the calibration batch (the floor's calibration unit)."""
+    hidden = calls.hidden
+    for block, call in zip(blocks, calls.args):
+        hidden = run_block(block, hidden, call, batch_size)
+    return hidden
+
+
+def floor_passes(model: torch.nn.Module, blocks: torch.nn.ModuleList, calls: BlockCalls, eval_ids: torch.Tensor, eval_batch: int, calib_batch: int, device: torch.device) -> dict[str, float]:
+    """Seconds of one dense evaluation pass and one dense calibration pass (weights must be dense)."""
+    eval_s, _ = timed(lambda: perplexity(model, eval_ids, eval_batch), device)
+    calib_s, _ = timed(lambda: calibration_pass(blocks, calls, calib_batch), device)
+    return {"eval_pass_s": eval_s, "calib_pass_s": calib_s}
+
+
+def floors(points: int, eval_pass_s: float, calib_pass_s: float) -> dict[str, float]:
+    return {
+        "floor_sequential_s": points * (eval_pass_s + calib_pass_s),
+        "floor_cached_s": points * eval_pass_s + calib_pass_s,
+        "two_pass_floor_s": points * (eval_pass_s + 2 * calib_pass_s),
+    }
+
+
+@torch.inference_mode()
+def paper_prune(blocks: torch.nn.ModuleList, calls: BlockCalls, rates: Any, pruner: Pruner, nm: tuple[int, int] | None, batch_size: int) -> None:
+    """The paper's (Wanda's) loop: statistics on the pruned input, prune, re-run; no error measurement."""
+    hidden = calls.hidden
+    for i, block in enumerate(blocks):
+        linears = prunable_linears(block)
+        stats = {name: pruner.new_stats(lin.in_features, lin.weight.device) for name, lin in linears.items()}
+        with input_hooks(linears, lambda name, x: stats[name].add(x) if stats[name] is not None else None):
+            run_block(block, hidden, calls.args[i], batch_size)
+        for name, linear in linears.items():
+            pruner.prune_(linear, stats[name], float(rates[i]), nm)
+        hidden = run_block(block, hidden, calls.args[i], batch_size)
+
+
+def peak_rss_mb(children: bool = False) -> float:
+    """Peak resident set size in MiB (Linux reports ru_maxrss in KiB)."""
+    who = resource.RUSAGE_CHILDREN if children else resource.RUSAGE_SELF
+    return resource.getrusage(who).ru_maxrss / 1024
+
+
+__all__ = ["BlockCalls", "calibration_pass", "capture_block_calls", "floor_passes", "floors", "paper_prune", "peak_rss_mb", "timed"]
