@@ -10,6 +10,8 @@ import argparse
 import json
 import math
 import sys
+import warnings
+from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
@@ -72,6 +74,10 @@ def add_setup_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=int, default=8, help="windows per forward call (memory only)")
     p.add_argument("--store", default=None, help=f"results store (default {default_store_path()})")
     p.add_argument("--no-store", action="store_true", help="neither read nor write the results store")
+    add_safety_args(p)
+
+
+def add_safety_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--trust-remote-code", action="store_true", help="allow a model's own Python code to run (off by default)")
     p.add_argument("--allow-pickle", action="store_true", help="allow pickle weights (.bin/.pt), which can run code (off by default)")
 
@@ -85,6 +91,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--layers", type=int, default=None, help="number of decoder blocks (instead of --model)")
     p.add_argument("--model", default=None, help="read the block count (and OWL/AlphaPruning statistics) from this model")
     p.add_argument("--corpus", default=DEFAULT_CORPUS)
+    add_safety_args(p)
     p.add_argument("--json", action="store_true")
 
     for name, text in (("prune", "prune a model with one schedule and measure it"), ("errors", "per-block reconstruction errors of one or more schedules")):
@@ -203,7 +210,8 @@ def cmd_schedule(args: argparse.Namespace) -> dict[str, Any]:
         rates = schedules.make_schedule(spec, args.layers)
         weights = None
     else:
-        setup = Setup(model=args.model, corpus=args.corpus, calib=CalibConfig(), evaluation=EvalConfig(windows=1))
+        setup = Setup(model=args.model, corpus=args.corpus, calib=CalibConfig(), evaluation=EvalConfig(windows=1, seqlen=CalibConfig.seqlen),  # as prune: eval seqlen = --seqlen
+                      trust_remote_code=args.trust_remote_code, allow_pickle=args.allow_pickle)
         wb = Workbench(setup, progress=lambda _f, message: log(message))
         rates, weights = wb.schedule(spec), wb.param_counts
     layers = len(rates)
@@ -350,6 +358,18 @@ def human(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+SHOW_WARNING = warnings.showwarning
+
+
+def one_line_warning(message: Warning | str, category: type[Warning], filename: str, lineno: int, *args: Any, **kwargs: Any) -> None:
+    """atp-viz's own warnings (recovered store, rebuilt cache, clipped schedule) as one line each."""
+    if "atp_viz" not in Path(filename).parts:
+        SHOW_WARNING(message, category, filename, lineno, *args, **kwargs)
+        return
+    text = str(message).strip().splitlines()
+    print(f"atp-viz: warning: {text[0] if text else category.__name__}", file=sys.stderr, flush=True)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     try:
@@ -357,7 +377,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SystemExit as exc:  # --help, or a usage error already printed as one line
         return int(exc.code or 0)
     try:
-        result = COMMANDS[args.command](args)
+        with warnings.catch_warnings():  # a recovered store or rebuilt cache is reported in one line
+            warnings.showwarning = one_line_warning
+            result = COMMANDS[args.command](args)
     except (ValueError, CliError, StoreError, OSError) as exc:
         message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         print(f"atp-viz: error: {message}", file=sys.stderr)

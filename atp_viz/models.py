@@ -7,21 +7,28 @@ are dequantized once and cached as a plain safetensors folder, so later loads ta
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib.util
 import json
 import os
+import pickle
 import re
 import shutil
 import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import numpy as np
 import torch
 from torch import nn
+
+try:  # POSIX only; elsewhere concurrent builds of one cache folder are not serialised
+    import fcntl
+except ImportError:  # pragma: no cover - Windows
+    fcntl = None  # type: ignore[assignment]
 
 from .config import DTYPES, check_choice
 
@@ -238,15 +245,38 @@ def gguf_cache_folder(gguf: Path) -> Path:
     return cache_dir() / "models" / f"{gguf.stem}-{key}"
 
 
-def cached_folder_is_valid(folder: Path) -> bool:
+def cache_problem(folder: Path) -> str | None:
+    """Why ``folder`` is not a complete cache of this code's format (None when it is)."""
     marker = folder / CACHE_MARKER
     if not marker.is_file():
-        return False
+        return "no completion marker (half-written)"
     try:
         info = json.loads(marker.read_text())
     except (OSError, ValueError):
-        return False
-    return info.get("format") == CACHE_FORMAT and all((folder / name).is_file() for name in info.get("files", []))
+        return "unreadable completion marker"
+    if not isinstance(info, dict) or info.get("format") != CACHE_FORMAT:
+        return f"format {info.get('format') if isinstance(info, dict) else None!r}, this code needs {CACHE_FORMAT!r}"
+    missing = [name for name in info.get("files", []) if not (folder / name).is_file()]
+    return f"missing {', '.join(missing)}" if missing else None
+
+
+def cached_folder_is_valid(folder: Path) -> bool:
+    return cache_problem(folder) is None
+
+
+@contextlib.contextmanager
+def build_lock(folder: Path) -> Iterator[None]:
+    """Serialise builds of one cache folder between processes (POSIX advisory lock)."""
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    if fcntl is None:  # pragma: no cover - Windows
+        yield
+        return
+    with open(folder.with_name(folder.name + ".lock"), "a+b") as handle:
+        fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
 
 
 def dequantize_gguf_to_cache(gguf: Path, progress: Progress | None = None) -> Path:
@@ -254,11 +284,20 @@ def dequantize_gguf_to_cache(gguf: Path, progress: Progress | None = None) -> Pa
     folder = gguf_cache_folder(gguf)
     if cached_folder_is_valid(folder):
         return folder
-    if folder.exists():
-        stale = folder.with_name(f"{folder.name}.stale-{int(time.time())}")
-        warnings.warn(f"model cache {folder} is incomplete or from older code; moved to {stale} and rebuilding")
-        folder.rename(stale)
-        shutil.rmtree(stale, ignore_errors=True)
+    with build_lock(folder):  # another process may be building it: wait, then look again
+        if (problem := cache_problem(folder)) is None:
+            return folder
+        if folder.exists():
+            # Renamed first so no reader sees a half-deleted folder; the cache is rebuildable from the
+            # GGUF, so the stale copy is deleted rather than kept (it can be hundreds of MB).
+            stale = folder.with_name(f"{folder.name}.stale-{os.getpid()}-{int(time.time())}")
+            warnings.warn(f"atp-viz model cache {folder} is unusable ({problem}); discarded it and rebuilding from {gguf.name}")
+            folder.rename(stale)
+            shutil.rmtree(stale, ignore_errors=True)
+        return build_cache(gguf, folder, progress)
+
+
+def build_cache(gguf: Path, folder: Path, progress: Progress | None = None) -> Path:
     if progress:
         progress(f"dequantizing {gguf.name} once into {folder} (about 15 s)")
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -269,7 +308,7 @@ def dequantize_gguf_to_cache(gguf: Path, progress: Progress | None = None) -> Pa
     model.hf_quantizer = None
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
-    building = folder.with_name(folder.name + ".building")
+    building = folder.with_name(folder.name + ".building")  # leftovers of a killed build are discarded
     shutil.rmtree(building, ignore_errors=True)
     model.save_pretrained(str(building), safe_serialization=True)
     tokenizer.save_pretrained(str(building))
@@ -344,12 +383,18 @@ def load_model(
     check_memory(source, torch_dt, torch_device)
     if progress:
         progress(f"loading {name}")
-    model = AutoModelForCausalLM.from_pretrained(
-        str(source),
-        dtype=torch_dt,
-        trust_remote_code=trust_remote_code,
-        use_safetensors=None if allow_pickle else True,
-    )
+    try:
+        model = AutoModelForCausalLM.from_pretrained(
+            str(source),
+            dtype=torch_dt,
+            trust_remote_code=trust_remote_code,
+            use_safetensors=None if allow_pickle else True,
+        )
+    except pickle.UnpicklingError:  # --allow-pickle still unpickles weights-only: code is refused, not run
+        raise ModelLoadError(
+            f"pickle weights of {name} hold objects other than tensors (possibly code) and were refused; "
+            "convert them to safetensors in a trusted environment"
+        ) from None
     swap_conv1d(model, to_linear=True)
     model.to(torch_device).eval()
     model.requires_grad_(False)
@@ -417,6 +462,15 @@ def check_memory(source: Path | str, dtype: torch.dtype, device: torch.device) -
     # Loading briefly holds a second copy of some tensors; pruning adds a dense copy of one block.
     if need * 1.3 > have:
         raise ModelLoadError(
-            f"model needs about {need / 2**30:.1f} GiB in {str(dtype).removeprefix('torch.')} but only "
-            f"{have / 2**30:.1f} GiB is free on {device}; use a smaller model or --dtype bfloat16"
+            f"model needs about {human_bytes(need * 1.3)} in {str(dtype).removeprefix('torch.')} (weights + 30% "
+            f"working room) but only {human_bytes(have)} is free on {device}; use a smaller model or --dtype bfloat16"
         )
+
+
+def human_bytes(size: float) -> str:
+    """1536 -> '1.5 KiB', 3 * 2**30 -> '3.0 GiB'."""
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if size < 1024 or unit == "GiB":
+            return f"{size:.1f} {unit}" if unit != "B" else f"{int(size)} B"
+        size /= 1024
+    return f"{size:.1f} GiB"  # unreachable; keeps type checkers happy
