@@ -26,6 +26,9 @@ COLORS = {
     "alphapruning": "#2ca02c",
     "custom": "#9467bd",
     "dense": "#000000",
+    "increasing": "#d62728",  # theory sandbox: the ATP rates in three orders
+    "random": "#ff7f0e",
+    "decreasing": "#9467bd",
 }
 BLOCK_AXIS = "decoder block i (index; 0 = next to the embeddings)"
 RATE_AXIS = "sparsity s_i (fraction of the block's weights set to 0)"
@@ -211,7 +214,8 @@ def compare_figure(
     return fig
 
 
-def totals_figure(totals: Mapping[str, float], title: str = "Total error (sum over layers)") -> go.Figure:
+def totals_figure(totals: Mapping[str, float], title: str = "Total error (sum over layers)",
+                  y_title: str = "sum over layers of ||y - y_pruned||_F^2 (activation units^2)") -> go.Figure:
     """Bars of one number per schedule (the theory sandbox's total error)."""
     names = list(totals)
     fig = go.Figure(
@@ -225,4 +229,4 @@ def totals_figure(totals: Mapping[str, float], title: str = "Total error (sum ov
             hovertemplate="%{x}<br>total error %{y:.6g}<extra></extra>",
         )
     )
-    return _layout(fig, title, "schedule (same average sparsity)", "sum over layers of ||y - y_pruned||_F^2 (squared activation units)")
+    return _layout(fig, title, "schedule (same average sparsity)", y_title)

@@ -39,7 +39,13 @@ class ToyResult:
 
     @property
     def total(self) -> float:
+        """Sum over layers of the cumulative squared error (the quantity of Thm 3.5)."""
         return float(self.cumulative.sum())
+
+    @property
+    def total_relative(self) -> float:
+        """Sum over layers of the relative error."""
+        return float(self.relative.sum())
 
 
 def make_network(depth: int, width: int = WIDTH, gain: float = GAIN, seed: int = 0) -> list[np.ndarray]:
@@ -92,7 +98,7 @@ def orderings(rates: ArrayLike, seed: int = 0) -> dict[str, np.ndarray]:
 
 
 def sandbox(depth: int, sparsity: float, beta: float, seed: int = 0) -> dict[str, ToyResult]:
-    """Uniform and ATP schedules, plus the ATP rates in random and decreasing order, on one network."""
+    """Uniform, ATP (increasing), and the same ATP rates in random and decreasing order, on one network."""
     from atp_viz.schedules import atp, uniform
 
     sparsity = check_sparsity(sparsity)
@@ -101,8 +107,8 @@ def sandbox(depth: int, sparsity: float, beta: float, seed: int = 0) -> dict[str
     orders = orderings(rates, seed)
     schedules = {
         "uniform": uniform(depth, sparsity),
-        "ATP (increasing)": orders["increasing"],
-        "ATP rates, random order": orders["random order"],
-        "ATP rates, decreasing": orders["decreasing"],
+        "increasing (ATP)": orders["increasing"],
+        "random order": orders["random order"],
+        "decreasing": orders["decreasing"],
     }
     return {name: propagate(weights, r, inputs) for name, r in schedules.items()}

@@ -19,7 +19,6 @@ from dataclasses import dataclass
 import numpy as np
 import streamlit as st
 
-from atp_viz import schedules
 from atp_viz.config import PRUNERS, CalibConfig, EvalConfig, PruneConfig, ScheduleSpec
 from atp_viz.data import DEFAULT_CORPUS
 from atp_viz.experiment import PointResult, Progress, Setup, Workbench
@@ -354,6 +353,3 @@ def blocks_path(bench: Workbench) -> str:
 def schedule_json(named: dict[str, np.ndarray], meta: dict[str, object]) -> str:
     return json.dumps({**meta, "schedules": {k: [float(x) for x in v] for k, v in named.items()}}, indent=2)
 
-
-def beta_bound(num_blocks: int, sparsity: float) -> float:
-    return schedules.beta_max(num_blocks, sparsity)

@@ -38,7 +38,7 @@ st.caption(f"{L} blocks at S = {S:g}: beta_max = {bound:.5g}, {len(specs) - 1} g
 c1, c2 = st.columns([1, 4])
 if c1.button(f"Run sweep ({len(missing)} missing)" if missing else "Sweep complete", key="tune_run", type="primary", disabled=not missing):
     st.session_state["tune_job"] = job_id
-if st.session_state.get("tune_job") is not None and c2.button("Stop after this point", key="tune_stop"):
+if st.session_state.get("tune_job") is not None and c2.button("Stop (finished points are kept)", key="tune_stop"):
     st.session_state["tune_job"] = None
 chart_slot = st.empty()
 

@@ -193,7 +193,7 @@ def test_every_page_draws_a_plotly_chart(server: str, browser_page) -> None:
 
     goto(page, "Theory sandbox")
     page.locator(".js-plotly-plot .gtitle", has_text="toy network").wait_for()
-    page.locator(".js-plotly-plot .gtitle", has_text="Total error").wait_for()
+    page.locator(".js-plotly-plot .gtitle", has_text="same rates, different order").wait_for()
     wait_idle(page)
     wait_charts(page, 2)
     shoot(page, "6_theory_sandbox")

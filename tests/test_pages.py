@@ -163,7 +163,12 @@ def test_theory_sandbox_answers_instantly_and_orders_errors() -> None:
     errors, totals = figures(at)
     assert "16-layer" in title(errors)
     bars = dict(zip(totals["data"][0]["x"], totals["data"][0]["y"]))
-    assert bars["ATP (increasing)"] < bars["ATP rates, random order"] < bars["ATP rates, decreasing"]
+    assert bars["increasing (ATP)"] < bars["random order"] < bars["decreasing"]
+    curves = traces(errors)
+    assert curves["uniform"]["y"][-1] > curves["uniform"]["y"][0]  # relative error grows with depth
     at.slider(key="toy_depth").set_value(32).run()
     ok(at)
     assert "32-layer" in title(figures(at)[0])
+    at.radio(key="toy_scale").set_value("absolute").run()
+    ok(at)
+    assert "squared" in figures(at)[0]["layout"]["yaxis"]["title"]["text"]

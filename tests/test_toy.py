@@ -32,8 +32,10 @@ def test_dense_network_has_no_error_and_errors_grow_with_depth() -> None:
 def test_increasing_order_has_the_lowest_total_error(seed: int, depth: int, sparsity: float) -> None:
     results = toy.sandbox(depth, sparsity, schedules.beta_max(depth, sparsity) / 2, seed)
     totals = {name: r.total for name, r in results.items()}
-    assert totals["ATP (increasing)"] < totals["ATP rates, random order"] < totals["ATP rates, decreasing"]
-    assert totals["ATP (increasing)"] < totals["uniform"]
+    assert totals["increasing (ATP)"] < totals["random order"] < totals["decreasing"]
+    assert totals["increasing (ATP)"] < totals["uniform"]
+    relative = {name: r.total_relative for name, r in results.items()}
+    assert relative["increasing (ATP)"] < relative["random order"] < relative["decreasing"]
     rates = [r.rates for r in results.values()][1:]
     assert all(np.allclose(np.sort(r), np.sort(rates[0])) for r in rates)  # same rates, different order
 
