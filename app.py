@@ -12,8 +12,8 @@ st.markdown(
     """
 Pruning every decoder block of an LLM to the same sparsity looks fair, but it is not: the error a
 pruned block makes is fed into every block after it, so errors of **early** blocks propagate and
-grow with depth (the *error explosion*; ATP paper, Thm 3.2). **ATP** (Arithmetic-progression
-Tuning of Pruning, arXiv 2502.14770) therefore prunes early blocks less and late blocks more:
+grow with depth (the *error explosion*; ATP paper, Thm 3.2). **ATP** (arXiv 2502.14770)
+therefore prunes early blocks less and late blocks more:
 `s_i = S - beta*(L-1)/2 + beta*i`, a straight line with mean `S` whose slope `beta` is found by a
 small grid search (the beta/perplexity curve is U-shaped). OWL and AlphaPruning are the
 statistics-driven alternatives compared here.

@@ -24,7 +24,7 @@ lam = c2.number_input("OWL lambda (0 .. 1)", step=0.01, format="%.3f", **ui.stat
 m = c3.number_input("OWL M (outlier threshold, x mean score)", step=0.5, **ui.state("sched_m", 5.0))
 eps = c4.number_input("AlphaPruning eps (0 .. 1)", step=0.05, format="%.3f", **ui.state("sched_eps", 0.3))
 
-with st.expander("Custom schedule (edit the rates; each in [0, 1])", expanded="custom" in show):
+with st.expander("Custom schedule (edit the rates; each in [0, 1])", expanded=False):
     start = pd.DataFrame({"block": range(L), "sparsity": schedules.uniform(L, S)})
     edited = st.data_editor(start, key=f"sched_custom_{L}_{S:g}", disabled=["block"], hide_index=True, height=min(35 * (L + 1) + 3, 400))
 
