@@ -19,8 +19,9 @@ import numpy as np
 from . import schedules
 from .config import CALIBRATION_MODES, DTYPES, METHODS, PRUNERS, CalibConfig, EvalConfig, PruneConfig, ScheduleSpec, check_sparsity, parse_nm
 from .data import DEFAULT_CORPUS, HUB_CORPORA
+from .export import check_target, recipe_snippet, save_pruned
 from .experiment import PointResult, Progress, Setup, Workbench, best_point, describe_spec, sweep_specs
-from .models import DEFAULT_MODEL, EMBEDDED_MODELS
+from .models import DEFAULT_MODEL, EMBEDDED_MODELS, blocks_path
 from .store import ResultStore, StoreError, default_store_path, to_jsonable
 
 EXIT_BAD_INPUT = 2
@@ -89,6 +90,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("schedule", help="print per-block rates of a schedule")
     add_schedule_args(p)
     p.add_argument("--layers", type=int, default=None, help="number of decoder blocks (instead of --model)")
+    p.add_argument("--recipe", action="store_true", help="print an llm-compressor oneshot recipe (YAML) with these rates")
+    p.add_argument("--pruner", default="wanda", choices=PRUNERS, help="modifier of the --recipe (default wanda)")
     p.add_argument("--model", default=None, help="read the block count (and OWL/AlphaPruning statistics) from this model")
     p.add_argument("--corpus", default=DEFAULT_CORPUS)
     add_safety_args(p)
@@ -200,6 +203,10 @@ def point_json(point: PointResult) -> dict[str, Any]:
 
 
 # -- commands -------------------------------------------------------------------------------------
+# Where decoder blocks live in LLaMA-style checkpoints: the recipe's targets without --model.
+LLAMA_BLOCKS = ("model.layers", "LlamaDecoderLayer")
+
+
 def cmd_schedule(args: argparse.Namespace) -> dict[str, Any]:
     spec = spec_from(args, args.method)
     if args.model is None:
@@ -208,12 +215,13 @@ def cmd_schedule(args: argparse.Namespace) -> dict[str, Any]:
         if args.method in ("owl", "alphapruning"):
             raise CliError(f"--method {args.method} needs layer statistics: give --model NAME instead of --layers")
         rates = schedules.make_schedule(spec, args.layers)
-        weights = None
+        weights, location = None, LLAMA_BLOCKS
     else:
         setup = Setup(model=args.model, corpus=args.corpus, calib=CalibConfig(), evaluation=EvalConfig(windows=1, seqlen=CalibConfig.seqlen),  # as prune: eval seqlen = --seqlen
                       trust_remote_code=args.trust_remote_code, allow_pickle=args.allow_pickle)
         wb = Workbench(setup, progress=lambda _f, message: log(message))
         rates, weights = wb.schedule(spec), wb.param_counts
+        location = (blocks_path(wb.loaded), type(wb.loaded.blocks[0]).__name__)
     layers = len(rates)
     sparsity = spec.sparsity if args.method != "custom" else schedules.weighted_mean(rates, weights)
     return {
@@ -224,15 +232,14 @@ def cmd_schedule(args: argparse.Namespace) -> dict[str, Any]:
         "rates": rates.tolist(),
         "mean": float(np.mean(rates)),
         "weighted_mean": schedules.weighted_mean(rates, weights),
+        **({"recipe": recipe_snippet(rates.tolist(), args.pruner, *location)} if args.recipe else {}),
     }
 
 
 def cmd_prune(args: argparse.Namespace) -> dict[str, Any]:
-    from .export import check_target, save_pruned
-
     setup, spec = setup_from(args), spec_from(args, args.method)
     if args.save:
-        check_target(__import__("pathlib").Path(args.save).expanduser(), args.force)
+        check_target(Path(args.save).expanduser(), args.force)
     wb = attach_store(load_workbench(setup), args, [spec])
     progress = tqdm_progress()
     dense = wb.dense_perplexity(lambda f, m: progress(f, m))
@@ -389,6 +396,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
     if args.json:
         print(json.dumps(to_jsonable(result), allow_nan=True))
+    elif "recipe" in result:
+        print(result["recipe"], end="")
     else:
         print(human(result))
     return 0

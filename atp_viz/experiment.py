@@ -236,7 +236,9 @@ class Workbench:
 
     # -- layer statistics used by OWL and AlphaPruning ---------------------------------------
     def alphas(self) -> np.ndarray:
+        """AlphaPruning's block metric from the dense weights (the model may hold a pruned point)."""
         if self._alphas is None:
+            self.restore_dense()
             self._alphas = block_alphas(self.loaded.blocks)
         return self._alphas
 
@@ -262,19 +264,24 @@ class Workbench:
         )
 
     # -- measurements --------------------------------------------------------------------------
+    def dense_key(self) -> str:
+        return fingerprint(kind=DENSE_KIND, model=self.loaded.fingerprint, corpus=self.corpus.fingerprint, evaluation=asdict(self.setup.evaluation), dtype=self.setup.dtype)
+
+    def stored_dense_perplexity(self) -> float | None:
+        """The dense perplexity if this Workbench or the store already has it; never computes."""
+        if self._dense_ppl is None and self.store is not None and (record := self.store.get(self.dense_key())) is not None:
+            self._dense_ppl = float(record["perplexity"])
+        return self._dense_ppl
+
     def dense_perplexity(self, progress: Progress | None = None) -> float:
         """Perplexity of the unpruned model, computed once per model + corpus + evaluation setting."""
-        key = fingerprint(kind=DENSE_KIND, model=self.loaded.fingerprint, corpus=self.corpus.fingerprint, evaluation=asdict(self.setup.evaluation), dtype=self.setup.dtype)
-        if self._dense_ppl is not None:
-            return self._dense_ppl
-        if self.store is not None and (record := self.store.get(key)) is not None:
-            self._dense_ppl = float(record["perplexity"])
-            return self._dense_ppl
+        if (known := self.stored_dense_perplexity()) is not None:
+            return known
         self.restore_dense()
         report = (lambda done, total: progress(done / total, f"dense perplexity: window {done}/{total}")) if progress else None
         value = perplexity(self.loaded.model, self.eval_ids, self.setup.evaluation.batch_size, report)
         if self.store is not None:
-            self.store.put(key, DENSE_KIND, self.setup.model, {**self.setup.describe(), "method": "dense"}, {"perplexity": value})
+            self.store.put(self.dense_key(), DENSE_KIND, self.setup.model, {**self.setup.describe(), "method": "dense"}, {"perplexity": value})
         self._dense_ppl = value
         return value
 

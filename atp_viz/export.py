@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 from .models import LoadedModel, swap_conv1d
 from .store import to_jsonable
@@ -38,3 +38,27 @@ def save_pruned(loaded: LoadedModel, folder: str | Path, schedule: dict[str, Any
     loaded.tokenizer.save_pretrained(str(folder))  # type: ignore[attr-defined]
     (folder / SCHEDULE_FILE).write_text(json.dumps(to_jsonable(schedule), indent=2, allow_nan=True))
     return folder
+
+
+def recipe_snippet(rates: Sequence[float], pruner: str, blocks_path: str, block_class: str) -> str:
+    """An llm-compressor oneshot recipe with one sparsity per decoder block.
+
+    llm-compressor matches a list of sparsities to the layers ``targets`` selects, in order, so
+    the targets are the decoder blocks themselves (``blocks_path`` such as ``model.layers``).
+    """
+    modifier = "SparseGPTModifier" if pruner == "sparsegpt" else "WandaPruningModifier"
+    note = "  # llm-compressor has no oneshot magnitude modifier; Wanda is the closest" if pruner == "magnitude" else ""
+    values = ", ".join(f"{r:.6f}" for r in rates)
+    pattern = "re:" + blocks_path.replace(".", "\\.") + "\\.\\d+$"  # YAML single quotes keep backslashes
+    lines = [
+        "sparsity_stage:",
+        "  run_type: oneshot",
+        "  sparsity_modifiers:",
+        f"    {modifier}:{note}",
+        f"      sparsity: [{values}]  # block 0 first",
+        '      mask_structure: "0:0"',
+        f'      sequential_targets: ["{block_class}"]',
+        f"      targets: ['{pattern}']",
+        '      ignore: ["re:.*lm_head"]',
+    ]
+    return "\n".join(lines) + "\n"

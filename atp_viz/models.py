@@ -37,6 +37,9 @@ DEFAULT_MODEL = "smollm2-135m"
 CACHE_FORMAT = "2"
 CACHE_MARKER = "atp_viz_cache.json"
 HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*(/[\w.-]+)?")
+# Memory needed per byte of weights: the model, the dense copy of its prunable linears that a
+# Workbench restores before each schedule, and room for activations and calibration states.
+MEMORY_FACTOR = 2.3
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
 # Paths (relative to the model) of the decoder block list, by family layout.
 BLOCK_PATHS = ("model.layers", "model.decoder.layers", "transformer.h", "gpt_neox.layers", "model.language_model.layers")
@@ -104,6 +107,14 @@ class LoadedModel:
             if isinstance(value, int) and value > 0:
                 return value
         return 2048
+
+
+def blocks_path(loaded: LoadedModel) -> str:
+    """Dotted name of the decoder block list inside the model (e.g. ``model.layers``)."""
+    for name, module in loaded.model.named_modules():
+        if module is loaded.blocks:
+            return name
+    raise ModelLoadError("the decoder blocks are not a submodule of the model")
 
 
 def cache_dir() -> Path:
@@ -459,11 +470,10 @@ def check_memory(source: Path | str, dtype: torch.dtype, device: torch.device) -
     if need is None:
         return
     have = available_bytes(device)
-    # Loading briefly holds a second copy of some tensors; pruning adds a dense copy of one block.
-    if need * 1.3 > have:
+    if need * MEMORY_FACTOR > have:
         raise ModelLoadError(
-            f"model needs about {human_bytes(need * 1.3)} in {str(dtype).removeprefix('torch.')} (weights + 30% "
-            f"working room) but only {human_bytes(have)} is free on {device}; use a smaller model or --dtype bfloat16"
+            f"model needs about {human_bytes(need * MEMORY_FACTOR)} in {str(dtype).removeprefix('torch.')} (weights, their "
+            f"dense copy and working room) but only {human_bytes(have)} is free on {device}; use a smaller model or --dtype bfloat16"
         )
 
 

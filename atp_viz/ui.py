@@ -219,6 +219,8 @@ def run_points(bench: Workbench, specs: Sequence[ScheduleSpec], label: str, on_p
 
 def dense_perplexity(bench: Workbench) -> float | None:
     """Stored or computed now (a few seconds, once per evaluation setting); None when busy."""
+    if (known := bench.stored_dense_perplexity()) is not None:
+        return known  # no lock needed to read it: another session's job does not make this page wait
     model = bench.setup.model
     with job(model, "dense perplexity") as admitted:
         if not admitted:
@@ -239,7 +241,6 @@ def schedule_or_error(bench: Workbench, spec: ScheduleSpec) -> np.ndarray | None
             if not admitted:
                 st.warning(busy(model) or f"Busy: another job is running on {model}.")
                 return None
-            bench.restore_dense()  # statistics of the dense model, whatever ran before
             stack.enter_context(st.spinner(f"Computing {spec.method} layer statistics (once per model)..."))
         try:
             with warnings.catch_warnings(record=True) as caught:
@@ -316,38 +317,6 @@ def status_box(setup: Setup | None, bench: Workbench | None) -> None:
 # ------------------------------------------------------------------ drawing helpers
 def chart(fig: object, key: str | None = None) -> None:
     st.plotly_chart(fig, config=PLOTLY_CONFIG, key=key)
-
-
-def recipe_snippet(rates: np.ndarray, pruner: str, blocks_path: str, block_class: str) -> str:
-    """An llm-compressor oneshot recipe with one sparsity per decoder block.
-
-    llm-compressor matches a list of sparsities to the layers ``targets`` selects, in order, so
-    the targets are the decoder blocks themselves (``blocks_path`` such as ``model.layers``).
-    """
-    modifier = "SparseGPTModifier" if pruner == "sparsegpt" else "WandaPruningModifier"
-    note = "  # llm-compressor has no oneshot magnitude modifier; Wanda is the closest" if pruner == "magnitude" else ""
-    values = ", ".join(f"{r:.6f}" for r in rates)
-    pattern = "re:" + blocks_path.replace(".", "\\.") + "\\.\\d+$"  # YAML single quotes keep backslashes
-    lines = [
-        "sparsity_stage:",
-        "  run_type: oneshot",
-        "  sparsity_modifiers:",
-        f"    {modifier}:{note}",
-        f"      sparsity: [{values}]  # block 0 first",
-        '      mask_structure: "0:0"',
-        f'      sequential_targets: ["{block_class}"]',
-        f"      targets: ['{pattern}']",
-        '      ignore: ["re:.*lm_head"]',
-    ]
-    return "\n".join(lines) + "\n"
-
-
-def blocks_path(bench: Workbench) -> str:
-    """Dotted name of the decoder block list inside the model (e.g. ``model.layers``)."""
-    for name, module in bench.loaded.model.named_modules():
-        if module is bench.loaded.blocks:
-            return name
-    return "model.layers"
 
 
 def schedule_json(named: dict[str, np.ndarray], meta: dict[str, object]) -> str:

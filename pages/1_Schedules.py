@@ -5,6 +5,8 @@ import streamlit as st
 
 from atp_viz import figures, schedules, ui
 from atp_viz.config import ScheduleSpec
+from atp_viz.export import recipe_snippet
+from atp_viz.models import blocks_path
 
 st.set_page_config(page_title="Schedules - atp-viz", layout="wide")
 ctx = ui.sidebar()
@@ -60,4 +62,4 @@ d1.download_button("Download JSON", ui.schedule_json(named, meta), file_name="sc
 d2.download_button("Download CSV", table.to_csv(index=False), file_name="schedules.csv", mime="text/csv", key="sched_csv")
 pick = st.selectbox("Recipe for", list(named), key="sched_recipe")
 st.caption("llm-compressor oneshot recipe with one sparsity per decoder block (copy button at the top right):")
-st.code(ui.recipe_snippet(named[pick], ctx.setup.prune.pruner, ui.blocks_path(bench), type(bench.loaded.blocks[0]).__name__), language="yaml")
+st.code(recipe_snippet(named[pick], ctx.setup.prune.pruner, blocks_path(bench.loaded), type(bench.loaded.blocks[0]).__name__), language="yaml")
