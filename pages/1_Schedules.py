@@ -30,16 +30,17 @@ with st.expander("Custom schedule (edit the rates; each in [0, 1])", expanded=Fa
     start = pd.DataFrame({"block": range(L), "sparsity": schedules.uniform(L, S)})
     edited = st.data_editor(start, key=f"sched_custom_{L}_{S:g}", disabled=["block"], hide_index=True, height=min(35 * (L + 1) + 3, 400))
 
-specs = {
-    "uniform": ScheduleSpec("uniform", S),
-    "ATP": ScheduleSpec("atp", S, beta=min(beta, bound)),
-    "OWL": ScheduleSpec("owl", S, lam=lam, m=m),
-    "AlphaPruning": ScheduleSpec("alphapruning", S, eps=eps),
+specs = {  # built one at a time below, so a bad value shows an error instead of stopping the page
+    "uniform": lambda: ScheduleSpec("uniform", S),
+    "ATP": lambda: ScheduleSpec("atp", S, beta=min(beta, bound)),
+    "OWL": lambda: ScheduleSpec("owl", S, lam=lam, m=m),
+    "AlphaPruning": lambda: ScheduleSpec("alphapruning", S, eps=eps),
+    "custom": lambda: ScheduleSpec("custom", rates=tuple(float(x) for x in edited["sparsity"].fillna(-1))),
 }
 named = {}
 for name in show:
     try:
-        spec = specs[name] if name != "custom" else ScheduleSpec("custom", rates=tuple(float(x) for x in edited["sparsity"].fillna(-1)))
+        spec = specs[name]()
     except ValueError as exc:
         st.error(f"{name}: {exc}")
         continue

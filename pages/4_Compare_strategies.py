@@ -28,6 +28,10 @@ if not methods or not sparsities:
 if step <= 0:
     st.error(f"ATP grid step must be > 0 (paper: {schedules.GRID_STEP}), got {step:g}.")
     st.stop()
+if "ATP (best beta)" in methods and not all(len(schedules.beta_grid(L, s, step)) for s in sparsities):
+    tight = min(schedules.beta_max(L, s) for s in sparsities)
+    st.error(f"No ATP beta fits: step {step:g} > beta_max for {L} blocks at some chosen sparsity. Allowed: 0 < step <= {tight:.5g}.")
+    st.stop()
 
 
 def specs_for(method: str, s: float) -> list[ScheduleSpec]:

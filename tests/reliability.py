@@ -3,9 +3,9 @@
 Every fault or bad-input test calls ``record(...)`` with what it injected, how many times, and how
 many finished results were lost. With ``ATP_VIZ_WRITE_RELIABILITY=1`` the table in
 ``docs/reliability.md`` is rewritten from those rows when each test module finishes, so run all
-three files together to regenerate it::
+four files together to regenerate it::
 
-    ATP_VIZ_WRITE_RELIABILITY=1 .venv/bin/python -m pytest tests/test_faults.py tests/test_bad_input.py tests/test_safety.py
+    ATP_VIZ_WRITE_RELIABILITY=1 .venv/bin/python -m pytest tests/test_faults.py tests/test_bad_input.py tests/test_safety.py tests/test_dashboard_faults.py
 """
 
 from __future__ import annotations
@@ -57,15 +57,17 @@ def write_report() -> None:
     lines = [
         "# Reliability",
         "",
-        "Produced by the test suite (`tests/test_faults.py`, `tests/test_bad_input.py`, `tests/test_safety.py`);",
-        "regenerate with",
+        "Produced by the test suite (`tests/test_faults.py`, `tests/test_bad_input.py`, `tests/test_safety.py`,",
+        "`tests/test_dashboard_faults.py`); regenerate with",
         "",
         "```",
-        "ATP_VIZ_WRITE_RELIABILITY=1 .venv/bin/python -m pytest tests/test_faults.py tests/test_bad_input.py tests/test_safety.py",
+        "ATP_VIZ_WRITE_RELIABILITY=1 .venv/bin/python -m pytest tests/test_faults.py tests/test_bad_input.py tests/test_safety.py tests/test_dashboard_faults.py",
         "```",
         "",
         "Fault tests run real `python -m atp_viz` processes on tiny random models (SIGKILL, concurrent",
         "writers, damaged files); bad-input rows run `atp_viz.cli.main` in-process and the Python API.",
+        "`dashboard:` rows drive the Streamlit pages: AppTest for every control, a real `streamlit run`",
+        "server with headless Chromium for the closed tab, an audit hook on file opens for the paths.",
         "*Lost* counts finished results missing afterwards (for bad input: files written); every test",
         "asserts it is 0. *Times* counts injections (hypothesis rows: generated examples).",
         "",
