@@ -12,7 +12,7 @@ from torch import nn
 from .models import base_model
 
 # Tokens per chunk of the LM head: the full-vocabulary logits of a whole batch are never held.
-LOSS_CHUNK_TOKENS = 1024
+LOSS_CHUNK_TOKENS = 256  # 256 x 49k-vocab fp32 logits = 50 MB (and as much for the log-softmax)
 
 WindowProgress = Callable[[int, int], None]
 

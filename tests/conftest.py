@@ -31,3 +31,12 @@ def dashboard_env(tiny_assets: dict[str, Path]) -> dict[str, str]:
         "ATP_VIZ_STORE": str(tiny_assets["store"]),
         "ATP_VIZ_DEFAULT_WINDOWS": "4x32",  # calibration and evaluation: 4 windows of 32 tokens
     }
+
+
+@pytest.fixture(autouse=True, scope="session")
+def private_store(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """No test writes to the user's own results store: ATP_VIZ_STORE points into the test's tmp."""
+    import os
+
+    if "ATP_VIZ_STORE" not in os.environ:
+        os.environ["ATP_VIZ_STORE"] = str(tmp_path_factory.mktemp("store") / "results.sqlite")
