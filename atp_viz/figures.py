@@ -69,21 +69,23 @@ def last_first_ratio(curve: ArrayLike) -> float:
     return float(values[-1] / values[0]) if values[0] > 0 else math.inf
 
 
+def _block_line(name: str, values: np.ndarray, hover_value: str) -> go.Scatter:
+    """One schedule's per-block curve: block index on x, exact value in the hover."""
+    return go.Scatter(
+        x=list(range(values.size)),
+        y=values.tolist(),
+        mode="lines+markers",
+        name=name,
+        line=dict(color=color_for(name)),
+        hovertemplate=f"<b>{name}</b><br>block %{{x}}<br>{hover_value}<extra></extra>",
+    )
+
+
 def schedule_figure(schedules: Mapping[str, ArrayLike], title: str = "Per-block sparsity schedules") -> go.Figure:
     """One line per schedule: block index -> sparsity rate."""
     fig = go.Figure()
     for name, rates in schedules.items():
-        values = np.asarray(rates, dtype=np.float64)
-        fig.add_trace(
-            go.Scatter(
-                x=list(range(values.size)),
-                y=values.tolist(),
-                mode="lines+markers",
-                name=name,
-                line=dict(color=color_for(name)),
-                hovertemplate=f"<b>{name}</b><br>block %{{x}}<br>sparsity %{{y:.6f}}<extra></extra>",
-            )
-        )
+        fig.add_trace(_block_line(name, np.asarray(rates, dtype=np.float64), "sparsity %{y:.6f}"))
     fig = _layout(fig, title, BLOCK_AXIS, RATE_AXIS)
     fig.update_yaxes(tickformat=".2f")
     _block_ticks(fig, max((len(t.y) for t in fig.data), default=1))
@@ -105,16 +107,7 @@ def error_figure(
         values = np.asarray(curve, dtype=np.float64)
         ratio = last_first_ratio(values)
         notes.append(f"{name}: last/first = {ratio:.3g}x")
-        fig.add_trace(
-            go.Scatter(
-                x=list(range(values.size)),
-                y=values.tolist(),
-                mode="lines+markers",
-                name=name,
-                line=dict(color=color_for(name)),
-                hovertemplate=f"<b>{name}</b><br>block %{{x}}<br>error %{{y:.6g}}<extra></extra>",
-            )
-        )
+        fig.add_trace(_block_line(name, values, "error %{y:.6g}"))
     fig = _layout(fig, title, x_title, y_title, log_y)
     fig.update_layout(title_subtitle_text="; ".join(notes), margin_t=80)
     _block_ticks(fig, max((len(t.y) for t in fig.data), default=1))

@@ -20,6 +20,7 @@ from numpy.typing import ArrayLike
 from atp_viz.config import ScheduleSpec, check_int, check_sparsity
 
 GRID_STEP = 0.002  # ATP paper: finer beta steps add little, coarser ones are worse
+GRID_DECIMALS = 12  # beta grid values are rounded to this many decimals (well inside BETA_TOL)
 BETA_TOL = 1e-12  # float slack so that a grid point equal to beta_max (up to rounding) is valid
 CLIP_TOL = 1e-12  # rates this close outside [0, 1] are rounding, clipped without a warning
 OWL_LAMBDA = 0.08  # OWL default: the sparsity band is 2*lambda wide
@@ -142,7 +143,8 @@ def beta_grid(num_layers: int, sparsity: float, step: float = GRID_STEP) -> np.n
     if not (math.isfinite(step) and step > 0):
         raise ValueError(f"step must be a finite number > 0, got {step:g}")
     count = math.floor((beta_max(num_layers, sparsity) + BETA_TOL) / step)
-    return step * np.arange(1, count + 1, dtype=np.float64)
+    # rounded so that 9 * 0.002 is stored and shown as 0.018, not 0.018000000000000002
+    return np.round(step * np.arange(1, count + 1, dtype=np.float64), GRID_DECIMALS)
 
 
 def owl(outlier_ratios: ArrayLike, sparsity: float, lam: float = OWL_LAMBDA) -> np.ndarray:

@@ -18,12 +18,12 @@ from hypothesis import strategies as st
 
 from atp_viz import schedules
 from atp_viz.config import CalibConfig, EvalConfig, PruneConfig, ScheduleSpec, parse_nm
-from atp_viz.data import CorpusError, load_corpus
+from atp_viz.data import CorpusError
 from atp_viz.experiment import Setup, Workbench
-from atp_viz.models import ModelLoadError, load_model
+from atp_viz.models import ModelLoadError
 from atp_viz.store import ResultStore
 from reliability import record, run_main, write_report
-from tiny import make_corpus_file, make_tiny_model
+from tiny import make_bad_inputs, make_corpus_file, make_tiny_model
 
 HYPOTHESIS = settings(max_examples=60, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.function_scoped_fixture])
 
@@ -37,22 +37,10 @@ def _report():
 @pytest.fixture(scope="module")
 def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("bad_input")
-    bert = root / "bert"
-    import transformers as tf
-
-    tf.BertModel(tf.BertConfig(vocab_size=64, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64)).save_pretrained(str(bert))
-    (root / "no-weights").mkdir()
-    (root / "no-weights" / "config.json").write_text('{"model_type": "llama"}')
-    (root / "empty.txt").write_text("")
-    (root / "blank.txt").write_text("\n\n   \n\n")
-    (root / "binary.txt").write_bytes(b"\x00\x01\x02binary\xff" * 50)
-    (root / "latin1.txt").write_bytes("caf\xe9 ".encode("latin-1") * 50)
     return {
         "model": make_tiny_model(root / "tiny4"),
         "corpus": make_corpus_file(root / "corpus.txt"),
-        "bert": bert,
-        "no-weights": root / "no-weights",
-        **{name: root / f"{name}.txt" for name in ("empty", "blank", "binary", "latin1")},
+        **make_bad_inputs(root),
         "root": root,
     }
 

@@ -11,26 +11,15 @@ from __future__ import annotations
 
 import os
 import re
-import socket
-import subprocess
-import sys
-import time
-import urllib.request
-from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
-CHROMIUM = Path("/usr/lib/chromium/chromium")
+from browser_support import CHROMIUM, CHROMIUM_FLAGS, NO_CHROMIUM, ROOT, dashboard_server
+
 ARTIFACTS = ROOT / "artifacts" / "screenshots"
 DOCS = ROOT / "docs" / "screenshots"
 REAL = os.environ.get("ATP_VIZ_BROWSER_REAL") == "1"
 SLOW = 1800 if REAL else 1  # real-model jobs take minutes
-CHROMIUM_FLAGS = [
-    "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-background-networking",
-    "--disable-component-update", "--disable-sync", "--disable-default-apps", "--disable-extensions",
-    "--no-first-run", "--no-default-browser-check", "--disable-quic", "--metrics-recording-only",
-]
 CHART = ".js-plotly-plot .main-svg"
 # ATP grid steps typed into the pages: coarse for the tiny model (few points), finer for the real one.
 BETA_STEP = "0.0040" if REAL else "0.1000"
@@ -38,49 +27,20 @@ COMPARE_STEP = "0.0100" if REAL else "0.1000"
 
 pytestmark = [
     pytest.mark.browser,
-    pytest.mark.skipif(not CHROMIUM.exists(), reason=f"{CHROMIUM} missing: apt-get install -y chromium (.ci/run installs it)"),
+    pytest.mark.skipif(not CHROMIUM.exists(), reason=NO_CHROMIUM),
 ]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
 def server(dashboard_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory):
     """A dashboard server on localhost; yields its base URL and stops it by its own handle."""
-    port = free_port()
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     if REAL:
         env.setdefault("ATP_VIZ_STORE", str(tmp_path_factory.mktemp("real") / "results.sqlite"))
     else:
         env.update({**dashboard_env, "ATP_VIZ_STORE": str(tmp_path_factory.mktemp("browser") / "results.sqlite")})
-    log = (tmp_path_factory.mktemp("server") / "streamlit.log").open("w")
-    command = [sys.executable, "-m", "streamlit", "run", "app.py", "--server.headless", "true", "--server.port", str(port),
-               "--server.address", "127.0.0.1", "--browser.gatherUsageStats", "false"]
-    proc = subprocess.Popen(command, cwd=ROOT, env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                if urllib.request.urlopen(f"{base}/_stcore/health", timeout=2).read() == b"ok":
-                    break
-            except OSError:
-                pass
-            if proc.poll() is not None or time.monotonic() > deadline:
-                pytest.fail(f"streamlit did not start; log: {Path(log.name).read_text()[-2000:]}")
-            time.sleep(0.3)
+    with dashboard_server(env, tmp_path_factory.mktemp("server") / "streamlit.log") as base:
         yield base
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-        log.close()
 
 
 @pytest.fixture(scope="module")

@@ -28,10 +28,10 @@ from streamlit.testing.v1 import AppTest
 
 from atp_viz import schedules
 from atp_viz.store import ResultStore
+from browser_support import CHROMIUM, CHROMIUM_FLAGS, NO_CHROMIUM, ROOT, dashboard_server
 from reliability import TMP_PATH, integrity, point_rows, record, write_report
-from tiny import make_corpus_file, shared_corpus_file, shared_tiny_model
+from tiny import make_bad_inputs, make_corpus_file, shared_corpus_file, shared_tiny_model
 
-ROOT = Path(__file__).resolve().parents[1]
 TIMEOUT = 120
 CONTEXT = 512  # the tiny models' max_position_embeddings
 LOAD_ERROR = "Cannot load the model with these settings: "  # ui.load_workbench's prefix (shortened in the report)
@@ -46,16 +46,7 @@ def _report():
 @pytest.fixture(scope="module")
 def bad(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """Files a user could type into the sidebar that cannot be used."""
-    import transformers as tf
-
-    root = tmp_path_factory.mktemp("dash_bad")
-    bert = root / "bert"
-    tf.BertModel(tf.BertConfig(vocab_size=64, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64)).save_pretrained(str(bert))
-    (root / "no-weights").mkdir()
-    (root / "no-weights" / "config.json").write_text('{"model_type": "llama"}')
-    (root / "empty.txt").write_text("")
-    (root / "binary.txt").write_bytes(b"\x00\x01\x02binary\xff" * 50)
-    return {"bert": bert, "no-weights": root / "no-weights", "empty": root / "empty.txt", "binary": root / "binary.txt"}
+    return make_bad_inputs(tmp_path_factory.mktemp("dash_bad"))
 
 
 @pytest.fixture(scope="module")
@@ -270,17 +261,14 @@ def test_theory_sandbox_bounds(store: Path) -> None:
 
 # ------------------------------------------------------------------------------------ 2. closed tab
 
-CHROMIUM = Path("/usr/lib/chromium/chromium")
 SWEEP_STEP = "0.0050"  # 8 blocks at S = 0.7: beta_max = 0.0857 -> 17 betas + uniform = 18 points
 
 
 @pytest.mark.browser
-@pytest.mark.skipif(not CHROMIUM.exists(), reason=f"{CHROMIUM} missing: apt-get install -y chromium (.ci/run installs it)")
+@pytest.mark.skipif(not CHROMIUM.exists(), reason=NO_CHROMIUM)
 def test_closed_tab_mid_sweep_keeps_finished_points(tmp_path: Path) -> None:
     pytest.importorskip("playwright")
     from playwright.sync_api import sync_playwright
-
-    from test_browser import CHROMIUM_FLAGS, free_port
 
     store_path = tmp_path / "results.sqlite"
     env = {
@@ -288,17 +276,9 @@ def test_closed_tab_mid_sweep_keeps_finished_points(tmp_path: Path) -> None:
         "ATP_VIZ_DEFAULT_CORPUS": str(shared_corpus_file()), "ATP_VIZ_DEFAULT_WINDOWS": "4x32",
         "ATP_VIZ_STORE": str(store_path), "ATP_VIZ_CACHE": str(tmp_path / "cache"),
     }  # fmt: skip
-    port = free_port()
-    log = (tmp_path / "streamlit.log").open("w")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "streamlit", "run", "app.py", "--server.headless", "true", "--server.port", str(port),
-         "--server.address", "127.0.0.1", "--browser.gatherUsageStats", "false"],
-        cwd=ROOT, env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-    )  # fmt: skip
-    url = f"http://127.0.0.1:{port}/Beta_tuning"
     points = lambda: ResultStore(store_path).count(kind="point") if store_path.exists() else 0  # noqa: E731
-    try:
-        wait_health(proc, port, tmp_path / "streamlit.log")
+    with dashboard_server(env, tmp_path / "streamlit.log") as base:
+        url = f"{base}/Beta_tuning"
         with sync_playwright() as p:
             browser = p.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_FLAGS)
             tab = open_sweep_page(browser, url)
@@ -325,31 +305,9 @@ def test_closed_tab_mid_sweep_keeps_finished_points(tmp_path: Path) -> None:
             again.wait_for_timeout(1500)
             assert points() == settled  # reopening computed nothing
             browser.close()
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-        log.close()
     record("interruption", "dashboard: browser tab closed mid-sweep (Beta tuning, 18-point grid), then reopened", 1, lost,
            f"{len(closed_keys)} point(s) stored at close, all kept ({settled} once the server settled); integrity ok; "
            f"reopened page shows `{shown} of {total} points stored` and computes nothing")
-
-
-def wait_health(proc: subprocess.Popen, port: int, log: Path) -> None:
-    import urllib.request
-
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            if urllib.request.urlopen(f"http://127.0.0.1:{port}/_stcore/health", timeout=2).read() == b"ok":
-                return
-        except OSError:
-            pass
-        if proc.poll() is not None or time.monotonic() > deadline:
-            pytest.fail(f"streamlit did not start; log: {log.read_text()[-2000:]}")
-        time.sleep(0.3)
 
 
 def open_sweep_page(browser, url: str):

@@ -249,3 +249,17 @@ def test_strategy_checks_stats_and_rate() -> None:
         SparseGPTPruner().prune_(linear, ColumnNorms(8), 0.5, None)
     with pytest.raises(ValueError, match=r"\[0, 1\]"):
         MagnitudePruner().prune_(linear, None, 1.5, None)
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_lowest_mask_equals_the_stable_order_prefix_with_many_ties(seed: int) -> None:
+    """Quantized weights tie often: the top-k shortcut must break ties exactly like the stable sort."""
+    from atp_viz.pruners import lowest_mask
+
+    g = torch.Generator().manual_seed(seed)
+    for _ in range(40):
+        rows, cols = torch.randint(1, 30, (2,), generator=g).tolist()
+        scores = torch.randint(0, 4, (rows, cols), generator=g).float()
+        for rate in (0.0, 0.1, 0.5, 0.7, 0.99, 1.0):
+            expected = mask_from_order(order_by_score(scores), rate)
+            assert torch.equal(lowest_mask(scores, prune_count(cols, rate)), expected)

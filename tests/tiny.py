@@ -99,3 +99,20 @@ def shared_corpus_file() -> Path:
         make_corpus_file(partial)
         partial.replace(path)
     return path
+
+
+def make_bad_inputs(root: Path) -> dict[str, Path]:
+    """Things a user could type that cannot be used: a non-causal model, a folder without weights,
+    and empty, blank, binary and non-UTF-8 corpus files."""
+    import transformers as tf
+
+    root.mkdir(parents=True, exist_ok=True)
+    bert = root / "bert"
+    tf.BertModel(tf.BertConfig(vocab_size=64, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64)).save_pretrained(str(bert))
+    (root / "no-weights").mkdir(exist_ok=True)
+    (root / "no-weights" / "config.json").write_text('{"model_type": "llama"}')
+    (root / "empty.txt").write_text("")
+    (root / "blank.txt").write_text("\n\n   \n\n")
+    (root / "binary.txt").write_bytes(b"\x00\x01\x02binary\xff" * 50)
+    (root / "latin1.txt").write_bytes("caf\xe9 ".encode("latin-1") * 50)
+    return {"bert": bert, "no-weights": root / "no-weights", **{name: root / f"{name}.txt" for name in ("empty", "blank", "binary", "latin1")}}
