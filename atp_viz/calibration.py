@@ -6,7 +6,7 @@ that block i+1 sees the pruned block's output (Wanda's ``lib/prune.py`` loop, AT
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable, Sequence
 
 import numpy as np
@@ -38,7 +38,6 @@ class PruneReport:
     local_error: np.ndarray  # ||f_i(x) - fhat_i(x)||_F^2 / ||f_i(x)||_F^2 with x the pruned input
     cumulative_error_abs: np.ndarray
     local_error_abs: np.ndarray
-    extra: dict = field(default_factory=dict)
 
     @classmethod
     def unmeasured(cls, layer_sparsity: np.ndarray) -> "PruneReport":
