@@ -219,7 +219,7 @@ def cmd_schedule(args: argparse.Namespace) -> dict[str, Any]:
     else:
         setup = Setup(model=args.model, corpus=args.corpus, calib=CalibConfig(), evaluation=EvalConfig(windows=1, seqlen=CalibConfig.seqlen),  # as prune: eval seqlen = --seqlen
                       trust_remote_code=args.trust_remote_code, allow_pickle=args.allow_pickle)
-        wb = Workbench(setup, progress=lambda _f, message: log(message))
+        wb = load_workbench(setup)
         rates, weights = wb.schedule(spec), wb.param_counts
         location = (blocks_path(wb.loaded), type(wb.loaded.blocks[0]).__name__)
     layers = len(rates)
@@ -242,7 +242,7 @@ def cmd_prune(args: argparse.Namespace) -> dict[str, Any]:
         check_target(Path(args.save).expanduser(), args.force)
     wb = attach_store(load_workbench(setup), args, [spec])
     progress = tqdm_progress()
-    dense = wb.dense_perplexity(lambda f, m: progress(f, m))
+    dense = wb.dense_perplexity(progress)
     point = wb.run(spec, progress)
     out = point_json(point) | {"dense_perplexity": dense}
     if args.save:

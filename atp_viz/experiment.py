@@ -126,6 +126,12 @@ def scaled(progress: Progress | None, start: float, width: float) -> Progress | 
     return lambda fraction, message: progress(start + width * min(max(fraction, 0.0), 1.0), message)
 
 
+def counted(progress: Progress | None, what: str, start: float = 0.0, width: float = 1.0) -> Callable[[int, int], None] | None:
+    """Adapt a (done, total) counter of blocks or windows to ``progress`` over [start, start + width]."""
+    sub = scaled(progress, start, width)
+    return (lambda done, total: sub(done / total, f"{what} {done}/{total}")) if sub else None
+
+
 class Workbench:
     """A loaded model with its calibration and evaluation windows, ready to try schedules."""
 
@@ -211,7 +217,7 @@ class Workbench:
             stats = load_stats(path, self.loaded.device)
             if stats is None:
                 self.restore_dense()
-                report = (lambda d, t: progress(d / t, f"dense statistics: block {d}/{t}")) if progress else None
+                report = counted(progress, "dense statistics: block")
                 stats = collect_dense_stats(self.loaded.blocks, self.calls(), self.pruner.name == "sparsegpt", self.setup.batch_size, report)
                 save_stats(stats, path, {"model": self.setup.model, "corpus": self.setup.corpus})
                 self.stats_source = "computed"
@@ -243,13 +249,15 @@ class Workbench:
         return self._alphas
 
     def outlier_ratios(self, m: float, progress: Progress | None = None) -> np.ndarray:
-        if m not in self._outliers and self.setup.calibration == "cached":
+        if m in self._outliers:
+            return self._outliers[m]
+        if self.setup.calibration == "cached":
             stats = self.dense_stats(progress)
             self.restore_dense()
             self._outliers[m] = outlier_ratios_from_stats(self.loaded.blocks, stats, m)
-        if m not in self._outliers:
+        else:
             self.restore_dense()
-            report = (lambda done, total: progress(done / total, f"OWL outliers: block {done}/{total}")) if progress else None
+            report = counted(progress, "OWL outliers: block")
             self._outliers[m] = outlier_ratios(self.loaded.blocks, self.calls(), m, self.setup.batch_size, report)
         return self._outliers[m]
 
@@ -278,24 +286,23 @@ class Workbench:
         if (known := self.stored_dense_perplexity()) is not None:
             return known
         self.restore_dense()
-        report = (lambda done, total: progress(done / total, f"dense perplexity: window {done}/{total}")) if progress else None
-        value = perplexity(self.loaded.model, self.eval_ids, self.setup.evaluation.batch_size, report)
+        value = perplexity(self.loaded.model, self.eval_ids, self.setup.evaluation.batch_size, counted(progress, "dense perplexity: window"))
         if self.store is not None:
             self.store.put(self.dense_key(), DENSE_KIND, self.setup.model, {**self.setup.describe(), "method": "dense"}, {"perplexity": value})
         self._dense_ppl = value
         return value
 
     def stored(self, spec: ScheduleSpec) -> PointResult | None:
-        if self.store is None:
-            return None
-        key = self.point_key(spec)
-        record = self.store.get(key)
+        return self._stored_at(self.point_key(spec))
+
+    def _stored_at(self, key: str) -> PointResult | None:
+        record = self.store.get(key) if self.store is not None else None
         return PointResult.from_record(record, key) if record is not None else None
 
     def apply(self, spec: ScheduleSpec, progress: Progress | None = None) -> tuple[np.ndarray, PruneReport]:
         """Prune the dense weights in place with ``spec`` (no evaluation, nothing stored)."""
         rates = self.schedule(spec, scaled(progress, 0.0, 0.1))
-        report = (lambda d, t: progress(0.1 + 0.9 * d / t, f"pruning block {d}/{t}")) if progress else None
+        report = counted(progress, "pruning block", 0.1, 0.9)
         if self.setup.calibration == "cached":
             stats = self.dense_stats(scaled(progress, 0.1, 0.6)) if self.pruner.needs_inputs else None
             orders = self.score_orders() if self.pruner.name in ("magnitude", "wanda") else None
@@ -309,12 +316,12 @@ class Workbench:
 
     def run(self, spec: ScheduleSpec, progress: Progress | None = None) -> PointResult:
         """Prune the dense model with ``spec``, measure it and commit the result (or read it back)."""
-        if (done := self.stored(spec)) is not None:
+        key = self.point_key(spec)
+        if (done := self._stored_at(key)) is not None:
             return done
         started = time.perf_counter()
         rates, report = self.apply(spec, scaled(progress, 0.0, 0.7))
-        eval_report = (lambda d, t: progress(0.7 + 0.3 * d / t, f"perplexity: window {d}/{t}")) if progress else None
-        ppl = perplexity(self.loaded.model, self.eval_ids, self.setup.evaluation.batch_size, eval_report)
+        ppl = perplexity(self.loaded.model, self.eval_ids, self.setup.evaluation.batch_size, counted(progress, "perplexity: window", 0.7, 0.3))
         result = PointResult(
             method=spec.method,
             sparsity=float(schedules.weighted_mean(rates, self.param_counts)) if spec.method == "custom" else spec.sparsity,
@@ -329,7 +336,7 @@ class Workbench:
             achieved_sparsity=float(schedules.weighted_mean(report.layer_sparsity, self.param_counts)),
             wall_time=time.perf_counter() - started,
             params=spec.params(),
-            key=self.point_key(spec),
+            key=key,
         )
         if self.store is not None:
             config = {**self.setup.describe(), **{k: v for k, v in spec.params().items() if k != "rates"}}
