@@ -20,7 +20,7 @@ statistics-driven alternatives compared here.
 """
 )
 
-if ctx.ready:
+if ctx.setup is not None and ctx.workbench is not None:
     bench = ctx.workbench
     bound = schedules.beta_max(bench.num_blocks, ctx.sparsity)
     beta = bound / 2
@@ -32,7 +32,10 @@ if ctx.ready:
         title=f"Uniform vs ATP schedule for {ctx.setup.model} ({bench.num_blocks} blocks)",
     )
     ui.chart(fig, key="home_schedule")
-    st.caption(f"beta_max = {bound:.5g} for {bench.num_blocks} blocks at S = {ctx.sparsity:g}; both schedules prune the same number of weights on average.")
+    st.caption(
+        f"beta_max = {bound:.5g} for {bench.num_blocks} blocks at S = {ctx.sparsity:g}; both schedules prune the "
+        "same number of weights on average."
+    )
 
 st.subheader("Pages")
 st.page_link("pages/1_Schedules.py", label="Schedules: uniform, ATP, OWL, AlphaPruning and your own, with exports")

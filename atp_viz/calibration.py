@@ -6,17 +6,19 @@ that block i+1 sees the pruned block's output (Wanda's ``lib/prune.py`` loop, AT
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable, Sequence
 
 import numpy as np
 import torch
+from numpy.typing import ArrayLike
 from torch import nn
 
 from .hooks import StopForward, input_hooks, recording_blocks
+from .layer_stats import prunable_linears
 from .models import base_model
-from .layer_stats import outlier_ratio, prunable_linears
-from .pruners import ColumnNorms, Pruner
+from .pruners import Pruner, recorder
+from .schedules import RateMap, as_rate_map
 
 BlockProgress = Callable[[int, int], None]  # (blocks done, total blocks)
 
@@ -77,7 +79,9 @@ def drop_cache(value: object) -> object:
 
 
 @torch.inference_mode()
-def capture_block_calls(model: nn.Module, blocks: nn.ModuleList, input_ids: torch.Tensor, batch_size: int) -> BlockCalls:
+def capture_block_calls(
+    model: nn.Module, blocks: nn.ModuleList, input_ids: torch.Tensor, batch_size: int
+) -> BlockCalls:
     """Block-0 inputs for all windows, and each block's own call arguments captured on one window.
 
     Arguments are captured with a batch of one window: every window has the same length and no
@@ -88,7 +92,9 @@ def capture_block_calls(model: nn.Module, blocks: nn.ModuleList, input_ids: torc
     hidden_parts: list[torch.Tensor] = []
 
     def record_args(index: int, _hidden: torch.Tensor, pos: tuple, kwargs: dict) -> None:
-        kw = {k: drop_cache(v) for k, v in kwargs.items() if k not in ("use_cache", "past_key_value", "past_key_values")}
+        kw = {
+            k: drop_cache(v) for k, v in kwargs.items() if k not in ("use_cache", "past_key_value", "past_key_values")
+        }
         args[index] = (tuple(drop_cache(a) for a in pos), kw)
 
     def record_hidden(index: int, hidden: torch.Tensor, _pos: tuple, _kwargs: dict) -> None:
@@ -141,7 +147,7 @@ def block_sparsity(block: nn.Module) -> float:
 def prune_sequential(
     blocks: nn.ModuleList,
     calls: BlockCalls,
-    rates: Sequence[float],
+    rates: RateMap | ArrayLike,
     pruner: Pruner,
     nm: tuple[int, int] | None = None,
     batch_size: int = 8,
@@ -153,8 +159,9 @@ def prune_sequential(
     ``dense``: the dense trajectory, read where filled and filled where empty (same results as
     without it; two block forwards per block instead of three once it is complete).
     """
-    if len(rates) != len(blocks):
-        raise ValueError(f"schedule has {len(rates)} rates but the model has {len(blocks)} blocks")
+    rates = as_rate_map(rates)
+    if rates.num_blocks != len(blocks):
+        raise ValueError(f"schedule has {rates.num_blocks} rates but the model has {len(blocks)} blocks")
     n = len(blocks)
     cum, loc, cum_abs, loc_abs, achieved = (np.zeros(n) for _ in range(5))
     pruned_in = calls.hidden  # input of block i along the pruned model
@@ -163,16 +170,16 @@ def prune_sequential(
         linears = prunable_linears(block)
         stats = {name: pruner.new_stats(lin.in_features, lin.weight.device) for name, lin in linears.items()}
         # 1. dense weights on the pruned input: calibration statistics and the local-error reference
-        with input_hooks(linears, lambda name, x: stats[name].add(x) if stats[name] is not None else None):
+        with input_hooks(linears, recorder(stats)):
             reference = run_block(block, pruned_in, calls.args[i], batch_size)
         # 2. dense weights on the dense input: the cumulative-error reference (cached when given)
         stored = dense.outputs[i] if dense is not None else None
         dense_out = stored if stored is not None else run_block(block, dense_in, calls.args[i], batch_size)
         if dense is not None:
             dense.outputs[i] = dense_out
-        # 3. prune every linear of the block at the block's rate, then re-run on the pruned input
+        # 3. prune every linear at its rate (the block's, by default), then re-run on the pruned input
         for name, linear in linears.items():
-            pruner.prune_(linear, stats[name], float(rates[i]), nm)
+            pruner.prune_(linear, stats[name], rates.rate(i, name), nm)
         pruned_out = run_block(block, pruned_in, calls.args[i], batch_size)
         loc_abs[i] = squared_norm(reference - pruned_out)
         cum_abs[i] = squared_norm(dense_out - pruned_out)
@@ -185,18 +192,32 @@ def prune_sequential(
     return PruneReport(achieved, cum, loc, cum_abs, loc_abs)
 
 
-@torch.inference_mode()
-def outlier_ratios(blocks: nn.ModuleList, calls: BlockCalls, m: float, batch_size: int = 8, progress: BlockProgress | None = None) -> np.ndarray:
-    """OWL's layer-wise outlier distribution D_i from a dense pass (Wanda scores of the whole block)."""
-    hidden = calls.hidden
-    ratios = np.zeros(len(blocks))
-    for i, block in enumerate(blocks):
-        linears = prunable_linears(block)
-        norms = {name: ColumnNorms(lin.in_features, lin.weight.device) for name, lin in linears.items()}
-        with input_hooks(linears, lambda name, x: norms[name].add(x)):
-            hidden = run_block(block, hidden, calls.args[i], batch_size)
-        scores = torch.cat([(lin.weight.abs().float() * norms[name].result()).flatten() for name, lin in linears.items()])
-        ratios[i] = outlier_ratio(scores, m)
-        if progress:
-            progress(i + 1, len(blocks))
-    return ratios
+class SequentialMode:
+    """Paper-faithful calibration: each point re-calibrates block i on the pruned blocks before it.
+
+    The dense trajectory (cumulative-error reference) is the same for every point and is kept
+    here, so a point costs two block forwards per block once it is filled.
+    """
+
+    name = "sequential"
+    measures_errors = True
+
+    def __init__(
+        self,
+        blocks: nn.ModuleList,
+        calls: Callable[[], BlockCalls],
+        pruner: Pruner,
+        nm: tuple[int, int] | None,
+        batch_size: int,
+        dense_stats: Callable[[], object],
+        restore: Callable[[], None],
+    ) -> None:
+        self.blocks, self.calls, self.pruner, self.nm, self.batch_size = blocks, calls, pruner, nm, batch_size
+        self.restore = restore
+        self.trajectory = DenseTrajectory.empty(len(blocks))
+
+    def prune(self, rates: RateMap, progress: BlockProgress | None = None) -> PruneReport:
+        self.restore()
+        return prune_sequential(
+            self.blocks, self.calls(), rates, self.pruner, self.nm, self.batch_size, progress, self.trajectory
+        )

@@ -16,12 +16,25 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from . import schedules
-from .config import CALIBRATION_MODES, DTYPES, METHODS, PRUNERS, CalibConfig, EvalConfig, PruneConfig, ScheduleSpec, check_sparsity, parse_nm
+from . import methods, schedules
+from .config import DTYPES, CalibConfig, EvalConfig, check_sparsity, parse_nm
 from .data import DEFAULT_CORPUS, HUB_CORPORA
+from .experiment import (
+    CALIBRATION_MODES,
+    MEASURES,
+    Progress,
+    Setup,
+    Workbench,
+    compare_cells,
+    compare_rows,
+    sweep_specs,
+)
 from .export import check_target, recipe_snippet, save_pruned
-from .experiment import PointResult, Progress, Setup, Workbench, best_point, describe_spec, sweep_specs
+from .methods import ScheduleSpec
+from .metrics import EVALUATION, VALIDATION
 from .models import DEFAULT_MODEL, EMBEDDED_MODELS, blocks_path
+from .pruners import PRUNERS, PruneConfig
+from .results import PointResult, best_point
 from .store import ResultStore, StoreError, default_store_path, to_jsonable
 
 EXIT_BAD_INPUT = 2
@@ -48,28 +61,83 @@ def name_list(text: str) -> list[str]:
     return [x.strip() for x in text.split(",") if x.strip()]
 
 
+def add_method_params(p: argparse.ArgumentParser) -> None:
+    """One option per parameter of the registered schedule methods (``methods.METHODS``)."""
+    seen: set[str] = set()
+    for entry in methods.METHODS.values():
+        for param in entry.params:
+            if param.name in seen:
+                continue
+            seen.add(param.name)
+            owners = ", ".join(m.name for m in methods.METHODS.values() if param.name in m.param_names)
+            kind = {"choices": param.choices} if param.choices else {"type": float}
+            default = "required" if param.required else f"default {param.default}"
+            p.add_argument(
+                f"--{param.name}",
+                default=None,
+                **kind,
+                help=f"{param.label} for {owners}: {param.help or param.allowed()} ({default})",
+            )
+
+
 def add_schedule_args(p: argparse.ArgumentParser, method: bool = True) -> None:
     if method:
-        p.add_argument("--method", default="atp", choices=METHODS, help="schedule (default: atp)")
+        p.add_argument("--method", default="atp", choices=methods.method_names(), help="schedule (default: atp)")
     p.add_argument("--sparsity", type=float, default=0.7, help="target mean sparsity S in (0, 1) (default 0.7)")
-    p.add_argument("--beta", type=float, default=None, help="ATP slope in [0, beta_max] (prune/schedule: required for atp)")
-    p.add_argument("--lam", type=float, default=0.08, help="OWL lambda (default 0.08)")
-    p.add_argument("--m", type=float, default=5.0, help="OWL outlier threshold M (default 5)")
-    p.add_argument("--eps", type=float, default=0.3, help="AlphaPruning epsilon (default 0.3)")
-    p.add_argument("--rates", type=float_list, default=None, help="custom schedule: comma-separated rates, one per block")
+    add_method_params(p)
+    p.add_argument(
+        "--rates", type=float_list, default=None, help="custom schedule: comma-separated rates, one per block"
+    )
 
 
 def add_setup_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", default=DEFAULT_MODEL, help=f"named model ({', '.join(EMBEDDED_MODELS)}), HF folder, .gguf file or hub id")
-    p.add_argument("--corpus", default=DEFAULT_CORPUS, help=f"{DEFAULT_CORPUS}, {', '.join(HUB_CORPORA)}, or a .txt/.json/.jsonl/.parquet file")
-    p.add_argument("--pruner", default="wanda", choices=PRUNERS)
+    p.add_argument(
+        "--model",
+        default=DEFAULT_MODEL,
+        help=f"named model ({', '.join(EMBEDDED_MODELS)}), HF folder, .gguf file or hub id",
+    )
+    p.add_argument(
+        "--corpus",
+        default=DEFAULT_CORPUS,
+        help=f"{DEFAULT_CORPUS}, {', '.join(HUB_CORPORA)}, or a .txt/.json/.jsonl/.parquet file",
+    )
+    p.add_argument("--pruner", default="wanda", choices=tuple(PRUNERS))
     p.add_argument("--nm", default=None, help="N:M semi-structured pattern such as 2:4 instead of a rate")
-    p.add_argument("--calib-samples", type=int, default=CalibConfig.samples, help="calibration windows (default %(default)s)")
-    p.add_argument("--seqlen", type=int, default=CalibConfig.seqlen, help="tokens per calibration window, and per evaluation window unless --eval-seqlen (default %(default)s)")
-    p.add_argument("--eval-windows", type=int, default=EvalConfig.windows, help="evaluation windows, 0 = all (default %(default)s)")
-    p.add_argument("--eval-seqlen", type=int, default=None, help="tokens per evaluation window (default: --seqlen)")
+    p.add_argument(
+        "--calib-samples", type=int, default=CalibConfig.samples, help="calibration windows (default %(default)s)"
+    )
+    p.add_argument(
+        "--seqlen",
+        type=int,
+        default=CalibConfig.seqlen,
+        help="tokens per calibration window, and per evaluation window unless --eval-seqlen (default %(default)s)",
+    )
+    p.add_argument(
+        "--eval-windows", type=int, default=EvalConfig.windows, help="evaluation windows, 0 = all (default %(default)s)"
+    )
+    p.add_argument(
+        "--eval-seqlen", type=int, default=None, help="tokens per evaluation and validation window (default: --seqlen)"
+    )
+    p.add_argument(
+        "--val-windows",
+        type=int,
+        default=None,
+        help="validation windows (selection reads these; 0 = all; default: --eval-windows)",
+    )
+    p.add_argument(
+        "--metrics",
+        type=name_list,
+        default=list(Setup.metrics),
+        help=f"comma-separated, of: {', '.join(MEASURES)} (default %(default)s)",
+    )
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--calibration", default="sequential", choices=CALIBRATION_MODES, help="sequential (paper-faithful, default) or cached: dense statistics computed once, no per-point calibration forward, no reconstruction errors")
+    p.add_argument(
+        "--calibration",
+        default="sequential",
+        choices=tuple(CALIBRATION_MODES),
+        help="sequential (paper-faithful, default) or cached: dense statistics computed once, no per-point "
+        "calibration forward, no reconstruction errors",
+    )
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto")
     p.add_argument("--dtype", default="float32", choices=DTYPES)
     p.add_argument("--batch-size", type=int, default=8, help="windows per forward call (memory only)")
@@ -79,8 +147,14 @@ def add_setup_args(p: argparse.ArgumentParser) -> None:
 
 
 def add_safety_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--trust-remote-code", action="store_true", help="allow a model's own Python code to run (off by default)")
-    p.add_argument("--allow-pickle", action="store_true", help="allow pickle weights (.bin/.pt), which can run code (off by default)")
+    p.add_argument(
+        "--trust-remote-code", action="store_true", help="allow a model's own Python code to run (off by default)"
+    )
+    p.add_argument(
+        "--allow-pickle",
+        action="store_true",
+        help="allow pickle weights (.bin/.pt), which can run code (off by default)",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -90,21 +164,32 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("schedule", help="print per-block rates of a schedule")
     add_schedule_args(p)
     p.add_argument("--layers", type=int, default=None, help="number of decoder blocks (instead of --model)")
-    p.add_argument("--recipe", action="store_true", help="print an llm-compressor oneshot recipe (YAML) with these rates")
-    p.add_argument("--pruner", default="wanda", choices=PRUNERS, help="modifier of the --recipe (default wanda)")
-    p.add_argument("--model", default=None, help="read the block count (and OWL/AlphaPruning statistics) from this model")
+    p.add_argument(
+        "--recipe", action="store_true", help="print an llm-compressor oneshot recipe (YAML) with these rates"
+    )
+    p.add_argument("--pruner", default="wanda", choices=tuple(PRUNERS), help="modifier of the --recipe (default wanda)")
+    p.add_argument(
+        "--model", default=None, help="read the block count (and OWL/AlphaPruning statistics) from this model"
+    )
     p.add_argument("--corpus", default=DEFAULT_CORPUS)
     add_safety_args(p)
     p.add_argument("--json", action="store_true")
 
-    for name, text in (("prune", "prune a model with one schedule and measure it"), ("errors", "per-block reconstruction errors of one or more schedules")):
+    for name, text in (
+        ("prune", "prune a model with one schedule and measure it"),
+        ("errors", "per-block reconstruction errors of one or more schedules"),
+    ):
         p = sub.add_parser(name, help=text)
         add_setup_args(p)
         add_schedule_args(p, method=(name == "prune"))
         if name == "errors":
-            p.add_argument("--methods", type=name_list, default=["uniform", "atp"], help="comma-separated (default uniform,atp)")
+            p.add_argument(
+                "--methods", type=name_list, default=["uniform", "atp"], help="comma-separated (default uniform,atp)"
+            )
         else:
-            p.add_argument("--save", default=None, help="export the pruned model (safetensors) + schedule.json to this folder")
+            p.add_argument(
+                "--save", default=None, help="export the pruned model (safetensors) + schedule.json to this folder"
+            )
             p.add_argument("--force", action="store_true", help="allow --save into a non-empty folder")
         p.add_argument("--json", action="store_true")
 
@@ -114,15 +199,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--step", type=float, default=schedules.GRID_STEP, help="grid step (default %(default)s)")
     p.add_argument("--json", action="store_true")
 
-    p = sub.add_parser("compare", help="methods x sparsities table (ATP at its best beta)")
+    p = sub.add_parser("compare", help="methods x sparsities table (ATP at its best beta, chosen on validation)")
     add_setup_args(p)
-    p.add_argument("--methods", type=name_list, default=["uniform", "owl", "alphapruning", "atp"])
+    p.add_argument(
+        "--methods",
+        type=name_list,
+        default=list(methods.method_names(comparable=True)),
+        help=f"comma-separated, of: {', '.join(methods.method_names(comparable=True))} (default: all)",
+    )
     p.add_argument("--sparsities", type=float_list, default=[0.5, 0.6, 0.7, 0.8])
-    p.add_argument("--beta", type=float, default=None, help="fixed ATP beta instead of a sweep per sparsity")
-    p.add_argument("--step", type=float, default=schedules.GRID_STEP)
-    p.add_argument("--lam", type=float, default=0.08)
-    p.add_argument("--m", type=float, default=5.0)
-    p.add_argument("--eps", type=float, default=0.3)
+    add_method_params(p)
+    p.add_argument(
+        "--step", type=float, default=schedules.GRID_STEP, help="grid step of methods with a grid (ATP's beta)"
+    )
     p.add_argument("--json", action="store_true")
 
     for name, text in (("models", "named models and whether they are installed"), ("corpora", "available corpora")):
@@ -137,8 +226,9 @@ def setup_from(args: argparse.Namespace) -> Setup:
         model=args.model,
         corpus=args.corpus,
         calib=CalibConfig(args.calib_samples, args.seqlen, args.seed),
-        evaluation=EvalConfig(args.eval_windows, args.eval_seqlen or args.seqlen),
+        evaluation=EvalConfig(args.eval_windows, args.eval_seqlen or args.seqlen, validation_windows=args.val_windows),
         prune=PruneConfig(args.pruner, parse_nm(args.nm)),
+        metrics=tuple(args.metrics),
         calibration=args.calibration,
         device=args.device,
         dtype=args.dtype,
@@ -148,18 +238,25 @@ def setup_from(args: argparse.Namespace) -> Setup:
     )
 
 
+def given_params(args: argparse.Namespace, method: str) -> dict[str, Any]:
+    """The parameters of ``method`` given on the command line (others take the registry default)."""
+    return {
+        name: getattr(args, name)
+        for name in methods.get_method(method).param_names
+        if getattr(args, name, None) is not None
+    }
+
+
 def spec_from(args: argparse.Namespace, method: str) -> ScheduleSpec:
-    if method == "atp" and args.beta is None:
-        raise CliError("--method atp needs --beta (see `atp-viz schedule --method atp --layers L --sparsity S` for beta_max, or run `atp-viz sweep`)")
-    return ScheduleSpec(
-        method=method,
-        sparsity=args.sparsity,
-        beta=args.beta or 0.0,
-        lam=args.lam,
-        m=args.m,
-        eps=args.eps,
-        rates=tuple(args.rates or ()),
-    )
+    entry = methods.get_method(method)
+    for param in entry.params:
+        if param.required and getattr(args, param.name, None) is None:
+            raise CliError(
+                f"--method {method} needs --{param.name} ({param.allowed()}; `atp-viz schedule --method {method} "
+                "--layers L "
+                f"--sparsity S` prints the bound, `atp-viz sweep` searches it)"
+            )
+    return ScheduleSpec(method, args.sparsity, tuple(args.rates or ()), **given_params(args, method))
 
 
 def open_store(args: argparse.Namespace) -> ResultStore | None:
@@ -192,14 +289,15 @@ def load_workbench(setup: Setup) -> Workbench:
 def attach_store(wb: Workbench, args: argparse.Namespace, specs: Sequence[ScheduleSpec]) -> Workbench:
     """Check every schedule against the loaded model, then open the store: bad input writes nothing."""
     for spec in specs:
-        if spec.method != "owl":  # OWL's rates need a calibration pass; its parameters are checked already
+        if not spec.entry.needs:  # statistics need a pass over the model; parameters were checked already
             wb.schedule(spec)
     wb.store = open_store(args)
     return wb
 
 
 def point_json(point: PointResult) -> dict[str, Any]:
-    return to_jsonable(point.to_record() | {"cached": point.cached})
+    """A point as JSON: its record, ``beta`` and ``perplexity`` (evaluation) at the top for scripts."""
+    return to_jsonable(point.to_record() | {"beta": point.beta, "perplexity": point.perplexity, "cached": point.cached})
 
 
 # -- commands -------------------------------------------------------------------------------------
@@ -212,18 +310,24 @@ def cmd_schedule(args: argparse.Namespace) -> dict[str, Any]:
     if args.model is None:
         if args.layers is None:
             raise CliError("give --layers N or --model NAME")
-        if args.method in ("owl", "alphapruning"):
+        if spec.entry.needs:
             raise CliError(f"--method {args.method} needs layer statistics: give --model NAME instead of --layers")
-        rates = schedules.make_schedule(spec, args.layers)
+        rates = methods.build_schedule(spec, args.layers)
         weights, location = None, LLAMA_BLOCKS
     else:
-        setup = Setup(model=args.model, corpus=args.corpus, calib=CalibConfig(), evaluation=EvalConfig(windows=1, seqlen=CalibConfig.seqlen),  # as prune: eval seqlen = --seqlen
-                      trust_remote_code=args.trust_remote_code, allow_pickle=args.allow_pickle)
+        setup = Setup(
+            model=args.model,
+            corpus=args.corpus,
+            calib=CalibConfig(),
+            evaluation=EvalConfig(windows=1, seqlen=CalibConfig.seqlen),  # as prune: eval seqlen = --seqlen
+            trust_remote_code=args.trust_remote_code,
+            allow_pickle=args.allow_pickle,
+        )
         wb = load_workbench(setup)
         rates, weights = wb.schedule(spec), wb.param_counts
         location = (blocks_path(wb.loaded), type(wb.loaded.blocks[0]).__name__)
     layers = len(rates)
-    sparsity = spec.sparsity if args.method != "custom" else schedules.weighted_mean(rates, weights)
+    sparsity = spec.sparsity if spec.entry.takes_sparsity else schedules.weighted_mean(rates, weights)
     return {
         "method": args.method,
         "layers": layers,
@@ -232,7 +336,18 @@ def cmd_schedule(args: argparse.Namespace) -> dict[str, Any]:
         "rates": rates.tolist(),
         "mean": float(np.mean(rates)),
         "weighted_mean": schedules.weighted_mean(rates, weights),
-        **({"recipe": recipe_snippet(rates.tolist(), args.pruner, *location)} if args.recipe else {}),
+        **(
+            {
+                "recipe": recipe_snippet(
+                    rates.tolist(),
+                    PRUNERS[args.pruner].recipe_modifier,
+                    *location,
+                    note=PRUNERS[args.pruner].recipe_note,
+                )
+            }
+            if args.recipe
+            else {}
+        ),
     }
 
 
@@ -259,7 +374,26 @@ def cmd_errors(args: argparse.Namespace) -> dict[str, Any]:
     results = list(wb.run_many(specs, tqdm_progress()))
     return {
         "schedules": [
-            {"label": describe_spec(spec), **{k: v for k, v in point_json(point).items() if k in ("method", "beta", "sparsity", "rates", "perplexity", "cumulative_error", "local_error", "cumulative_error_abs", "local_error_abs")}}
+            {
+                "label": spec.describe(),
+                **{
+                    k: v
+                    for k, v in point_json(point).items()
+                    if k
+                    in (
+                        "method",
+                        "beta",
+                        "sparsity",
+                        "rates",
+                        "perplexity",
+                        "metrics",
+                        "cumulative_error",
+                        "local_error",
+                        "cumulative_error_abs",
+                        "local_error_abs",
+                    )
+                },
+            }
             for spec, point in zip(specs, results)
         ]
     }
@@ -278,46 +412,48 @@ def cmd_sweep(args: argparse.Namespace) -> dict[str, Any]:
     points = []
     for point in wb.run_many(specs, progress):
         points.append(point)
-        log(f"{describe_spec(specs[len(points) - 1])}: ppl {point.perplexity:.3f}{' (stored)' if point.cached else ''}")
-    best = best_point(points)
+        log(
+            f"{specs[len(points) - 1].describe()}: ppl {point.perplexity:.3f} (validation "
+            f"{point.value('perplexity', VALIDATION):.3f})"
+            f"{' (stored)' if point.cached else ''}"
+        )
+    best = best_point(points[1:] or points, split=setup.select_split)  # the grid (points[0] is uniform)
     return {
         "sparsity": sparsity,
         "beta_max": schedules.beta_max(wb.num_blocks, sparsity),
         "dense_perplexity": dense,
         "uniform_perplexity": points[0].perplexity,
+        "selected_on": setup.select_split,
+        "reported_on": EVALUATION,
         "best_beta": best.beta,
         "best_perplexity": best.perplexity,
+        "best_validation_perplexity": best.value("perplexity", VALIDATION),
         "points": [point_json(p) for p in points],
     }
 
 
 def cmd_compare(args: argparse.Namespace) -> dict[str, Any]:
     setup = setup_from(args)
-    unknown = [m for m in args.methods if m not in ("uniform", "owl", "alphapruning", "atp")]
-    if unknown or not args.methods:
-        raise CliError(f"unknown method(s) {', '.join(unknown) or '(none given)'}; allowed: uniform, owl, alphapruning, atp")
     sparsities = [check_sparsity(s) for s in args.sparsities]
+    if not (math.isfinite(args.step) and 0 < args.step < 1):
+        raise CliError(f"--step must be in (0, 1), got {args.step}")
+    for name in args.methods:
+        if name not in methods.method_names(comparable=True):
+            raise CliError(f"unknown method {name!r}; allowed: {', '.join(methods.method_names(comparable=True))}")
+    fixed = {name: given_params(args, name) for name in args.methods}
+    # a method with a grid is searched unless its grid parameter is given (e.g. --beta)
+    fixed = {name: values for name, values in fixed.items() if values}
     wb = load_workbench(setup)
-    plan: list[tuple[str, float, list[ScheduleSpec]]] = []
-    for s in sparsities:
-        for method in args.methods:
-            if method == "atp":
-                specs = [ScheduleSpec("atp", s, beta=args.beta)] if args.beta is not None else sweep_specs(wb.num_blocks, s, args.step)[1:]
-            else:
-                specs = [ScheduleSpec(method, s, lam=args.lam, m=args.m, eps=args.eps)]
-            plan.append((method, s, specs))
-    flat = [spec for _, _, specs in plan for spec in specs]
+    cells = compare_cells(wb.num_blocks, args.methods, sparsities, args.step, fixed)
+    flat = list(dict.fromkeys(spec for cell in cells for spec in cell.specs))
     attach_store(wb, args, flat)
     progress = tqdm_progress()
     dense = wb.dense_perplexity(progress)
-    done = iter(wb.run_many(flat, progress))
-    rows = []
-    for method, s, specs in plan:
-        points = [next(done) for _ in specs]
-        best = best_point(points) if method == "atp" else points[0]
-        rows.append({"method": method, "sparsity": s, "beta": best.beta, "perplexity": best.perplexity, "rates": best.rates.tolist()})
-        log(f"{method} S={s:g}: ppl {best.perplexity:.3f}")
-    return {"dense_perplexity": dense, "rows": rows}
+    found = {spec: point for spec, point in zip(flat, wb.run_many(flat, progress))}
+    rows = compare_rows(cells, found, select=setup.select_split)
+    for row in rows:
+        log(f"{row['method']} S={row['sparsity']:g}: ppl {row['perplexity']:.3f} {row['params'] or ''}")
+    return {"dense_perplexity": dense, "selected_on": setup.select_split, "reported_on": EVALUATION, "rows": rows}
 
 
 def cmd_models(_args: argparse.Namespace) -> dict[str, Any]:
@@ -326,7 +462,12 @@ def cmd_models(_args: argparse.Namespace) -> dict[str, Any]:
     def installed(entry: EmbeddedModel) -> bool:
         return all(package_dir(p) is not None for p in entry.packages)
 
-    return {"models": [{"name": name, "installed": installed(e), "install": e.pip, "default": name == DEFAULT_MODEL} for name, e in EMBEDDED_MODELS.items()]}
+    return {
+        "models": [
+            {"name": name, "installed": installed(e), "install": e.pip, "default": name == DEFAULT_MODEL}
+            for name, e in EMBEDDED_MODELS.items()
+        ]
+    }
 
 
 def cmd_corpora(_args: argparse.Namespace) -> dict[str, Any]:
@@ -335,9 +476,27 @@ def cmd_corpora(_args: argparse.Namespace) -> dict[str, Any]:
 
     return {
         "corpora": [
-            {"name": DEFAULT_CORPUS, "installed": package_dir(WIKI_PACKAGE) is not None, "source": "embedded Wikipedia lead extracts (CC BY-SA 4.0)", "default": True},
-            *({"name": name, "installed": None, "source": f"hub dataset {spec.path} (needs the hub, or {name}:/local/dir)", "default": False} for name, spec in HUB_CORPORA.items()),
-            {"name": "PATH.txt|.json|.jsonl|.parquet", "installed": None, "source": "a local file ('text' field for json/parquet)", "default": False},
+            {
+                "name": DEFAULT_CORPUS,
+                "installed": package_dir(WIKI_PACKAGE) is not None,
+                "source": "embedded Wikipedia lead extracts (CC BY-SA 4.0)",
+                "default": True,
+            },
+            *(
+                {
+                    "name": name,
+                    "installed": None,
+                    "source": f"hub dataset {spec.path} (needs the hub, or {name}:/local/dir)",
+                    "default": False,
+                }
+                for name, spec in HUB_CORPORA.items()
+            ),
+            {
+                "name": "PATH.txt|.json|.jsonl|.parquet",
+                "installed": None,
+                "source": "a local file ('text' field for json/parquet)",
+                "default": False,
+            },
         ]
     }
 
@@ -360,7 +519,9 @@ def human(result: dict[str, Any]) -> str:
         if isinstance(value, list) and value and isinstance(value[0], float):
             value = "[" + ", ".join(f"{v:.4g}" for v in value) + "]"
         elif isinstance(value, list) and value and isinstance(value[0], dict):
-            value = "\n  " + "\n  ".join(json.dumps({k: v for k, v in row.items() if not isinstance(v, list)}) for row in value)
+            value = "\n  " + "\n  ".join(
+                json.dumps({k: v for k, v in row.items() if not isinstance(v, list)}) for row in value
+            )
         lines.append(f"{key}: {value}")
     return "\n".join(lines)
 
@@ -368,7 +529,9 @@ def human(result: dict[str, Any]) -> str:
 SHOW_WARNING = warnings.showwarning
 
 
-def one_line_warning(message: Warning | str, category: type[Warning], filename: str, lineno: int, *args: Any, **kwargs: Any) -> None:
+def one_line_warning(
+    message: Warning | str, category: type[Warning], filename: str, lineno: int, *args: Any, **kwargs: Any
+) -> None:
     """atp-viz's own warnings (recovered store, rebuilt cache, clipped schedule) as one line each."""
     if "atp_viz" not in Path(filename).parts:
         SHOW_WARNING(message, category, filename, lineno, *args, **kwargs)

@@ -7,12 +7,8 @@ before any model is loaded or anything is written.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field
-from typing import Any
+from dataclasses import dataclass
 
-PRUNERS = ("wanda", "sparsegpt", "magnitude")
-METHODS = ("uniform", "atp", "owl", "alphapruning", "custom")
-CALIBRATION_MODES = ("sequential", "cached")
 DTYPES = ("float32", "bfloat16", "float16")
 
 
@@ -77,62 +73,23 @@ class CalibConfig:
 
 @dataclass(frozen=True)
 class EvalConfig:
-    """Evaluation: the first ``windows`` non-overlapping windows of ``seqlen`` tokens (0 = all)."""
+    """Measurement windows: the first ``windows`` non-overlapping windows of ``seqlen`` tokens of
+    the evaluation split (0 = all), and as many of the validation split (``validation_windows``,
+    default: the same count; 0 = all). Selection reads validation, reports read evaluation."""
 
     windows: int = 12
     seqlen: int = 1024  # paper: 2048
     batch_size: int = 4
+    validation_windows: int | None = None  # None: same as ``windows``
 
     def __post_init__(self) -> None:
         check_int("evaluation windows", self.windows, 0)
         check_int("evaluation seqlen", self.seqlen, 2)
         check_int("evaluation batch size", self.batch_size, 1)
+        validation = self.windows if self.validation_windows is None else self.validation_windows
+        check_int("validation windows", validation, 0)
+        object.__setattr__(self, "validation_windows", validation)
 
-
-@dataclass(frozen=True)
-class PruneConfig:
-    """Which pruner scores the weights, and whether it keeps an N:M pattern instead of a rate."""
-
-    pruner: str = "wanda"
-    nm: tuple[int, int] | None = None
-
-    def __post_init__(self) -> None:
-        check_choice("pruner", self.pruner, PRUNERS)
-        check_nm(self.nm)
-
-
-@dataclass(frozen=True)
-class ScheduleSpec:
-    """How per-block rates are chosen; only the fields of ``method`` are used."""
-
-    method: str = "atp"
-    sparsity: float = 0.7
-    beta: float = 0.0  # atp: slope of the arithmetic progression
-    lam: float = 0.08  # owl: half-width of the sparsity band
-    m: float = 5.0  # owl: outlier threshold multiple of the mean score
-    eps: float = 0.3  # alphapruning: half-width of the ratio band
-    rates: tuple[float, ...] = field(default_factory=tuple)  # custom
-
-    def __post_init__(self) -> None:
-        check_choice("method", self.method, METHODS)
-        if self.method == "custom":
-            if not self.rates:
-                raise ValueError("a custom schedule needs rates, one per block, each in [0, 1]")
-        else:
-            object.__setattr__(self, "sparsity", check_sparsity(self.sparsity))
-        for name in ("beta", "lam", "m", "eps"):
-            value = float(getattr(self, name))
-            if not math.isfinite(value) or value < 0:
-                raise ValueError(f"{name} must be a finite number >= 0, got {value}")
-
-    def params(self) -> dict[str, Any]:
-        """The fields that define this schedule (used in fingerprints and exports)."""
-        keep = {
-            "uniform": ("sparsity",),
-            "atp": ("sparsity", "beta"),
-            "owl": ("sparsity", "lam", "m"),
-            "alphapruning": ("sparsity", "eps"),
-            "custom": ("rates",),
-        }[self.method]
-        data = asdict(self)
-        return {"method": self.method, **{k: data[k] for k in keep}}
+    def windows_of(self, split: str) -> int:
+        """How many windows ``split`` ("validation" or "evaluation") is measured on (0 = all)."""
+        return int(self.validation_windows) if split == "validation" else self.windows  # type: ignore[arg-type]

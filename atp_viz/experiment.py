@@ -4,45 +4,58 @@ A ``Workbench`` holds one loaded model, its corpus windows and a copy of the den
 many schedules can be tried without reloading: each point restores the dense weights, prunes,
 measures, and commits its result to the store before the next point starts.
 
-Two calibration modes (``Setup.calibration``):
-- ``sequential`` (paper-faithful): block i is calibrated on the outputs of the pruned blocks before
-  it, so each point runs two block forwards over the calibration batch (statistics + local-error
-  reference, then the pruned re-run); the dense trajectory (cumulative-error reference) is the same
-  for every point and is computed once per Workbench.
-- ``cached``: statistics of every linear from one dense pass, stored in the cache as safetensors,
-  with each row's score order computed once; a point is a prefix of those orders plus the
-  evaluation. Reconstruction errors are not measured in this mode (NaN arrays in the result).
+It composes small parts instead of branching on names:
+- a calibration mode (``CALIBRATION_MODES``): ``sequential`` (paper-faithful, block i calibrated on
+  the pruned blocks before it, reconstruction errors measured) or ``cached`` (statistics from one
+  dense pass, no per-point calibration forward, no reconstruction errors);
+- the statistics schedule methods need (``STATISTICS``: OWL's outlier ratios, AlphaPruning's alphas);
+- the metrics a point is measured by (``MEASURES``), each on the validation and evaluation splits.
+
+Stored rows: a ``point`` row per pruned model (rates, achieved sparsity, errors) and a ``metric`` row
+per (point, metric, split), so a metric added later is measured without losing what is stored.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import time
-from pathlib import Path
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any, Callable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 
-from . import schedules
-from .calibration import BlockCalls, DenseTrajectory, PruneReport, capture_block_calls, outlier_ratios, prune_sequential
-from .config import CALIBRATION_MODES, CalibConfig, EvalConfig, PruneConfig, ScheduleSpec, check_choice, check_int
+from . import methods, schedules
+from .calibration import BlockCalls, PruneReport, SequentialMode, capture_block_calls
+from .config import CalibConfig, EvalConfig, check_choice, check_int
 from .data import DEFAULT_CORPUS, Corpus, calibration_windows, evaluation_windows, load_corpus, token_ids
 from .evaluate import perplexity
 from .layer_stats import block_alphas, block_param_counts, prunable_linears
+from .methods import ScheduleSpec
+from .metrics import EVALUATION, SPLITS, VALIDATION, metric_key
 from .models import DEFAULT_MODEL, LoadedModel, cache_dir, load_model
-from .pruners import get_pruner
-from .stats_cache import DenseStats, LinearKey, collect_dense_stats, load_stats, outlier_ratios_from_stats, prune_cached, save_stats, score_orders
+from .pruners import PruneConfig, get_pruner
+from .results import PointResult, best_point
+from .stats_cache import (
+    CachedMode,
+    DenseStats,
+    collect_dense_stats,
+    load_stats,
+    outlier_ratios_from_stats,
+    save_stats,
+    stat_kinds,
+)
 from .store import ResultStore, fingerprint
 
 # (fraction of the whole job done in [0, 1], what is happening now)
 Progress = Callable[[float, str], None]
-POINT_KIND = "point"
-DENSE_KIND = "dense"
-STATS_KIND = "calib-stats"
+POINT_KIND, METRIC_KIND, DENSE_KIND, STATS_KIND = "point", "metric", "dense", "calib-stats"
 STATS_FOLDER = "stats"  # under the cache dir: <fingerprint>.safetensors
+CALIBRATION_MODES: dict[str, type[SequentialMode] | type[CachedMode]] = {
+    m.name: m for m in (SequentialMode, CachedMode)
+}
 
 
 @dataclass(frozen=True)
@@ -58,12 +71,27 @@ class Setup:
     device: str = "cpu"
     dtype: str = "float32"
     batch_size: int = 8  # calibration windows per block call (memory, not results)
+    metrics: tuple[str, ...] = ("perplexity",)  # keys of MEASURES
+    splits: tuple[str, ...] = SPLITS  # measured on; without validation, selection reads evaluation (benchmarks)
     trust_remote_code: bool = False  # load options: they decide what may run, not the results
     allow_pickle: bool = False
 
     def __post_init__(self) -> None:
-        check_choice("calibration mode", self.calibration, CALIBRATION_MODES)
+        check_choice("calibration mode", self.calibration, tuple(CALIBRATION_MODES))
         check_int("batch size", self.batch_size, 1)
+        if not self.metrics:
+            raise ValueError(f"choose at least one metric; allowed: {', '.join(MEASURES)}")
+        for name in self.metrics:
+            check_choice("metric", name, tuple(MEASURES))
+        if EVALUATION not in self.splits:
+            raise ValueError(f"the evaluation split is always measured; splits allowed: {', '.join(SPLITS)}")
+        for split in self.splits:
+            check_choice("split", split, SPLITS)
+
+    @property
+    def select_split(self) -> str:
+        """Where the best of several points is chosen: validation when it is measured."""
+        return VALIDATION if VALIDATION in self.splits else EVALUATION
 
     def describe(self) -> dict[str, Any]:
         """Flat, JSON-friendly settings: store rows are filtered on these fields."""
@@ -76,47 +104,37 @@ class Setup:
             "calib_seqlen": self.calib.seqlen,
             "seed": self.calib.seed,
             "eval_windows": self.evaluation.windows,
+            "val_windows": self.evaluation.validation_windows,
             "eval_seqlen": self.evaluation.seqlen,
             "calibration": self.calibration,
             "dtype": self.dtype,
         }
 
 
-@dataclass
-class PointResult:
-    """One pruned model's measurements; arrays have one entry per decoder block."""
+@dataclass(frozen=True)
+class Measure:
+    """A metric's measurement: values on one split of a model holding the weights to measure."""
 
-    method: str
-    sparsity: float
-    beta: float
-    rates: np.ndarray
-    perplexity: float
-    layer_sparsity: np.ndarray
-    cumulative_error: np.ndarray
-    local_error: np.ndarray
-    cumulative_error_abs: np.ndarray
-    local_error_abs: np.ndarray
-    achieved_sparsity: float  # parameter-weighted fraction of zeros over all prunable linears
-    wall_time: float
-    params: dict[str, Any] = field(default_factory=dict)
-    key: str = ""
-    cached: bool = False  # read from the store rather than computed now
-
-    ARRAYS = ("rates", "layer_sparsity", "cumulative_error", "local_error", "cumulative_error_abs", "local_error_abs")
-
-    def to_record(self) -> dict[str, Any]:
-        record = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name not in ("key", "cached")}
-        return {k: (v.tolist() if isinstance(v, np.ndarray) else v) for k, v in record.items()}
-
-    @classmethod
-    def from_record(cls, record: dict[str, Any], key: str = "", cached: bool = True) -> "PointResult":
-        values = {k: (np.asarray(v, dtype=float) if k in cls.ARRAYS else v) for k, v in record.items()}
-        names = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in values.items() if k in names}, key=key, cached=cached)
+    name: str
+    run: Callable[[Workbench, str, Progress | None], dict[str, float]]  # {metric: value, metric/detail: value}
+    config: Callable[[Corpus, Mapping[str, torch.Tensor], str], dict[str, Any]]  # what decides them besides the weights
 
 
-def ids_digest(ids: torch.Tensor) -> str:
-    return hashlib.sha256(ids.cpu().numpy().tobytes()).hexdigest()[:20] + f":{tuple(ids.shape)}"
+def _perplexity(wb: Workbench, split: str, progress: Progress | None) -> dict[str, float]:
+    report = counted(progress, f"{split} perplexity: window")
+    return {"perplexity": perplexity(wb.loaded.model, wb.windows[split], wb.setup.evaluation.batch_size, report)}
+
+
+def _perplexity_config(corpus: Corpus, windows: Mapping[str, torch.Tensor], split: str) -> dict[str, Any]:
+    return {"text": corpus.split_fingerprint(split), "windows": list(windows[split].shape)}
+
+
+MEASURES: dict[str, Measure] = {"perplexity": Measure("perplexity", _perplexity, _perplexity_config)}
+# statistic a schedule method needs -> its computation on the dense model
+STATISTICS: dict[str, Callable[[DenseStatistics, ScheduleSpec, Progress | None], np.ndarray]] = {
+    "outlier_ratios": lambda stats, spec, progress: stats.outlier_ratios(float(spec.get("m")), progress),
+    "alphas": lambda stats, spec, progress: stats.alphas(str(spec.get("estimator", "official"))),
+}
 
 
 def scaled(progress: Progress | None, start: float, width: float) -> Progress | None:
@@ -126,14 +144,225 @@ def scaled(progress: Progress | None, start: float, width: float) -> Progress | 
     return lambda fraction, message: progress(start + width * min(max(fraction, 0.0), 1.0), message)
 
 
-def counted(progress: Progress | None, what: str, start: float = 0.0, width: float = 1.0) -> Callable[[int, int], None] | None:
+def counted(
+    progress: Progress | None, what: str, start: float = 0.0, width: float = 1.0
+) -> Callable[[int, int], None] | None:
     """Adapt a (done, total) counter of blocks or windows to ``progress`` over [start, start + width]."""
     sub = scaled(progress, start, width)
     return (lambda done, total: sub(done / total, f"{what} {done}/{total}")) if sub else None
 
 
+def labelled(progress: Progress | None, label: str) -> Progress | None:
+    """``progress`` with every message prefixed by ``label``."""
+    if progress is None:
+        return None
+    return lambda fraction, message: progress(fraction, f"{label}: {message}")
+
+
+class DenseWeights:
+    """A copy of every prunable linear's dense weight; each point starts from these."""
+
+    def __init__(self, blocks: torch.nn.ModuleList) -> None:
+        self.blocks = blocks
+        self.weights = {
+            (i, n): lin.weight.detach().clone() for i, b in enumerate(blocks) for n, lin in prunable_linears(b).items()
+        }
+
+    def restore(self) -> None:
+        with torch.no_grad():
+            for i, block in enumerate(self.blocks):
+                for name, lin in prunable_linears(block).items():
+                    lin.weight.copy_(self.weights[(i, name)])
+
+
+def load_for(setup: Setup, progress: Progress | None = None) -> LoadedModel:
+    """The model of ``setup`` on its device and dtype, with its load options."""
+    report = (lambda message: progress(0.0, message)) if progress else None
+    return load_model(setup.model, setup.device, setup.dtype, trust_remote_code=setup.trust_remote_code,
+                      allow_pickle=setup.allow_pickle, progress=report)  # fmt: skip
+
+
+def check_lengths(loaded: LoadedModel, setup: Setup) -> None:
+    limit = loaded.max_length
+    for what, seqlen in (("calibration", setup.calib.seqlen), ("evaluation", setup.evaluation.seqlen)):
+        if seqlen > limit:
+            raise ValueError(
+                f"{what} seqlen {seqlen} exceeds the model's context of {limit} tokens (allowed: 2..{limit})"
+            )
+
+
+def cut_windows(corpus: Corpus, tokenizer: object, setup: Setup) -> dict[str, torch.Tensor]:
+    """Calibration windows (seeded, random) and validation / evaluation windows (first N, in order)."""
+    ev = setup.evaluation
+    out = {
+        "calibration": calibration_windows(
+            token_ids(tokenizer, corpus.calibration_text), setup.calib.samples, setup.calib.seqlen, setup.calib.seed
+        )
+    }
+    for split in setup.splits:
+        out[split] = evaluation_windows(
+            token_ids(tokenizer, corpus.text(split)), ev.windows_of(split), ev.seqlen, split
+        )
+    return out
+
+
+def given_windows(name: str, windows: Sequence[torch.Tensor]) -> tuple[Corpus, dict[str, torch.Tensor]]:
+    """Pre-cut windows (calibration, evaluation) or (calibration, validation, evaluation); benchmarks
+    on random-weight models have no tokenizer. With two, validation reuses the evaluation windows."""
+    parts = dict(zip(("calibration", *SPLITS), windows if len(windows) == 3 else (windows[0], windows[1], windows[1])))
+    digests = {
+        k: f"token ids {hashlib.sha256(v.cpu().numpy().tobytes()).hexdigest()[:20]}:{tuple(v.shape)}"
+        for k, v in parts.items()
+    }
+    return Corpus(name, digests["calibration"], digests[VALIDATION], digests[EVALUATION]), parts
+
+
+class DenseStatistics:
+    """What the dense model tells about itself: block inputs, per-linear statistics, per-block metrics.
+
+    Computed once per Workbench (the per-linear statistics also once per machine: a cache file) and
+    always from the dense weights, whatever point the model holds.
+    """
+
+    def __init__(
+        self,
+        loaded: LoadedModel,
+        setup: Setup,
+        calibration_ids: torch.Tensor,
+        identity: dict[str, Any],
+        dense: DenseWeights,
+    ) -> None:
+        self.loaded, self.setup, self.calibration_ids, self.dense = loaded, setup, calibration_ids, dense
+        self.pruner = get_pruner(setup.prune.pruner)
+        self.identity = {k: v for k, v in identity.items() if k not in ("pruner", "nm", "mode")}
+        self._calls: BlockCalls | None = None
+        self._stats: DenseStats | None = None
+        self._per_block: dict[tuple[str, Any], np.ndarray] = {}
+        self.source = ""  # "file" or "computed" once the per-linear statistics are there
+
+    def calls(self) -> BlockCalls:
+        if self._calls is None:
+            self._calls = capture_block_calls(
+                self.loaded.model, self.loaded.blocks, self.calibration_ids, self.setup.batch_size
+            )
+        return self._calls
+
+    def path(self) -> Path:
+        """Where this model + calibration setting keeps its dense statistics."""
+        key = fingerprint(kind=STATS_KIND, **self.identity, kinds=stat_kinds(self.pruner))
+        return cache_dir() / STATS_FOLDER / f"{key}.safetensors"
+
+    def linears(self, progress: Progress | None = None) -> DenseStats:
+        """Dense statistics of every linear: read from the cache file, or one dense pass (then saved)."""
+        if self._stats is None:
+            stats = load_stats(self.path(), self.loaded.device)
+            self.source = "file" if stats is not None else "computed"
+            if stats is None:
+                self.dense.restore()
+                stats = collect_dense_stats(
+                    self.loaded.blocks,
+                    self.calls(),
+                    stat_kinds(self.pruner),
+                    self.setup.batch_size,
+                    counted(progress, "dense statistics: block"),
+                )
+                save_stats(stats, self.path(), {"model": self.setup.model, "corpus": self.setup.corpus})
+            self._stats = stats
+        return self._stats
+
+    def alphas(self, estimator: str = "official") -> np.ndarray:
+        """AlphaPruning's block metric from the dense weights."""
+        if ("alphas", estimator) not in self._per_block:
+            self.dense.restore()
+            self._per_block[("alphas", estimator)] = block_alphas(self.loaded.blocks, estimator)
+        return self._per_block[("alphas", estimator)]
+
+    def outlier_ratios(self, m: float, progress: Progress | None = None) -> np.ndarray:
+        """OWL's D_i from the dense statistics (one dense pass, shared with the cached mode)."""
+        if ("outliers", m) not in self._per_block:
+            stats = self.linears(progress)
+            self.dense.restore()
+            self._per_block[("outliers", m)] = outlier_ratios_from_stats(self.loaded.blocks, stats, m)
+        return self._per_block[("outliers", m)]
+
+
+class Ledger:
+    """A Workbench's keys and stored rows: a point row per pruned model and a metric row per
+    (point, metric, split), in the results store or in memory when there is none (first writer wins)."""
+
+    def __init__(
+        self, store: ResultStore | None, setup: Setup, model: str, corpus: Corpus, windows: Mapping[str, torch.Tensor]
+    ) -> None:
+        self.store, self.setup, self.model, self.corpus, self.windows = store, setup, model, corpus, windows
+        self.memory: dict[str, dict[str, Any]] = {}
+
+    def get(self, key: str) -> dict[str, Any] | None:
+        return self.store.get(key) if self.store is not None else self.memory.get(key)
+
+    def put(self, key: str, kind: str, config: dict[str, Any], record: dict[str, Any]) -> None:
+        if self.store is None:
+            self.memory.setdefault(key, record)
+        else:
+            self.store.put(key, kind, self.setup.model, {**self.setup.describe(), **config}, record)
+
+    def prune_identity(self) -> dict[str, Any]:
+        """What decides a pruned model: weights, calibration text and settings, pruner, mode, dtype."""
+        s = self.setup
+        calibration_text = self.corpus.split_fingerprint("calibration")
+        return {"model": self.model, "calibration_text": calibration_text, "calib": asdict(s.calib),
+                "pruner": s.prune.pruner, "nm": s.prune.nm, "mode": s.calibration, "dtype": s.dtype}  # fmt: skip
+
+    def point_key(self, spec: ScheduleSpec) -> str:
+        return fingerprint(kind=POINT_KIND, **self.prune_identity(), schedule=spec.params())
+
+    def dense_key(self) -> str:
+        return fingerprint(kind=DENSE_KIND, model=self.model, dtype=self.setup.dtype)
+
+    def metric_keys(self, point_key: str) -> dict[tuple[str, str], str]:
+        """(metric, split) -> key of its row, for every metric and split of the setup."""
+        return {
+            (m, split): fingerprint(
+                kind=METRIC_KIND,
+                point=point_key,
+                metric=m,
+                split=split,
+                **MEASURES[m].config(self.corpus, self.windows, split),
+            )
+            for m in self.setup.metrics
+            for split in self.setup.splits
+        }
+
+    def metrics_of(self, point_key: str) -> tuple[dict[str, float], list[tuple[str, str]]]:
+        """Stored metric values of a point (``"split/metric"`` keys) and the (metric, split) still missing."""
+        found: dict[str, float] = {}
+        missing = []
+        for (name, split), key in self.metric_keys(point_key).items():
+            if (row := self.get(key)) is None:
+                missing.append((name, split))
+                continue
+            found[metric_key(name, split)] = float(row["values"][name])
+            found.update({f"{split}/{k}": float(v) for k, v in row["values"].items() if k != name})
+        return found, missing
+
+    def point(self, spec: ScheduleSpec) -> tuple[str, dict[str, Any] | None, dict[str, float], list[tuple[str, str]]]:
+        """A point's key, its stored row (or None), its stored metrics and the (metric, split) missing."""
+        key = self.point_key(spec)
+        return (key, self.get(key), *self.metrics_of(key))
+
+
+def point_record(
+    spec: ScheduleSpec, rates: np.ndarray, report: PruneReport, weights: np.ndarray, seconds: float
+) -> dict[str, Any]:
+    """The stored record of a pruned model (its metrics live in their own rows)."""
+    target = spec.sparsity if spec.entry.takes_sparsity else schedules.weighted_mean(rates, weights)
+    achieved = schedules.weighted_mean(report.layer_sparsity, weights)
+    arrays = (report.layer_sparsity, report.cumulative_error, report.local_error)
+    errors_abs = (report.cumulative_error_abs, report.local_error_abs)
+    return PointResult(spec.method, target, rates, *arrays, *errors_abs, achieved, seconds, spec.params()).to_record()
+
+
 class Workbench:
-    """A loaded model with its calibration and evaluation windows, ready to try schedules."""
+    """A loaded model with its calibration, validation and evaluation windows, ready to try schedules."""
 
     def __init__(
         self,
@@ -141,238 +370,203 @@ class Workbench:
         store: ResultStore | None = None,
         loaded: LoadedModel | None = None,
         progress: Progress | None = None,
-        windows: tuple[torch.Tensor, torch.Tensor] | None = None,
+        windows: Sequence[torch.Tensor] | None = None,
     ) -> None:
-        """``windows``: (calibration ids (N, T), evaluation ids (M, T')) to use instead of the corpus."""
+        """``windows``: pre-cut token windows to use instead of the corpus (see ``given_windows``)."""
         self.setup = setup
-        self.store = store
-        report = (lambda message: progress(0.0, message)) if progress else None
-        self.loaded = loaded or load_model(
-            setup.model, setup.device, setup.dtype, trust_remote_code=setup.trust_remote_code, allow_pickle=setup.allow_pickle, progress=report
-        )
-        self._check_lengths()
+        self.loaded = loaded or load_for(setup, progress)
+        check_lengths(self.loaded, setup)
         if windows is None:
-            self.corpus: Corpus = load_corpus(setup.corpus)
-            tokenizer = self.loaded.tokenizer
-            self.calib_ids = calibration_windows(token_ids(tokenizer, self.corpus.calibration_text), setup.calib.samples, setup.calib.seqlen, setup.calib.seed)
-            self.eval_ids = evaluation_windows(token_ids(tokenizer, self.corpus.evaluation_text), setup.evaluation.windows, setup.evaluation.seqlen)
-        else:  # pre-cut token windows (benchmarks on random-weight models have no tokenizer)
-            self.calib_ids, self.eval_ids = windows
-            self.corpus = Corpus(setup.corpus, f"token ids {ids_digest(self.calib_ids)}", f"token ids {ids_digest(self.eval_ids)}")
-        self.pruner = get_pruner(setup.prune.pruner)
-        # Dense weights of every prunable linear; each point starts from these (SparseGPT edits weights).
-        self.dense_weights = {
-            (i, name): lin.weight.detach().clone() for i, block in enumerate(self.loaded.blocks) for name, lin in prunable_linears(block).items()
-        }
+            self.corpus = load_corpus(setup.corpus)
+            self.windows = cut_windows(self.corpus, self.loaded.tokenizer, setup)
+        else:
+            self.corpus, self.windows = given_windows(setup.corpus, windows)
+        self.rows = Ledger(store, setup, self.loaded.fingerprint, self.corpus, self.windows)
+        self.dense = DenseWeights(self.loaded.blocks)
         self.param_counts = block_param_counts(self.loaded.blocks)
-        self._calls: BlockCalls | None = None
-        self._alphas: np.ndarray | None = None
-        self._outliers: dict[float, np.ndarray] = {}
-        self._dense_ppl: float | None = None
-        # sequential mode: dense block outputs on the calibration batch, shared by all points
-        self.trajectory = DenseTrajectory.empty(self.num_blocks)
-        # cached mode: dense statistics (from the cache file or one dense pass) and score orders
-        self._stats: DenseStats | None = None
-        self._orders: dict[LinearKey, torch.Tensor] | None = None
-        self.stats_source = ""  # "file" or "computed" once the statistics are there
+        self.stats = DenseStatistics(
+            self.loaded, setup, self.windows["calibration"], self.rows.prune_identity(), self.dense
+        )
+        mode = CALIBRATION_MODES[setup.calibration]
+        parts = (self.stats.calls, self.stats.pruner, setup.prune.nm, setup.batch_size, self.stats.linears)
+        self.mode = mode(self.loaded.blocks, *parts, self.dense.restore)
 
-    def _check_lengths(self) -> None:
-        limit = self.loaded.max_length
-        for what, seqlen in (("calibration", self.setup.calib.seqlen), ("evaluation", self.setup.evaluation.seqlen)):
-            if seqlen > limit:
-                raise ValueError(f"{what} seqlen {seqlen} exceeds the model's context of {limit} tokens (allowed: 2..{limit})")
+    @property
+    def store(self) -> ResultStore | None:
+        return self.rows.store
+
+    @store.setter
+    def store(self, store: ResultStore | None) -> None:
+        self.rows.store = store
 
     @property
     def num_blocks(self) -> int:
         return self.loaded.num_blocks
 
-    def base_fingerprint(self) -> dict[str, Any]:
-        return {"model": self.loaded.fingerprint, "corpus": self.corpus.fingerprint, **self.setup.describe()}
-
     def point_key(self, spec: ScheduleSpec) -> str:
-        return fingerprint(kind=POINT_KIND, **self.base_fingerprint(), schedule=spec.params())
-
-    def calls(self) -> BlockCalls:
-        if self._calls is None:
-            self._calls = capture_block_calls(self.loaded.model, self.loaded.blocks, self.calib_ids, self.setup.batch_size)
-        return self._calls
-
-    # -- cached calibration ---------------------------------------------------------------------
-    def stats_path(self) -> Path:
-        """Where this model + corpus + calibration setting keeps its dense statistics."""
-        key = fingerprint(
-            kind=STATS_KIND,
-            model=self.loaded.fingerprint,
-            corpus=self.corpus.fingerprint,
-            calib=asdict(self.setup.calib),
-            hessians=self.pruner.name == "sparsegpt",
-            dtype=self.setup.dtype,
-        )
-        return cache_dir() / STATS_FOLDER / f"{key}.safetensors"
-
-    def dense_stats(self, progress: Progress | None = None) -> DenseStats:
-        """Dense statistics of every linear: read from the cache file, or one dense pass (then saved)."""
-        if self._stats is None:
-            path = self.stats_path()
-            stats = load_stats(path, self.loaded.device)
-            if stats is None:
-                self.restore_dense()
-                report = counted(progress, "dense statistics: block")
-                stats = collect_dense_stats(self.loaded.blocks, self.calls(), self.pruner.name == "sparsegpt", self.setup.batch_size, report)
-                save_stats(stats, path, {"model": self.setup.model, "corpus": self.setup.corpus})
-                self.stats_source = "computed"
-            else:
-                self.stats_source = "file"
-            self._stats = stats
-        return self._stats
-
-    def score_orders(self) -> dict[LinearKey, torch.Tensor]:
-        """Each dense row's ascending score order (magnitude and Wanda): any rate is a prefix."""
-        if self._orders is None:
-            stats = self.dense_stats() if self.pruner.name == "wanda" else None
-            self.restore_dense()
-            self._orders = score_orders(self.loaded.blocks, stats, self.pruner)
-        return self._orders
-
-    def restore_dense(self) -> None:
-        with torch.no_grad():
-            for i, block in enumerate(self.loaded.blocks):
-                for name, lin in prunable_linears(block).items():
-                    lin.weight.copy_(self.dense_weights[(i, name)])
-
-    # -- layer statistics used by OWL and AlphaPruning ---------------------------------------
-    def alphas(self) -> np.ndarray:
-        """AlphaPruning's block metric from the dense weights (the model may hold a pruned point)."""
-        if self._alphas is None:
-            self.restore_dense()
-            self._alphas = block_alphas(self.loaded.blocks)
-        return self._alphas
-
-    def outlier_ratios(self, m: float, progress: Progress | None = None) -> np.ndarray:
-        if m in self._outliers:
-            return self._outliers[m]
-        if self.setup.calibration == "cached":
-            stats = self.dense_stats(progress)
-            self.restore_dense()
-            self._outliers[m] = outlier_ratios_from_stats(self.loaded.blocks, stats, m)
-        else:
-            self.restore_dense()
-            report = counted(progress, "OWL outliers: block")
-            self._outliers[m] = outlier_ratios(self.loaded.blocks, self.calls(), m, self.setup.batch_size, report)
-        return self._outliers[m]
+        return self.rows.point_key(spec)
 
     def schedule(self, spec: ScheduleSpec, progress: Progress | None = None) -> np.ndarray:
-        """Per-block rates for ``spec`` on this model (OWL runs a dense calibration pass once)."""
-        return schedules.make_schedule(
-            spec,
-            self.num_blocks,
-            outlier_ratios=self.outlier_ratios(spec.m, progress) if spec.method == "owl" else None,
-            alphas=self.alphas() if spec.method == "alphapruning" else None,
-            weights=self.param_counts,
-        )
+        """Per-block rates for ``spec`` on this model (statistics computed once, when a method needs them)."""
+        stats = {need: STATISTICS[need](self.stats, spec, progress) for need in spec.entry.needs}
+        return methods.build_schedule(spec, self.num_blocks, stats, self.param_counts)
 
-    # -- measurements --------------------------------------------------------------------------
-    def dense_key(self) -> str:
-        return fingerprint(kind=DENSE_KIND, model=self.loaded.fingerprint, corpus=self.corpus.fingerprint, evaluation=asdict(self.setup.evaluation), dtype=self.setup.dtype)
+    def measure(
+        self,
+        point_key: str,
+        missing: Sequence[tuple[str, str]],
+        about: dict[str, Any],
+        progress: Progress | None = None,
+    ) -> None:
+        """Measure the model as it is now on each missing (metric, split) and commit each row at once.
+
+        ``about``: what was measured (the schedule's parameters, or ``{"method": "dense"}``) for queries."""
+        keys = self.rows.metric_keys(point_key)
+        for index, (name, split) in enumerate(missing):
+            started = time.perf_counter()
+            values = MEASURES[name].run(self, split, scaled(progress, index / len(missing), 1 / len(missing)))
+            config = {**about, "point": point_key, "metric": name, "split": split}
+            self.rows.put(
+                keys[(name, split)], METRIC_KIND, config, {"values": values, "seconds": time.perf_counter() - started}
+            )
+
+    def dense_metrics(self, progress: Progress | None = None) -> dict[str, float]:
+        """Every metric of the unpruned model on both splits, measured once per setting and stored."""
+        key = self.rows.dense_key()
+        found, missing = self.rows.metrics_of(key)
+        if missing:
+            self.dense.restore()
+            self.measure(key, missing, {"method": "dense"}, progress)
+            found, _ = self.rows.metrics_of(key)
+        return found
 
     def stored_dense_perplexity(self) -> float | None:
-        """The dense perplexity if this Workbench or the store already has it; never computes."""
-        if self._dense_ppl is None and self.store is not None and (record := self.store.get(self.dense_key())) is not None:
-            self._dense_ppl = float(record["perplexity"])
-        return self._dense_ppl
+        """The dense evaluation perplexity if it is stored already; never computes."""
+        return self.rows.metrics_of(self.rows.dense_key())[0].get(metric_key("perplexity", EVALUATION))
 
     def dense_perplexity(self, progress: Progress | None = None) -> float:
-        """Perplexity of the unpruned model, computed once per model + corpus + evaluation setting."""
-        if (known := self.stored_dense_perplexity()) is not None:
-            return known
-        self.restore_dense()
-        value = perplexity(self.loaded.model, self.eval_ids, self.setup.evaluation.batch_size, counted(progress, "dense perplexity: window"))
-        if self.store is not None:
-            self.store.put(self.dense_key(), DENSE_KIND, self.setup.model, {**self.setup.describe(), "method": "dense"}, {"perplexity": value})
-        self._dense_ppl = value
-        return value
+        return self.dense_metrics(progress)[metric_key("perplexity", EVALUATION)]
 
     def stored(self, spec: ScheduleSpec) -> PointResult | None:
-        return self._stored_at(self.point_key(spec))
-
-    def _stored_at(self, key: str) -> PointResult | None:
-        record = self.store.get(key) if self.store is not None else None
-        return PointResult.from_record(record, key) if record is not None else None
+        """The point if its row and every metric are stored; never computes."""
+        key, record, found, missing = self.rows.point(spec)
+        return None if record is None or missing else PointResult.from_record({**record, "metrics": found}, key)
 
     def apply(self, spec: ScheduleSpec, progress: Progress | None = None) -> tuple[np.ndarray, PruneReport]:
         """Prune the dense weights in place with ``spec`` (no evaluation, nothing stored)."""
         rates = self.schedule(spec, scaled(progress, 0.0, 0.1))
-        report = counted(progress, "pruning block", 0.1, 0.9)
-        if self.setup.calibration == "cached":
-            stats = self.dense_stats(scaled(progress, 0.1, 0.6)) if self.pruner.needs_inputs else None
-            orders = self.score_orders() if self.pruner.name in ("magnitude", "wanda") else None
-            self.restore_dense()
-            achieved = prune_cached(self.loaded.blocks, rates, self.pruner, stats, orders, self.setup.prune.nm, report)
-            return rates, PruneReport.unmeasured(achieved)
-        self.restore_dense()
-        return rates, prune_sequential(
-            self.loaded.blocks, self.calls(), rates, self.pruner, self.setup.prune.nm, self.setup.batch_size, report, dense=self.trajectory
-        )
+        return rates, self.mode.prune(schedules.BlockRates(rates), counted(progress, "pruning block", 0.1, 0.9))
 
     def run(self, spec: ScheduleSpec, progress: Progress | None = None) -> PointResult:
-        """Prune the dense model with ``spec``, measure it and commit the result (or read it back)."""
-        key = self.point_key(spec)
-        if (done := self._stored_at(key)) is not None:
-            return done
+        """Prune the dense model with ``spec``, measure it and commit each result (or read them back)."""
+        key, record, found, missing = self.rows.point(spec)
+        if record is not None and not missing:
+            return PointResult.from_record({**record, "metrics": found}, key)
         started = time.perf_counter()
-        rates, report = self.apply(spec, scaled(progress, 0.0, 0.7))
-        ppl = perplexity(self.loaded.model, self.eval_ids, self.setup.evaluation.batch_size, counted(progress, "perplexity: window", 0.7, 0.3))
-        result = PointResult(
-            method=spec.method,
-            sparsity=float(schedules.weighted_mean(rates, self.param_counts)) if spec.method == "custom" else spec.sparsity,
-            beta=float(spec.beta) if spec.method == "atp" else 0.0,
-            rates=rates,
-            perplexity=ppl,
-            layer_sparsity=report.layer_sparsity,
-            cumulative_error=report.cumulative_error,
-            local_error=report.local_error,
-            cumulative_error_abs=report.cumulative_error_abs,
-            local_error_abs=report.local_error_abs,
-            achieved_sparsity=float(schedules.weighted_mean(report.layer_sparsity, self.param_counts)),
-            wall_time=time.perf_counter() - started,
-            params=spec.params(),
-            key=key,
-        )
-        if self.store is not None:
-            config = {**self.setup.describe(), **{k: v for k, v in spec.params().items() if k != "rates"}}
-            self.store.put(result.key, POINT_KIND, self.setup.model, config, result.to_record())
-        return result
+        rates, report = self.apply(spec, scaled(progress, 0.0, 0.6))
+        about = {k: v for k, v in spec.params().items() if k != "rates"}
+        self.measure(key, missing, about, scaled(progress, 0.6, 0.4))
+        if record is None:
+            record = point_record(spec, rates, report, self.param_counts, time.perf_counter() - started)
+            self.rows.put(key, POINT_KIND, about, record)
+        return PointResult.from_record({**record, "metrics": self.rows.metrics_of(key)[0]}, key, cached=False)
 
     def run_many(self, specs: Sequence[ScheduleSpec], progress: Progress | None = None) -> Iterator[PointResult]:
         """Run specs in order, yielding each result as soon as it is stored (finished ones are read back)."""
-        total = len(specs)
         for index, spec in enumerate(specs):
-            label = f"[{index + 1}/{total}] {describe_spec(spec)}"
-            sub = scaled(progress, index / total, 1 / total)
-            yield self.run(spec, (lambda f, m, sub=sub, label=label: sub(f, f"{label}: {m}")) if sub else None)
+            label = f"[{index + 1}/{len(specs)}] {spec.describe()}"
+            yield self.run(spec, labelled(scaled(progress, index / len(specs), 1 / len(specs)), label))
             if progress:
-                progress((index + 1) / total, f"{label}: done")
+                progress((index + 1) / len(specs), f"{label}: done")
 
-    def beta_sweep(self, sparsity: float, step: float = schedules.GRID_STEP, progress: Progress | None = None) -> Iterator[PointResult]:
+    def beta_sweep(
+        self, sparsity: float, step: float = schedules.GRID_STEP, progress: Progress | None = None
+    ) -> Iterator[PointResult]:
         """beta = 0 (uniform) and then every beta of the grid, each point stored as it finishes."""
         return self.run_many(sweep_specs(self.num_blocks, sparsity, step), progress)
 
 
 def sweep_specs(num_blocks: int, sparsity: float, step: float = schedules.GRID_STEP) -> list[ScheduleSpec]:
     """Uniform (beta = 0, stored as a uniform point so other jobs share it) plus the ATP grid."""
-    grid = schedules.beta_grid(num_blocks, sparsity, step).tolist()
-    return [ScheduleSpec(method="uniform", sparsity=sparsity), *(ScheduleSpec(method="atp", sparsity=sparsity, beta=float(b)) for b in grid)]
+    return [ScheduleSpec("uniform", sparsity), *methods.sweep_grid("atp", num_blocks, sparsity, step)]
 
 
-def best_point(points: Sequence[PointResult]) -> PointResult:
-    """The ATP point (beta > 0) with the lowest perplexity; the uniform point when it is alone."""
-    grid = [p for p in points if p.method == "atp" and p.beta > 0] or list(points)
-    return min(grid, key=lambda p: p.perplexity)
+# -- strategy comparison (the CLI's compare and the dashboard's Compare page) -------------------
+@dataclass(frozen=True)
+class Cell:
+    """One (method, sparsity) of a comparison: the specs tried (a grid, or one) and the best reported."""
+
+    method: str
+    sparsity: float
+    specs: tuple[ScheduleSpec, ...]
 
 
-def describe_spec(spec: ScheduleSpec) -> str:
-    params = spec.params()
-    if spec.method == "custom":
-        return "custom"
-    extra = ", ".join(f"{k}={v:g}" for k, v in params.items() if k not in ("method", "sparsity"))
-    return f"{spec.method} S={spec.sparsity:g}" + (f" {extra}" if extra else "")
+def compare_cells(
+    num_blocks: int,
+    method_names: Sequence[str],
+    sparsities: Sequence[float],
+    step: float = schedules.GRID_STEP,
+    fixed: Mapping[str, Mapping[str, Any]] | None = None,
+) -> list[Cell]:
+    """Every (method, sparsity) cell: a method with a grid tries all of it unless ``fixed`` gives its
+    parameters; the others run once with their defaults (or ``fixed``)."""
+    if not method_names or not sparsities:
+        raise ValueError(
+            "choose at least one method and one sparsity; methods allowed: "
+            f"{', '.join(methods.method_names(comparable=True))}"
+        )
+    cells = []
+    for s in sparsities:
+        for name in method_names:
+            entry = methods.get_method(name)
+            if not entry.takes_sparsity:
+                raise ValueError(
+                    f"{name} cannot be compared at a target sparsity; allowed: "
+                    f"{', '.join(methods.method_names(comparable=True))}"
+                )
+            given = dict((fixed or {}).get(name, {}))
+            specs = (
+                [ScheduleSpec(name, s, **given)]
+                if entry.grid is None or given
+                else methods.sweep_grid(name, num_blocks, s, step)
+            )
+            if not specs:
+                bound = schedules.beta_max(num_blocks, s)
+                raise ValueError(
+                    f"no {entry.label} grid point fits: step {step:g} > {bound:.5g} at S = {s:g} (allowed: 0 < "
+                    f"step <= {bound:.5g})"
+                )
+            cells.append(Cell(name, s, tuple(specs)))
+    return cells
+
+
+def compare_rows(
+    cells: Sequence[Cell],
+    found: Mapping[ScheduleSpec, PointResult | None],
+    metric: str = "perplexity",
+    select: str = VALIDATION,
+) -> list[dict[str, Any]]:
+    """One row per cell with a stored point: the best spec chosen on ``select``, its evaluation value.
+
+    Row: method, label, sparsity, ``metric`` (evaluation), ``validation_<metric>``, params of the chosen
+    schedule, points (how many of the cell's specs are stored), rates.
+    """
+    rows = []
+    for cell in cells:
+        points = [p for spec in cell.specs if (p := found.get(spec)) is not None]
+        if not points:
+            continue
+        best = best_point(points, metric, select)
+        rows.append(
+            {
+                "method": cell.method,
+                "label": methods.label(cell.method),
+                "sparsity": cell.sparsity,
+                metric: best.value(metric, EVALUATION),
+                f"{select}_{metric}": best.value(metric, select),
+                "params": {k: v for k, v in best.params.items() if k not in ("method", "sparsity")},
+                "points": f"{len(points)}/{len(cell.specs)}",
+                "rates": best.rates.tolist(),
+            }
+        )
+    return rows

@@ -14,17 +14,15 @@ import numpy as np
 import plotly.graph_objects as go
 from numpy.typing import ArrayLike
 
+from . import methods
+
 PLOTLY_CONFIG = {
     "displaylogo": False,
     "displayModeBar": True,
     "toImageButtonOptions": {"format": "png", "scale": 2, "filename": "atp-viz"},
 }
+# Colours of things that are not schedule methods (a method's colour lives in its registry entry).
 COLORS = {
-    "uniform": "#7f7f7f",
-    "atp": "#d62728",
-    "owl": "#1f77b4",
-    "alphapruning": "#2ca02c",
-    "custom": "#9467bd",
     "dense": "#000000",
     "increasing": "#d62728",  # theory sandbox: the ATP rates in three orders
     "random": "#ff7f0e",
@@ -38,7 +36,7 @@ HEIGHT = 420
 def color_for(name: str) -> str | None:
     """A stable colour per method, matched on the name's first word ('ATP (beta=...)' -> atp)."""
     first = name.split()[0].lower().strip("(),:") if name else ""
-    return COLORS.get(first)
+    return methods.colors().get(first) or COLORS.get(first)
 
 
 def _block_ticks(fig: go.Figure, blocks: int) -> go.Figure:
@@ -123,8 +121,10 @@ def beta_curve_figure(
     best_beta: float | None = None,
     beta_max: float | None = None,
     selected: float | None = None,
+    validation: Sequence[float] | None = None,
 ) -> go.Figure:
-    """ATP perplexity against beta (the U-curve), uniform baseline, best and selected point."""
+    """ATP perplexity against beta (the U-curve, evaluation split), the validation curve that chose the
+    best beta (dotted), uniform baseline, best and selected point."""
     order = np.argsort(np.asarray(betas, dtype=np.float64))
     x = np.asarray(betas, dtype=np.float64)[order]
     y = np.asarray(perplexities, dtype=np.float64)[order]
@@ -137,7 +137,7 @@ def beta_curve_figure(
                 y=[uniform_ppl, uniform_ppl],
                 mode="lines",
                 name=f"uniform (beta = 0): {uniform_ppl:.4f}",
-                line=dict(color=COLORS["uniform"], dash="dash"),
+                line=dict(color=color_for("uniform"), dash="dash"),
                 hovertemplate=f"uniform baseline<br>perplexity {uniform_ppl:.6g}<extra></extra>",
             )
         )
@@ -146,11 +146,24 @@ def beta_curve_figure(
             x=x.tolist(),
             y=y.tolist(),
             mode="lines+markers",
-            name=f"ATP at S = {sparsity:g}",
-            line=dict(color=COLORS["atp"]),
-            hovertemplate="beta %{x:.6g}<br>perplexity %{y:.6g}<extra>ATP</extra>",
+            name=f"ATP at S = {sparsity:g} (evaluation)",
+            line=dict(color=color_for("atp")),
+            hovertemplate="beta %{x:.6g}<br>evaluation perplexity %{y:.6g}<extra>ATP</extra>",
         )
     )
+    if validation is not None and len(validation) == len(x):
+        v = np.asarray(validation, dtype=np.float64)[order]
+        fig.add_trace(
+            go.Scatter(
+                x=x.tolist(),
+                y=v.tolist(),
+                mode="lines+markers",
+                name="validation (chooses the best beta)",
+                line=dict(color=color_for("atp"), dash="dot"),
+                marker=dict(symbol="circle-open"),
+                hovertemplate="beta %{x:.6g}<br>validation perplexity %{y:.6g}<extra>ATP</extra>",
+            )
+        )
     for label, beta, symbol, size in (("best", best_beta, "star", 18), ("selected", selected, "circle-open", 20)):
         if beta is None or not np.any(np.isclose(x, beta)):
             continue
@@ -165,7 +178,12 @@ def beta_curve_figure(
                 hovertemplate=f"{label}<br>beta %{{x:.6g}}<br>perplexity %{{y:.6g}}<extra></extra>",
             )
         )
-    fig = _layout(fig, f"Beta sweep at target sparsity {sparsity:g}", "beta (sparsity increase per block, fraction)", "perplexity (exp of mean token NLL; lower is better)")
+    fig = _layout(
+        fig,
+        f"Beta sweep at target sparsity {sparsity:g}",
+        "beta (sparsity increase per block, fraction)",
+        "perplexity (exp of mean token NLL; lower is better)",
+    )
     if beta_max:
         fig.update_xaxes(range=[-0.03 * beta_max, 1.03 * beta_max])
     return fig
@@ -177,17 +195,17 @@ def compare_figure(
     """Grouped bars: one group per target sparsity, one bar per method; rows hold method/sparsity/perplexity."""
     sparsities = sorted({float(r["sparsity"]) for r in rows})  # type: ignore[arg-type]
     categories = [f"{s:.0%}" for s in sparsities]
-    methods = list(dict.fromkeys(str(r["method"]) for r in rows))
+    names = list(dict.fromkeys(str(r.get("label", r["method"])) for r in rows))
     fig = go.Figure()
-    for method in methods:
-        by_s = {float(r["sparsity"]): float(r["perplexity"]) for r in rows if r["method"] == method}  # type: ignore[arg-type]
+    for name in names:
+        by_s = {float(r["sparsity"]): float(r["perplexity"]) for r in rows if r.get("label", r["method"]) == name}  # type: ignore[arg-type]
         fig.add_trace(
             go.Bar(
                 x=categories,
                 y=[by_s.get(s) for s in sparsities],
-                name=method,
-                marker_color=color_for(method),
-                hovertemplate=f"<b>{method}</b><br>sparsity %{{x}}<br>perplexity %{{y:.6g}}<extra></extra>",
+                name=name,
+                marker_color=color_for(name),
+                hovertemplate=f"<b>{name}</b><br>sparsity %{{x}}<br>perplexity %{{y:.6g}}<extra></extra>",
             )
         )
     if dense_ppl is not None and categories:
@@ -201,14 +219,23 @@ def compare_figure(
                 hovertemplate="dense model<br>perplexity %{y:.6g}<extra></extra>",
             )
         )
-    fig = _layout(fig, "Perplexity by strategy and target sparsity", "target sparsity S (% of prunable weights)", "perplexity (lower is better)" + (", log scale" if log_y else ""), log_y)
+    fig = _layout(
+        fig,
+        "Perplexity by strategy and target sparsity",
+        "target sparsity S (% of prunable weights)",
+        "perplexity (lower is better)" + (", log scale" if log_y else ""),
+        log_y,
+    )
     fig.update_layout(barmode="group")
     fig.update_xaxes(type="category")  # '70%' would otherwise be read as the number 70
     return fig
 
 
-def totals_figure(totals: Mapping[str, float], title: str = "Total error (sum over layers)",
-                  y_title: str = "sum over layers of ||y - y_pruned||_F^2 (activation units^2)") -> go.Figure:
+def totals_figure(
+    totals: Mapping[str, float],
+    title: str = "Total error (sum over layers)",
+    y_title: str = "sum over layers of ||y - y_pruned||_F^2 (activation units^2)",
+) -> go.Figure:
     """Bars of one number per schedule (the theory sandbox's total error)."""
     names = list(totals)
     fig = go.Figure(

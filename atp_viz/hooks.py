@@ -31,7 +31,9 @@ class StopForward(Exception):
 
 
 @contextmanager
-def recording_blocks(blocks: nn.ModuleList, record: Callable[[int, torch.Tensor, tuple, dict], None], stop_after: int | None = None) -> Iterator[None]:
+def recording_blocks(
+    blocks: nn.ModuleList, record: Callable[[int, torch.Tensor, tuple, dict], None], stop_after: int | None = None
+) -> Iterator[None]:
     """Replace each block's forward with a stub that records its call and returns the input unchanged.
 
     Running the base model under this context costs only the embeddings, yet yields every block's
@@ -40,6 +42,7 @@ def recording_blocks(blocks: nn.ModuleList, record: Callable[[int, torch.Tensor,
     originals = {}
     try:
         for index, block in enumerate(blocks):
+
             def stub(hidden: torch.Tensor, *args: object, _index: int = index, **kwargs: object) -> torch.Tensor:
                 record(_index, hidden, args, kwargs)
                 if stop_after is not None and _index >= stop_after:
@@ -47,11 +50,11 @@ def recording_blocks(blocks: nn.ModuleList, record: Callable[[int, torch.Tensor,
                 return hidden
 
             originals[index] = block.__dict__.get("forward")
-            block.forward = stub  # type: ignore[method-assign]
+            block.forward = stub
         yield
     finally:
         for index, original in originals.items():
             if original is None:
                 del blocks[index].forward
             else:
-                blocks[index].forward = original  # type: ignore[method-assign]
+                blocks[index].forward = original

@@ -8,13 +8,15 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Iterable
 
 import numpy as np
 import torch
 from torch import nn
 
-OUTLIER_MULTIPLE = 5.0  # OWL paper's M for its 70% runs (the OWL code defaults to 3)
+from .config import check_choice
+from .schedules import OWL_M
+
 PERCENT = 100.0
 HIST_BINS = 100  # AlphaPruning / WeightWatcher "xmin_peak": peak of a 100-bin log10 histogram
 XMIN_LOW = 0.95  # xmin candidates lie in [XMIN_LOW, XMIN_HIGH] * peak (AlphaPruning window)
@@ -22,7 +24,7 @@ XMIN_HIGH = 1.5
 EIG_REL_FLOOR = 1e-10  # eigenvalues below this fraction of the largest are numerical zeros
 
 
-def outlier_ratio(scores: torch.Tensor, m: float = OUTLIER_MULTIPLE) -> float:
+def outlier_ratio(scores: torch.Tensor, m: float = OWL_M) -> float:
     """OWL's layerwise outlier distribution D = 100 * mean(score > m * mean(score)).
 
     Taken over every entry of ``scores``; for a block, pass the flattened Wanda scores
@@ -85,8 +87,10 @@ def alpha_hill(weight: torch.Tensor) -> float:
     device); for every candidate xmin = e_k near the peak of the log10 histogram, the Hill
     estimate alpha_k = 1 + n / (sum_{j>=k} ln e_j - n ln e_k) with n = #(e >= e_k); returns the
     alpha_k whose power-law fit has the smallest Kolmogorov-Smirnov distance. Scale-invariant.
-    (The AlphaPruning code compares xmin with log10(0.95 * peak), a mixed-scale test that makes its
-    lower bound inert; here both bounds are applied to eigenvalues.)
+    This is the *corrected window* (estimator ``"window"``): eigenvalues under ``EIG_REL_FLOOR`` x
+    the largest are dropped and both window bounds are applied to eigenvalues. The AlphaPruning code
+    (``alpha_hill_official``, the default) compares xmin with log10(0.95 * peak), a mixed-scale test
+    that makes its lower bound inert when the peak is small, and keeps every eigenvalue.
     """
     eigs = _eigenvalues(weight)
     logs = eigs.log()
@@ -100,11 +104,51 @@ def alpha_hill(weight: torch.Tensor) -> float:
     return best_alpha
 
 
+def alpha_hill_official(weight: torch.Tensor) -> float:
+    """PL_Alpha_Hill exactly as AlphaPruning's ``net_esd_estimator(fix_fingers="xmin_peak")`` computes it.
+
+    Float32 throughout; e = sorted svdvals(W)^2 with no eigenvalue dropped; peak = 10^(left edge of
+    the fullest of 100 bins of log10 e); candidates k (never the largest) are visited in ascending
+    order, skipped while e_k < log10(0.95 * peak) (the official mixed-scale lower bound) and stopped
+    once e_k > 1.5 * peak. Each visited k gets alpha_k = 1 + n / (sum_{j>=k} ln e_j - n ln e_k) and,
+    when alpha_k > 1, its KS distance D_k; unvisited or alpha <= 1 candidates keep D = 1 and
+    alpha = 0. The result is alpha at the first minimum of D, as ``torch.argmin`` picks it.
+    """
+    if weight.ndim != 2:
+        raise ValueError(f"alpha_hill needs a 2-D weight, got shape {tuple(weight.shape)}")
+    eigs = torch.linalg.svdvals(weight.detach().cpu().to(torch.float32)).square().sort().values
+    logs = eigs.log()
+    count = eigs.numel()
+    if count < 2:
+        raise ValueError("alpha_hill needs a weight with at least 2 singular values")
+    alphas, distances = torch.zeros(count - 1), torch.ones(count - 1)
+    log10 = torch.log10(eigs)
+    counts = torch.histc(log10, bins=HIST_BINS, min=float(log10.min()), max=float(log10.max()))
+    edges = torch.linspace(float(log10.min()), float(log10.max()), HIST_BINS + 1)
+    peak = 10 ** edges[torch.argmax(counts)]
+    low, high = torch.log10(XMIN_LOW * peak), XMIN_HIGH * peak  # the lower bound as the official code has it
+    for k, xmin in enumerate(eigs[:-1]):
+        if xmin < low:
+            continue
+        if xmin > high:
+            break
+        n = float(count - k)
+        alpha = 1 + n / (torch.sum(logs[k:]) - n * logs[k])
+        alphas[k] = alpha
+        if alpha > 1:
+            seq = torch.arange(n)
+            distances[k] = torch.max(torch.abs(1 - (eigs[k:] / xmin) ** (-alpha + 1) - seq / n))
+    return float(alphas[torch.argmin(distances)])
+
+
+ALPHA_ESTIMATORS = {"official": alpha_hill_official, "window": alpha_hill}  # official = AlphaPruning's code
+
+
 def prunable_linears(block: nn.Module) -> dict[str, nn.Linear]:
     """Every ``nn.Linear`` inside a decoder block, by qualified name within the block.
 
-    Only ``nn.Linear`` counts: GPT-2 style ``transformers`` ``Conv1D`` projections (weight stored
-    transposed) are not found here and would stay dense.
+    GPT-2's ``Conv1D`` projections are converted to ``nn.Linear`` when the model is loaded
+    (``models.swap_conv1d``), so they are found here too.
     """
     return {name: module for name, module in block.named_modules() if isinstance(module, nn.Linear)}
 
@@ -116,14 +160,23 @@ def _linears_of(block: nn.Module, index: int) -> list[nn.Linear]:
     return linears
 
 
-def block_alphas(blocks: Sequence[nn.Module]) -> np.ndarray:
-    """AlphaPruning's block metric: the mean alpha_hill of each block's linears (float64)."""
-    return np.array([np.mean([alpha_hill(linear.weight) for linear in _linears_of(block, i)])
-                     for i, block in enumerate(blocks)], dtype=np.float64)
+def block_alphas(blocks: Iterable[nn.Module], estimator: str = "official") -> np.ndarray:
+    """AlphaPruning's block metric: the mean alpha_hill of each block's linears (float64).
+
+    ``estimator``: ``"official"`` (AlphaPruning's code, default) or ``"window"`` (corrected window).
+    """
+    check_choice("alpha estimator", estimator, tuple(ALPHA_ESTIMATORS))
+    fit = ALPHA_ESTIMATORS[estimator]
+    return np.array(
+        [np.mean([fit(linear.weight) for linear in _linears_of(block, i)]) for i, block in enumerate(blocks)],
+        dtype=np.float64,
+    )
 
 
-def block_param_counts(blocks: Sequence[nn.Module]) -> np.ndarray:
+def block_param_counts(blocks: Iterable[nn.Module]) -> np.ndarray:
     """Number of weights in each block's prunable linears (biases excluded): the weights of a
     parameter-weighted mean sparsity."""
-    return np.array([sum(linear.weight.numel() for linear in _linears_of(block, i))
-                     for i, block in enumerate(blocks)], dtype=np.int64)
+    return np.array(
+        [sum(linear.weight.numel() for linear in _linears_of(block, i)) for i, block in enumerate(blocks)],
+        dtype=np.int64,
+    )

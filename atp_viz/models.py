@@ -42,7 +42,13 @@ HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*(/[\w.-]+)?")
 MEMORY_FACTOR = 2.3
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
 # Paths (relative to the model) of the decoder block list, by family layout.
-BLOCK_PATHS = ("model.layers", "model.decoder.layers", "transformer.h", "gpt_neox.layers", "model.language_model.layers")
+BLOCK_PATHS = (
+    "model.layers",
+    "model.decoder.layers",
+    "transformer.h",
+    "gpt_neox.layers",
+    "model.language_model.layers",
+)
 
 
 @dataclass(frozen=True)
@@ -302,7 +308,9 @@ def dequantize_gguf_to_cache(gguf: Path, progress: Progress | None = None) -> Pa
             # Renamed first so no reader sees a half-deleted folder; the cache is rebuildable from the
             # GGUF, so the stale copy is deleted rather than kept (it can be hundreds of MB).
             stale = folder.with_name(f"{folder.name}.stale-{os.getpid()}-{int(time.time())}")
-            warnings.warn(f"atp-viz model cache {folder} is unusable ({problem}); discarded it and rebuilding from {gguf.name}")
+            warnings.warn(
+                f"atp-viz model cache {folder} is unusable ({problem}); discarded it and rebuilding from {gguf.name}"
+            )
             folder.rename(stale)
             shutil.rmtree(stale, ignore_errors=True)
         return build_cache(gguf, folder, progress)
@@ -316,7 +324,7 @@ def build_cache(gguf: Path, folder: Path, progress: Progress | None = None) -> P
     tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
     model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
     # The dequantized weights are plain tensors; the quantizer record would make reloads re-quantize.
-    model.hf_quantizer = None
+    setattr(model, "hf_quantizer", None)
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
     building = folder.with_name(folder.name + ".building")  # leftovers of a killed build are discarded
@@ -407,7 +415,7 @@ def load_model(
             "convert them to safetensors in a trusted environment"
         ) from None
     swap_conv1d(model, to_linear=True)
-    model.to(torch_device).eval()
+    nn.Module.to(model, torch_device).eval()
     model.requires_grad_(False)
     tokenizer = AutoTokenizer.from_pretrained(str(source), trust_remote_code=trust_remote_code)
     return LoadedModel(
@@ -472,8 +480,10 @@ def check_memory(source: Path | str, dtype: torch.dtype, device: torch.device) -
     have = available_bytes(device)
     if need * MEMORY_FACTOR > have:
         raise ModelLoadError(
-            f"model needs about {human_bytes(need * MEMORY_FACTOR)} in {str(dtype).removeprefix('torch.')} (weights, their "
-            f"dense copy and working room) but only {human_bytes(have)} is free on {device}; use a smaller model or --dtype bfloat16"
+            f"model needs about {human_bytes(need * MEMORY_FACTOR)} in {str(dtype).removeprefix('torch.')} "
+            "(weights, their "
+            f"dense copy and working room) but only {human_bytes(have)} is free on {device}; use a smaller model "
+            "or --dtype bfloat16"
         )
 
 

@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import math
 from abc import ABC, abstractmethod
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import ClassVar
 
 import torch
 from torch import nn
 
-from atp_viz.config import PRUNERS, check_choice, check_nm
+from atp_viz.config import check_choice, check_nm
 
 COUNT_TOL = 1e-9  # floor(cols * rate) must not come out one short when the product is integral
 SPARSEGPT_BLOCKSIZE = 128  # SparseGPT: columns pruned together, lazy OBS update between blocks
@@ -43,8 +44,7 @@ def prune_count(size: int, sparsity: float) -> int:
 
 def _check_matrix(name: str, tensor: torch.Tensor) -> None:
     if tensor.ndim != 2:
-        raise ValueError(f"{name} must be 2-D (out_features, in_features), "
-                         f"got {tuple(tensor.shape)}")
+        raise ValueError(f"{name} must be 2-D (out_features, in_features), got {tuple(tensor.shape)}")
 
 
 def _check_groups(nm: tuple[int, int], cols: int) -> None:
@@ -54,6 +54,7 @@ def _check_groups(nm: tuple[int, int], cols: int) -> None:
 
 
 # --- masks --------------------------------------------------------------------------------------
+
 
 def order_by_score(scores: torch.Tensor) -> torch.Tensor:
     """Per-row ascending argsort of (out, in) scores; stable, so ties keep column order.
@@ -83,8 +84,7 @@ def nm_mask(scores: torch.Tensor, nm: tuple[int, int]) -> torch.Tensor:
     return mask.scatter_(2, lowest, True).reshape(scores.shape)
 
 
-def row_prune_mask(scores: torch.Tensor, sparsity: float, nm: tuple[int, int] | None = None
-                   ) -> torch.Tensor:
+def row_prune_mask(scores: torch.Tensor, sparsity: float, nm: tuple[int, int] | None = None) -> torch.Tensor:
     """Mask pruning exactly floor(in * sparsity) lowest scores of every row, or N:M groups.
 
     Rate 0 prunes nothing, with or without N:M.
@@ -124,27 +124,26 @@ def wanda_scores(weight: torch.Tensor, col_norms: torch.Tensor) -> torch.Tensor:
     """Wanda: |W_jk| * ||X_k||_2 in float32, X_k = input feature k over all calibration tokens."""
     _check_matrix("weight", weight)
     if col_norms.shape != (weight.shape[1],):
-        raise ValueError(f"col_norms must have shape ({weight.shape[1]},), "
-                         f"got {tuple(col_norms.shape)}")
+        raise ValueError(f"col_norms must have shape ({weight.shape[1]},), got {tuple(col_norms.shape)}")
     return magnitude_scores(weight) * col_norms.detach().float().to(weight.device).reshape(1, -1)
 
 
-def magnitude(weight: torch.Tensor, sparsity: float, nm: tuple[int, int] | None = None
-              ) -> torch.Tensor:
+def magnitude(weight: torch.Tensor, sparsity: float, nm: tuple[int, int] | None = None) -> torch.Tensor:
     """Mask of the lowest |W| per output row (not per layer as the Wanda repo's baseline)."""
     return row_prune_mask(magnitude_scores(weight), sparsity, nm)
 
 
-def wanda(weight: torch.Tensor, col_norms: torch.Tensor, sparsity: float,
-          nm: tuple[int, int] | None = None) -> torch.Tensor:
+def wanda(
+    weight: torch.Tensor, col_norms: torch.Tensor, sparsity: float, nm: tuple[int, int] | None = None
+) -> torch.Tensor:
     """Mask of the lowest |W_jk| * ||X_k||_2 per output row (Wanda's comparison group)."""
     return row_prune_mask(wanda_scores(weight, col_norms), sparsity, nm)
 
 
 # --- SparseGPT -----------------------------------------------------------------------------------
 
-def _inverse_hessian_factor(hessian: torch.Tensor, W: torch.Tensor,
-                            percdamp: float) -> torch.Tensor:
+
+def _inverse_hessian_factor(hessian: torch.Tensor, W: torch.Tensor, percdamp: float) -> torch.Tensor:
     """Upper Cholesky factor of (H + damp I)^-1; zeroes the columns of W whose input never fired."""
     H = hessian.detach().to(device=W.device, dtype=W.dtype).clone()
     diag = H.diagonal()
@@ -156,8 +155,10 @@ def _inverse_hessian_factor(hessian: torch.Tensor, W: torch.Tensor,
         H_inv = torch.cholesky_inverse(torch.linalg.cholesky(H))
         return torch.linalg.cholesky(H_inv, upper=True)
     except torch.linalg.LinAlgError:
-        raise ValueError(f"the Hessian is not positive definite with percdamp={percdamp}; "
-                         "collect more calibration tokens or raise percdamp") from None
+        raise ValueError(
+            f"the Hessian is not positive definite with percdamp={percdamp}; "
+            "collect more calibration tokens or raise percdamp"
+        ) from None
 
 
 def _block_mask(W1: torch.Tensor, Hinv1: torch.Tensor, count: int) -> torch.Tensor:
@@ -168,8 +169,9 @@ def _block_mask(W1: torch.Tensor, Hinv1: torch.Tensor, count: int) -> torch.Tens
     return mask.index_fill_(0, lowest, True).reshape(saliency.shape)
 
 
-def _obs_block(W1: torch.Tensor, Hinv1: torch.Tensor, mask1: torch.Tensor,
-               nm: tuple[int, int] | None) -> tuple[torch.Tensor, torch.Tensor]:
+def _obs_block(
+    W1: torch.Tensor, Hinv1: torch.Tensor, mask1: torch.Tensor, nm: tuple[int, int] | None
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Prune a column block one column at a time, moving each column's error onto the later
     columns of the block (OBS). Returns the pruned block and the scaled errors."""
     errors = torch.zeros_like(W1)
@@ -186,8 +188,9 @@ def _obs_block(W1: torch.Tensor, Hinv1: torch.Tensor, mask1: torch.Tensor,
     return W1, errors
 
 
-def _check_sparsegpt_args(weight: torch.Tensor, hessian: torch.Tensor, nm: tuple[int, int] | None,
-                          blocksize: int, percdamp: float) -> None:
+def _check_sparsegpt_args(
+    weight: torch.Tensor, hessian: torch.Tensor, nm: tuple[int, int] | None, blocksize: int, percdamp: float
+) -> None:
     _check_matrix("weight", weight)
     cols = weight.shape[1]
     if hessian.shape != (cols, cols):
@@ -202,9 +205,14 @@ def _check_sparsegpt_args(weight: torch.Tensor, hessian: torch.Tensor, nm: tuple
             raise ValueError(f"blocksize must be a multiple of M={nm[1]}, got {blocksize}")
 
 
-def sparsegpt(weight: torch.Tensor, hessian: torch.Tensor, sparsity: float,
-              nm: tuple[int, int] | None = None, blocksize: int = SPARSEGPT_BLOCKSIZE,
-              percdamp: float = SPARSEGPT_PERCDAMP) -> torch.Tensor:
+def sparsegpt(
+    weight: torch.Tensor,
+    hessian: torch.Tensor,
+    sparsity: float,
+    nm: tuple[int, int] | None = None,
+    blocksize: int = SPARSEGPT_BLOCKSIZE,
+    percdamp: float = SPARSEGPT_PERCDAMP,
+) -> torch.Tensor:
     """SparseGPT: the pruned and OBS-updated weight (same dtype and shape; math in >= float32).
 
     H is damped by percdamp * mean(diag H); Hinv = upper Cholesky factor of H^-1. Per block of
@@ -240,6 +248,7 @@ def sparsegpt(weight: torch.Tensor, hessian: torch.Tensor, sparsity: float,
 
 
 # --- statistics ----------------------------------------------------------------------------------
+
 
 def _as_tokens(x: torch.Tensor, like: torch.Tensor, in_features: int) -> torch.Tensor:
     """(..., in_features) inputs as a float32 (tokens, in_features) matrix on ``like``'s device."""
@@ -294,26 +303,74 @@ class Hessian:
 # --- strategies ----------------------------------------------------------------------------------
 
 Stats = ColumnNorms | Hessian
+# statistic kind -> its accumulator; a kind's state tensor is what the cached mode stores
+STAT_KINDS: dict[str, type[ColumnNorms] | type[Hessian]] = {"sum_sq": ColumnNorms, "hessian": Hessian}
+
+
+def stats_state(stats: Stats) -> torch.Tensor:
+    """The tensor an accumulator keeps (sum of squares per feature, or H)."""
+    return stats.sum_sq if isinstance(stats, ColumnNorms) else stats.h
+
+
+def stats_from_state(kind: str, state: torch.Tensor, tokens: int) -> Stats:
+    """An accumulator of ``kind`` rebuilt exactly from its stored state and token count."""
+    check_choice("statistic kind", kind, tuple(STAT_KINDS))
+    stats = STAT_KINDS[kind](state.shape[0], state.device)
+    if isinstance(stats, ColumnNorms):
+        stats.sum_sq = state
+    else:
+        stats.h = state
+    stats.tokens = tokens
+    return stats
+
+
+def recorder(stats: Mapping[str, Stats | None]) -> Callable[[str, torch.Tensor], None]:
+    """An ``input_hooks`` callback that adds each linear's inputs to its accumulator (if it has one)."""
+
+    def add(name: str, x: torch.Tensor) -> None:
+        accumulator = stats[name]
+        if accumulator is not None:
+            accumulator.add(x)
+
+    return add
 
 
 class Pruner(ABC):
-    """One pruning method: which input statistics it observes, and how it compresses a weight."""
+    """One pruning method: the input statistics it observes, its scores, and how it compresses a weight.
+
+    ``stats_kind`` names the accumulator it needs (``STAT_KINDS``; None: no inputs). ``scores``
+    returns per-row scores whose ascending order gives the mask at any rate (None when the mask is
+    not a prefix of a fixed order, as for SparseGPT): the cached mode sorts them once.
+    """
 
     name: ClassVar[str]
-    needs_inputs: ClassVar[bool]
+    label: ClassVar[str]
+    stats_kind: ClassVar[str | None] = None
+    recipe_modifier: ClassVar[str]  # the llm-compressor modifier that runs the same method
+    recipe_note: ClassVar[str] = ""
+
+    @property
+    def needs_inputs(self) -> bool:
+        return self.stats_kind is not None
 
     def new_stats(self, in_features: int, device: torch.device | str | None = None) -> Stats | None:
         """A fresh accumulator to ``add`` a linear's inputs to (None: no inputs needed)."""
+        return None if self.stats_kind is None else STAT_KINDS[self.stats_kind](in_features, device)
+
+    def scores(self, weight: torch.Tensor, stats: Stats | None) -> torch.Tensor | None:
+        """Per-row scores (low = pruned first) when the mask is a prefix of their order."""
         return None
 
     @abstractmethod
-    def pruned_weight(self, weight: torch.Tensor, stats: Stats | None, sparsity: float,
-                      nm: tuple[int, int] | None) -> torch.Tensor:
+    def pruned_weight(
+        self, weight: torch.Tensor, stats: Stats | None, sparsity: float, nm: tuple[int, int] | None
+    ) -> torch.Tensor:
         """The weight after pruning, same shape and dtype."""
 
     @torch.no_grad()
-    def prune_(self, linear: nn.Linear, stats: Stats | None, sparsity: float,
-               nm: tuple[int, int] | None = None) -> None:
+    def prune_(
+        self, linear: nn.Linear, stats: Stats | None, sparsity: float, nm: tuple[int, int] | None = None
+    ) -> None:
         """Prune ``linear.weight`` in place at ``sparsity`` (or N:M); rate 0 is a no-op."""
         sparsity = check_rate(sparsity)
         check_nm(nm)
@@ -322,53 +379,76 @@ class Pruner(ABC):
         linear.weight.copy_(self.pruned_weight(linear.weight, stats, sparsity, nm))
 
     def _stats(self, stats: Stats | None, kind: type) -> Stats:
-        if not isinstance(stats, kind):
-            raise ValueError(f"{self.name} needs {kind.__name__} statistics of the layer inputs, "
-                             f"got {type(stats).__name__}")
+        if stats is None or not isinstance(stats, kind):
+            raise ValueError(
+                f"{self.name} needs {kind.__name__} statistics of the layer inputs, got {type(stats).__name__}"
+            )
         return stats
 
 
 class MagnitudePruner(Pruner):
     name = "magnitude"
-    needs_inputs = False
+    label = "magnitude |W|"
+    recipe_modifier = "WandaPruningModifier"
+    recipe_note = "llm-compressor has no oneshot magnitude modifier; Wanda is the closest"
 
-    def pruned_weight(self, weight: torch.Tensor, stats: Stats | None, sparsity: float,
-                      nm: tuple[int, int] | None) -> torch.Tensor:
-        return weight.masked_fill(magnitude(weight, sparsity, nm), 0.0)
+    def scores(self, weight: torch.Tensor, stats: Stats | None) -> torch.Tensor:
+        return magnitude_scores(weight)
+
+    def pruned_weight(
+        self, weight: torch.Tensor, stats: Stats | None, sparsity: float, nm: tuple[int, int] | None
+    ) -> torch.Tensor:
+        return weight.masked_fill(row_prune_mask(self.scores(weight, stats), sparsity, nm), 0.0)
 
 
 class WandaPruner(Pruner):
     name = "wanda"
-    needs_inputs = True
+    label = "Wanda |W| x ||X||"
+    stats_kind = "sum_sq"
+    recipe_modifier = "WandaPruningModifier"
 
-    def new_stats(self, in_features: int, device: torch.device | str | None = None) -> ColumnNorms:
-        return ColumnNorms(in_features, device)
-
-    def pruned_weight(self, weight: torch.Tensor, stats: Stats | None, sparsity: float,
-                      nm: tuple[int, int] | None) -> torch.Tensor:
+    def scores(self, weight: torch.Tensor, stats: Stats | None) -> torch.Tensor:
         norms = self._stats(stats, ColumnNorms).result()
-        return weight.masked_fill(wanda(weight, norms, sparsity, nm), 0.0)
+        return wanda_scores(weight, norms)
+
+    def pruned_weight(
+        self, weight: torch.Tensor, stats: Stats | None, sparsity: float, nm: tuple[int, int] | None
+    ) -> torch.Tensor:
+        return weight.masked_fill(row_prune_mask(self.scores(weight, stats), sparsity, nm), 0.0)
 
 
 @dataclass(frozen=True)
 class SparseGPTPruner(Pruner):
     name: ClassVar[str] = "sparsegpt"
-    needs_inputs: ClassVar[bool] = True
+    label: ClassVar[str] = "SparseGPT (OBS update)"
+    stats_kind: ClassVar[str | None] = "hessian"
+    recipe_modifier: ClassVar[str] = "SparseGPTModifier"
     blocksize: int = SPARSEGPT_BLOCKSIZE
     percdamp: float = SPARSEGPT_PERCDAMP
 
-    def new_stats(self, in_features: int, device: torch.device | str | None = None) -> Hessian:
-        return Hessian(in_features, device)
-
-    def pruned_weight(self, weight: torch.Tensor, stats: Stats | None, sparsity: float,
-                      nm: tuple[int, int] | None) -> torch.Tensor:
+    def pruned_weight(
+        self, weight: torch.Tensor, stats: Stats | None, sparsity: float, nm: tuple[int, int] | None
+    ) -> torch.Tensor:
         hessian = self._stats(stats, Hessian).result()
         return sparsegpt(weight, hessian, sparsity, nm, self.blocksize, self.percdamp)
 
 
+PRUNERS: dict[str, type[Pruner]] = {p.name: p for p in (WandaPruner, SparseGPTPruner, MagnitudePruner)}
+
+
 def get_pruner(name: str) -> Pruner:
-    """The strategy called ``name`` (one of ``atp_viz.config.PRUNERS``)."""
-    check_choice("pruner", name, PRUNERS)
-    strategies: dict[str, type[Pruner]] = {
-        "magnitude": MagnitudePruner, "wanda": WandaPruner, "sparsegpt": SparseGPTPruner}
-    return strategies[name]()
+    """The strategy called ``name`` (a key of ``PRUNERS``)."""
+    check_choice("pruner", name, tuple(PRUNERS))
+    return PRUNERS[name]()
+
+
+@dataclass(frozen=True)
+class PruneConfig:
+    """Which pruner scores the weights, and whether it keeps an N:M pattern instead of a rate."""
+
+    pruner: str = "wanda"
+    nm: tuple[int, int] | None = None
+
+    def __post_init__(self) -> None:
+        check_choice("pruner", self.pruner, tuple(PRUNERS))
+        check_nm(self.nm)

@@ -1,29 +1,36 @@
-"""Per-block sparsity schedules: uniform, ATP, OWL, AlphaPruning, custom (pure numpy).
+"""Per-block sparsity schedules: uniform, ATP, OWL, AlphaPruning, custom (pure numpy), and rate maps.
 
 A schedule is a 1-D ``float64`` array with one rate per decoder block (block 0 is the one next to
 the embeddings), each in [0, 1]; every ``nn.Linear`` of block i is pruned at rate s_i. Every
 builder returns a schedule whose (parameter-weighted) mean is the target sparsity S to 1e-9,
 except where OWL / AlphaPruning had to clip at extreme S, which they announce with a
 ``ScheduleClipWarning`` stating the mean they reached. Bad input raises ``ValueError`` naming the
-allowed range.
+allowed range. ``methods.py`` registers each builder as a schedule method.
+
+A ``RateMap`` answers the pruning loop's question "at what rate is linear ``name`` of block ``i``
+pruned?". ``BlockRates`` (the paper: every linear of a block at the block's rate) is the default;
+``LinearRates`` gives each linear its own rate.
 """
 
 from __future__ import annotations
 
 import math
 import warnings
-from typing import Any
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 from numpy.typing import ArrayLike
 
-from atp_viz.config import ScheduleSpec, check_int, check_sparsity
+from atp_viz.config import check_int, check_sparsity
 
 GRID_STEP = 0.002  # ATP paper: finer beta steps add little, coarser ones are worse
 GRID_DECIMALS = 12  # beta grid values are rounded to this many decimals (well inside BETA_TOL)
 BETA_TOL = 1e-12  # float slack so that a grid point equal to beta_max (up to rounding) is valid
 CLIP_TOL = 1e-12  # rates this close outside [0, 1] are rounding, clipped without a warning
 OWL_LAMBDA = 0.08  # OWL default: the sparsity band is 2*lambda wide
+OWL_M = 5.0  # OWL paper's outlier threshold M for its 70% runs (the OWL code defaults to 3)
 OWL_FLOOR = 0.01  # OWL code: a block whose rate comes out <= 0 is still pruned at 1%
 OWL_MAX_LAMBDA = 1.0
 ALPHA_EPS = 0.3  # AlphaPruning default: ratios span [1 - eps, 1 + eps]
@@ -41,14 +48,12 @@ def _check_layers(num_layers: int) -> int:
     return num_layers
 
 
-def _check_range(name: str, value: Any, low: float, high: float, context: str = "",
-                 slack: float = 0.0) -> float:
+def _check_range(name: str, value: Any, low: float, high: float, context: str = "", slack: float = 0.0) -> float:
     """``value`` as a float in [low, high + slack]; the message shows [low, high]."""
     try:
         value = float(value)
     except (TypeError, ValueError):
-        raise ValueError(f"{name} must be a number in [{low:.4g}, {high:.4g}]{context}, "
-                         f"got {value!r}") from None
+        raise ValueError(f"{name} must be a number in [{low:.4g}, {high:.4g}]{context}, got {value!r}") from None
     if not (math.isfinite(value) and low <= value <= high + slack):  # NaN fails every comparison
         raise ValueError(f"{name} must be in [{low:.4g}, {high:.4g}]{context}, got {value:g}")
     return value
@@ -59,11 +64,9 @@ def _vector(name: str, values: ArrayLike) -> np.ndarray:
     try:
         arr = np.array(values, dtype=np.float64)
     except (TypeError, ValueError):
-        raise ValueError(f"{name} must be a 1-D sequence of finite numbers, "
-                         f"got {values!r}") from None
+        raise ValueError(f"{name} must be a 1-D sequence of finite numbers, got {values!r}") from None
     if arr.ndim != 1 or arr.size == 0 or not np.all(np.isfinite(arr)):
-        raise ValueError(f"{name} must be a non-empty 1-D sequence of finite numbers, "
-                         f"got {arr.tolist()!r}")
+        raise ValueError(f"{name} must be a non-empty 1-D sequence of finite numbers, got {arr.tolist()!r}")
     return arr
 
 
@@ -77,14 +80,18 @@ def _weights(weights: ArrayLike | None, size: int) -> np.ndarray:
     return w
 
 
-def _clip(rates: np.ndarray, floor: float, method: str, sparsity: float,
-          weights: np.ndarray | None = None) -> np.ndarray:
+def _clip(
+    rates: np.ndarray, floor: float, method: str, sparsity: float, weights: np.ndarray | None = None
+) -> np.ndarray:
     """Rates <= 0 become ``floor`` and rates > 1 become 1, with a warning if that moved the mean."""
     clipped = np.minimum(np.where(rates <= 0.0, floor, rates), 1.0)
     if np.max(np.abs(clipped - rates)) > CLIP_TOL:
         mean = weighted_mean(clipped, weights)
-        warnings.warn(f"{method} rates left [0, 1] at sparsity {sparsity:g} and were clipped; "
-                      f"their mean is now {mean:.6f}", ScheduleClipWarning, stacklevel=3)
+        warnings.warn(
+            f"{method} rates left [0, 1] at sparsity {sparsity:g} and were clipped; their mean is now {mean:.6f}",
+            ScheduleClipWarning,
+            stacklevel=3,
+        )
     return clipped
 
 
@@ -124,9 +131,14 @@ def atp(num_layers: int, sparsity: float, beta: float) -> np.ndarray:
     """
     num_layers = _check_layers(num_layers)
     bound = beta_max(num_layers, sparsity)
-    beta = _check_range("beta", beta, 0.0, bound, slack=BETA_TOL,
-                        context=f" for {num_layers} block{'s' * (num_layers != 1)} at sparsity "
-                                f"{float(sparsity):g}")
+    beta = _check_range(
+        "beta",
+        beta,
+        0.0,
+        bound,
+        slack=BETA_TOL,
+        context=f" for {num_layers} block{'s' * (num_layers != 1)} at sparsity {float(sparsity):g}",
+    )
     # offsets i - (L-1)/2 are exact half-integers, symmetric around 0, so the mean stays S
     offsets = np.arange(num_layers, dtype=np.float64) - (num_layers - 1) / 2
     # only the BETA_TOL slack at beta_max can push an end a hair outside [0, 1]
@@ -165,8 +177,9 @@ def owl(outlier_ratios: ArrayLike, sparsity: float, lam: float = OWL_LAMBDA) -> 
     return _clip(1 - density, OWL_FLOOR, "OWL", sparsity)
 
 
-def alphapruning(alphas: ArrayLike, sparsity: float, eps: float = ALPHA_EPS,
-                 weights: ArrayLike | None = None) -> np.ndarray:
+def alphapruning(
+    alphas: ArrayLike, sparsity: float, eps: float = ALPHA_EPS, weights: ArrayLike | None = None
+) -> np.ndarray:
     """AlphaPruning: ratio_i = (a_i - min a)/(max a - min a) * 2*eps + (1 - eps); s_i = S*ratio_i*c.
 
     c = sum(w) / sum(w * ratio) makes the w-weighted mean of s exactly S (w = per-block parameter
@@ -195,31 +208,50 @@ def custom(rates: ArrayLike) -> np.ndarray:
     return values
 
 
-def _per_block(method: str, what: str, values: ArrayLike | None, num_layers: int) -> np.ndarray:
-    if values is None:
-        raise ValueError(f"{method} needs {what}, one per block ({num_layers} blocks)")
-    arr = _vector(what, values)
-    if arr.size != num_layers:
-        raise ValueError(f"{method} needs {num_layers} {what} (one per block), got {arr.size}")
-    return arr
+# --- rate maps --------------------------------------------------------------------------------
 
 
-def make_schedule(spec: ScheduleSpec, num_layers: int, outlier_ratios: ArrayLike | None = None,
-                  alphas: ArrayLike | None = None, weights: ArrayLike | None = None) -> np.ndarray:
-    """The schedule ``spec`` describes for ``num_layers`` blocks.
+@runtime_checkable
+class RateMap(Protocol):
+    """The rate of every prunable linear, asked for by (block index, linear name in the block)."""
 
-    OWL needs ``outlier_ratios`` and AlphaPruning ``alphas`` (one per block); ``weights``
-    (per-block parameter counts) make AlphaPruning's mean parameter-weighted.
-    """
-    num_layers = _check_layers(num_layers)
-    if spec.method == "uniform":
-        return uniform(num_layers, spec.sparsity)
-    if spec.method == "atp":
-        return atp(num_layers, spec.sparsity, spec.beta)
-    if spec.method == "owl":
-        ratios = _per_block("OWL", "outlier ratios", outlier_ratios, num_layers)
-        return owl(ratios, spec.sparsity, spec.lam)
-    if spec.method == "alphapruning":
-        values = _per_block("AlphaPruning", "alphas", alphas, num_layers)
-        return alphapruning(values, spec.sparsity, spec.eps, weights)
-    return custom(_per_block("a custom schedule", "rates", spec.rates, num_layers))
+    @property
+    def num_blocks(self) -> int: ...
+
+    def rate(self, block: int, linear: str) -> float: ...
+
+
+@dataclass(frozen=True)
+class BlockRates:
+    """Every linear of block i at the block's rate s_i (ATP appendix H): the default rate map."""
+
+    values: np.ndarray
+
+    @property
+    def num_blocks(self) -> int:
+        return int(self.values.size)
+
+    def rate(self, block: int, linear: str) -> float:
+        return float(self.values[block])
+
+
+@dataclass(frozen=True)
+class LinearRates:
+    """One rate per (block, linear); ``default`` (one per block) for linears not listed."""
+
+    default: np.ndarray
+    table: Mapping[tuple[int, str], float]
+
+    @property
+    def num_blocks(self) -> int:
+        return int(self.default.size)
+
+    def rate(self, block: int, linear: str) -> float:
+        return float(self.table.get((block, linear), self.default[block]))
+
+
+def as_rate_map(rates: RateMap | ArrayLike) -> RateMap:
+    """A rate map as it is, or per-block rates (one float per block) as ``BlockRates``."""
+    if isinstance(rates, RateMap):
+        return rates
+    return BlockRates(_vector("rates", rates))

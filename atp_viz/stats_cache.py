@@ -4,59 +4,59 @@ Sequential calibration (the paper's loop) measures block i's statistics on the o
 already-pruned blocks 0..i-1, so every schedule needs its own calibration forward. Cached mode
 instead measures every linear's statistics once, on the dense model's own inputs:
 
-- Wanda / OWL: the running sum of squares of each input feature (``ColumnNorms``),
-- SparseGPT: the Hessian H = 2 X X^T / n (``Hessian``),
+- the running sum of squares of each input feature (``ColumnNorms``: Wanda's norms, OWL's scores),
+- the pruner's own kind when it differs (SparseGPT: the Hessian H = 2 X X^T / n),
 
 stores them as a safetensors file in the cache (keyed like the results store), and derives each
-row's ascending score order once. A rate's mask is then a prefix of that order, so pruning a new
-schedule needs no forward at all. The statistics differ from the sequential ones (dense inputs
-instead of pruned ones): the README reports by how much on the embedded model.
+row's ascending score order once (for pruners whose mask is a prefix of a score order). A rate's
+mask is then a prefix of that order, so pruning a new schedule needs no forward at all. The
+statistics differ from the sequential ones (dense inputs instead of pruned ones).
 """
 
 from __future__ import annotations
 
 import os
 import tempfile
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Sequence
 
 import numpy as np
 import torch
+from numpy.typing import ArrayLike
 from torch import nn
 
-from .calibration import BlockCalls, block_sparsity, run_block
+from .calibration import BlockCalls, BlockProgress, PruneReport, block_sparsity, run_block
 from .hooks import input_hooks
 from .layer_stats import outlier_ratio, prunable_linears
-from .pruners import ColumnNorms, Hessian, Pruner, magnitude_scores, order_by_score, prune_count, sparsegpt, wanda_scores
+from .pruners import STAT_KINDS, Pruner, Stats, order_by_score, prune_count, stats_from_state, stats_state, wanda_scores
+from .schedules import RateMap, as_rate_map
 
-BlockProgress = Callable[[int, int], None]  # (blocks done, total blocks)
 LinearKey = tuple[int, str]  # (block index, linear name inside the block)
-SUM_SQ, HESSIAN = "sum_sq", "hessian"
-FORMAT = "1"  # bumped when the file layout changes
+OWL_KIND = "sum_sq"  # OWL's outlier ratios need the Wanda column norms, whatever the pruner
+FORMAT = "2"  # bumped when the file layout changes
 
 
 @dataclass
 class DenseStats:
-    """Per-linear input statistics of the dense model on the calibration batch."""
+    """Per-linear input statistics of the dense model on the calibration batch, by kind.
 
-    sum_sq: dict[LinearKey, torch.Tensor]  # (in,) float32 sum of squares per input feature
-    hessians: dict[LinearKey, torch.Tensor]  # (in, in) float32 H = 2 X X^T / n; empty unless SparseGPT
-    tokens: int  # calibration tokens seen by each linear
+    ``states[kind][(block, linear)]`` is the state tensor of a ``pruners.STAT_KINDS`` accumulator:
+    the (in,) sum of squares per input feature (``sum_sq``), or the (in, in) H = 2 X X^T / n
+    (``hessian``), all float32; ``tokens`` calibration tokens were seen by each linear.
+    """
 
-    def norms(self, key: LinearKey) -> ColumnNorms:
-        """The Wanda accumulator rebuilt exactly (``result()`` = sqrt of the stored sums)."""
-        stats = ColumnNorms(self.sum_sq[key].numel(), self.sum_sq[key].device)
-        stats.sum_sq, stats.tokens = self.sum_sq[key], self.tokens
-        return stats
+    states: dict[str, dict[LinearKey, torch.Tensor]]
+    tokens: int
 
-    def hessian(self, key: LinearKey) -> Hessian:
-        stats = Hessian(self.hessians[key].shape[0], self.hessians[key].device)
-        stats.h, stats.tokens = self.hessians[key], self.tokens
-        return stats
+    def accumulator(self, kind: str, key: LinearKey) -> Stats:
+        """The accumulator rebuilt exactly (its ``result()`` equals the live one's)."""
+        return stats_from_state(kind, self.states[kind][key], self.tokens)
 
-    def to(self, device: torch.device) -> "DenseStats":
-        return DenseStats({k: v.to(device) for k, v in self.sum_sq.items()}, {k: v.to(device) for k, v in self.hessians.items()}, self.tokens)
+
+def stat_kinds(pruner: Pruner) -> tuple[str, ...]:
+    """What one dense pass records: OWL's column norms, plus the pruner's own kind."""
+    return tuple(sorted({OWL_KIND, *((pruner.stats_kind,) if pruner.stats_kind else ())}))
 
 
 def tensor_name(kind: str, key: LinearKey) -> str:
@@ -67,8 +67,9 @@ def save_stats(stats: DenseStats, path: Path, meta: dict[str, str]) -> None:
     """Write atomically (temp file + rename), so a reader never sees half a file."""
     from safetensors.torch import save_file
 
-    tensors = {tensor_name(SUM_SQ, k): v.contiguous().cpu() for k, v in stats.sum_sq.items()}
-    tensors.update({tensor_name(HESSIAN, k): v.contiguous().cpu() for k, v in stats.hessians.items()})
+    tensors = {
+        tensor_name(kind, k): v.contiguous().cpu() for kind, table in stats.states.items() for k, v in table.items()
+    }
     path.parent.mkdir(parents=True, exist_ok=True)
     handle, temp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
     os.close(handle)
@@ -87,59 +88,64 @@ def load_stats(path: Path, device: torch.device | str = "cpu") -> DenseStats | N
     if not path.is_file():
         return None
     try:
-        sum_sq: dict[LinearKey, torch.Tensor] = {}
-        hessians: dict[LinearKey, torch.Tensor] = {}
+        states: dict[str, dict[LinearKey, torch.Tensor]] = {}
         with safe_open(str(path), framework="pt", device=str(device)) as f:
             meta = f.metadata() or {}
             if meta.get("format") != FORMAT:
                 return None
             for name in f.keys():
                 block, linear, kind = name.split("/")
-                target = sum_sq if kind == SUM_SQ else hessians
-                target[(int(block), linear)] = f.get_tensor(name)
-        return DenseStats(sum_sq, hessians, int(meta["tokens"]))
+                if kind not in STAT_KINDS:
+                    return None
+                states.setdefault(kind, {})[(int(block), linear)] = f.get_tensor(name)
+        return DenseStats(states, int(meta["tokens"]))
     except Exception:  # a damaged cache file is recomputed, never trusted
         return None
 
 
 @torch.inference_mode()
 def collect_dense_stats(
-    blocks: nn.ModuleList, calls: BlockCalls, hessians: bool, batch_size: int = 8, progress: BlockProgress | None = None
+    blocks: nn.ModuleList,
+    calls: BlockCalls,
+    kinds: Sequence[str],
+    batch_size: int = 8,
+    progress: BlockProgress | None = None,
 ) -> DenseStats:
     """One dense block-by-block pass over the calibration batch recording every linear's inputs."""
     hidden = calls.hidden
-    sum_sq: dict[LinearKey, torch.Tensor] = {}
-    hess: dict[LinearKey, torch.Tensor] = {}
+    states: dict[str, dict[LinearKey, torch.Tensor]] = {kind: {} for kind in kinds}
     tokens = 0
     for i, block in enumerate(blocks):
         linears = prunable_linears(block)
-        norms = {name: ColumnNorms(lin.in_features, lin.weight.device) for name, lin in linears.items()}
-        squares = {name: Hessian(lin.in_features, lin.weight.device) for name, lin in linears.items()} if hessians else {}
+        live = {
+            kind: {name: STAT_KINDS[kind](lin.in_features, lin.weight.device) for name, lin in linears.items()}
+            for kind in kinds
+        }
 
         def record(name: str, x: torch.Tensor) -> None:
-            norms[name].add(x)
-            if hessians:
-                squares[name].add(x)
+            for table in live.values():
+                table[name].add(x)
 
         with input_hooks(linears, record):
             hidden = run_block(block, hidden, calls.args[i], batch_size)
-        for name in linears:
-            sum_sq[(i, name)] = norms[name].sum_sq
-            tokens = norms[name].tokens
-            if hessians:
-                hess[(i, name)] = squares[name].h
+        for kind, table in live.items():
+            for name, stats in table.items():
+                states[kind][(i, name)] = stats_state(stats)
+                tokens = stats.tokens
         if progress:
             progress(i + 1, len(blocks))
-    return DenseStats(sum_sq, hess, tokens)
+    return DenseStats(states, tokens)
 
 
 def outlier_ratios_from_stats(blocks: nn.ModuleList, stats: DenseStats, m: float) -> np.ndarray:
-    """OWL's D_i from stored dense statistics (same numbers as ``calibration.outlier_ratios``)."""
+    """OWL's D_i: the outlier ratio of block i's Wanda scores |W| * ||X_k|| over all its linears."""
     ratios = np.zeros(len(blocks))
     for i, block in enumerate(blocks):
-        linears = prunable_linears(block)
-        scores = torch.cat([(lin.weight.abs().float() * stats.norms((i, name)).result()).flatten() for name, lin in linears.items()])
-        ratios[i] = outlier_ratio(scores, m)
+        scores = [
+            wanda_scores(lin.weight, stats.accumulator(OWL_KIND, (i, name)).result()).flatten()
+            for name, lin in prunable_linears(block).items()
+        ]
+        ratios[i] = outlier_ratio(torch.cat(scores), m)
     return ratios
 
 
@@ -148,17 +154,24 @@ def compact_index(order: torch.Tensor) -> torch.Tensor:
     return order.to(torch.int16) if order.shape[1] <= torch.iinfo(torch.int16).max + 1 else order.to(torch.int32)
 
 
+def linear_stats(stats: DenseStats | None, pruner: Pruner, key: LinearKey) -> Stats | None:
+    """The pruner's accumulator for one linear, from the dense statistics (None: it needs none)."""
+    if pruner.stats_kind is None or stats is None:
+        return None
+    return stats.accumulator(pruner.stats_kind, key)
+
+
 @torch.inference_mode()
-def score_orders(blocks: nn.ModuleList, stats: DenseStats | None, pruner: Pruner) -> dict[LinearKey, torch.Tensor]:
-    """Each row's ascending score order (magnitude: |W|; Wanda: |W| * ||X_k||) of every dense linear."""
+def score_orders(
+    blocks: nn.ModuleList, stats: DenseStats | None, pruner: Pruner
+) -> dict[LinearKey, torch.Tensor] | None:
+    """Each dense row's ascending score order, or None when the pruner's mask is not a prefix of one."""
     orders: dict[LinearKey, torch.Tensor] = {}
     for i, block in enumerate(blocks):
         for name, lin in prunable_linears(block).items():
-            if pruner.name == "wanda":
-                assert stats is not None
-                scores = wanda_scores(lin.weight, stats.norms((i, name)).result())
-            else:
-                scores = magnitude_scores(lin.weight)
+            scores = pruner.scores(lin.weight, linear_stats(stats, pruner, (i, name)))
+            if scores is None:
+                return None
             orders[(i, name)] = compact_index(order_by_score(scores))
     return orders
 
@@ -173,7 +186,7 @@ def zero_prefix_(weight: torch.Tensor, order: torch.Tensor, sparsity: float) -> 
 @torch.inference_mode()
 def prune_cached(
     blocks: nn.ModuleList,
-    rates: Sequence[float],
+    rates: RateMap | ArrayLike,
     pruner: Pruner,
     stats: DenseStats | None,
     orders: dict[LinearKey, torch.Tensor] | None,
@@ -182,26 +195,62 @@ def prune_cached(
 ) -> np.ndarray:
     """Prune dense blocks in place from stored statistics (no forward); returns per-block sparsity.
 
-    Magnitude and Wanda without N:M take a prefix of the precomputed orders; SparseGPT runs its OBS
-    update on the stored Hessian; N:M patterns are chosen from the stored statistics.
+    Without N:M, a pruner with a fixed score order takes a prefix of the precomputed orders; every
+    other case (SparseGPT's OBS update, N:M patterns) runs the pruner on the stored statistics.
     """
-    if len(rates) != len(blocks):
-        raise ValueError(f"schedule has {len(rates)} rates but the model has {len(blocks)} blocks")
+    rates = as_rate_map(rates)
+    if rates.num_blocks != len(blocks):
+        raise ValueError(f"schedule has {rates.num_blocks} rates but the model has {len(blocks)} blocks")
     achieved = np.zeros(len(blocks))
     for i, block in enumerate(blocks):
-        rate = float(rates[i])
         for name, lin in prunable_linears(block).items():
-            key = (i, name)
+            rate = rates.rate(i, name)
             if rate == 0.0:
                 continue
-            if orders is not None and nm is None and pruner.name in ("magnitude", "wanda"):
-                zero_prefix_(lin.weight, orders[key], rate)
-            elif pruner.name == "sparsegpt":
-                assert stats is not None
-                lin.weight.copy_(sparsegpt(lin.weight, stats.hessians[key], rate, nm, pruner.blocksize, pruner.percdamp))  # type: ignore[attr-defined]
+            if orders is not None and nm is None:
+                zero_prefix_(lin.weight, orders[(i, name)], rate)
             else:
-                pruner.prune_(lin, stats.norms(key) if pruner.needs_inputs and stats is not None else None, rate, nm)
+                pruner.prune_(lin, linear_stats(stats, pruner, (i, name)), rate, nm)
         achieved[i] = block_sparsity(block)
         if progress:
             progress(i + 1, len(blocks))
     return achieved
+
+
+class CachedMode:
+    """Cached calibration: every point prunes from the dense statistics (no calibration forward).
+
+    Reconstruction errors are not measured in this mode (NaN arrays in the report).
+    """
+
+    name = "cached"
+    measures_errors = False
+
+    def __init__(
+        self,
+        blocks: nn.ModuleList,
+        calls: Callable[[], BlockCalls],
+        pruner: Pruner,
+        nm: tuple[int, int] | None,
+        batch_size: int,
+        dense_stats: Callable[[], DenseStats],
+        restore: Callable[[], None],
+    ) -> None:
+        self.blocks, self.pruner, self.nm = blocks, pruner, nm
+        self.dense_stats, self.restore = dense_stats, restore
+        self._orders: dict[LinearKey, torch.Tensor] | None = None
+        self._ordered = False
+
+    def orders(self) -> dict[LinearKey, torch.Tensor] | None:
+        """Each dense row's score order, computed once (None when the pruner has no fixed order)."""
+        if not self._ordered:
+            stats = self.dense_stats() if self.pruner.needs_inputs else None
+            self.restore()
+            self._orders, self._ordered = score_orders(self.blocks, stats, self.pruner), True
+        return self._orders
+
+    def prune(self, rates: RateMap, progress: BlockProgress | None = None) -> PruneReport:
+        stats = self.dense_stats() if self.pruner.needs_inputs else None
+        orders = self.orders() if self.nm is None else None
+        self.restore()
+        return PruneReport.unmeasured(prune_cached(self.blocks, rates, self.pruner, stats, orders, self.nm, progress))

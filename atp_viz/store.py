@@ -1,7 +1,8 @@
 """SQLite results store: one row per finished result, keyed by a fingerprint of its inputs.
 
 A sweep computes ``key = fingerprint(model=..., schedule=..., prune=..., ...)`` for each point,
-asks ``keys_done`` which points are finished, and ``put``s each new result as soon as it exists.
+``get``s the rows already finished, and ``put``s each new result as soon as it exists (a point
+row and one metric row per metric and split, see ``experiment.Workbench``).
 Many writers may share one store: two CLI sweeps, two dashboard tabs, Streamlit's script threads.
 
 Design:
@@ -34,6 +35,7 @@ import sqlite3
 import time
 import warnings
 from collections.abc import Callable, Iterable, Iterator, Mapping
+from functools import partial
 from pathlib import Path, PurePath
 from typing import Any, TypeVar
 
@@ -174,6 +176,10 @@ def _is_damage(exc: sqlite3.Error) -> bool:
     return _error_code(exc) in (_SQLITE_CORRUPT, _SQLITE_NOTADB)
 
 
+def _fetch_all(con: sqlite3.Connection, sql: str, args: list[str]) -> list[Any]:
+    return con.execute(sql, args).fetchall()
+
+
 def _one_line(text: str, limit: int = 160) -> str:
     line = " ".join(str(text).split())
     return line if len(line) <= limit else line[: limit - 3] + "..."
@@ -280,9 +286,7 @@ class ResultStore:
             )
             version = int(con.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()[0])
             if version > SCHEMA_VERSION:
-                raise StoreError(
-                    f"{self.path} was just created by newer code (schema {version}); upgrade atp-viz"
-                )
+                raise StoreError(f"{self.path} was just created by newer code (schema {version}); upgrade atp-viz")
             con.execute("COMMIT")
         except BaseException:
             if con.in_transaction:
@@ -374,15 +378,14 @@ class ResultStore:
         for name, value in (("key", key), ("kind", kind), ("model", model)):
             if not isinstance(value, str) or not value:
                 raise TypeError(f"{name} must be a non-empty str, got {value!r}")
-        for name, value in (("config", config), ("record", record)):
-            if not isinstance(value, Mapping):
-                raise TypeError(f"{name} must be a dict, got {type(value).__name__}")
+        for part, mapping in (("config", config), ("record", record)):
+            if not isinstance(mapping, Mapping):
+                raise TypeError(f"{part} must be a dict, got {type(mapping).__name__}")
         row = (key, kind, model, _dumps(config, "config"), _dumps(record, "record"), time.time())
 
         def insert(con: sqlite3.Connection) -> bool:
             cursor = con.execute(
-                "INSERT OR IGNORE INTO results (key, kind, model, config, record, created)"
-                " VALUES (?, ?, ?, ?, ?, ?)",
+                "INSERT OR IGNORE INTO results (key, kind, model, config, record, created) VALUES (?, ?, ?, ?, ?, ?)",
                 row,
             )
             return cursor.rowcount == 1
@@ -449,6 +452,6 @@ class ResultStore:
         for start in range(0, len(wanted), KEYS_PER_QUERY):
             chunk = wanted[start : start + KEYS_PER_QUERY]
             sql = f"SELECT key FROM results WHERE key IN ({','.join('?' * len(chunk))})"
-            rows = self._retry(lambda con, sql=sql, chunk=chunk: con.execute(sql, chunk).fetchall())
+            rows = self._retry(partial(_fetch_all, sql=sql, args=chunk))
             done.update(row[0] for row in rows)
         return done

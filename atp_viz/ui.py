@@ -2,28 +2,34 @@
 
 Pages call ``sidebar()`` first; it returns a ``Context`` with the current ``Setup``, the target
 sparsity and (when the page needs the model) a cached ``Workbench``. Heavy jobs run inside
-``job(model)``, which admits one job per model across all sessions; stored results are read through
-``st.cache_data`` so a revisit shows them at once.
+``job(model)``, which admits one job per model across all sessions; stored results are read from the
+store on every rerun, so a point another session stored shows up on the next rerun.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import threading
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from typing import Any, TypedDict
 
 import numpy as np
 import streamlit as st
 
-from atp_viz.config import PRUNERS, CalibConfig, EvalConfig, PruneConfig, ScheduleSpec
+from atp_viz import methods
+from atp_viz.config import CalibConfig, EvalConfig
 from atp_viz.data import DEFAULT_CORPUS
-from atp_viz.experiment import PointResult, Progress, Setup, Workbench
+from atp_viz.experiment import Progress, Setup, Workbench
 from atp_viz.figures import PLOTLY_CONFIG
+from atp_viz.methods import ScheduleSpec
 from atp_viz.models import DEFAULT_MODEL, EMBEDDED_MODELS
+from atp_viz.pruners import PRUNERS, PruneConfig
+from atp_viz.results import PointResult
 from atp_viz.store import ResultStore, default_store_path
 
 ENV_MODEL = "ATP_VIZ_DEFAULT_MODEL"  # default model name or path (tests use a tiny model)
@@ -32,7 +38,6 @@ ENV_WINDOWS = "ATP_VIZ_DEFAULT_WINDOWS"  # 'COUNTxTOKENS' for calibration and ev
 SPARSITY_RANGE = (0.05, 0.95)
 DEVICES = ("cpu", "auto", "cuda")
 EVAL_BATCH = 4  # evaluation windows per forward pass (memory only)
-READ_TTL_S = 10  # stored results written by other sessions show up after at most this long
 # Small dashboard defaults: the first sweep point on smollm2-135m takes ~20 s on 2 CPU cores.
 DEFAULTS = {
     "sparsity": 0.7,
@@ -59,6 +64,14 @@ class Context:
         return self.setup is not None and self.workbench is not None
 
 
+def require(ctx: Context) -> tuple[Setup, Workbench]:
+    """The settings and loaded workbench of a page that needs the model; stops the page without them
+    (the sidebar has already said why)."""
+    if ctx.setup is None or ctx.workbench is None:
+        st.stop()
+    return ctx.setup, ctx.workbench
+
+
 def defaults() -> dict[str, object]:
     """Sidebar defaults; the environment can point them at another model, corpus and window size."""
     values: dict[str, object] = {
@@ -68,7 +81,9 @@ def defaults() -> dict[str, object]:
     }
     if windows := os.environ.get(ENV_WINDOWS):
         count, _, tokens = windows.partition("x")
-        values.update(calib_samples=int(count), eval_windows=int(count), calib_seqlen=int(tokens), eval_seqlen=int(tokens))
+        values.update(
+            calib_samples=int(count), eval_windows=int(count), calib_seqlen=int(tokens), eval_seqlen=int(tokens)
+        )
     return values
 
 
@@ -80,7 +95,15 @@ def _mirror(key: str) -> None:
     st.session_state["_" + key] = st.session_state[key]
 
 
-def state(key: str, default: object) -> dict[str, object]:
+class WidgetState(TypedDict):
+    """Keyword arguments that tie a widget to a mirrored session-state key."""
+
+    key: str
+    on_change: Callable[[str], None]
+    args: tuple[str]
+
+
+def state(key: str, default: object) -> WidgetState:
     """Keyword arguments for a widget whose value survives page switches: ``st.slider(..., **state(k, v))``."""
     st.session_state[key] = st.session_state.get("_" + key, default)
     return {"key": key, "on_change": _mirror, "args": (key,)}
@@ -156,28 +179,14 @@ def load_workbench(setup: Setup) -> Workbench | None:
         return None
 
 
-# ------------------------------------------------------------------ stored results (st.cache_data)
-@st.cache_data(ttl=READ_TTL_S, show_spinner=False)
-def _records(path: str, keys: tuple[str, ...]) -> dict[str, dict]:
-    store = get_store(path)
-    return {key: record for key in keys if (record := store.get(key)) is not None}
-
-
-@st.cache_data(ttl=READ_TTL_S, show_spinner=False)
+# ------------------------------------------------------------------ stored results
 def stored_count(path: str, model: str) -> int:
     return get_store(path).count(model=model)
 
 
 def stored_points(bench: Workbench, specs: Sequence[ScheduleSpec]) -> list[PointResult | None]:
     """The stored result of each spec (None where not computed yet), without computing anything."""
-    keys = tuple(bench.point_key(spec) for spec in specs)
-    records = _records(store_path(), keys)
-    return [PointResult.from_record(records[k], k) if k in records else None for k in keys]
-
-
-def refresh_reads() -> None:
-    _records.clear()
-    stored_count.clear()
+    return [bench.stored(spec) for spec in specs]
 
 
 # ------------------------------------------------------------------ long jobs
@@ -190,7 +199,9 @@ def progress_callback(label: str) -> Progress:
     return report
 
 
-def run_points(bench: Workbench, specs: Sequence[ScheduleSpec], label: str, on_point: Callable[[PointResult], None] | None = None) -> list[PointResult] | None:
+def run_points(
+    bench: Workbench, specs: Sequence[ScheduleSpec], label: str, on_point: Callable[[PointResult], None] | None = None
+) -> list[PointResult] | None:
     """Run ``specs`` under the model's job lock with a progress bar; each point is stored as it ends.
 
     Returns None (after showing why) when the model is busy or a point fails.
@@ -205,14 +216,11 @@ def run_points(bench: Workbench, specs: Sequence[ScheduleSpec], label: str, on_p
         try:
             for result in bench.run_many(list(specs), report):
                 done.append(result)
-                refresh_reads()
                 if on_point:
                     on_point(result)
         except ValueError as exc:
             st.error(str(exc))
             return None
-        finally:
-            refresh_reads()
         report(1.0, f"done ({len(done)} point{'s' * (len(done) != 1)})")
         return done
 
@@ -226,15 +234,13 @@ def dense_perplexity(bench: Workbench) -> float | None:
         if not admitted:
             return None
         with st.spinner("Measuring the dense model's perplexity (once)..."):
-            value = bench.dense_perplexity()
-        stored_count.clear()
-        return value
+            return bench.dense_perplexity()
 
 
 def schedule_or_error(bench: Workbench, spec: ScheduleSpec) -> np.ndarray | None:
-    """Per-block rates of ``spec`` (OWL's dense pass and AlphaPruning's SVDs run under the job lock)."""
+    """Per-block rates of ``spec`` (statistics such as OWL's dense pass run under the job lock)."""
     model = bench.setup.model
-    needs_model = spec.method in ("owl", "alphapruning")
+    needs_model = bool(spec.entry.needs)
     with contextlib.ExitStack() as stack:
         if needs_model:
             admitted = stack.enter_context(job(model, f"{spec.method} statistics"))
@@ -260,10 +266,26 @@ def sidebar(load_model: bool = True) -> Context:
     initial = defaults()
     bar = st.sidebar
     bar.header("Settings")
-    bar.text_input("Model", help=f"Embedded: {', '.join(EMBEDDED_MODELS)}; or a local Hugging Face folder, a .gguf file, or a hub id.", **state("model", initial["model"]))
-    bar.text_input("Corpus", help=f"{DEFAULT_CORPUS} (embedded), wikitext2, c4, or a local .txt/.json/.jsonl/.parquet file.", **state("corpus", initial["corpus"]))
-    bar.slider("Target sparsity S", *SPARSITY_RANGE, step=0.01, help="Average fraction of the prunable weights set to zero.", **state("sparsity", initial["sparsity"]))
-    bar.selectbox("Pruner", PRUNERS, **state("pruner", initial["pruner"]))
+    bar.text_input(
+        "Model",
+        help=f"Embedded: {', '.join(EMBEDDED_MODELS)}; or a local Hugging Face folder, a .gguf file, or a hub id.",
+        **state("model", initial["model"]),
+    )
+    bar.text_input(
+        "Corpus",
+        help=f"{DEFAULT_CORPUS} (embedded), wikitext2, c4, or a local .txt/.json/.jsonl/.parquet file.",
+        **state("corpus", initial["corpus"]),
+    )
+    bar.slider(
+        "Target sparsity S",
+        *SPARSITY_RANGE,
+        step=0.01,
+        help="Average fraction of the prunable weights set to zero.",
+        **state("sparsity", initial["sparsity"]),
+    )
+    bar.selectbox(
+        "Pruner", tuple(PRUNERS), format_func=lambda name: PRUNERS[name].label, **state("pruner", initial["pruner"])
+    )
     left, right = bar.columns(2)
     left.number_input("Calibration windows", min_value=1, step=1, **state("calib_samples", initial["calib_samples"]))
     right.number_input("Calibration tokens", min_value=2, step=64, **state("calib_seqlen", initial["calib_seqlen"]))
@@ -310,7 +332,9 @@ def status_box(setup: Setup | None, bench: Workbench | None) -> None:
         total = int(sum(bench.param_counts))
         box.caption(f"Model: loaded, {bench.num_blocks} blocks, {total / 1e6:.1f} M prunable weights")
         ppl = dense_perplexity(bench)
-        box.caption(f"Dense perplexity: {ppl:.4f}" if ppl is not None else f"Dense perplexity: {busy(setup.model) or 'busy'}")
+        box.caption(
+            f"Dense perplexity: {ppl:.4f}" if ppl is not None else f"Dense perplexity: {busy(setup.model) or 'busy'}"
+        )
     box.caption(f"Stored results for this model: {stored_count(store_path(), setup.model)}")
 
 
@@ -322,3 +346,73 @@ def chart(fig: object, key: str | None = None) -> None:
 def schedule_json(named: dict[str, np.ndarray], meta: dict[str, object]) -> str:
     return json.dumps({**meta, "schedules": {k: [float(x) for x in v] for k, v in named.items()}}, indent=2)
 
+
+# ------------------------------------------------------------------ schedule methods (from the registry)
+def param_widgets(name: str, num_blocks: int, sparsity: float, prefix: str, container: Any = st) -> dict[str, Any]:
+    """One widget per parameter of method ``name`` (ranges and defaults from ``methods.METHODS``)."""
+    values: dict[str, Any] = {}
+    for param in methods.get_method(name).params:
+        key = f"{prefix}_{name}_{param.name}"
+        if param.choices:
+            values[param.name] = container.selectbox(
+                param.label, param.choices, help=param.help, **state(key, param.default)
+            )
+            continue
+        high = param.upper(num_blocks, sparsity) if param.upper else param.high
+        default = float(param.default) if not param.upper else high / 2
+        if param.upper:  # the bound moves with L and S: keep the kept value inside it
+            set_state(key, min(float(st.session_state.get("_" + key, default)), high))
+        label = f"{param.label} ({param.low:g} .. {high:.5g})" if math.isfinite(high) else param.label
+        if param.upper:
+            values[param.name] = container.slider(
+                label,
+                float(param.low),
+                max(high, 1e-9),
+                step=param.step,
+                format="%.4f",
+                help=param.help,
+                **state(key, default),
+            )
+        else:
+            values[param.name] = container.number_input(label, step=param.step, help=param.help, **state(key, default))
+    return values
+
+
+def spec_label(spec: ScheduleSpec) -> str:
+    """Legend text: the method's label and the parameters that differ between its schedules."""
+    shown = [
+        f"{k} = {v:.4g}" if isinstance(v, float) else f"{k} = {v}"
+        for k, v in spec.args
+        if methods.get_method(spec.method).param(k).upper
+    ]
+    return spec.entry.label + (f" ({', '.join(shown)})" if shown else "")
+
+
+def method_specs(
+    names: Sequence[str], num_blocks: int, sparsity: float, prefix: str, custom_rates: Sequence[float] | None = None
+) -> dict[str, ScheduleSpec]:
+    """Parameter widgets (one column per method) and the resulting specs; a bad value shows an error."""
+    specs: dict[str, ScheduleSpec] = {}
+    with_params = [n for n in names if methods.get_method(n).params]
+    columns = st.columns(max(len(with_params), 1))
+    for column, name in zip(columns, with_params):
+        column.markdown(f"**{methods.label(name)}**")
+    widgets = {
+        name: param_widgets(name, num_blocks, sparsity, prefix, columns[with_params.index(name)])
+        if name in with_params
+        else {}
+        for name in names
+    }
+    for name in names:
+        try:
+            entry = methods.get_method(name)
+            spec = (
+                ScheduleSpec(name, sparsity, **widgets[name])
+                if entry.takes_sparsity
+                else ScheduleSpec(name, rates=tuple(custom_rates or ()))
+            )
+        except ValueError as exc:
+            st.error(f"{methods.label(name)}: {exc}")
+            continue
+        specs[name] = spec
+    return specs

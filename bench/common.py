@@ -29,7 +29,7 @@ from atp_viz.calibration import BlockCalls, capture_block_calls, run_block  # no
 from atp_viz.evaluate import perplexity  # noqa: E402
 from atp_viz.hooks import input_hooks  # noqa: E402
 from atp_viz.layer_stats import prunable_linears  # noqa: E402
-from atp_viz.pruners import Pruner  # noqa: E402
+from atp_viz.pruners import Pruner, recorder  # noqa: E402
 
 
 def sync(device: torch.device) -> None:
@@ -54,7 +54,15 @@ def calibration_pass(blocks: torch.nn.ModuleList, calls: BlockCalls, batch_size:
     return hidden
 
 
-def floor_passes(model: torch.nn.Module, blocks: torch.nn.ModuleList, calls: BlockCalls, eval_ids: torch.Tensor, eval_batch: int, calib_batch: int, device: torch.device) -> dict[str, float]:
+def floor_passes(
+    model: torch.nn.Module,
+    blocks: torch.nn.ModuleList,
+    calls: BlockCalls,
+    eval_ids: torch.Tensor,
+    eval_batch: int,
+    calib_batch: int,
+    device: torch.device,
+) -> dict[str, float]:
     """Seconds of one dense evaluation pass and one dense calibration pass (weights must be dense)."""
     eval_s, _ = timed(lambda: perplexity(model, eval_ids, eval_batch), device)
     calib_s, _ = timed(lambda: calibration_pass(blocks, calls, calib_batch), device)
@@ -70,13 +78,20 @@ def floors(points: int, eval_pass_s: float, calib_pass_s: float) -> dict[str, fl
 
 
 @torch.inference_mode()
-def paper_prune(blocks: torch.nn.ModuleList, calls: BlockCalls, rates: Any, pruner: Pruner, nm: tuple[int, int] | None, batch_size: int) -> None:
+def paper_prune(
+    blocks: torch.nn.ModuleList,
+    calls: BlockCalls,
+    rates: Any,
+    pruner: Pruner,
+    nm: tuple[int, int] | None,
+    batch_size: int,
+) -> None:
     """The paper's (Wanda's) loop: statistics on the pruned input, prune, re-run; no error measurement."""
     hidden = calls.hidden
     for i, block in enumerate(blocks):
         linears = prunable_linears(block)
         stats = {name: pruner.new_stats(lin.in_features, lin.weight.device) for name, lin in linears.items()}
-        with input_hooks(linears, lambda name, x: stats[name].add(x) if stats[name] is not None else None):
+        with input_hooks(linears, recorder(stats)):
             run_block(block, hidden, calls.args[i], batch_size)
         for name, linear in linears.items():
             pruner.prune_(linear, stats[name], float(rates[i]), nm)
@@ -89,4 +104,13 @@ def peak_rss_mb(children: bool = False) -> float:
     return resource.getrusage(who).ru_maxrss / 1024
 
 
-__all__ = ["BlockCalls", "calibration_pass", "capture_block_calls", "floor_passes", "floors", "paper_prune", "peak_rss_mb", "timed"]
+__all__ = [
+    "BlockCalls",
+    "calibration_pass",
+    "capture_block_calls",
+    "floor_passes",
+    "floors",
+    "paper_prune",
+    "peak_rss_mb",
+    "timed",
+]

@@ -47,10 +47,13 @@ def main() -> int:
     marks["dense_ppl_s"] = time.perf_counter() - STARTED
     first = next(iter(wb.beta_sweep(0.7)))
     marks["first_point_s"] = time.perf_counter() - STARTED
-    print(f"first point ({args.calibration}, ppl {first.perplexity:.1f}) after {marks['first_point_s']:.1f} s: "
-          + ", ".join(f"{k} {v:.1f}" for k, v in marks.items()) + f"; stats from {wb.stats_source or '-'}")
+    print(
+        f"first point ({args.calibration}, ppl {first.perplexity:.1f}) after {marks['first_point_s']:.1f} s: "
+        + ", ".join(f"{k} {v:.1f}" for k, v in marks.items())
+        + f"; stats from {wb.stats.source or '-'}"
+    )
     if args.json:
-        args.json.write_text(json.dumps({**marks, "calibration": args.calibration, "stats_source": wb.stats_source}))
+        args.json.write_text(json.dumps({**marks, "calibration": args.calibration, "stats_source": wb.stats.source}))
     return 0
 
 

@@ -3,8 +3,7 @@
 import pandas as pd
 import streamlit as st
 
-from atp_viz import figures, schedules, ui
-from atp_viz.config import ScheduleSpec
+from atp_viz import figures, methods, ui
 
 st.set_page_config(page_title="Error explosion - atp-viz", layout="wide")
 ctx = ui.sidebar()
@@ -19,35 +18,31 @@ therefore climbs with depth under uniform sparsity; the **local** error is what 
 itself. ATP spends less sparsity early, where errors travel furthest.
 """
 )
-if not ctx.ready:
-    st.stop()
-bench, S, L = ctx.workbench, ctx.sparsity, ctx.workbench.num_blocks
-bound = schedules.beta_max(L, S)
+setup, bench = ui.require(ctx)
+S, L = ctx.sparsity, bench.num_blocks
 
-CHOICES = ("uniform", "ATP", "OWL", "AlphaPruning")
-ui.set_state("err_beta", min(float(st.session_state.get("_err_beta", bound / 2)), bound))
-c1, c2, c3, c4 = st.columns([3, 3, 2, 2])
-show = c1.multiselect("Schedules", CHOICES, **ui.state("err_show", ["uniform", "ATP"]))
-beta = c2.slider(f"ATP beta (0 .. beta_max = {bound:.5g})", 0.0, max(bound, 1e-9), step=schedules.GRID_STEP / 4, format="%.4f", **ui.state("err_beta", bound / 2))
-kind = c3.radio("Error", ("cumulative", "local"), horizontal=True, **ui.state("err_kind", "cumulative"))
-scale = c3.radio("Scale", ("relative", "absolute"), horizontal=True, **ui.state("err_scale", "relative"))
-log_y = c4.toggle("Log y axis", **ui.state("err_log", True))
+CHOICES = methods.method_names(comparable=True)
+c1, c2, c3 = st.columns([4, 2, 2])
+show = c1.multiselect("Schedules", CHOICES, format_func=methods.label, **ui.state("err_show", ["uniform", "atp"]))
+kind = c2.radio("Error", ("cumulative", "local"), horizontal=True, **ui.state("err_kind", "cumulative"))
+scale = c2.radio("Scale", ("relative", "absolute"), horizontal=True, **ui.state("err_scale", "relative"))
+log_y = c3.toggle("Log y axis", **ui.state("err_log", True))
 if not show:
-    st.error("Choose at least one schedule (allowed: uniform, ATP, OWL, AlphaPruning).")
+    st.error(f"Choose at least one schedule (allowed: {', '.join(methods.label(n) for n in CHOICES)}).")
     st.stop()
-
-specs = {
-    "uniform": ScheduleSpec("uniform", S),
-    "ATP": ScheduleSpec("atp", S, beta=min(beta, bound)),
-    "OWL": ScheduleSpec("owl", S),
-    "AlphaPruning": ScheduleSpec("alphapruning", S),
-}
+specs = ui.method_specs(show, L, S, "err")
+if not specs:
+    st.stop()
+show = list(specs)
 chosen = [specs[name] for name in show]
 points = dict(zip(show, ui.stored_points(bench, chosen)))
 missing = [specs[name] for name, point in points.items() if point is None]
 if missing:
-    names = ", ".join(name for name, point in points.items() if point is None)
-    st.info(f"Not measured yet at S = {S:g}: {names}. Each takes one prune + evaluation pass (about 20 s for smollm2-135m on 2 CPU cores); results are stored as they finish.")
+    names = ", ".join(methods.label(name) for name, point in points.items() if point is None)
+    st.info(
+        f"Not measured yet at S = {S:g}: {names}. Each takes one prune + evaluation pass (about 20 s for "
+        "smollm2-135m on 2 CPU cores); results are stored as they finish."
+    )
     if st.button(f"Measure {len(missing)} schedule{'s' * (len(missing) != 1)}", key="err_run", type="primary"):
         if ui.run_points(bench, missing, f"error explosion at S = {S:g}") is not None:
             st.rerun()
@@ -55,10 +50,21 @@ if missing:
 done = {name: p for name, p in points.items() if p is not None}
 if done:
     field = f"{kind}_error" + ("_abs" if scale == "absolute" else "")
-    y_title = ("relative error ||h - h_pruned||^2 / ||h||^2 (unitless)" if scale == "relative" else "squared error ||h - h_pruned||_F^2 (hidden-state units^2)")
-    labels = {name: (f"ATP (beta = {p.beta:.4g})" if name == "ATP" else name) for name, p in done.items()}
+    y_title = (
+        "relative error ||h - h_pruned||^2 / ||h||^2 (unitless)"
+        if scale == "relative"
+        else "squared error ||h - h_pruned||_F^2 (hidden-state units^2)"
+    )
+    labels = {name: ui.spec_label(specs[name]) for name in done}
     curves = {labels[name]: getattr(p, field) for name, p in done.items()}
-    ui.chart(figures.error_figure(curves, log_y=log_y, title=f"{kind.capitalize()} reconstruction error per block, {ctx.setup.model}, S = {S:g}", y_title=y_title))
+    ui.chart(
+        figures.error_figure(
+            curves,
+            log_y=log_y,
+            title=f"{kind.capitalize()} reconstruction error per block, {setup.model}, S = {S:g}",
+            y_title=y_title,
+        )
+    )
     st.dataframe(
         pd.DataFrame(
             {

@@ -23,7 +23,14 @@ depth = left.slider("Depth (layers)", 2, toy.MAX_DEPTH, **ui.state("toy_depth", 
 sparsity = left.slider("Average sparsity S", 0.05, 0.95, step=0.01, **ui.state("toy_sparsity", 0.7))
 bound = schedules.beta_max(depth, sparsity)
 ui.set_state("toy_beta", min(float(st.session_state.get("_toy_beta", 0.02)), bound))
-beta = right.slider(f"beta (0 .. beta_max = {bound:.4g})", 0.0, max(bound, 1e-6), step=max(bound / 200, 1e-6), format="%.5f", **ui.state("toy_beta", 0.02))
+beta = right.slider(
+    f"beta (0 .. beta_max = {bound:.4g})",
+    0.0,
+    max(bound, 1e-6),
+    step=max(bound / 200, 1e-6),
+    format="%.5f",
+    **ui.state("toy_beta", 0.02),
+)
 seed = right.number_input("Network seed", min_value=0, step=1, **ui.state("toy_seed", 0))
 scale = right.radio("Error", ("relative", "absolute"), horizontal=True, **ui.state("toy_scale", "relative"))
 log_y = right.toggle("Log y axis", **ui.state("toy_log", True))
@@ -39,11 +46,24 @@ errors = figures.error_figure(
     {name: (r.relative if relative else r.cumulative) for name, r in results.items()},
     log_y=log_y,
     title=f"Error per layer of a {depth}-layer toy network at S = {sparsity:g}, beta = {beta:.4g}",
-    y_title="relative error ||y_i - y_pruned,i||^2 / ||y_i||^2 (unitless)" if relative else "squared error ||y_i - y_pruned,i||_F^2 (activation units^2)",
+    y_title="relative error ||y_i - y_pruned,i||^2 / ||y_i||^2 (unitless)"
+    if relative
+    else "squared error ||y_i - y_pruned,i||_F^2 (activation units^2)",
     x_title="layer i (0 = first)",
 )
 ui.chart(errors, key="toy_errors")
 totals = {name: (r.total_relative if relative else r.total) for name, r in results.items()}
-ui.chart(figures.totals_figure(totals, f"Total {scale} error: same rates, different order (Thm 3.5)", f"sum over layers of the {scale} error" + (" (unitless)" if relative else " (activation units^2)")), key="toy_totals")
-best = min(totals, key=totals.get)
-st.caption(f"Lowest total error: {best}. Uniform {totals['uniform']:.4g}; increasing (ATP) {totals['increasing (ATP)']:.4g}; random order {totals['random order']:.4g}; decreasing {totals['decreasing']:.4g}.")
+ui.chart(
+    figures.totals_figure(
+        totals,
+        f"Total {scale} error: same rates, different order (Thm 3.5)",
+        f"sum over layers of the {scale} error" + (" (unitless)" if relative else " (activation units^2)"),
+    ),
+    key="toy_totals",
+)
+best = min(totals, key=lambda name: totals[name])
+st.caption(
+    f"Lowest total error: {best}. Uniform {totals['uniform']:.4g}; increasing (ATP) "
+    f"{totals['increasing (ATP)']:.4g}; random order {totals['random order']:.4g}; decreasing "
+    f"{totals['decreasing']:.4g}."
+)

@@ -18,9 +18,18 @@ CHROMIUM = Path("/usr/lib/chromium/chromium")
 NO_CHROMIUM = f"{CHROMIUM} missing: apt-get install -y chromium (.ci/run installs it)"
 # Flags that keep the system Chromium quiet on a closed network (shared/notes/browser-testing.md).
 CHROMIUM_FLAGS = [
-    "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-background-networking",
-    "--disable-component-update", "--disable-sync", "--disable-default-apps", "--disable-extensions",
-    "--no-first-run", "--no-default-browser-check", "--disable-quic", "--metrics-recording-only",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-dev-shm-usage",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--disable-default-apps",
+    "--disable-extensions",
+    "--no-first-run",
+    "--no-default-browser-check",
+    "--disable-quic",
+    "--metrics-recording-only",
 ]
 START_TIMEOUT_S = 60
 
@@ -35,10 +44,25 @@ def free_port() -> int:
 def dashboard_server(env: dict[str, str], log_path: Path) -> Iterator[str]:
     """``streamlit run app.py`` on a free localhost port; yields its base URL, stops it by its handle."""
     port = free_port()
-    command = [sys.executable, "-m", "streamlit", "run", "app.py", "--server.headless", "true", "--server.port", str(port),
-               "--server.address", "127.0.0.1", "--browser.gatherUsageStats", "false"]
+    command = [
+        sys.executable,
+        "-m",
+        "streamlit",
+        "run",
+        "app.py",
+        "--server.headless",
+        "true",
+        "--server.port",
+        str(port),
+        "--server.address",
+        "127.0.0.1",
+        "--browser.gatherUsageStats",
+        "false",
+    ]
     with log_path.open("w") as log:
-        proc = subprocess.Popen(command, cwd=ROOT, env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(
+            command, cwd=ROOT, env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT
+        )
         base = f"http://127.0.0.1:{port}"
         try:
             deadline = time.monotonic() + START_TIMEOUT_S

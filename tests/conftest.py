@@ -11,6 +11,15 @@ sys.path.insert(0, str(Path(__file__).parent))
 from tiny import make_corpus_file, make_tiny_model  # noqa: E402
 
 
+@pytest.fixture(autouse=True, scope="session")
+def reliability_report():
+    """Write the reliability rows this session (or xdist worker) recorded once it ends."""
+    yield
+    from reliability import write_report
+
+    write_report()
+
+
 @pytest.fixture(scope="session")
 def tiny_assets(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """A 4-block random llama folder, a small text corpus and a store path, built once."""

@@ -2,10 +2,11 @@
 
 Every fault or bad-input test calls ``record(...)`` with what it injected, how many times, and how
 many finished results were lost. With ``ATP_VIZ_WRITE_RELIABILITY=1`` the table in
-``docs/reliability.md`` is rewritten from those rows when each test module finishes, so run all
-four files together to regenerate it::
+``docs/reliability.md`` is updated with those rows when the test session ends (a session
+finaliser in ``conftest.py``; rows of cases not run are kept), so any subset regenerates its rows::
 
-    ATP_VIZ_WRITE_RELIABILITY=1 .venv/bin/python -m pytest tests/test_faults.py tests/test_bad_input.py tests/test_safety.py tests/test_dashboard_faults.py
+    ATP_VIZ_WRITE_RELIABILITY=1 .venv/bin/python -m pytest tests/test_faults.py tests/test_bad_input.py \
+        tests/test_safety.py tests/test_dashboard_faults.py
 """
 
 from __future__ import annotations
@@ -49,11 +50,36 @@ def record(area: str, case: str, times: int, lost: int, outcome: str) -> None:
     _ROWS[(area, case)] = Row(area, case, times, lost, outcome)
 
 
+def stored_rows() -> dict[tuple[str, str], Row]:
+    """The rows docs/reliability.md holds now (empty when it has no table)."""
+    if not REPORT.is_file():
+        return {}
+    rows = {}
+    for line in REPORT.read_text().splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split(" | ")]
+        if len(cells) == 5 and cells[0] in AREAS and cells[2].isdigit() and cells[3].isdigit():
+            rows[(cells[0], cells[1])] = Row(cells[0], cells[1], int(cells[2]), int(cells[3]), cells[4])
+    return rows
+
+
 def write_report() -> None:
-    """Rewrite docs/reliability.md from the rows recorded so far (only with the env var set)."""
+    """Merge the rows recorded in this process into docs/reliability.md (only with the env var set).
+
+    Rows of cases this run did not reach are kept, so a run with ``-k`` or ``-n`` (each xdist worker
+    merges its own rows under a file lock) updates its rows without dropping the others.
+    """
     if os.environ.get("ATP_VIZ_WRITE_RELIABILITY") != "1" or not _ROWS:
         return
-    rows = sorted(_ROWS.values(), key=lambda r: (AREAS.index(r.area), r.case))
+    import fcntl
+
+    REPORT.parent.mkdir(parents=True, exist_ok=True)
+    with open(REPORT.with_suffix(".lock"), "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        write_merged({**stored_rows(), **_ROWS})
+
+
+def write_merged(merged: dict[tuple[str, str], Row]) -> None:
+    rows = sorted(merged.values(), key=lambda r: (AREAS.index(r.area), r.case))
     lines = [
         "# Reliability",
         "",
@@ -61,7 +87,8 @@ def write_report() -> None:
         "`tests/test_dashboard_faults.py`); regenerate with",
         "",
         "```",
-        "ATP_VIZ_WRITE_RELIABILITY=1 .venv/bin/python -m pytest tests/test_faults.py tests/test_bad_input.py tests/test_safety.py tests/test_dashboard_faults.py",
+        "ATP_VIZ_WRITE_RELIABILITY=1 .venv/bin/python -m pytest tests/test_faults.py tests/test_bad_input.py "
+        "tests/test_safety.py tests/test_dashboard_faults.py",
         "```",
         "",
         "Fault tests run real `python -m atp_viz` processes on tiny random models (SIGKILL, concurrent",
@@ -78,7 +105,6 @@ def write_report() -> None:
     total_times = sum(r.times for r in rows)
     total_lost = sum(r.lost for r in rows)
     lines += ["", f"Total: {len(rows)} cases, {total_times} injections, {total_lost} results lost.", ""]
-    REPORT.parent.mkdir(parents=True, exist_ok=True)
     REPORT.write_text("\n".join(lines))
 
 
@@ -98,7 +124,9 @@ def cli_command(args: Sequence[str]) -> list[str]:
 
 def run_cli(args: Sequence[str], timeout: float = 120, **env: str) -> subprocess.CompletedProcess[str]:
     """Run ``python -m atp_viz ARGS`` as a real process."""
-    return subprocess.run(cli_command(args), capture_output=True, text=True, timeout=timeout, env=cli_env(**env), cwd=REPO_ROOT)
+    return subprocess.run(
+        cli_command(args), capture_output=True, text=True, timeout=timeout, env=cli_env(**env), cwd=REPO_ROOT
+    )
 
 
 def run_main(args: Sequence[str]) -> tuple[int, str, str]:
@@ -128,15 +156,34 @@ def sweep_args(model: Path, corpus: Path, store: Path, sparsity: float = 0.5, st
 
 
 def point_rows(store_path: Path) -> dict[str, dict]:
-    """key -> record of every finished point in a store (read with plain sqlite3, no recovery)."""
+    """key -> record of every finished point in a store (read with plain sqlite3, no recovery), with
+    ``perplexity`` (evaluation split) taken from its metric row."""
     import sqlite3
 
     con = sqlite3.connect(store_path)
     try:
         rows = con.execute("SELECT key, record FROM results WHERE kind='point'").fetchall()
+        metrics = con.execute("SELECT config, record FROM results WHERE kind='metric'").fetchall()
     finally:
         con.close()
-    return {key: json.loads(record) for key, record in rows}
+    evaluation = {}
+    for config_text, record_text in metrics:
+        config = json.loads(config_text)
+        if config["metric"] == "perplexity" and config["split"] == "evaluation":
+            evaluation[config["point"]] = json.loads(record_text)["values"]["perplexity"]
+    return {key: {**json.loads(record), "perplexity": evaluation[key]} for key, record in rows}
+
+
+def dense_rows(store_path: Path) -> int:
+    """How many metric rows belong to the dense model (one per metric and split)."""
+    import sqlite3
+
+    con = sqlite3.connect(store_path)
+    try:
+        configs = [json.loads(c) for (c,) in con.execute("SELECT config FROM results WHERE kind='metric'")]
+    finally:
+        con.close()
+    return sum(1 for c in configs if c.get("method") == "dense")
 
 
 def integrity(store_path: Path) -> str:
@@ -154,10 +201,9 @@ def integrity(store_path: Path) -> str:
 
 def make_tiny_gguf(path: Path, layers: int = 4) -> Path:
     """A float32 LLaMA GGUF written from ``tests/tiny.py``'s random model and BPE tokenizer."""
-    import numpy as np
     import gguf
+    import numpy as np
     from safetensors.numpy import load_file
-
     from tiny import make_tiny_model
 
     src = make_tiny_model(path.parent / f"{path.stem}-hf", layers=layers)

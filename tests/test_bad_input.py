@@ -15,23 +15,21 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-
-from atp_viz import schedules
-from atp_viz.config import CalibConfig, EvalConfig, PruneConfig, ScheduleSpec, parse_nm
-from atp_viz.data import CorpusError
-from atp_viz.experiment import Setup, Workbench
-from atp_viz.models import ModelLoadError
-from atp_viz.store import ResultStore
-from reliability import record, run_main, write_report
+from reliability import record, run_main
 from tiny import make_bad_inputs, make_corpus_file, make_tiny_model
 
-HYPOTHESIS = settings(max_examples=60, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.function_scoped_fixture])
+from atp_viz import schedules
+from atp_viz.config import CalibConfig, EvalConfig, parse_nm
+from atp_viz.data import CorpusError
+from atp_viz.experiment import Setup, Workbench
+from atp_viz.methods import ScheduleSpec, build_schedule
+from atp_viz.models import ModelLoadError
+from atp_viz.pruners import PruneConfig
+from atp_viz.store import ResultStore
 
-
-@pytest.fixture(scope="module", autouse=True)
-def _report():
-    yield
-    write_report()
+HYPOTHESIS = settings(
+    max_examples=60, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 
 
 @pytest.fixture(scope="module")
@@ -57,9 +55,9 @@ CLI_CASES = [
     ("S not a number", "schedule --layers 8 --method uniform --sparsity abc", "invalid float"),
     ("sweep S = 1.5", "sweep " + SETUP + " --sparsity 1.5", "(0, 1)"),
     ("compare S = 1.2 in a list", "compare " + SETUP + " --sparsities 0.5,1.2", "(0, 1)"),
-    ("beta negative", "schedule --layers 8 --sparsity 0.5 --beta -0.1", ">= 0"),
-    ("beta = nan", "schedule --layers 8 --sparsity 0.5 --beta nan", ">= 0"),
-    ("beta = inf", "schedule --layers 8 --sparsity 0.5 --beta inf", ">= 0"),
+    ("beta negative", "schedule --layers 8 --sparsity 0.5 --beta -0.1", "in [0, beta_max = min(2S, 2(1-S))/(L-1)]"),
+    ("beta = nan", "schedule --layers 8 --sparsity 0.5 --beta nan", "in [0, beta_max = min(2S, 2(1-S))/(L-1)]"),
+    ("beta = inf", "schedule --layers 8 --sparsity 0.5 --beta inf", "in [0, beta_max = min(2S, 2(1-S))/(L-1)]"),
     ("beta above beta_max", "schedule --layers 8 --sparsity 0.5 --beta 0.5", "[0, 0.1429]"),
     ("beta above beta_max (prune, model's L)", PRUNE.replace("uniform", "atp") + " --beta 0.9", "[0, 0.3333]"),
     ("num_layers = 1, beta > 0", "schedule --layers 1 --sparsity 0.5 --beta 0.1", "[0, 0]"),
@@ -67,7 +65,11 @@ CLI_CASES = [
     ("num_layers = 0", "schedule --layers 0 --sparsity 0.5 --beta 0", ">= 1"),
     ("num_layers negative", "schedule --layers -3 --method uniform --sparsity 0.5", ">= 1"),
     ("custom schedule too short", "schedule --layers 4 --method custom --rates 0.1,0.2", "4 rates"),
-    ("custom schedule too long (model)", PRUNE.replace("uniform", "custom") + " --rates 0.1,0.2,0.3,0.4,0.5", "4 rates"),
+    (
+        "custom schedule too long (model)",
+        PRUNE.replace("uniform", "custom") + " --rates 0.1,0.2,0.3,0.4,0.5",
+        "4 rates",
+    ),
     ("custom rate above 1", "schedule --layers 2 --method custom --rates 0.1,1.2", "[0, 1]"),
     ("custom rate negative", "schedule --layers 2 --method custom --rates=-0.1,0.2", "[0, 1]"),
     ("custom rate nan", "schedule --layers 2 --method custom --rates 0.1,nan", "finite"),
@@ -90,8 +92,21 @@ CLI_CASES = [
     ("sweep step = nan", "sweep " + SETUP + " --sparsity 0.5 --step nan", "(0, 1)"),
     ("unknown compare method", "compare " + SETUP + " --methods foo", "allowed: uniform"),
     ("unknown device", PRUNE + " --device tpu", "allowed: cpu"),
-    ("empty corpus file", PRUNE.replace("{corpus}", "{empty}"), "at least 2"),
-    ("corpus file of blank lines", PRUNE.replace("{corpus}", "{blank}"), "at least 2"),
+    ("empty corpus file", PRUNE.replace("{corpus}", "{empty}"), "at least 6"),
+    ("corpus file of blank lines", PRUNE.replace("{corpus}", "{blank}"), "at least 6"),
+    (
+        "OWL lambda above 1 (refused before the store)",
+        PRUNE.replace("uniform", "owl") + " --lam 3",
+        "owl lam must be in [0, 1]",
+    ),
+    (
+        "AlphaPruning estimator unknown",
+        PRUNE.replace("uniform", "alphapruning") + " --estimator best",
+        "invalid choice",
+    ),
+    ("validation windows negative", PRUNE + " --val-windows -1", ">= 0"),
+    ("validation windows beyond the corpus", PRUNE + " --val-windows 100000", "allowed: 1.."),
+    ("unknown metric", PRUNE + " --metrics ppl", "allowed: perplexity"),
     ("binary corpus file", PRUNE.replace("{corpus}", "{binary}"), "UTF-8"),
     ("corpus file not UTF-8", PRUNE.replace("{corpus}", "{latin1}"), "UTF-8"),
     ("corpus of an unknown kind", PRUNE.replace("{corpus}", "notes.docx"), "allowed:"),
@@ -127,7 +142,13 @@ def test_cli_edge_layers_accepted() -> None:
     assert code == 0 and '"rates": [0.5]' in out and '"beta_max": 0.0' in out
     code, out, _ = run_main(["schedule", "--layers", "2", "--sparsity", "0.5", "--beta", "1", "--json"])
     assert code == 0 and '"rates": [0.0, 1.0]' in out
-    record("bad input", "CLI: num_layers = 1 and 2 at their limits (accepted)", 2, 0, "exit 0; L=1 gives [S], L=2 with beta_max gives [0, 1]")
+    record(
+        "bad input",
+        "CLI: num_layers = 1 and 2 at their limits (accepted)",
+        2,
+        0,
+        "exit 0; L=1 gives [S], L=2 with beta_max gives [0, 1]",
+    )
 
 
 # ------------------------------------------------------------------------------------ Python API
@@ -139,10 +160,17 @@ API_CASES = [
     ("beta negative", lambda: schedules.atp(4, 0.5, -0.01), "[0, 0.3333]"),
     ("beta = nan", lambda: schedules.atp(4, 0.5, math.nan), "[0, 0.3333]"),
     ("beta above beta_max", lambda: schedules.atp(4, 0.5, 0.34), "[0, 0.3333]"),
-    ("beta negative (spec)", lambda: ScheduleSpec("atp", 0.5, beta=-1.0), ">= 0"),
+    ("beta negative (spec)", lambda: ScheduleSpec("atp", 0.5, beta=-1.0), "in [0, beta_max"),
+    ("OWL lambda above 1 (spec)", lambda: ScheduleSpec("owl", 0.5, lam=3), "in [0, 1]"),
+    ("parameter of another method (spec)", lambda: ScheduleSpec("uniform", 0.5, beta=0.1), "allowed: none"),
+    ("validation windows negative", lambda: EvalConfig(validation_windows=-1), ">= 0"),
     ("num_layers = 1, beta > 0", lambda: schedules.atp(1, 0.5, 1e-6), "[0, 0]"),
     ("num_layers = 0", lambda: schedules.beta_max(0, 0.5), ">= 1"),
-    ("custom rates of the wrong length", lambda: schedules.make_schedule(ScheduleSpec("custom", rates=(0.5,) * 3), 4), "4 rates"),
+    (
+        "custom rates of the wrong length",
+        lambda: build_schedule(ScheduleSpec("custom", rates=(0.5,) * 3), 4),
+        "4 rates",
+    ),
     ("custom rate above 1", lambda: schedules.custom([0.2, 1.5]), "[0, 1]"),
     ("N:M with N >= M", lambda: PruneConfig("wanda", (4, 4)), "0 < N < M"),
     ("N:M text malformed", lambda: parse_nm("2-4"), "'2:4'"),
@@ -165,7 +193,7 @@ WORKBENCH_CASES = [
     ("calibration samples beyond the corpus", dict(calib=CalibConfig(100000, 32)), "allowed: 1.."),
     ("evaluation windows beyond the corpus", dict(evaluation=EvalConfig(100000, 32)), "allowed: 1.."),
     ("seqlen above the model's context", dict(calib=CalibConfig(4, 1000)), "allowed: 2..512"),
-    ("empty corpus file", dict(corpus="empty"), "at least 2"),
+    ("empty corpus file", dict(corpus="empty"), "at least 6"),
     ("binary corpus file", dict(corpus="binary"), "UTF-8"),
     ("model folder without weights", dict(model="no-weights"), "*.safetensors"),
     ("non-causal model (BERT)", dict(model="bert"), "causal"),
@@ -175,7 +203,9 @@ WORKBENCH_CASES = [
 @pytest.mark.parametrize("what, change, allowed", WORKBENCH_CASES, ids=[c[0] for c in WORKBENCH_CASES])
 def test_workbench_bad_input_writes_nothing(files, tmp_path: Path, what: str, change: dict, allowed: str) -> None:
     change = {k: (str(files[v]) if isinstance(v, str) else v) for k, v in change.items()}
-    base = dict(model=str(files["model"]), corpus=str(files["corpus"]), calib=CalibConfig(4, 32), evaluation=EvalConfig(4, 32))
+    base = dict(
+        model=str(files["model"]), corpus=str(files["corpus"]), calib=CalibConfig(4, 32), evaluation=EvalConfig(4, 32)
+    )
     store = ResultStore(tmp_path / "results.sqlite")
     with pytest.raises(ValueError) as info:
         Workbench(Setup(**{**base, **change}), store=store)
@@ -228,7 +258,12 @@ def test_property_cli_schedule_numbers(sparsity: str, beta: str, layers: str) ->
 
 
 @HYPOTHESIS
-@given(rates=st.one_of(numbers_as_text, st.lists(st.floats(-1, 2), min_size=1, max_size=6).map(lambda v: ",".join(map(repr, v)))), layers=st.integers(1, 6))
+@given(
+    rates=st.one_of(
+        numbers_as_text, st.lists(st.floats(-1, 2), min_size=1, max_size=6).map(lambda v: ",".join(map(repr, v)))
+    ),
+    layers=st.integers(1, 6),
+)
 def test_property_cli_custom_rates(rates: str, layers: int) -> None:
     code, out, err = run_main(["schedule", f"--layers={layers}", "--method", "custom", f"--rates={rates}", "--json"])
     assert_clean(code, out, err)
@@ -236,11 +271,29 @@ def test_property_cli_custom_rates(rates: str, layers: int) -> None:
 
 
 @HYPOTHESIS
-@given(nm=st.one_of(st.text(string.printable, max_size=7), st.tuples(st.integers(-3, 9), st.integers(-3, 9)).map(lambda t: f"{t[0]}:{t[1]}")), sparsity=numbers_as_text)
+@given(
+    nm=st.one_of(
+        st.text(string.printable, max_size=7),
+        st.tuples(st.integers(-3, 9), st.integers(-3, 9)).map(lambda t: f"{t[0]}:{t[1]}"),
+    ),
+    sparsity=numbers_as_text,
+)
 def test_property_cli_prune_nm_never_reaches_io(tmp_path: Path, nm: str, sparsity: str) -> None:
     """A model path that does not exist: every run must end in one line, and write nothing."""
     store = tmp_path / "never" / "results.sqlite"
-    code, out, err = run_main(["prune", "--model", str(tmp_path / "missing"), "--method", "uniform", f"--nm={nm}", f"--sparsity={sparsity}", "--store", str(store)])
+    code, out, err = run_main(
+        [
+            "prune",
+            "--model",
+            str(tmp_path / "missing"),
+            "--method",
+            "uniform",
+            f"--nm={nm}",
+            f"--sparsity={sparsity}",
+            "--store",
+            str(store),
+        ]
+    )
     assert code == 2
     assert_clean(code, out, err)
     assert not store.parent.exists()
@@ -269,4 +322,10 @@ def test_property_atp_inside_range(layers: int, sparsity: float, frac: float) ->
 def test_property_counts_recorded() -> None:
     """Runs last in this file: the number of generated examples goes into the report."""
     for name, n in counted.items():
-        record("bad input", f"hypothesis: {name}", n, 0, "exit 0 or exit 2 with one line; never a traceback, nothing written")
+        record(
+            "bad input",
+            f"hypothesis: {name}",
+            n,
+            0,
+            "exit 0 or exit 2 with one line; never a traceback, nothing written",
+        )

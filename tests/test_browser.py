@@ -13,7 +13,6 @@ import os
 import re
 
 import pytest
-
 from browser_support import CHROMIUM, CHROMIUM_FLAGS, NO_CHROMIUM, ROOT, dashboard_server
 
 ARTIFACTS = ROOT / "artifacts" / "screenshots"
@@ -80,7 +79,9 @@ def set_number(page, label: str, value: str) -> None:
     box = page.locator(f'input[aria-label="{label}"]')
     box.fill(value)
     box.press("Enter")
-    page.wait_for_function("([l, v]) => document.querySelector(`input[aria-label='${l}']`)?.value === v", arg=[label, value])
+    page.wait_for_function(
+        "([l, v]) => document.querySelector(`input[aria-label='${l}']`)?.value === v", arg=[label, value]
+    )
     wait_idle(page)
 
 
@@ -113,7 +114,11 @@ def test_every_page_draws_a_plotly_chart(server: str, browser_page) -> None:
     slider.focus()
     for _ in range(4):
         slider.press("ArrowRight")
-    page.wait_for_function("b => Array.from(document.querySelectorAll('.js-plotly-plot .legendtext')).map(e => e.textContent).join(' | ') !== b", arg=before)
+    page.wait_for_function(
+        "b => Array.from(document.querySelectorAll('.js-plotly-plot .legendtext')).map(e => e.textContent).join(' "
+        "| ') !== b",
+        arg=before,
+    )
     wait_idle(page)
     shoot(page, "2_schedules")
 

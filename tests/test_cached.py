@@ -10,14 +10,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from tiny import shared_corpus_file, shared_tiny_model
 
-from atp_viz.config import CalibConfig, EvalConfig, PruneConfig, ScheduleSpec
-from atp_viz.experiment import PointResult, Setup, Workbench
+from atp_viz.config import CalibConfig, EvalConfig
+from atp_viz.experiment import Setup, Workbench
 from atp_viz.layer_stats import prunable_linears
-from atp_viz.pruners import mask_from_order, order_by_score, wanda
+from atp_viz.methods import ScheduleSpec
+from atp_viz.pruners import PruneConfig, mask_from_order, order_by_score, wanda
+from atp_viz.results import PointResult
 from atp_viz.stats_cache import compact_index, load_stats, zero_prefix_
 from atp_viz.store import ResultStore
-from tiny import shared_corpus_file, shared_tiny_model
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY_CALIB = CalibConfig(samples=4, seqlen=32, seed=0)
@@ -30,9 +32,18 @@ def private_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return tmp_path / "cache"
 
 
-def bench(mode: str = "cached", pruner: str = "wanda", family: str = "llama", store: ResultStore | None = None) -> Workbench:
-    setup = Setup(model=str(shared_tiny_model(family)), corpus=str(shared_corpus_file()), calib=TINY_CALIB, evaluation=TINY_EVAL,
-                  prune=PruneConfig(pruner), calibration=mode, batch_size=2)
+def bench(
+    mode: str = "cached", pruner: str = "wanda", family: str = "llama", store: ResultStore | None = None
+) -> Workbench:
+    setup = Setup(
+        model=str(shared_tiny_model(family)),
+        corpus=str(shared_corpus_file()),
+        calib=TINY_CALIB,
+        evaluation=TINY_EVAL,
+        prune=PruneConfig(pruner),
+        calibration=mode,
+        batch_size=2,
+    )
     return Workbench(setup, store)
 
 
@@ -63,13 +74,13 @@ def test_cached_and_sequential_prune_at_the_same_rates(pruner: str) -> None:
 
 def test_cached_masks_equal_direct_wanda_masks_on_dense_stats() -> None:
     wb = bench("cached")
-    stats = wb.dense_stats()
-    dense = {key: w.clone() for key, w in wb.dense_weights.items()}
+    stats = wb.stats.linears()
+    dense = {key: w.clone() for key, w in wb.dense.weights.items()}
     rates = wb.schedule(ScheduleSpec("atp", 0.6, beta=0.08))
     wb.apply(ScheduleSpec("atp", 0.6, beta=0.08))
     for i, block in enumerate(wb.loaded.blocks):
         for name, linear in prunable_linears(block).items():
-            expected = wanda(dense[(i, name)], stats.norms((i, name)).result(), float(rates[i]))
+            expected = wanda(dense[(i, name)], stats.accumulator("sum_sq", (i, name)).result(), float(rates[i]))
             assert torch.equal(linear.weight == 0, expected | (dense[(i, name)] == 0))
             assert torch.equal(linear.weight[~expected], dense[(i, name)][~expected])
 
@@ -85,24 +96,25 @@ def test_prefix_of_compact_order_equals_mask_from_order() -> None:
 
 def test_stats_file_round_trip_and_reuse(private_cache: Path) -> None:
     first = bench("cached", "sparsegpt")
-    stats = first.dense_stats()
-    assert first.stats_source == "computed" and first.stats_path().is_file()
-    assert first.stats_path().parent.parent == private_cache
-    again = load_stats(first.stats_path())
+    stats = first.stats.linears()
+    assert first.stats.source == "computed" and first.stats.path().is_file()
+    assert first.stats.path().parent.parent == private_cache
+    again = load_stats(first.stats.path())
     assert again is not None and again.tokens == stats.tokens == TINY_CALIB.samples * TINY_CALIB.seqlen
-    assert again.sum_sq.keys() == stats.sum_sq.keys() and again.hessians.keys() == stats.hessians.keys()
-    for key in stats.sum_sq:
-        assert torch.equal(again.sum_sq[key], stats.sum_sq[key]) and torch.equal(again.hessians[key], stats.hessians[key])
+    assert set(again.states) == set(stats.states) == {"hessian", "sum_sq"}
+    for kind, table in stats.states.items():
+        assert again.states[kind].keys() == table.keys()
+        assert all(torch.equal(again.states[kind][key], value) for key, value in table.items())
     second = bench("cached", "sparsegpt")
-    second.dense_stats()
-    assert second.stats_source == "file" and second._calls is None  # no calibration forward at all
+    second.stats.linears()
+    assert second.stats.source == "file" and second.stats._calls is None  # no calibration forward at all
     spec = ScheduleSpec("uniform", 0.5)
     np.testing.assert_array_equal(first.run(spec).layer_sparsity, second.run(spec).layer_sparsity)
     # a damaged file is recomputed, not trusted
-    first.stats_path().write_bytes(b"not safetensors")
+    first.stats.path().write_bytes(b"not safetensors")
     third = bench("cached", "sparsegpt")
-    third.dense_stats()
-    assert third.stats_source == "computed"
+    third.stats.linears()
+    assert third.stats.source == "computed"
 
 
 def test_cached_points_store_under_their_own_key(tmp_path: Path) -> None:
@@ -120,13 +132,19 @@ def test_cached_points_store_under_their_own_key(tmp_path: Path) -> None:
 
 def test_cached_owl_uses_the_stored_dense_pass() -> None:
     cached, sequential = bench("cached"), bench("sequential")
-    np.testing.assert_allclose(cached.outlier_ratios(5.0), sequential.outlier_ratios(5.0))
+    np.testing.assert_allclose(cached.stats.outlier_ratios(5.0), sequential.stats.outlier_ratios(5.0))
+    assert cached.stats.path() == sequential.stats.path()  # one dense pass per machine, whichever mode asks first
 
 
 def test_gpu_sweep_tiny_runs_on_cpu(tmp_path: Path) -> None:
     out = tmp_path / "gpu.json"
-    done = subprocess.run([sys.executable, str(ROOT / "bench" / "gpu_sweep.py"), "--tiny", "--json", str(out)],
-                          capture_output=True, text=True, timeout=300, cwd=ROOT)
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "gpu_sweep.py"), "--tiny", "--json", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=ROOT,
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     import json
 

@@ -5,15 +5,15 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from tiny import shared_tiny_model
 from torch import nn
 
-from atp_viz.calibration import DenseTrajectory, capture_block_calls, outlier_ratios, prune_sequential
+from atp_viz.calibration import DenseTrajectory, capture_block_calls, prune_sequential, run_block
 from atp_viz.layer_stats import prunable_linears
 from atp_viz.models import load_model
 from atp_viz.pruners import get_pruner
 from atp_viz.schedules import atp
 from atp_viz.stats_cache import collect_dense_stats
-from tiny import shared_tiny_model
 
 ERRORS = ("cumulative_error", "local_error", "cumulative_error_abs", "local_error_abs", "layer_sparsity")
 
@@ -52,7 +52,11 @@ def test_dense_trajectory_gives_identical_errors(family: str, pruner: str) -> No
     cached = []
     for beta in (0.0, 0.1):  # first run fills the trajectory, the second reads it
         restore(loaded.model, dense)
-        cached.append(prune_sequential(loaded.blocks, calls, atp(loaded.num_blocks, 0.5, beta), strategy, batch_size=2, dense=trajectory))
+        cached.append(
+            prune_sequential(
+                loaded.blocks, calls, atp(loaded.num_blocks, 0.5, beta), strategy, batch_size=2, dense=trajectory
+            )
+        )
         assert trajectory.complete
     for a, b in zip(plain, cached):
         for name in ERRORS:
@@ -82,9 +86,15 @@ def test_trajectory_reads_skip_the_dense_forward() -> None:
 def test_no_hooks_or_stubs_survive(family: str) -> None:
     loaded, calls, _ = setup_model(family)
     assert_no_hooks(loaded.model, loaded.blocks)
-    prune_sequential(loaded.blocks, calls, [0.5] * loaded.num_blocks, get_pruner("wanda"), batch_size=2, dense=DenseTrajectory.empty(loaded.num_blocks))
-    outlier_ratios(loaded.blocks, calls, 5.0, batch_size=2)
-    collect_dense_stats(loaded.blocks, calls, hessians=True, batch_size=2)
+    prune_sequential(
+        loaded.blocks,
+        calls,
+        [0.5] * loaded.num_blocks,
+        get_pruner("wanda"),
+        batch_size=2,
+        dense=DenseTrajectory.empty(loaded.num_blocks),
+    )
+    collect_dense_stats(loaded.blocks, calls, ("hessian", "sum_sq"), batch_size=2)
     assert_no_hooks(loaded.model, loaded.blocks)
 
 
@@ -107,10 +117,23 @@ def test_hooks_removed_when_the_loop_raises() -> None:
     assert_no_hooks(loaded.model, loaded.blocks)
 
 
-def test_dense_stats_match_owl_pass() -> None:
-    """The cached dense pass and OWL's dense pass see the same inputs: same outlier ratios."""
+def test_owl_outlier_ratios_from_dense_stats() -> None:
+    """OWL's D_i from the stored dense statistics equals a direct dense pass with Wanda scores."""
+    from atp_viz.hooks import input_hooks
+    from atp_viz.layer_stats import outlier_ratio
+    from atp_viz.pruners import ColumnNorms
     from atp_viz.stats_cache import outlier_ratios_from_stats
 
-    loaded, calls, _ = setup_model()
-    stats = collect_dense_stats(loaded.blocks, calls, hessians=False, batch_size=2)
-    np.testing.assert_allclose(outlier_ratios_from_stats(loaded.blocks, stats, 3.0), outlier_ratios(loaded.blocks, calls, 3.0, batch_size=2))
+    loaded = load_model(str(shared_tiny_model()))
+    calls = capture_block_calls(loaded.model, loaded.blocks, torch.randint(0, 300, (4, 16)), batch_size=2)
+    stats = collect_dense_stats(loaded.blocks, calls, ("sum_sq",), batch_size=2)
+    expected, hidden = [], calls.hidden
+    with torch.inference_mode():
+        for i, block in enumerate(loaded.blocks):
+            linears = prunable_linears(block)
+            norms = {name: ColumnNorms(lin.in_features) for name, lin in linears.items()}
+            with input_hooks(linears, lambda name, x: norms[name].add(x)):
+                hidden = run_block(block, hidden, calls.args[i], 2)
+            scores = torch.cat([(lin.weight.abs() * norms[name].result()).flatten() for name, lin in linears.items()])
+            expected.append(outlier_ratio(scores, 3.0))
+    np.testing.assert_allclose(outlier_ratios_from_stats(loaded.blocks, stats, 3.0), expected)

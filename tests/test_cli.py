@@ -9,11 +9,11 @@ import sys
 from pathlib import Path
 
 import pytest
+from tiny import shared_corpus_file, shared_tiny_model
 
 from atp_viz.cli import main
 from atp_viz.schedules import beta_grid
 from atp_viz.store import ResultStore
-from tiny import shared_corpus_file, shared_tiny_model
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -25,22 +25,44 @@ def run_cli(capsys, *argv: str) -> tuple[int, dict | None, str]:
 
 
 def tiny_args(store: Path) -> list[str]:
-    return ["--model", str(shared_tiny_model("llama")), "--corpus", str(shared_corpus_file()), "--calib-samples", "4",
-            "--seqlen", "32", "--eval-windows", "4", "--store", str(store)]
+    return [
+        "--model",
+        str(shared_tiny_model("llama")),
+        "--corpus",
+        str(shared_corpus_file()),
+        "--calib-samples",
+        "4",
+        "--seqlen",
+        "32",
+        "--eval-windows",
+        "4",
+        "--store",
+        str(store),
+    ]
 
 
 def test_schedule_json(capsys) -> None:
-    code, out, _ = run_cli(capsys, "schedule", "--method", "atp", "--layers", "30", "--sparsity", "0.7", "--beta", "0.01", "--json")
+    code, out, _ = run_cli(
+        capsys, "schedule", "--method", "atp", "--layers", "30", "--sparsity", "0.7", "--beta", "0.01", "--json"
+    )
     assert code == 0
-    assert len(out["rates"]) == 30 and out["rates"][0] == pytest.approx(0.555) and out["rates"][-1] == pytest.approx(0.845)
+    assert (
+        len(out["rates"]) == 30 and out["rates"][0] == pytest.approx(0.555) and out["rates"][-1] == pytest.approx(0.845)
+    )
     assert out["mean"] == pytest.approx(0.7) and out["beta_max"] == pytest.approx(0.6 / 29)
 
 
 @pytest.mark.parametrize(
     "argv, needle",
     [
-        (["schedule", "--method", "atp", "--layers", "30", "--sparsity", "0.7", "--beta", "0.05"], "beta must be in [0, 0.02069]"),
-        (["schedule", "--method", "atp", "--layers", "30", "--sparsity", "1.2", "--beta", "0"], "sparsity must be in (0, 1)"),
+        (
+            ["schedule", "--method", "atp", "--layers", "30", "--sparsity", "0.7", "--beta", "0.05"],
+            "beta must be in [0, 0.02069]",
+        ),
+        (
+            ["schedule", "--method", "atp", "--layers", "30", "--sparsity", "1.2", "--beta", "0"],
+            "sparsity must be in (0, 1)",
+        ),
         (["schedule", "--method", "owl", "--layers", "30"], "needs layer statistics"),
         (["schedule", "--method", "nope", "--layers", "3"], "invalid choice"),
         (["prune", "--method", "atp", "--nm", "4:2", "--beta", "0"], "N:M needs integers 0 < N < M"),
@@ -49,7 +71,9 @@ def test_schedule_json(capsys) -> None:
     ],
 )
 def test_bad_input_is_one_line_and_exit_2(capsys, tmp_path, argv, needle) -> None:
-    code, _, err = run_cli(capsys, *argv, "--store", str(tmp_path / "r.sqlite")) if argv[0] == "prune" else run_cli(capsys, *argv)
+    code, _, err = (
+        run_cli(capsys, *argv, "--store", str(tmp_path / "r.sqlite")) if argv[0] == "prune" else run_cli(capsys, *argv)
+    )
     assert code == 2
     assert len(err.strip().splitlines()) == 1 and needle in err
 
@@ -75,17 +99,33 @@ def test_bad_beta_writes_nothing(capsys, tmp_path) -> None:
 
 
 def test_sweep_json(capsys, tmp_path) -> None:
-    code, out, _ = run_cli(capsys, "sweep", *tiny_args(tmp_path / "r.sqlite"), "--sparsity", "0.5", "--step", "0.05", "--json")
+    code, out, _ = run_cli(
+        capsys, "sweep", *tiny_args(tmp_path / "r.sqlite"), "--sparsity", "0.5", "--step", "0.05", "--json"
+    )
     assert code == 0
     betas = [p["beta"] for p in out["points"]]
     assert betas[0] == 0 and betas[1:] == pytest.approx(beta_grid(4, 0.5, 0.05).tolist())
     assert out["best_beta"] in betas[1:]
-    assert out["best_perplexity"] == min(p["perplexity"] for p in out["points"][1:])
+    # chosen on validation, reported on evaluation
+    best = min(out["points"][1:], key=lambda p: p["metrics"]["validation/perplexity"])
+    assert out["selected_on"] == "validation" and out["best_beta"] == best["beta"]
+    assert out["best_perplexity"] == best["metrics"]["evaluation/perplexity"] == best["perplexity"]
 
 
 def test_compare_and_errors(capsys, tmp_path) -> None:
     store = tmp_path / "r.sqlite"
-    code, out, _ = run_cli(capsys, "compare", *tiny_args(store), "--sparsities", "0.5", "--methods", "uniform,owl,alphapruning,atp", "--beta", "0.1", "--json")
+    code, out, _ = run_cli(
+        capsys,
+        "compare",
+        *tiny_args(store),
+        "--sparsities",
+        "0.5",
+        "--methods",
+        "uniform,owl,alphapruning,atp",
+        "--beta",
+        "0.1",
+        "--json",
+    )
     assert code == 0 and [r["method"] for r in out["rows"]] == ["uniform", "owl", "alphapruning", "atp"]
     code, out, _ = run_cli(capsys, "errors", *tiny_args(store), "--sparsity", "0.5", "--beta", "0.1", "--json")
     assert code == 0 and [s["method"] for s in out["schedules"]] == ["uniform", "atp"]
@@ -96,19 +136,57 @@ def test_export_roundtrip(capsys, tmp_path) -> None:
     from atp_viz.models import load_model
 
     target = tmp_path / "pruned"
-    code, out, _ = run_cli(capsys, "prune", *tiny_args(tmp_path / "r.sqlite"), "--method", "uniform", "--sparsity", "0.5", "--save", str(target), "--json")
+    code, out, _ = run_cli(
+        capsys,
+        "prune",
+        *tiny_args(tmp_path / "r.sqlite"),
+        "--method",
+        "uniform",
+        "--sparsity",
+        "0.5",
+        "--save",
+        str(target),
+        "--json",
+    )
     assert code == 0
     schedule = json.loads((target / "schedule.json").read_text())
     assert schedule["method"] == "uniform" and schedule["rates"] == out["rates"]
     reloaded = load_model(str(target))
     weight = reloaded.blocks[0].self_attn.q_proj.weight
     assert float((weight == 0).float().mean()) == pytest.approx(0.5, abs=0.02)
-    code, _, err = run_cli(capsys, "prune", *tiny_args(tmp_path / "r.sqlite"), "--method", "uniform", "--sparsity", "0.5", "--save", str(target))
+    code, _, err = run_cli(
+        capsys,
+        "prune",
+        *tiny_args(tmp_path / "r.sqlite"),
+        "--method",
+        "uniform",
+        "--sparsity",
+        "0.5",
+        "--save",
+        str(target),
+    )
     assert code == 2 and "--force" in err
 
 
 def test_module_entry_point_subprocess(tmp_path) -> None:
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    proc = subprocess.run([sys.executable, "-m", "atp_viz", "schedule", "--layers", "4", "--sparsity", "0.5", "--method", "uniform", "--json"],
-                          capture_output=True, text=True, env=env, timeout=120)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "atp_viz",
+            "schedule",
+            "--layers",
+            "4",
+            "--sparsity",
+            "0.5",
+            "--method",
+            "uniform",
+            "--json",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
     assert proc.returncode == 0 and json.loads(proc.stdout)["rates"] == [0.5] * 4

@@ -24,23 +24,17 @@ import time
 from pathlib import Path
 
 import pytest
+from browser_support import CHROMIUM, CHROMIUM_FLAGS, NO_CHROMIUM, ROOT, dashboard_server
+from reliability import TMP_PATH, integrity, point_rows, record
 from streamlit.testing.v1 import AppTest
+from tiny import make_bad_inputs, make_corpus_file, shared_corpus_file, shared_tiny_model
 
 from atp_viz import schedules
 from atp_viz.store import ResultStore
-from browser_support import CHROMIUM, CHROMIUM_FLAGS, NO_CHROMIUM, ROOT, dashboard_server
-from reliability import TMP_PATH, integrity, point_rows, record, write_report
-from tiny import make_bad_inputs, make_corpus_file, shared_corpus_file, shared_tiny_model
 
 TIMEOUT = 120
 CONTEXT = 512  # the tiny models' max_position_embeddings
 LOAD_ERROR = "Cannot load the model with these settings: "  # ui.load_workbench's prefix (shortened in the report)
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _report():
-    yield
-    write_report()
 
 
 @pytest.fixture(scope="module")
@@ -103,7 +97,13 @@ def bounded(what: str, widget, low: float | None = None, high: float | None = No
     if high is not None:
         assert widget.max == pytest.approx(high), (what, widget.max)
     span = f"[{widget.min:g}, {widget.max:g}]" if high is not None else f">= {widget.min:g}"
-    record("bad input", f"dashboard: {what}", 1, 0, outcome or f"widget accepts only {span}; the bad value cannot be entered")
+    record(
+        "bad input",
+        f"dashboard: {what}",
+        1,
+        0,
+        outcome or f"widget accepts only {span}; the bad value cannot be entered",
+    )
 
 
 # ------------------------------------------------------------------------------------ 1. sidebar
@@ -113,7 +113,7 @@ SIDEBAR_TEXT = [  # (what, widget key, value or bad-file name, a piece of the me
     ("model folder without weights", "model", "no-weights", "*.safetensors"),
     ("non-causal model folder (BERT)", "model", "bert", "causal"),
     ("binary corpus file", "corpus", "binary", "UTF-8"),
-    ("empty corpus file", "corpus", "empty", "at least 2"),
+    ("empty corpus file", "corpus", "empty", "at least 6"),
     ("empty model field", "model", "   ", "must not be empty"),
 ]
 SIDEBAR_NUMBERS = [
@@ -133,7 +133,9 @@ def home(store: Path) -> int:
 
 
 @pytest.mark.parametrize("what, key, value, allowed", SIDEBAR_TEXT, ids=[c[0] for c in SIDEBAR_TEXT])
-def test_sidebar_bad_paths(store: Path, home: int, bad: dict[str, Path], what: str, key: str, value: str, allowed: str) -> None:
+def test_sidebar_bad_paths(
+    store: Path, home: int, bad: dict[str, Path], what: str, key: str, value: str, allowed: str
+) -> None:
     at = page("app.py")
     before = rows(store)
     at.sidebar.text_input(key=key).input(str(bad.get(value, value))).run()
@@ -155,8 +157,13 @@ def test_sidebar_widget_bounds(store: Path) -> None:
     assert not at.exception
     before = rows(store)
     bounded("target sparsity S = 0, 1 or outside [0.05, 0.95]", at.sidebar.slider(key="sparsity"), 0.05, 0.95)
-    for key, label, low in (("calib_samples", "calibration windows", 1), ("eval_windows", "evaluation windows", 1),
-                            ("calib_seqlen", "calibration tokens", 2), ("eval_seqlen", "evaluation tokens", 2), ("seed", "seed", 0)):
+    for key, label, low in (
+        ("calib_samples", "calibration windows", 1),
+        ("eval_windows", "evaluation windows", 1),
+        ("calib_seqlen", "calibration tokens", 2),
+        ("eval_seqlen", "evaluation tokens", 2),
+        ("seed", "seed", 0),
+    ):
         at.sidebar.number_input(key=key).set_value(low - 5).run()  # what a user could type
         widget = at.sidebar.number_input(key=key)
         assert not at.exception and widget.value == low, (key, widget.value)
@@ -188,13 +195,13 @@ def test_schedules_page_controls(store: Path, home: int) -> None:
     before = rows(store)
     L, S = 4, 0.7
     bound = schedules.beta_max(L, S)
-    bounded("Schedules: ATP beta negative or above beta_max", at.slider(key="sched_beta"), 0.0, bound)
+    bounded("Schedules: ATP beta negative or above beta_max", at.slider(key="sched_atp_beta"), 0.0, bound)
     for key, value, allowed, what in (
-        ("sched_lam", -0.1, ">= 0", "Schedules: OWL lambda negative"),
-        ("sched_lam", 3.0, "lam must be in [0, 1]", "Schedules: OWL lambda above 1"),
-        ("sched_m", -1.0, ">= 0", "Schedules: OWL M negative"),
-        ("sched_eps", -0.2, ">= 0", "Schedules: AlphaPruning eps negative"),
-        ("sched_eps", 1.5, "eps must be in [0, 1]", "Schedules: AlphaPruning eps above 1"),
+        ("sched_owl_lam", -0.1, "lam must be in [0, 1]", "Schedules: OWL lambda negative"),
+        ("sched_owl_lam", 3.0, "lam must be in [0, 1]", "Schedules: OWL lambda above 1"),
+        ("sched_owl_m", -1.0, ">= 0", "Schedules: OWL M negative"),
+        ("sched_alphapruning_eps", -0.2, "eps must be in [0, 1]", "Schedules: AlphaPruning eps negative"),
+        ("sched_alphapruning_eps", 1.5, "eps must be in [0, 1]", "Schedules: AlphaPruning eps above 1"),
     ):
         at = page("pages/1_Schedules.py", **{"_" + key: value})
         refused(at, allowed, store, before, what, "Schedules")
@@ -202,11 +209,19 @@ def test_schedules_page_controls(store: Path, home: int) -> None:
     at = page("pages/1_Schedules.py")
     (editor,) = at.data_editor
     assert editor.editing_mode == "fixed" and len(editor.value) == L  # no rows can be added or removed
-    record("bad input", "dashboard: Schedules: custom schedule of the wrong length", 1, 0, f"table has exactly one row per block ({L}); rows cannot be added or deleted")
+    record(
+        "bad input",
+        "dashboard: Schedules: custom schedule of the wrong length",
+        1,
+        0,
+        f"table has exactly one row per block ({L}); rows cannot be added or deleted",
+    )
     key = editor.key
-    for edits, what in (({"edited_rows": {"1": {"sparsity": 1.5}}}, "custom rate above 1"),
-                        ({"edited_rows": {"2": {"sparsity": -0.3}}}, "custom rate negative"),
-                        ({"edited_rows": {"0": {"sparsity": None}}}, "custom rate cleared")):
+    for edits, what in (
+        ({"edited_rows": {"1": {"sparsity": 1.5}}}, "custom rate above 1"),
+        ({"edited_rows": {"2": {"sparsity": -0.3}}}, "custom rate negative"),
+        ({"edited_rows": {"0": {"sparsity": None}}}, "custom rate cleared"),
+    ):
         at = editor_run(page("pages/1_Schedules.py"), key, edits)
         refused(at, "each be in [0, 1]", store, before, f"Schedules: {what}", "Schedules")
         assert charts(at) == 1
@@ -215,7 +230,12 @@ def test_schedules_page_controls(store: Path, home: int) -> None:
 def test_error_explosion_controls(store: Path, home: int) -> None:
     at = page("pages/2_Error_explosion.py")
     assert not at.exception
-    bounded("Error explosion: ATP beta negative or above beta_max", at.slider(key="err_beta"), 0.0, schedules.beta_max(4, 0.7))
+    bounded(
+        "Error explosion: ATP beta negative or above beta_max",
+        at.slider(key="err_atp_beta"),
+        0.0,
+        schedules.beta_max(4, 0.7),
+    )
     before = rows(store)
     at.multiselect(key="err_show").set_value([]).run()
     refused(at, "allowed: uniform, ATP", store, before, "Error explosion: no schedule chosen", "Error explosion")
@@ -230,7 +250,9 @@ def test_beta_tuning_controls(store: Path, home: int) -> None:
     at.number_input(key="tune_step").set_value(0.0).run()
     refused(at, "0 < step <=", store, before, "Beta tuning: grid step = 0", "Beta tuning")
     at.number_input(key="tune_step").set_value(0.5).run()
-    message = refused(at, f"0 < step <= {bound:.5g}", store, before, "Beta tuning: grid step above beta_max", "Beta tuning")
+    message = refused(
+        at, f"0 < step <= {bound:.5g}", store, before, "Beta tuning: grid step above beta_max", "Beta tuning"
+    )
     assert "0.5" in message
 
 
@@ -242,10 +264,17 @@ def test_compare_controls(store: Path, home: int) -> None:
     at.number_input(key="tune_step").set_value(0.0).run()
     refused(at, "must be > 0", store, before, "Compare: ATP grid step = 0", "Compare strategies")
     at.number_input(key="tune_step").set_value(0.25).run()  # beta_max = 1/3 at S = 0.5 but 0.2 at S = 0.7
-    refused(at, f"0 < step <= {schedules.beta_max(4, 0.7):.5g}", store, before, "Compare: ATP grid step above beta_max", "Compare strategies")
+    refused(
+        at,
+        f"0 < step <= {schedules.beta_max(4, 0.7):.5g}",
+        store,
+        before,
+        "Compare: ATP grid step above beta_max",
+        "Compare strategies",
+    )
     at.number_input(key="tune_step").set_value(0.1).run()
     at.multiselect(key="cmp_methods").set_value([]).run()
-    refused(at, "allowed sparsities", store, before, "Compare: no method chosen", "Compare strategies")
+    refused(at, "choose at least one method", store, before, "Compare: no method chosen", "Compare strategies")
 
 
 def test_theory_sandbox_bounds(store: Path) -> None:
@@ -255,7 +284,9 @@ def test_theory_sandbox_bounds(store: Path) -> None:
     assert not at.exception and charts(at) == 2
     bounded("Theory sandbox: depth outside [2, max]", at.slider(key="toy_depth"), 2, toy.MAX_DEPTH)
     bounded("Theory sandbox: S outside [0.05, 0.95]", at.slider(key="toy_sparsity"), 0.05, 0.95)
-    bounded("Theory sandbox: beta negative or above beta_max", at.slider(key="toy_beta"), 0.0, schedules.beta_max(16, 0.7))
+    bounded(
+        "Theory sandbox: beta negative or above beta_max", at.slider(key="toy_beta"), 0.0, schedules.beta_max(16, 0.7)
+    )
     bounded("Theory sandbox: seed negative", at.number_input(key="toy_seed"), 0)
 
 
@@ -301,13 +332,20 @@ def test_closed_tab_mid_sweep_keeps_finished_points(tmp_path: Path) -> None:
             shown = stored_caption(again, total)
             assert shown == settled == points(), (shown, settled)
             again.locator(".js-plotly-plot .main-svg").first.wait_for(state="visible")
-            again.get_by_role("button", name=f"Run sweep ({total - shown} missing)" if shown < total else "Sweep complete").wait_for()
+            again.get_by_role(
+                "button", name=f"Run sweep ({total - shown} missing)" if shown < total else "Sweep complete"
+            ).wait_for()
             again.wait_for_timeout(1500)
             assert points() == settled  # reopening computed nothing
             browser.close()
-    record("interruption", "dashboard: browser tab closed mid-sweep (Beta tuning, 18-point grid), then reopened", 1, lost,
-           f"{len(closed_keys)} point(s) stored at close, all kept ({settled} once the server settled); integrity ok; "
-           f"reopened page shows `{shown} of {total} points stored` and computes nothing")
+    record(
+        "interruption",
+        "dashboard: browser tab closed mid-sweep (Beta tuning, 18-point grid), then reopened",
+        1,
+        lost,
+        f"{len(closed_keys)} point(s) stored at close, all kept ({settled} once the server settled); integrity ok; "
+        f"reopened page shows `{shown} of {total} points stored` and computes nothing",
+    )
 
 
 def open_sweep_page(browser, url: str):
@@ -372,10 +410,17 @@ def test_pages_touch_only_the_given_paths(tmp_path: Path) -> None:
     model = Path(shutil.copytree(shared_tiny_model(), box / "model"))
     corpus = make_corpus_file(box / "corpus.txt")
     (box / "secret.txt").write_text("not for the dashboard")
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("XDG_", "HF_", "TRANSFORMERS_", "ATP_VIZ_", "STREAMLIT_"))}
-    env.update(HOME=str(home), PYTHONPATH=str(ROOT), HF_HUB_OFFLINE="1", ATP_VIZ_DEFAULT_MODEL=str(model), ATP_VIZ_DEFAULT_CORPUS=str(corpus),
-               ATP_VIZ_DEFAULT_WINDOWS="4x32", ATP_VIZ_STORE=str(store_dir / "results.sqlite"), ATP_VIZ_CACHE=str(cache))  # fmt: skip
-    done = subprocess.run([sys.executable, "-c", PROBE, str(ROOT)], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("XDG_", "HF_", "TRANSFORMERS_", "ATP_VIZ_", "STREAMLIT_"))
+    }
+    env.update(HOME=str(home), PYTHONPATH=str(ROOT), HF_HUB_OFFLINE="1", ATP_VIZ_DEFAULT_MODEL=str(model))
+    env.update(ATP_VIZ_DEFAULT_CORPUS=str(corpus), ATP_VIZ_DEFAULT_WINDOWS="4x32")
+    env.update(ATP_VIZ_STORE=str(store_dir / "results.sqlite"), ATP_VIZ_CACHE=str(cache))
+    done = subprocess.run(
+        [sys.executable, "-c", PROBE, str(ROOT)], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     report = json.loads(done.stdout)
     assert not report["failures"], report["failures"]
@@ -385,12 +430,22 @@ def test_pages_touch_only_the_given_paths(tmp_path: Path) -> None:
     strays = [p for p in in_box if not inside(p, given)]
     assert not strays, strays  # not the home folder, not secret.txt, not the folder around the corpus
     real_home = os.path.expanduser("~")  # this process's HOME: the child must not reach it either
-    in_real_home = [p for p in report["opened"] if inside(p, [real_home]) and not inside(p, [str(ROOT), sys.prefix, sys.base_prefix, str(box)])]
+    in_real_home = [
+        p
+        for p in report["opened"]
+        if inside(p, [real_home]) and not inside(p, [str(ROOT), sys.prefix, sys.base_prefix, str(box)])
+    ]
     assert not in_real_home, in_real_home
     assert str(model / "config.json") in in_box and str(corpus) in in_box
     created_in_home = sorted(str(p.relative_to(home)) for p in home.rglob("*"))
     assert not created_in_home, created_in_home
     created = sorted(p.name for p in box.iterdir())
     assert set(created) <= {"cache", "corpus.txt", "home", "model", "secret.txt", "store"}, created
-    record("unsafe input", "dashboard: every page run with HOME set to an empty folder; paths opened recorded (audit hook)", 1, 0,
-           f"{len(in_box)} paths opened in the user's area, all inside the model, corpus, store or cache given; nothing created in HOME or elsewhere")
+    record(
+        "unsafe input",
+        "dashboard: every page run with HOME set to an empty folder; paths opened recorded (audit hook)",
+        1,
+        0,
+        f"{len(in_box)} paths opened in the user's area, all inside the model, corpus, store or cache given; "
+        "nothing created in HOME or elsewhere",
+    )

@@ -28,7 +28,7 @@ def test_schedule_figure_has_one_exact_line_per_schedule() -> None:
     assert_readable(fig)
     assert [t.name for t in fig.data] == list(rates)
     assert list(fig.data[1].y) == rates["ATP (beta = 0.02)"].tolist() and list(fig.data[0].x) == list(range(8))
-    assert fig.data[1].line.color == figures.COLORS["atp"]
+    assert fig.data[1].line.color == figures.color_for("atp")
     assert "%{y:.6f}" in fig.data[0].hovertemplate
 
 
@@ -48,7 +48,15 @@ def test_last_first_ratio(curve: list[float], expected: float) -> None:
 
 
 def test_beta_curve_marks_best_and_uniform_baseline() -> None:
-    fig = figures.beta_curve_figure([0.004, 0.002, 0.006], [10.0, 12.0, 11.0], sparsity=0.7, uniform_ppl=15.0, best_beta=0.004, beta_max=0.0069, selected=0.006)
+    fig = figures.beta_curve_figure(
+        [0.004, 0.002, 0.006],
+        [10.0, 12.0, 11.0],
+        sparsity=0.7,
+        uniform_ppl=15.0,
+        best_beta=0.004,
+        beta_max=0.0069,
+        selected=0.006,
+    )
     assert_readable(fig)
     names = [t.name for t in fig.data]
     assert names[0].startswith("uniform (beta = 0)") and list(fig.data[0].y) == [15.0, 15.0]
@@ -85,6 +93,8 @@ def test_figures_module_does_not_import_streamlit() -> None:
     from pathlib import Path
 
     tree = ast.parse(Path(figures.__file__).read_text())
-    imported = {alias.name for node in ast.walk(tree) if isinstance(node, (ast.Import, ast.ImportFrom)) for alias in node.names}
+    imported = {
+        alias.name for node in ast.walk(tree) if isinstance(node, (ast.Import, ast.ImportFrom)) for alias in node.names
+    }
     imported |= {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) and node.module}
     assert not any(name.startswith("streamlit") for name in imported)

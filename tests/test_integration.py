@@ -18,7 +18,21 @@ SMALL = ["--calib-samples", "4", "--seqlen", "128", "--eval-windows", "4"]
 def errors(tmp_path_factory) -> dict:
     """Uniform vs ATP (beta 0.012) at S = 0.7 with Wanda, measured once for this module."""
     store = tmp_path_factory.mktemp("store") / "r.sqlite"
-    argv = ["errors", "--model", "smollm2-135m", "--pruner", "wanda", "--sparsity", "0.7", "--beta", "0.012", *SMALL, "--store", str(store), "--json"]
+    argv = [
+        "errors",
+        "--model",
+        "smollm2-135m",
+        "--pruner",
+        "wanda",
+        "--sparsity",
+        "0.7",
+        "--beta",
+        "0.012",
+        *SMALL,
+        "--store",
+        str(store),
+        "--json",
+    ]
     import contextlib
     import io
 
@@ -42,8 +56,25 @@ def test_error_explodes_with_depth_and_atp_tames_it(errors: dict) -> None:
 
 
 def test_prune_json_keys_on_the_embedded_model(capsys, tmp_path) -> None:
-    code = main(["prune", "--model", "smollm2-135m", "--method", "atp", "--sparsity", "0.5", "--beta", "0.01", "--pruner", "magnitude",
-                 *SMALL, "--store", str(tmp_path / "r.sqlite"), "--json"])
+    code = main(
+        [
+            "prune",
+            "--model",
+            "smollm2-135m",
+            "--method",
+            "atp",
+            "--sparsity",
+            "0.5",
+            "--beta",
+            "0.01",
+            "--pruner",
+            "magnitude",
+            *SMALL,
+            "--store",
+            str(tmp_path / "r.sqlite"),
+            "--json",
+        ]
+    )
     out = json.loads(capsys.readouterr().out)
     assert code == 0
     # magnitude pruning at 50 % costs a 135M model much more than Wanda does, but stays finite

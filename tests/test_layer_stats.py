@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -9,6 +11,7 @@ from torch import nn
 
 from atp_viz.layer_stats import (
     alpha_hill,
+    alpha_hill_official,
     block_alphas,
     block_param_counts,
     outlier_ratio,
@@ -22,8 +25,9 @@ class TinyBlock(nn.Module):
     def __init__(self, hidden: int = 32, inner: int = 64) -> None:
         super().__init__()
         self.norm = nn.LayerNorm(hidden)
-        self.attn = nn.ModuleDict({"q_proj": nn.Linear(hidden, hidden, bias=False),
-                                   "o_proj": nn.Linear(hidden, hidden)})
+        self.attn = nn.ModuleDict(
+            {"q_proj": nn.Linear(hidden, hidden, bias=False), "o_proj": nn.Linear(hidden, hidden)}
+        )
         self.mlp = nn.Sequential(nn.Linear(hidden, inner), nn.GELU(), nn.Linear(inner, hidden))
         self.conv = nn.Conv1d(hidden, hidden, 1)
 
@@ -42,11 +46,14 @@ def test_outlier_ratio_counts_every_entry_of_any_shape_and_dtype() -> None:
     assert outlier_ratio(torch.full((7,), 2.0)) == 0.0  # nothing exceeds a multiple >= 1 of itself
 
 
-@pytest.mark.parametrize(("scores", "m", "match"), [
-    (torch.empty(0), 5.0, "empty"),
-    (torch.ones(3), -1.0, "m must be a finite number >= 0"),
-    (torch.ones(3), float("nan"), "m must be a finite number >= 0"),
-])
+@pytest.mark.parametrize(
+    ("scores", "m", "match"),
+    [
+        (torch.empty(0), 5.0, "empty"),
+        (torch.ones(3), -1.0, "m must be a finite number >= 0"),
+        (torch.ones(3), float("nan"), "m must be a finite number >= 0"),
+    ],
+)
 def test_outlier_ratio_bad_input(scores: torch.Tensor, m: float, match: str) -> None:
     with pytest.raises(ValueError, match=match):
         outlier_ratio(scores, m)
@@ -71,12 +78,15 @@ def test_alpha_hill_scale_invariant_and_dtype_tolerant() -> None:
     assert alpha_hill(weight.bfloat16()) == pytest.approx(alpha, rel=0.1)
 
 
-@pytest.mark.parametrize(("weight", "match"), [
-    (torch.zeros(8, 8), "non-zero singular values"),
-    (torch.ones(8, 8), "non-zero singular values"),  # rank 1
-    (torch.eye(8), "flat"),
-    (torch.ones(8), "2-D"),
-])
+@pytest.mark.parametrize(
+    ("weight", "match"),
+    [
+        (torch.zeros(8, 8), "non-zero singular values"),
+        (torch.ones(8, 8), "non-zero singular values"),  # rank 1
+        (torch.eye(8), "flat"),
+        (torch.ones(8), "2-D"),
+    ],
+)
 def test_alpha_hill_degenerate_weights(weight: torch.Tensor, match: str) -> None:
     with pytest.raises(ValueError, match=match):
         alpha_hill(weight)
@@ -101,8 +111,25 @@ def test_block_alphas_is_mean_over_linears() -> None:
     alphas = block_alphas(blocks)
     assert alphas.shape == (2,) and alphas.dtype == np.float64
     for block, alpha in zip(blocks, alphas):
-        expected = np.mean([alpha_hill(linear.weight) for linear in prunable_linears(block).values()])
+        expected = np.mean([alpha_hill_official(linear.weight) for linear in prunable_linears(block).values()])
         assert alpha == pytest.approx(expected)
+    window = block_alphas(blocks, "window")
+    for block, alpha in zip(blocks, window):
+        assert alpha == pytest.approx(
+            np.mean([alpha_hill(linear.weight) for linear in prunable_linears(block).values()])
+        )
+    with pytest.raises(ValueError, match="allowed: official, window"):
+        block_alphas(blocks, "best")
+
+
+def test_official_estimator_keeps_zero_eigenvalues() -> None:
+    """AlphaPruning's code fits the whole spectrum, near-zero eigenvalues included (no floor)."""
+    torch.manual_seed(0)
+    low_rank = torch.randn(64, 8) @ torch.randn(8, 64)  # 56 eigenvalues ~ 0
+    alpha = alpha_hill_official(low_rank)
+    assert math.isfinite(alpha) and alpha != pytest.approx(alpha_hill(low_rank))
+    scaled = alpha_hill_official(3.0 * torch.randn(64, 64, generator=torch.Generator().manual_seed(1)))
+    assert math.isfinite(scaled) and scaled > 1
 
 
 def test_block_without_linears_rejected() -> None:

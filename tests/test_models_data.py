@@ -6,19 +6,20 @@ import json
 
 import pytest
 import torch
+from tiny import FAMILIES, shared_tiny_model
 
 from atp_viz.data import (
-    EVAL_EVERY,
+    HUB_CORPORA,
+    SPLIT_EVERY,
+    VALIDATION_OFFSET,
     CorpusError,
     calibration_windows,
     evaluation_windows,
     hub_corpus,
-    HUB_CORPORA,
     load_corpus,
     split_documents,
 )
 from atp_viz.models import ModelLoadError, find_blocks, load_model, resolve_device
-from tiny import FAMILIES, shared_tiny_model
 
 
 @pytest.mark.parametrize("family", FAMILIES)
@@ -42,7 +43,9 @@ def test_missing_path_and_folder_without_weights(tmp_path) -> None:
 def test_non_causal_model_is_refused(tmp_path) -> None:
     from transformers import BertConfig, BertModel
 
-    BertModel(BertConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64, vocab_size=100)).save_pretrained(tmp_path)
+    BertModel(
+        BertConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64, vocab_size=100)
+    ).save_pretrained(tmp_path)
     with pytest.raises(ModelLoadError, match="causal"):
         load_model(str(tmp_path))
 
@@ -61,11 +64,20 @@ def test_split_is_disjoint_and_deterministic() -> None:
     docs = [f"document number {i}" for i in range(50)]
     corpus = split_documents("x", docs)
     evaluation = corpus.evaluation_text.split("\n\n")
+    validation = corpus.validation_text.split("\n\n")
     calibration = corpus.calibration_text.split("\n\n")
-    assert evaluation == docs[::EVAL_EVERY]
-    assert not set(evaluation) & set(calibration)
-    assert len(evaluation) + len(calibration) == len(docs)
-    assert split_documents("x", docs).fingerprint == corpus.fingerprint
+    assert evaluation == docs[::SPLIT_EVERY] and validation == docs[VALIDATION_OFFSET::SPLIT_EVERY]
+    assert (
+        not set(evaluation) & set(calibration)
+        and not set(validation) & set(calibration)
+        and not set(validation) & set(evaluation)
+    )
+    assert len(evaluation) + len(validation) + len(calibration) == len(docs)
+    again = split_documents("x", docs)
+    assert all(
+        again.split_fingerprint(s) == corpus.split_fingerprint(s) for s in ("calibration", "validation", "evaluation")
+    )
+    assert len({corpus.split_fingerprint(s) for s in ("calibration", "validation", "evaluation")}) == 3
 
 
 def test_windows_are_seeded_and_bounded() -> None:
@@ -92,21 +104,23 @@ def test_local_files(tmp_path) -> None:
     with pytest.raises(CorpusError, match="binary"):
         load_corpus(str(tmp_path / "bin.txt"))
     (tmp_path / "empty.txt").write_text("")
-    with pytest.raises(CorpusError, match="at least 2"):
+    with pytest.raises(CorpusError, match="at least 6"):
         load_corpus(str(tmp_path / "empty.txt"))
     with pytest.raises(CorpusError, match="allowed"):
         load_corpus("imagenet")
 
 
 def test_wikitext2_loader_on_a_local_fixture(tmp_path) -> None:
-    """The wikitext2 code path (train -> calibration, test -> evaluation, joined by blank lines)."""
+    """The wikitext2 code path (train -> calibration, validation -> validation, test -> evaluation)."""
     import pandas as pd
 
     pd.DataFrame({"text": [" = Title = \n", " some train text \n", ""]}).to_parquet(tmp_path / "train.parquet")
     pd.DataFrame({"text": [" test line one \n", " test line two \n"]}).to_parquet(tmp_path / "test.parquet")
+    pd.DataFrame({"text": [" valid line \n"]}).to_parquet(tmp_path / "validation.parquet")
     corpus = load_corpus(f"wikitext2:{tmp_path}")
     assert corpus.calibration_text == " = Title = \n\n\n some train text \n\n\n"
     assert corpus.evaluation_text == " test line one \n\n\n test line two \n"
+    assert corpus.validation_text == " valid line \n"
     assert hub_corpus("wikitext2", HUB_CORPORA["wikitext2"], tmp_path) == corpus
 
 
@@ -115,4 +129,5 @@ def test_embedded_model_and_corpus() -> None:
     loaded = load_model("smollm2-135m")
     assert loaded.num_blocks == 30 and type(loaded.model).__name__ == "LlamaForCausalLM"
     corpus = load_corpus()
-    assert len(corpus.evaluation_text) > 100_000 and len(corpus.calibration_text) > 8 * len(corpus.evaluation_text)
+    assert len(corpus.evaluation_text) > 100_000 and len(corpus.validation_text) > 100_000
+    assert len(corpus.calibration_text) > 7 * len(corpus.evaluation_text)

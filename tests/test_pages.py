@@ -78,15 +78,42 @@ def test_schedules_page_overlays_all_schedules_and_reacts_to_beta() -> None:
     assert names[0] == "uniform" and names[1].startswith("ATP") and {"OWL", "AlphaPruning", "custom"} <= set(names)
     assert "sparsity: [" in at.code[0].value and "WandaPruningModifier" in at.code[0].value
     atp_before = traces(fig)[names[1]]["y"]
-    at.slider(key="sched_beta").set_value(0.0).run()
+    at.slider(key="sched_atp_beta").set_value(0.0).run()
     ok(at)
     after = traces(figures(at)[0])
     assert "ATP (beta = 0)" in after and after["ATP (beta = 0)"]["y"] != atp_before
     assert after["ATP (beta = 0)"]["y"] == after["uniform"]["y"]
-    at.number_input(key="sched_lam").set_value(3.0).run()
+    at.number_input(key="sched_owl_lam").set_value(3.0).run()
     ok(at)
     assert any("lam must be in [0, 1]" in e.value for e in at.error)
-    assert "OWL" not in traces(figures(at)[0])  # the rest of the page still works
+    assert not any(n.startswith("OWL") for n in traces(figures(at)[0]))  # the rest of the page still works
+
+
+def test_a_registered_method_appears_on_the_pages() -> None:
+    """A method is one registry entry: the pages offer it, draw its parameter widget and colour it."""
+    import numpy as np
+
+    from atp_viz.methods import Method, Param, registered
+    from atp_viz.schedules import atp
+
+    def reverse_atp(n: int, s: float, p: dict, stats: dict, w: object) -> np.ndarray:
+        return atp(n, s, float(p["slope"]))[::-1].copy()
+
+    with registered(
+        Method(
+            "throwaway", "Throwaway", "#123456", reverse_atp, params=(Param("slope", "Throwaway slope", 0.0, 0.0, 0.1),)
+        )
+    ):
+        at = page("pages/1_Schedules.py")
+        ok(at)
+        assert "Throwaway" in at.multiselect(key="sched_show").options  # shown by its label
+        assert at.number_input(key="sched_throwaway_slope").value == 0.0
+        line = traces(figures(at)[0])["Throwaway"]
+        assert line["line"]["color"] == "#123456"
+        for name, key in (("pages/2_Error_explosion.py", "err_show"), ("pages/4_Compare_strategies.py", "cmp_methods")):
+            other = page(name)
+            ok(other)
+            assert "Throwaway" in other.multiselect(key=key).options
 
 
 def test_error_explosion_measures_then_reads_back() -> None:
@@ -129,15 +156,20 @@ def test_beta_tuning_sweeps_point_by_point_and_shows_them_on_revisit() -> None:
     curve = figs[0]
     names = list(traces(curve))
     assert any(n.startswith("uniform (beta = 0)") for n in names) and any(n.startswith("best:") for n in names)
-    assert len(traces(curve)["ATP at S = 0.7"]["x"]) == 4  # 0.05 .. 0.2
+    assert len(traces(curve)["ATP at S = 0.7 (evaluation)"]["x"]) == 4  # 0.05 .. 0.2
+    assert len(traces(curve)["validation (chooses the best beta)"]["x"]) == 4
+    assert any("chosen on validation" in s.value for s in at.success)
     assert len(figs) == 3  # U-curve, selected schedule, selected error curve
     revisit = page("pages/3_Beta_tuning.py", _sparsity=0.7, _tune_step=0.05)
     ok(revisit)
-    assert len(traces(figures(revisit)[0])["ATP at S = 0.7"]["x"]) == 4
+    assert len(traces(figures(revisit)[0])["ATP at S = 0.7 (evaluation)"]["x"]) == 4
     assert revisit.button(key="tune_run").disabled
     before = title(figures(revisit)[1])
-    other = next(b for b in revisit.selectbox(key="tune_pick").options if b not in before)
-    revisit.selectbox(key="tune_pick").set_value(float(other.split("=")[1].split()[0])).run()
+    shown = float(before.split("=")[1])
+    other = next(
+        v for b in revisit.selectbox(key="tune_pick").options if (v := float(b.split("=")[1].split()[0])) != shown
+    )
+    revisit.selectbox(key="tune_pick").set_value(other).run()
     ok(revisit)
     assert title(figures(revisit)[1]) != before
 
@@ -150,7 +182,7 @@ def test_compare_strategies_table_chart_and_csv() -> None:
     fig = figures(at)[0]
     assert fig["layout"]["yaxis"]["type"] == "log" and fig["layout"]["barmode"] == "group"
     names = set(traces(fig))
-    assert {"uniform", "OWL", "AlphaPruning", "ATP (best beta)"} <= names and any(n.startswith("dense") for n in names)
+    assert {"uniform", "OWL", "AlphaPruning", "ATP"} <= names and any(n.startswith("dense") for n in names)
     table = at.dataframe[0].value
     assert list(table.columns) == ["S = 0.5", "S = 0.6"] and "dense" in table.index
     at.toggle(key="cmp_log").set_value(False).run()

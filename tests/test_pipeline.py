@@ -5,25 +5,33 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from tiny import FAMILIES, shared_corpus_file, shared_tiny_model
 
 from atp_viz.calibration import capture_block_calls, prune_sequential, run_block
-from atp_viz.config import CalibConfig, EvalConfig, PruneConfig, ScheduleSpec
+from atp_viz.config import CalibConfig, EvalConfig
 from atp_viz.evaluate import perplexity
-from atp_viz.experiment import Setup, Workbench, best_point, sweep_specs
+from atp_viz.experiment import Setup, Workbench, sweep_specs
 from atp_viz.layer_stats import prunable_linears
+from atp_viz.methods import ScheduleSpec
 from atp_viz.models import load_model
-from atp_viz.pruners import get_pruner
+from atp_viz.pruners import PruneConfig, get_pruner
+from atp_viz.results import best_point
 from atp_viz.schedules import atp, beta_grid
 from atp_viz.store import ResultStore
-from tiny import FAMILIES, shared_corpus_file, shared_tiny_model
 
 TINY_CALIB = CalibConfig(samples=4, seqlen=32, seed=0)
 TINY_EVAL = EvalConfig(windows=4, seqlen=32)
 
 
 def tiny_setup(family: str = "llama", pruner: str = "wanda", **kw) -> Setup:
-    return Setup(model=str(shared_tiny_model(family)), corpus=str(shared_corpus_file()), calib=TINY_CALIB,
-                 evaluation=TINY_EVAL, prune=PruneConfig(pruner), **kw)
+    return Setup(
+        model=str(shared_tiny_model(family)),
+        corpus=str(shared_corpus_file()),
+        calib=TINY_CALIB,
+        evaluation=TINY_EVAL,
+        prune=PruneConfig(pruner),
+        **kw,
+    )
 
 
 @pytest.mark.parametrize("family", FAMILIES)
@@ -39,7 +47,11 @@ def test_block_replay_matches_full_forward(family: str) -> None:
         out = loaded.model(input_ids=ids, output_hidden_states=True, use_cache=False)
     # hidden_states[-1] has the final norm applied; compare the pre-norm output through that norm.
     body = loaded.model.base_model
-    norm = getattr(body, "norm", None) or getattr(body, "ln_f", None) or getattr(getattr(body, "decoder", None), "final_layer_norm", None)
+    norm = (
+        getattr(body, "norm", None)
+        or getattr(body, "ln_f", None)
+        or getattr(getattr(body, "decoder", None), "final_layer_norm", None)
+    )
     expected = out.hidden_states[-1]
     got = norm(hidden) if norm is not None else hidden
     torch.testing.assert_close(got, expected, atol=1e-4, rtol=1e-4)
@@ -86,7 +98,9 @@ def test_workbench_restores_dense_weights_between_points() -> None:
     wb = Workbench(tiny_setup(pruner="sparsegpt"))
     first = wb.run(ScheduleSpec("atp", 0.5, beta=0.1))
     wb.run(ScheduleSpec("uniform", 0.7))
+    wb.rows.memory.clear()  # measure again instead of reading the first result back
     again = wb.run(ScheduleSpec("atp", 0.5, beta=0.1))
+    assert not again.cached
     assert again.perplexity == pytest.approx(first.perplexity, rel=1e-9)
     np.testing.assert_allclose(again.cumulative_error, first.cumulative_error, rtol=1e-9)
 
@@ -94,9 +108,10 @@ def test_workbench_restores_dense_weights_between_points() -> None:
 def test_dense_perplexity_matches_reference_loss() -> None:
     wb = Workbench(tiny_setup())
     with torch.inference_mode():
-        loss = wb.loaded.model(input_ids=wb.eval_ids, labels=wb.eval_ids).loss
+        ids = wb.windows["evaluation"]
+        loss = wb.loaded.model(input_ids=ids, labels=ids).loss
     assert wb.dense_perplexity() == pytest.approx(float(torch.exp(loss)), rel=1e-5)
-    assert perplexity(wb.loaded.model, wb.eval_ids, batch_size=1) == pytest.approx(float(torch.exp(loss)), rel=1e-5)
+    assert perplexity(wb.loaded.model, ids, batch_size=1) == pytest.approx(float(torch.exp(loss)), rel=1e-5)
 
 
 def test_sweep_stores_each_point_and_resumes(tmp_path) -> None:
@@ -106,12 +121,16 @@ def test_sweep_stores_each_point_and_resumes(tmp_path) -> None:
     assert [s.method for s in specs] == ["uniform"] + ["atp"] * len(beta_grid(wb.num_blocks, 0.5, 0.05))
     first = list(wb.beta_sweep(0.5, step=0.05))
     assert store.count(kind="point") == len(specs)
+    assert store.count(kind="metric") == 2 * len(specs)  # perplexity on validation and on evaluation
     assert not any(p.cached for p in first)
     again = list(Workbench(tiny_setup(), store=store).beta_sweep(0.5, step=0.05))
     assert all(p.cached for p in again)
     assert [p.perplexity for p in again] == [p.perplexity for p in first]
-    best = best_point(first)
-    assert best.method == "atp" and best.perplexity == min(p.perplexity for p in first if p.method == "atp")
+    best = best_point(first[1:])  # chosen on validation
+    assert best.method == "atp" and best.value("perplexity", "validation") == min(
+        p.value("perplexity", "validation") for p in first[1:]
+    )
+    assert all(np.isfinite(p.value("perplexity", "evaluation")) for p in first)
 
 
 def test_owl_and_alphapruning_schedules_on_a_model() -> None:
@@ -120,12 +139,19 @@ def test_owl_and_alphapruning_schedules_on_a_model() -> None:
         rates = wb.schedule(spec)
         assert rates.shape == (wb.num_blocks,)
         assert np.average(rates, weights=wb.param_counts) == pytest.approx(0.6, abs=1e-9)
-    assert wb.outlier_ratios(5.0).shape == (wb.num_blocks,)
+    assert wb.stats.outlier_ratios(5.0).shape == (wb.num_blocks,)
 
 
 def test_nm_pruning_keeps_the_pattern() -> None:
-    wb = Workbench(Setup(model=str(shared_tiny_model("llama")), corpus=str(shared_corpus_file()), calib=TINY_CALIB,
-                         evaluation=TINY_EVAL, prune=PruneConfig("wanda", (2, 4))))
+    wb = Workbench(
+        Setup(
+            model=str(shared_tiny_model("llama")),
+            corpus=str(shared_corpus_file()),
+            calib=TINY_CALIB,
+            evaluation=TINY_EVAL,
+            prune=PruneConfig("wanda", (2, 4)),
+        )
+    )
     wb.apply(ScheduleSpec("uniform", 0.5))
     for block in wb.loaded.blocks:
         for linear in prunable_linears(block).values():

@@ -45,6 +45,7 @@ def output_error(weight: torch.Tensor, pruned: torch.Tensor, x: torch.Tensor) ->
 
 # --- masks --------------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("sparsity", RATES)
 def test_magnitude_prunes_exact_count_per_row(sparsity: float) -> None:
     weight = randn(7, 100)
@@ -121,8 +122,7 @@ def test_wanda_rejects_wrong_norm_shape() -> None:
 def test_mask_from_order_equals_row_prune_mask(sparsity: float) -> None:
     scores = randn(9, 33).abs()
     scores[:, 5] = scores[:, 6]  # ties must resolve the same way in both paths
-    assert torch.equal(mask_from_order(order_by_score(scores), sparsity),
-                       row_prune_mask(scores, sparsity))
+    assert torch.equal(mask_from_order(order_by_score(scores), sparsity), row_prune_mask(scores, sparsity))
 
 
 def test_masks_nest_as_the_rate_grows() -> None:
@@ -133,6 +133,7 @@ def test_masks_nest_as_the_rate_grows() -> None:
 
 
 # --- SparseGPT ----------------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("sparsity", [0.5, 0.7])
 def test_sparsegpt_beats_magnitude_and_wanda_on_output_error(sparsity: float) -> None:
@@ -149,8 +150,10 @@ def test_sparsegpt_beats_magnitude_and_wanda_on_output_error(sparsity: float) ->
     assert errors["sparsegpt"] < errors["wanda"] < errors["magnitude"]
 
 
-@pytest.mark.parametrize(("rows", "cols", "blocksize", "sparsity"),
-                         [(16, 256, 128, 0.5), (7, 100, 32, 0.7), (3, 50, 128, 0.33), (4, 64, 16, 1.0)])
+@pytest.mark.parametrize(
+    ("rows", "cols", "blocksize", "sparsity"),
+    [(16, 256, 128, 0.5), (7, 100, 32, 0.7), (3, 50, 128, 0.33), (4, 64, 16, 1.0)],
+)
 def test_sparsegpt_total_zeros_exact(rows: int, cols: int, blocksize: int, sparsity: float) -> None:
     x = correlated_inputs(300, cols)
     hessian = Hessian(cols)
@@ -191,6 +194,7 @@ def test_sparsegpt_argument_checks() -> None:
 
 # --- accumulators -------------------------------------------------------------------------------
 
+
 def test_accumulators_equal_batch_formula() -> None:
     batches = [randn(2, 5, 6, seed=1), randn(3, 6, seed=2).to(torch.float16), randn(1, 4, 6, seed=3)]
     x = torch.cat([batch.reshape(-1, 6).float() for batch in batches])  # (tokens, in)
@@ -212,12 +216,12 @@ def test_accumulators_reject_wrong_width() -> None:
 
 # --- strategies ---------------------------------------------------------------------------------
 
+
 def test_get_pruner() -> None:
     assert isinstance(get_pruner("magnitude"), MagnitudePruner)
     assert isinstance(get_pruner("wanda"), WandaPruner)
     assert isinstance(get_pruner("sparsegpt"), SparseGPTPruner)
-    assert [get_pruner(n).needs_inputs for n in ("magnitude", "wanda", "sparsegpt")] == [
-        False, True, True]
+    assert [get_pruner(n).needs_inputs for n in ("magnitude", "wanda", "sparsegpt")] == [False, True, True]
     with pytest.raises(ValueError, match="unknown pruner 'x'; allowed: wanda, sparsegpt, magnitude"):
         get_pruner("x")
 

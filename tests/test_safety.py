@@ -5,23 +5,17 @@ from __future__ import annotations
 import inspect
 import pickle
 import re
-import tomllib
 from pathlib import Path
 
 import pytest
+import tomllib
+from reliability import REPO_ROOT, record, run_main
+from tiny import make_corpus_file, make_tiny_model
 
 from atp_viz import models
 from atp_viz.cli import build_parser
 from atp_viz.experiment import Setup
 from atp_viz.models import ModelLoadError, load_model
-from reliability import REPO_ROOT, record, run_main, write_report
-from tiny import make_corpus_file, make_tiny_model
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _report():
-    yield
-    write_report()
 
 
 @pytest.fixture(scope="module")
@@ -52,7 +46,18 @@ def pickle_only_copy(src: Path, dest: Path, marker: Path) -> Path:
 
 
 def schedule_argv(model: Path, corpus: Path, *extra: str) -> list[str]:
-    return ["schedule", "--model", str(model), "--corpus", str(corpus), "--method", "uniform", "--sparsity", "0.5", *extra]
+    return [
+        "schedule",
+        "--model",
+        str(model),
+        "--corpus",
+        str(corpus),
+        "--method",
+        "uniform",
+        "--sparsity",
+        "0.5",
+        *extra,
+    ]
 
 
 def test_pickle_weights_refused_without_flag(assets, tmp_path: Path) -> None:
@@ -66,8 +71,13 @@ def test_pickle_weights_refused_without_flag(assets, tmp_path: Path) -> None:
     with pytest.raises(ModelLoadError, match="can run code"):
         load_model(str(folder))
     assert not marker.exists()
-    record("unsafe input", "model folder with only pickle weights (`pytorch_model.bin` that runs code), no flag", 2, 0,
-           "exit 2: refused, says pickle can run code and names --allow-pickle; payload never ran")
+    record(
+        "unsafe input",
+        "model folder with only pickle weights (`pytorch_model.bin` that runs code), no flag",
+        2,
+        0,
+        "exit 2: refused, says pickle can run code and names --allow-pickle; payload never ran",
+    )
 
 
 def test_pickle_flag_still_never_runs_a_payload(assets, tmp_path: Path) -> None:
@@ -78,7 +88,13 @@ def test_pickle_flag_still_never_runs_a_payload(assets, tmp_path: Path) -> None:
     assert not marker.exists()
     assert "Traceback" not in stderr
     assert code == 2 and len([ln for ln in stderr.splitlines() if "error:" in ln]) == 1, stderr
-    record("unsafe input", "code-running pickle with --allow-pickle", 1, 0, "payload never ran (weights-only unpickling); exit 2 with one line")
+    record(
+        "unsafe input",
+        "code-running pickle with --allow-pickle",
+        1,
+        0,
+        "payload never ran (weights-only unpickling); exit 2 with one line",
+    )
 
 
 def test_benign_pickle_loads_with_flag(assets, tmp_path: Path) -> None:
@@ -125,8 +141,13 @@ def test_trust_remote_code_is_off_unless_asked(assets, tmp_path: Path) -> None:
     errors = [ln for ln in stderr.splitlines() if "error:" in ln]
     assert code == 2 and len(errors) == 1 and "Traceback" not in stderr, stderr
     assert not marker.exists()
-    record("unsafe input", "model folder whose config asks to run its own Python (`auto_map`), no flag", 1, 0,
-           f"exit 2: `{errors[0].split('error: ', 1)[1][:90]}`; the code never ran")
+    record(
+        "unsafe input",
+        "model folder whose config asks to run its own Python (`auto_map`), no flag",
+        1,
+        0,
+        f"exit 2: `{errors[0].split('error: ', 1)[1][:90]}`; the code never ran",
+    )
 
 
 def test_export_refuses_non_empty_folder(assets, tmp_path: Path) -> None:
@@ -134,8 +155,27 @@ def test_export_refuses_non_empty_folder(assets, tmp_path: Path) -> None:
     target.mkdir()
     (target / "notes.txt").write_text("mine")
     store = tmp_path / "store" / "results.sqlite"
-    argv = ["prune", "--model", str(assets["model"]), "--corpus", str(assets["corpus"]), "--calib-samples", "4", "--seqlen", "32",
-            "--eval-windows", "4", "--method", "uniform", "--sparsity", "0.5", "--store", str(store), "--save", str(target)]
+    argv = [
+        "prune",
+        "--model",
+        str(assets["model"]),
+        "--corpus",
+        str(assets["corpus"]),
+        "--calib-samples",
+        "4",
+        "--seqlen",
+        "32",
+        "--eval-windows",
+        "4",
+        "--method",
+        "uniform",
+        "--sparsity",
+        "0.5",
+        "--store",
+        str(store),
+        "--save",
+        str(target),
+    ]
     code, _, stderr = run_main(argv)
     errors = [ln for ln in stderr.splitlines() if "error:" in ln]
     assert code == 2 and len(errors) == 1 and "--force" in errors[0], stderr
@@ -144,7 +184,13 @@ def test_export_refuses_non_empty_folder(assets, tmp_path: Path) -> None:
     code, _, stderr = run_main([*argv, "--force"])
     assert code == 0, stderr
     assert (target / "schedule.json").is_file() and (target / "model.safetensors").is_file()
-    record("unsafe input", "export into a non-empty folder without --force", 1, 0, "exit 2 naming --force; folder untouched, nothing computed")
+    record(
+        "unsafe input",
+        "export into a non-empty folder without --force",
+        1,
+        0,
+        "exit 2 naming --force; folder untouched, nothing computed",
+    )
 
 
 def test_dashboard_binds_localhost_only() -> None:
@@ -156,7 +202,13 @@ def test_dashboard_binds_localhost_only() -> None:
     for path in [*(REPO_ROOT / "scripts").glob("*"), REPO_ROOT / "app.py", *(REPO_ROOT / "pages").glob("*.py")]:
         if path.is_file():
             assert "0.0.0.0" not in path.read_text(errors="replace"), path
-    record("unsafe input", "dashboard bind address (.streamlit/config.toml, launch scripts)", 1, 0, "127.0.0.1 only; no 0.0.0.0 anywhere")
+    record(
+        "unsafe input",
+        "dashboard bind address (.streamlit/config.toml, launch scripts)",
+        1,
+        0,
+        "127.0.0.1 only; no 0.0.0.0 anywhere",
+    )
 
 
 # ------------------------------------------------------------------------------------ memory
@@ -174,14 +226,30 @@ def test_memory_check_refuses_before_loading(assets, tmp_path: Path, monkeypatch
     message = str(info.value)
     assert "\n" not in message and "free" in message and "KiB" in message and loads == []
     store = tmp_path / "store" / "results.sqlite"
-    argv = ["prune", "--model", str(assets["model"]), "--corpus", str(assets["corpus"]), "--method", "uniform",
-            "--sparsity", "0.5", "--store", str(store)]
+    argv = [
+        "prune",
+        "--model",
+        str(assets["model"]),
+        "--corpus",
+        str(assets["corpus"]),
+        "--method",
+        "uniform",
+        "--sparsity",
+        "0.5",
+        "--store",
+        str(store),
+    ]
     code, _, stderr = run_main(argv)
     errors = [ln for ln in stderr.splitlines() if "error:" in ln]
     assert code == 2 and len(errors) == 1 and "is free on cpu" in errors[0], stderr
     assert loads == [] and not store.parent.exists()
-    record("memory", "model larger than free memory (free memory faked to 100 kB)", 2, 0,
-           f"refused before loading: `{errors[0].split('error: ', 1)[1][:100]}`")
+    record(
+        "memory",
+        "model larger than free memory (free memory faked to 100 kB)",
+        2,
+        0,
+        f"refused before loading: `{errors[0].split('error: ', 1)[1][:100]}`",
+    )
 
 
 def test_memory_check_passes_when_it_fits(assets, monkeypatch) -> None:

@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from atp_viz.config import ScheduleSpec
+from atp_viz.methods import ScheduleSpec, build_schedule
 from atp_viz.schedules import (
     ScheduleClipWarning,
     alphapruning,
@@ -19,7 +19,6 @@ from atp_viz.schedules import (
     beta_grid,
     beta_max,
     custom,
-    make_schedule,
     owl,
     uniform,
     weighted_mean,
@@ -38,6 +37,7 @@ def assert_schedule(rates: np.ndarray, num_layers: int) -> None:
 
 
 # --- uniform / ATP -----------------------------------------------------------------------------
+
 
 def test_uniform() -> None:
     rates = uniform(5, 0.7)
@@ -107,8 +107,7 @@ def test_atp_properties(num_layers: int, sparsity: float, fraction: float) -> No
 
 
 @given(st.integers(min_value=2, max_value=200), targets, st.floats(min_value=1e-3, max_value=1.0))
-def test_atp_strictly_increasing_for_positive_beta(num_layers: int, sparsity: float,
-                                                   fraction: float) -> None:
+def test_atp_strictly_increasing_for_positive_beta(num_layers: int, sparsity: float, fraction: float) -> None:
     rates = atp(num_layers, sparsity, fraction * beta_max(num_layers, sparsity))
     assert np.all(np.diff(rates) > 0)
 
@@ -121,6 +120,7 @@ def test_beta_just_above_max_rejected(num_layers: int, sparsity: float) -> None:
 
 
 # --- beta grid ----------------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize(("num_layers", "bound", "points"), [(32, 0.01935, 9), (30, 0.02069, 10)])
 def test_beta_grid_paper_examples(num_layers: int, bound: float, points: int) -> None:
@@ -161,6 +161,7 @@ def test_every_grid_point_is_a_valid_beta(num_layers: int, sparsity: float, step
 
 # --- OWL ----------------------------------------------------------------------------------------
 
+
 def test_owl_more_outliers_less_sparsity() -> None:
     rates = owl([1.0, 4.0, 2.0, 3.0], 0.7, lam=0.08)
     assert_schedule(rates, 4)
@@ -196,13 +197,16 @@ def test_owl_floor_at_low_sparsity_with_warning() -> None:
     assert rates[-1] == 0.01
 
 
-@pytest.mark.parametrize(("ratios", "lam", "match"), [
-    ([1.0, math.nan], 0.08, "outlier ratios"),
-    ([], 0.08, "outlier ratios"),
-    ([[1.0, 2.0]], 0.08, "outlier ratios"),
-    ([1.0, 2.0], -0.1, r"lam must be in \[0, 1\]"),
-    ([1.0, 2.0], math.nan, r"lam must be in \[0, 1\]"),
-])
+@pytest.mark.parametrize(
+    ("ratios", "lam", "match"),
+    [
+        ([1.0, math.nan], 0.08, "outlier ratios"),
+        ([], 0.08, "outlier ratios"),
+        ([[1.0, 2.0]], 0.08, "outlier ratios"),
+        ([1.0, 2.0], -0.1, r"lam must be in \[0, 1\]"),
+        ([1.0, 2.0], math.nan, r"lam must be in \[0, 1\]"),
+    ],
+)
 def test_owl_bad_input(ratios: list, lam: float, match: str) -> None:
     with pytest.raises(ValueError, match=match):
         owl(ratios, 0.7, lam)
@@ -210,16 +214,19 @@ def test_owl_bad_input(ratios: list, lam: float, match: str) -> None:
 
 # --- AlphaPruning -------------------------------------------------------------------------------
 
+
 def test_alphapruning_example() -> None:
     # ratios 0.7, 1.0, 1.3 -> mean 1.0 -> c = 1
     np.testing.assert_allclose(alphapruning([2.0, 3.0, 4.0], 0.5), [0.35, 0.5, 0.65])
 
 
-@given(st.lists(st.floats(min_value=1.5, max_value=8.0), min_size=2, max_size=64),
-       st.floats(min_value=0.05, max_value=0.5), st.floats(min_value=0.0, max_value=0.3),
-       st.data())
-def test_alphapruning_properties(alphas: list[float], sparsity: float, eps: float,
-                                 data: st.DataObject) -> None:
+@given(
+    st.lists(st.floats(min_value=1.5, max_value=8.0), min_size=2, max_size=64),
+    st.floats(min_value=0.05, max_value=0.5),
+    st.floats(min_value=0.0, max_value=0.3),
+    st.data(),
+)
+def test_alphapruning_properties(alphas: list[float], sparsity: float, eps: float, data: st.DataObject) -> None:
     counts = data.draw(st.lists(st.integers(1, 10**8), min_size=len(alphas), max_size=len(alphas)))
     for weights in (None, counts):
         with warnings.catch_warnings():
@@ -249,19 +256,23 @@ def test_alphapruning_clips_with_warning() -> None:
     assert rates[-1] == 1.0
 
 
-@pytest.mark.parametrize(("alphas", "eps", "weights", "match"), [
-    ([2.0, 3.0], 1.5, None, r"eps must be in \[0, 1\]"),
-    ([2.0, 3.0], -0.1, None, r"eps must be in \[0, 1\]"),
-    ([2.0, math.inf], 0.3, None, "alphas"),
-    ([2.0, 3.0], 0.3, [1.0], "weights must be 2 numbers > 0"),
-    ([2.0, 3.0], 0.3, [1.0, 0.0], "weights must be 2 numbers > 0"),
-])
+@pytest.mark.parametrize(
+    ("alphas", "eps", "weights", "match"),
+    [
+        ([2.0, 3.0], 1.5, None, r"eps must be in \[0, 1\]"),
+        ([2.0, 3.0], -0.1, None, r"eps must be in \[0, 1\]"),
+        ([2.0, math.inf], 0.3, None, "alphas"),
+        ([2.0, 3.0], 0.3, [1.0], "weights must be 2 numbers > 0"),
+        ([2.0, 3.0], 0.3, [1.0, 0.0], "weights must be 2 numbers > 0"),
+    ],
+)
 def test_alphapruning_bad_input(alphas: list, eps: float, weights: list | None, match: str) -> None:
     with pytest.raises(ValueError, match=match):
         alphapruning(alphas, 0.7, eps, weights)
 
 
 # --- custom / weighted mean ---------------------------------------------------------------------
+
 
 def test_custom_returns_float64_copy() -> None:
     given_rates = [0.0, 0.5, 1.0]
@@ -271,14 +282,17 @@ def test_custom_returns_float64_copy() -> None:
     assert given_rates[0] == 0.0
 
 
-@pytest.mark.parametrize(("rates", "match"), [
-    ([0.5, 1.2], r"each be in \[0, 1\], got \[1.2\]"),
-    ([-0.1, 0.5], r"each be in \[0, 1\]"),
-    ([0.5, math.nan], "finite"),
-    ([], "non-empty"),
-    ([[0.5, 0.5]], "1-D"),
-    (["a", "b"], "finite numbers"),
-])
+@pytest.mark.parametrize(
+    ("rates", "match"),
+    [
+        ([0.5, 1.2], r"each be in \[0, 1\], got \[1.2\]"),
+        ([-0.1, 0.5], r"each be in \[0, 1\]"),
+        ([0.5, math.nan], "finite"),
+        ([], "non-empty"),
+        ([[0.5, 0.5]], "1-D"),
+        (["a", "b"], "finite numbers"),
+    ],
+)
 def test_custom_bad_rates(rates: list, match: str) -> None:
     with pytest.raises(ValueError, match=match):
         custom(rates)
@@ -289,33 +303,98 @@ def test_weighted_mean() -> None:
     assert weighted_mean([0.2, 0.8], [3, 1]) == pytest.approx(0.35)
 
 
-# --- make_schedule ------------------------------------------------------------------------------
+# --- the method registry (build_schedule, ScheduleSpec) ------------------------------------------
 
-def test_make_schedule_dispatches() -> None:
-    np.testing.assert_array_equal(make_schedule(ScheduleSpec("uniform", 0.6), 4), uniform(4, 0.6))
-    np.testing.assert_array_equal(make_schedule(ScheduleSpec("atp", 0.7, beta=0.01), 32),
-                                  atp(32, 0.7, 0.01))
+
+def test_build_schedule_dispatches() -> None:
+    np.testing.assert_array_equal(build_schedule(ScheduleSpec("uniform", 0.6), 4), uniform(4, 0.6))
+    np.testing.assert_array_equal(build_schedule(ScheduleSpec("atp", 0.7, beta=0.01), 32), atp(32, 0.7, 0.01))
     ratios = [1.0, 2.0, 3.0]
     np.testing.assert_array_equal(
-        make_schedule(ScheduleSpec("owl", 0.7, lam=0.05), 3, outlier_ratios=ratios),
-        owl(ratios, 0.7, 0.05))
+        build_schedule(ScheduleSpec("owl", 0.7, lam=0.05), 3, {"outlier_ratios": np.array(ratios)}),
+        owl(ratios, 0.7, 0.05),
+    )
     np.testing.assert_array_equal(
-        make_schedule(ScheduleSpec("alphapruning", 0.7, eps=0.2), 3, alphas=ratios,
-                      weights=[1, 2, 3]),
-        alphapruning(ratios, 0.7, 0.2, [1, 2, 3]))
-    np.testing.assert_array_equal(
-        make_schedule(ScheduleSpec("custom", rates=(0.1, 0.9)), 2), [0.1, 0.9])
+        build_schedule(ScheduleSpec("alphapruning", 0.7, eps=0.2), 3, {"alphas": np.array(ratios)}, weights=[1, 2, 3]),
+        alphapruning(ratios, 0.7, 0.2, [1, 2, 3]),
+    )
+    np.testing.assert_array_equal(build_schedule(ScheduleSpec("custom", rates=(0.1, 0.9)), 2), [0.1, 0.9])
 
 
-@pytest.mark.parametrize(("spec", "kwargs", "match"), [
-    (ScheduleSpec("owl", 0.7), {}, "OWL needs outlier ratios, one per block"),
-    (ScheduleSpec("owl", 0.7), {"outlier_ratios": [1.0, 2.0]}, "OWL needs 3 outlier ratios"),
-    (ScheduleSpec("alphapruning", 0.7), {}, "AlphaPruning needs alphas"),
-    (ScheduleSpec("alphapruning", 0.7), {"alphas": [2.0, 3.0, 4.0], "weights": [1, 2]},
-     "weights must be 3 numbers"),
-    (ScheduleSpec("custom", rates=(0.1, 0.9)), {}, "custom schedule needs 3 rates"),
-    (ScheduleSpec("atp", 0.7, beta=0.5), {}, "beta must be in"),
-])
-def test_make_schedule_errors(spec: ScheduleSpec, kwargs: dict, match: str) -> None:
+@pytest.mark.parametrize(
+    ("spec", "stats", "weights", "match"),
+    [
+        (ScheduleSpec("owl", 0.7), {}, None, "OWL needs outlier ratios, one per block"),
+        (ScheduleSpec("owl", 0.7), {"outlier_ratios": np.array([1.0, 2.0])}, None, "OWL needs 3 outlier ratios"),
+        (ScheduleSpec("alphapruning", 0.7), {}, None, "AlphaPruning needs alphas"),
+        (ScheduleSpec("alphapruning", 0.7), {"alphas": np.array([2.0, 3.0, 4.0])}, [1, 2], "weights must be 3 numbers"),
+        (ScheduleSpec("custom", rates=(0.1, 0.9)), {}, None, "custom schedule needs 3 rates"),
+        (ScheduleSpec("atp", 0.7, beta=0.5), {}, None, "beta must be in"),
+    ],
+)
+def test_build_schedule_errors(spec: ScheduleSpec, stats: dict, weights: list | None, match: str) -> None:
     with pytest.raises(ValueError, match=match):
-        make_schedule(spec, 3, **kwargs)
+        build_schedule(spec, 3, stats, weights)
+
+
+@pytest.mark.parametrize(
+    ("make", "match"),
+    [
+        (lambda: ScheduleSpec("owl", 0.7, lam=3), r"owl lam must be in \[0, 1\], got 3"),
+        (lambda: ScheduleSpec("owl", 0.7, m=-1), r"owl m must be a finite number >= 0"),
+        (lambda: ScheduleSpec("alphapruning", 0.7, eps=1.5), r"alphapruning eps must be in \[0, 1\]"),
+        (lambda: ScheduleSpec("alphapruning", 0.7, estimator="best"), "allowed: official, window"),
+        (lambda: ScheduleSpec("atp", 0.7, lam=0.1), "atp takes no parameter lam; allowed: beta"),
+        (lambda: ScheduleSpec("uniform", 1.0), r"sparsity must be in \(0, 1\)"),
+        (lambda: ScheduleSpec("nope", 0.5), "unknown method 'nope'; allowed: uniform, atp, owl, alphapruning, custom"),
+        (lambda: ScheduleSpec("custom"), "needs rates"),
+    ],
+)
+def test_spec_refuses_bad_parameters(make, match: str) -> None:
+    with pytest.raises(ValueError, match=match):
+        make()
+
+
+def test_spec_defaults_equality_and_fingerprint_parts() -> None:
+    spec = ScheduleSpec("owl", 0.7)
+    assert spec == ScheduleSpec("owl", 0.7, lam=0.08, m=5.0) and hash(spec) == hash(ScheduleSpec("owl", 0.7, lam=0.08))
+    assert spec.params() == {"method": "owl", "sparsity": 0.7, "lam": 0.08, "m": 5.0}
+    assert ScheduleSpec("custom", rates=(0.1, 0.2)).params() == {"method": "custom", "rates": (0.1, 0.2)}
+    assert spec.replace(lam=0.1).get("lam") == 0.1 and spec.describe() == "owl S=0.7 lam=0.08 m=5"
+
+
+def test_a_registered_method_is_everywhere() -> None:
+    """Adding a method is one registry entry plus its pure function: the CLI offers it, builds it and
+    checks its parameter; the figures colour it."""
+    from atp_viz import figures
+    from atp_viz.cli import build_parser, main
+    from atp_viz.methods import Method, Param, method_names, registered
+
+    def reverse_atp(n: int, s: float, p: dict, stats: dict, w: object) -> np.ndarray:
+        return atp(n, s, float(p["slope"]))[::-1].copy()
+
+    method = Method("throwaway", "Throwaway", "#123456", reverse_atp, params=(Param("slope", "slope", 0.0, 0.0, 0.1),))
+    with registered(method):
+        assert "throwaway" in method_names(comparable=True)
+        schedule_parser = build_parser()._subparsers._group_actions[0].choices["prune"]  # type: ignore[union-attr]
+        choices = next(a.choices for a in schedule_parser._actions if a.dest == "method")
+        assert "throwaway" in choices and any(a.dest == "slope" for a in schedule_parser._actions)
+        assert figures.color_for("Throwaway (slope = 0.01)") == "#123456"
+        np.testing.assert_allclose(
+            build_schedule(ScheduleSpec("throwaway", 0.5, slope=0.05), 4), atp(4, 0.5, 0.05)[::-1]
+        )
+        assert main(["schedule", "--method", "throwaway", "--layers", "4", "--sparsity", "0.5", "--slope", "0.2"]) == 2
+    assert "throwaway" not in method_names()
+
+
+# --- rate maps ------------------------------------------------------------------------------------
+
+
+def test_rate_maps() -> None:
+    from atp_viz.schedules import BlockRates, LinearRates, as_rate_map
+
+    block = as_rate_map([0.1, 0.2])
+    assert isinstance(block, BlockRates) and block.num_blocks == 2 and block.rate(1, "mlp.up_proj") == 0.2
+    linear = LinearRates(np.array([0.1, 0.2]), {(1, "mlp.up_proj"): 0.5})
+    assert linear.rate(1, "mlp.up_proj") == 0.5 and linear.rate(1, "self_attn.q_proj") == 0.2
+    assert as_rate_map(linear) is linear

@@ -319,7 +319,7 @@ WORKER = textwrap.dedent(
             sys.exit("no go signal")
         time.sleep(0.005)
     store = ResultStore(path)
-    won = [f"k{i}" for i in range(first, last) if store.put(f"k{i}", "experiment", "tiny", {"i": i}, {"writer": writer})]
+    won = [f"k{i}" for i in range(first, last) if store.put(f"k{i}", "experiment", "tiny", {"i": i}, {"w": writer})]
     print(json.dumps(won))
     """
 )
@@ -355,7 +355,7 @@ def test_concurrent_processes_never_corrupt_or_duplicate(tmp_path: Path) -> None
     store = ResultStore(path)
     assert store.count() == len(distinct)
     for row in store.query():
-        assert row["key"] in won[row["record"]["writer"]]  # the stored record is the winner's
+        assert row["key"] in won[row["record"]["w"]]  # the stored record is the winner's
     assert integrity(path) == "ok"
 
 

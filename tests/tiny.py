@@ -16,21 +16,24 @@ def sample_text(paragraphs: int = 400) -> str:
     import random
 
     rng = random.Random(0)
-    words = ("the model layer weight sparse prune error grows with depth attention token block "
-             "rate beta uniform schedule outlier alpha heavy tail matrix norm hidden input output "
-             "calibration window perplexity dense network signal noise early late deep").split()
+    words = (
+        "the model layer weight sparse prune error grows with depth attention token block "
+        "rate beta uniform schedule outlier alpha heavy tail matrix norm hidden input output "
+        "calibration window perplexity dense network signal noise early late deep"
+    ).split()
     return "\n\n".join(" ".join(rng.choice(words) for _ in range(rng.randint(20, 60))) + "." for _ in range(paragraphs))
 
 
 def make_tokenizer(text: str):
-    from tokenizers import Tokenizer, models, pre_tokenizers, trainers, decoders
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
     tok = Tokenizer(models.BPE(unk_token="<unk>"))
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=VOCAB, special_tokens=["<unk>", "<s>", "</s>"],
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    trainer = trainers.BpeTrainer(
+        vocab_size=VOCAB, special_tokens=["<unk>", "<s>", "</s>"], initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
+    )
     tok.train_from_iterator(text.split("\n\n"), trainer)
     return PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", bos_token="<s>", eos_token="</s>")
 
@@ -40,17 +43,41 @@ def tiny_config(family: str = "llama", layers: int = 4, hidden: int = 64):
 
     common = dict(vocab_size=VOCAB, num_hidden_layers=layers, hidden_size=hidden, num_attention_heads=4)
     if family == "llama":
-        return tf.LlamaConfig(**common, intermediate_size=2 * hidden, num_key_value_heads=2, max_position_embeddings=512, tie_word_embeddings=True)
+        return tf.LlamaConfig(
+            **common,
+            intermediate_size=2 * hidden,
+            num_key_value_heads=2,
+            max_position_embeddings=512,
+            tie_word_embeddings=True,
+        )
     if family == "qwen2":
-        return tf.Qwen2Config(**common, intermediate_size=2 * hidden, num_key_value_heads=2, max_position_embeddings=512)
+        return tf.Qwen2Config(
+            **common, intermediate_size=2 * hidden, num_key_value_heads=2, max_position_embeddings=512
+        )
     if family == "gemma3":
-        return tf.Gemma3TextConfig(**common, intermediate_size=2 * hidden, num_key_value_heads=2, head_dim=16,
-                                   max_position_embeddings=512, sliding_window=8, layer_types=["sliding_attention", "full_attention"] * (layers // 2))
+        return tf.Gemma3TextConfig(
+            **common,
+            intermediate_size=2 * hidden,
+            num_key_value_heads=2,
+            head_dim=16,
+            max_position_embeddings=512,
+            sliding_window=8,
+            layer_types=["sliding_attention", "full_attention"] * (layers // 2),
+        )
     if family == "opt":
-        return tf.OPTConfig(vocab_size=VOCAB, num_hidden_layers=layers, hidden_size=hidden, num_attention_heads=4,
-                            ffn_dim=2 * hidden, word_embed_proj_dim=hidden, max_position_embeddings=512)
+        return tf.OPTConfig(
+            vocab_size=VOCAB,
+            num_hidden_layers=layers,
+            hidden_size=hidden,
+            num_attention_heads=4,
+            ffn_dim=2 * hidden,
+            word_embed_proj_dim=hidden,
+            max_position_embeddings=512,
+        )
     if family == "gpt2":
-        return tf.GPT2Config(vocab_size=VOCAB, n_layer=layers, n_embd=hidden, n_head=4, n_positions=512, bos_token_id=1, eos_token_id=2)
+        return tf.GPT2Config(
+            vocab_size=VOCAB, n_layer=layers, n_embd=hidden, n_head=4, n_positions=512, bos_token_id=1, eos_token_id=2
+        )
     raise ValueError(family)
 
 
@@ -108,11 +135,17 @@ def make_bad_inputs(root: Path) -> dict[str, Path]:
 
     root.mkdir(parents=True, exist_ok=True)
     bert = root / "bert"
-    tf.BertModel(tf.BertConfig(vocab_size=64, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64)).save_pretrained(str(bert))
+    tf.BertModel(
+        tf.BertConfig(vocab_size=64, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64)
+    ).save_pretrained(str(bert))
     (root / "no-weights").mkdir(exist_ok=True)
     (root / "no-weights" / "config.json").write_text('{"model_type": "llama"}')
     (root / "empty.txt").write_text("")
     (root / "blank.txt").write_text("\n\n   \n\n")
     (root / "binary.txt").write_bytes(b"\x00\x01\x02binary\xff" * 50)
     (root / "latin1.txt").write_bytes("caf\xe9 ".encode("latin-1") * 50)
-    return {"bert": bert, "no-weights": root / "no-weights", **{name: root / f"{name}.txt" for name in ("empty", "blank", "binary", "latin1")}}
+    return {
+        "bert": bert,
+        "no-weights": root / "no-weights",
+        **{name: root / f"{name}.txt" for name in ("empty", "blank", "binary", "latin1")},
+    }

@@ -1,0 +1,319 @@
+"""The schedule method registry: one entry per way of choosing per-block rates.
+
+Each ``Method`` holds its pure builder (numpy in, numpy out), its parameters with defaults and
+valid ranges, the per-block statistics it needs, its label and colour. The CLI options, the
+dashboard's method pickers and parameter widgets, the figure colours and every input check read
+this registry, so adding a method is one ``register(Method(...))`` plus its function in
+``schedules.py``. ``ScheduleSpec`` is a validated request for one schedule: bad parameters are
+refused here, before a model is loaded or anything is written.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from numpy.typing import ArrayLike
+
+from . import schedules
+from .config import check_choice, check_sparsity
+
+Value = float | str
+# statistic name -> one value per block (outlier ratios, alphas, ...), computed by the caller
+Stats = Mapping[str, np.ndarray]
+# (num_layers, sparsity, parameters, statistics, per-block weights) -> rates
+Builder = Callable[[int, float, Mapping[str, Any], Stats, "np.ndarray | None"], np.ndarray]
+
+
+@dataclass(frozen=True)
+class Param:
+    """One parameter of a method: default, valid range (or choices), and how to show it."""
+
+    name: str
+    label: str
+    default: Value
+    low: float = -math.inf
+    high: float = math.inf
+    choices: tuple[str, ...] = ()  # a text parameter (its default is one of these)
+    step: float = 0.01  # widget step
+    help: str = ""
+    required: bool = False  # a single prune must give it (ATP's beta); sweeps fill it from a grid
+    upper: Callable[[int, float], float] | None = None  # a tighter bound that depends on (L, S), checked when built
+    upper_text: str = ""  # how ``upper`` is computed, for messages
+
+    def check(self, value: Any, method: str) -> Value:
+        """The value as the parameter's type, or ValueError naming the allowed range."""
+        if self.choices:
+            check_choice(f"{method} {self.name}", str(value), self.choices)
+            return str(value)
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            raise ValueError(f"{method} {self.name} must be a number {self.allowed()}, got {value!r}") from None
+        if not (math.isfinite(number) and self.low <= number <= self.high):
+            raise ValueError(f"{method} {self.name} must be {self.allowed()}, got {number:g}")
+        return number
+
+    def allowed(self) -> str:
+        if self.choices:
+            return "one of " + ", ".join(self.choices)
+        if self.upper_text:
+            return f"in [{self.low:g}, {self.upper_text}]"
+        if math.isinf(self.high):
+            return f"a finite number >= {self.low:g}"
+        return f"in [{self.low:g}, {self.high:g}]"
+
+
+@dataclass(frozen=True)
+class Method:
+    """A way of choosing per-block rates."""
+
+    name: str  # CLI value and store field
+    label: str  # legend, table and widget text
+    color: str  # figure colour
+    build: Builder
+    params: tuple[Param, ...] = ()
+    needs: tuple[str, ...] = ()  # statistics the caller provides (see experiment.STATISTICS)
+    takes_sparsity: bool = True  # False: the rates are given (custom)
+    # the grid a sweep or comparison searches, as parameter dicts (None: the defaults only)
+    grid: Callable[[int, float, float], list[dict[str, Any]]] | None = None
+    description: str = ""
+
+    def param(self, name: str) -> Param:
+        for p in self.params:
+            if p.name == name:
+                return p
+        raise ValueError(f"{self.name} has no parameter {name!r}; allowed: {', '.join(self.param_names) or 'none'}")
+
+    @property
+    def param_names(self) -> tuple[str, ...]:
+        return tuple(p.name for p in self.params)
+
+
+METHODS: dict[str, Method] = {}
+
+
+def register(method: Method) -> Method:
+    if method.name in METHODS:
+        raise ValueError(f"schedule method {method.name!r} is registered already")
+    METHODS[method.name] = method
+    return method
+
+
+@contextlib.contextmanager
+def registered(method: Method) -> Iterator[Method]:
+    """Register ``method`` for the duration of a block (tests, plugins tried out)."""
+    register(method)
+    try:
+        yield method
+    finally:
+        METHODS.pop(method.name, None)
+
+
+def get_method(name: str) -> Method:
+    check_choice("method", name, tuple(METHODS))
+    return METHODS[name]
+
+
+def method_names(comparable: bool = False) -> tuple[str, ...]:
+    """Registered names; ``comparable``: only those that target a sparsity (not custom)."""
+    return tuple(name for name, m in METHODS.items() if m.takes_sparsity or not comparable)
+
+
+def label(name: str) -> str:
+    return METHODS[name].label if name in METHODS else name
+
+
+def colors() -> dict[str, str]:
+    return {name: m.color for name, m in METHODS.items()}
+
+
+@dataclass(frozen=True, init=False)
+class ScheduleSpec:
+    """A validated request for one schedule: method, target sparsity, parameters (or custom rates).
+
+    ``ScheduleSpec("owl", 0.7, lam=0.1)``: parameters not given take the registry default; unknown
+    names and values outside a parameter's range raise ``ValueError`` naming what is allowed.
+    """
+
+    method: str
+    sparsity: float
+    args: tuple[tuple[str, Value], ...]
+    rates: tuple[float, ...] = field(default=())
+
+    def __init__(
+        self, method: str = "atp", sparsity: float = 0.7, rates: tuple[float, ...] = (), **params: Any
+    ) -> None:
+        entry = get_method(method)
+        unknown = sorted(set(params) - set(entry.param_names))
+        if unknown:
+            raise ValueError(
+                f"{method} takes no parameter {', '.join(unknown)}; allowed: {', '.join(entry.param_names) or 'none'}"
+            )
+        values = {p.name: p.check(params.get(p.name, p.default), method) for p in entry.params}
+        if entry.takes_sparsity:
+            sparsity = check_sparsity(sparsity)
+            rates = ()
+        else:
+            if not rates:
+                raise ValueError(f"a {method} schedule needs rates, one per block, each in [0, 1]")
+            rates = tuple(float(r) for r in rates)
+            sparsity = float("nan")
+        object.__setattr__(self, "method", method)
+        object.__setattr__(self, "sparsity", sparsity)
+        object.__setattr__(self, "args", tuple(values.items()))
+        object.__setattr__(self, "rates", rates)
+
+    def __eq__(self, other: object) -> bool:  # NaN sparsity of custom specs must not break equality
+        if not isinstance(other, ScheduleSpec):
+            return NotImplemented
+        return self.params() == other.params()
+
+    def __hash__(self) -> int:
+        return hash((self.method, repr(self.params())))
+
+    def get(self, name: str, default: Value | None = None) -> Any:
+        return dict(self.args).get(name, default)
+
+    @property
+    def entry(self) -> Method:
+        return METHODS[self.method]
+
+    def params(self) -> dict[str, Any]:
+        """What defines this schedule (fingerprints, exports): method, sparsity or rates, parameters."""
+        if not self.entry.takes_sparsity:
+            return {"method": self.method, "rates": self.rates}
+        return {"method": self.method, "sparsity": self.sparsity, **dict(self.args)}
+
+    def replace(self, **params: Any) -> ScheduleSpec:
+        """The same schedule with some parameters changed (validated again)."""
+        return ScheduleSpec(self.method, self.sparsity, self.rates, **{**dict(self.args), **params})
+
+    def describe(self) -> str:
+        """A short label: ``atp S=0.7 beta=0.01``."""
+        if not self.entry.takes_sparsity:
+            return self.method
+        extra = " ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in self.args)
+        return f"{self.method} S={self.sparsity:g}" + (f" {extra}" if extra else "")
+
+
+def build_schedule(
+    spec: ScheduleSpec, num_layers: int, stats: Stats | None = None, weights: ArrayLike | None = None
+) -> np.ndarray:
+    """The rates ``spec`` describes for ``num_layers`` blocks.
+
+    ``stats`` holds what the method ``needs`` (one value per block each); ``weights`` (per-block
+    parameter counts) make parameter-weighted means exact where a method uses them.
+    """
+    entry = spec.entry
+    stats = stats or {}
+    for need in entry.needs:
+        if stats.get(need) is None:
+            raise ValueError(f"{entry.label} needs {need.replace('_', ' ')}, one per block ({num_layers} blocks)")
+        if np.asarray(stats[need]).size != num_layers:
+            raise ValueError(
+                f"{entry.label} needs {num_layers} {need.replace('_', ' ')} (one per block), got "
+                f"{np.asarray(stats[need]).size}"
+            )
+    w = None if weights is None else np.asarray(weights, dtype=np.float64)
+    params: dict[str, Any] = {**dict(spec.args), "rates": spec.rates}
+    return entry.build(num_layers, spec.sparsity, params, stats, w)
+
+
+def sweep_grid(spec_method: str, num_layers: int, sparsity: float, step: float) -> list[ScheduleSpec]:
+    """The specs a sweep or comparison tries for one method (its grid, or its defaults)."""
+    entry = get_method(spec_method)
+    if entry.grid is None:
+        return [ScheduleSpec(spec_method, sparsity)]
+    return [ScheduleSpec(spec_method, sparsity, **values) for values in entry.grid(num_layers, sparsity, step)]
+
+
+# ------------------------------------------------------------------------------ the methods
+def _atp_grid(num_layers: int, sparsity: float, step: float) -> list[dict[str, Any]]:
+    return [{"beta": float(b)} for b in schedules.beta_grid(num_layers, sparsity, step)]
+
+
+def _custom(num_layers: int, _s: float, p: Mapping[str, Any], _stats: Stats, _w: np.ndarray | None) -> np.ndarray:
+    rates = schedules.custom(p["rates"])
+    if rates.size != num_layers:
+        raise ValueError(f"a custom schedule needs {num_layers} rates (one per block), got {rates.size}")
+    return rates
+
+
+register(
+    Method(
+        "uniform",
+        "uniform",
+        "#7f7f7f",
+        lambda n, s, p, stats, w: schedules.uniform(n, s),
+        description="s_i = S for every block",
+    )
+)
+register(
+    Method(
+        "atp",
+        "ATP",
+        "#d62728",
+        lambda n, s, p, stats, w: schedules.atp(n, s, float(p["beta"])),
+        params=(
+            Param(
+                "beta",
+                "ATP beta (slope per block)",
+                0.0,
+                0.0,
+                step=schedules.GRID_STEP / 4,
+                required=True,
+                upper=schedules.beta_max,
+                upper_text="beta_max = min(2S, 2(1-S))/(L-1)",
+            ),
+        ),
+        grid=_atp_grid,
+        description="s_i = S - beta(L-1)/2 + beta*i (arXiv 2502.14770, Eq. 10)",
+    )
+)
+register(
+    Method(
+        "owl",
+        "OWL",
+        "#1f77b4",
+        lambda n, s, p, stats, w: schedules.owl(stats["outlier_ratios"], s, float(p["lam"])),
+        params=(
+            Param("lam", "OWL lambda (half-width of the band)", schedules.OWL_LAMBDA, 0.0, schedules.OWL_MAX_LAMBDA),
+            Param("m", "OWL M (outlier threshold, x mean score)", schedules.OWL_M, 0.0, step=0.5),
+        ),
+        needs=("outlier_ratios",),
+        description="more outliers -> denser block (Yin et al. 2023)",
+    )
+)
+register(
+    Method(
+        "alphapruning",
+        "AlphaPruning",
+        "#2ca02c",
+        lambda n, s, p, stats, w: schedules.alphapruning(stats["alphas"], s, float(p["eps"]), w),
+        params=(
+            Param(
+                "eps",
+                "AlphaPruning eps (half-width of the ratio band)",
+                schedules.ALPHA_EPS,
+                0.0,
+                schedules.ALPHA_MAX_EPS,
+                step=0.05,
+            ),
+            Param(
+                "estimator",
+                "AlphaPruning alpha estimator",
+                "official",
+                choices=("official", "window"),
+                help="official: AlphaPruning's code; window: both xmin bounds applied, near-zero eigenvalues dropped",
+            ),
+        ),
+        needs=("alphas",),
+        description="heavier-tailed spectrum (smaller alpha) -> denser block (Lu et al. 2024)",
+    )
+)
+register(Method("custom", "custom", "#9467bd", _custom, takes_sparsity=False, description="your own rates"))
