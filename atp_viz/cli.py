@@ -29,7 +29,7 @@ from .experiment import (
     compare_rows,
     sweep_specs,
 )
-from .export import check_target, recipe_snippet, save_pruned
+from .export import EXPORT_FORMATS, check_target, recipe_snippet, save_pruned
 from .methods import ScheduleSpec
 from .metrics import EVALUATION, VALIDATION
 from .models import DEFAULT_MODEL, EMBEDDED_MODELS, blocks_path
@@ -168,6 +168,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--recipe", action="store_true", help="print an llm-compressor oneshot recipe (YAML) with these rates"
     )
     p.add_argument("--pruner", default="wanda", choices=tuple(PRUNERS), help="modifier of the --recipe (default wanda)")
+    p.add_argument("--nm", default=None, help="N:M pattern of the --recipe such as 2:4 (default: unstructured)")
     p.add_argument(
         "--model", default=None, help="read the block count (and OWL/AlphaPruning statistics) from this model"
     )
@@ -191,6 +192,13 @@ def build_parser() -> argparse.ArgumentParser:
                 "--save", default=None, help="export the pruned model (safetensors) + schedule.json to this folder"
             )
             p.add_argument("--force", action="store_true", help="allow --save into a non-empty folder")
+            p.add_argument(
+                "--save-format",
+                default=EXPORT_FORMATS[0],
+                choices=EXPORT_FORMATS,
+                help="safetensors (default; loads in transformers and vLLM) or compressed-tensors (sparse-bitmask "
+                "archive, about 40 %% smaller at S = 0.5; read back with atp_viz.export.load_compressed)",
+            )
         p.add_argument("--json", action="store_true")
 
     p = sub.add_parser("sweep", help="beta grid search: uniform (beta=0) plus every beta of the grid")
@@ -343,6 +351,7 @@ def cmd_schedule(args: argparse.Namespace) -> dict[str, Any]:
                     PRUNERS[args.pruner].recipe_modifier,
                     *location,
                     note=PRUNERS[args.pruner].recipe_note,
+                    nm=parse_nm(args.nm),
                 )
             }
             if args.recipe
@@ -363,7 +372,10 @@ def cmd_prune(args: argparse.Namespace) -> dict[str, Any]:
     if args.save:
         if point.cached:  # the stored result has no pruned weights in memory: prune again
             wb.apply(spec, progress)
-        out["saved"] = str(save_pruned(wb.loaded, args.save, {**setup.describe(), **out}, force=args.force))
+        saved = save_pruned(
+            wb.loaded, args.save, {**setup.describe(), **out}, force=args.force, format=args.save_format
+        )
+        out["saved"] = str(saved)
     return out
 
 

@@ -26,7 +26,7 @@ from typing import Any
 
 import torch
 
-from .config import check_choice
+from .config import check_choice, check_nm
 from .layer_stats import prunable_linears
 from .models import LoadedModel, blocks_path, swap_conv1d
 from .store import to_jsonable
@@ -268,18 +268,25 @@ def _sparsity_yaml(value: float | Sequence[float], where: str) -> str:
     return "[" + ", ".join(f"{r:.6f}" for r in rates) + "]"
 
 
-def _modifier_lines(modifier: str, note: str, sparsity: str, target: str, comment: str) -> list[str]:
+def _modifier_lines(modifier: str, note: str, sparsity: str, target: str, comment: str, mask: str) -> list[str]:
     head = f"    {modifier}:" + (f"  # {note}" if note else "")
     return [
         head,
         f"      sparsity: {sparsity}{comment}",
-        '      mask_structure: "0:0"',
+        f'      mask_structure: "{mask}"',
         f"      targets: [{_yaml_quote(target)}]",
         "      ignore: ['re:.*lm_head']",
     ]
 
 
-def recipe_snippet(rates: Rates, modifier: str, blocks_path: str, block_class: str, note: str = "") -> str:
+def recipe_snippet(
+    rates: Rates,
+    modifier: str,
+    blocks_path: str,
+    block_class: str,
+    note: str = "",
+    nm: tuple[int, int] | None = None,
+) -> str:
     """An llm-compressor oneshot recipe (schema of llm-compressor ``LLMCOMPRESSOR_VERSION``).
 
     ``modifier`` is the llm-compressor class (``WandaPruningModifier``, ``SparseGPTModifier``);
@@ -292,6 +299,8 @@ def recipe_snippet(rates: Rates, modifier: str, blocks_path: str, block_class: s
       Its ``sparsity`` field takes a float or a list only, never a dict, so each entry becomes its
       own ``<name>_modifiers`` group holding one modifier.
 
+    ``nm``: an N:M pattern becomes ``mask_structure: "N:M"`` (unstructured: ``"0:0"``).
+
     ``block_class`` is not a modifier field (the modifiers forbid extra fields such as
     ``sequential_targets``): the recipe names it in a comment, for ``oneshot(...,
     sequential_targets=[block_class])``; llm-compressor otherwise infers the same unit.
@@ -301,6 +310,8 @@ def recipe_snippet(rates: Rates, modifier: str, blocks_path: str, block_class: s
             f"modifier must be an llm-compressor class name such as WandaPruningModifier, got {modifier!r}"
         )
     note = " ".join(note.lstrip("# ").split())
+    check_nm(nm)
+    mask = f"{nm[0]}:{nm[1]}" if nm else "0:0"
     header = [
         f"# llm-compressor {LLMCOMPRESSOR_VERSION} oneshot recipe; calibration unit: oneshot(..., "
         + f"sequential_targets=[{block_class!r}])",
@@ -313,9 +324,9 @@ def recipe_snippet(rates: Rates, modifier: str, blocks_path: str, block_class: s
         lines = list(header)
         for i, (target, rate) in enumerate(rates.items()):
             lines.append(f"  sparsity_{i}_modifiers:")
-            lines += _modifier_lines(modifier, note, _sparsity_yaml(rate, f"rate of {target!r}"), target, "")
+            lines += _modifier_lines(modifier, note, _sparsity_yaml(rate, f"rate of {target!r}"), target, "", mask)
         return "\n".join(lines) + "\n"
     pattern = "re:" + re.escape(blocks_path) + r"\.\d+$"
     sparsity = _sparsity_yaml(list(rates), "block rate")
-    body = _modifier_lines(modifier, note, sparsity, pattern, "  # block 0 first")
+    body = _modifier_lines(modifier, note, sparsity, pattern, "  # block 0 first", mask)
     return "\n".join([*header, "  sparsity_modifiers:", *body]) + "\n"

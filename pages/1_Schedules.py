@@ -76,6 +76,7 @@ st.code(
         blocks_path(bench.loaded),
         type(bench.loaded.blocks[0]).__name__,
         note=pruner.recipe_note,
+        nm=setup.prune.nm,
     ),
     language="yaml",
 )

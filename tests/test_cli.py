@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 from tiny import shared_corpus_file, shared_tiny_model
 
 from atp_viz.cli import main
@@ -166,6 +167,14 @@ def test_export_roundtrip(capsys, tmp_path) -> None:
         str(target),
     )
     assert code == 2 and "--force" in err
+    compact = tmp_path / "compact"
+    argv = ("prune", *tiny_args(tmp_path / "r.sqlite"), "--method", "uniform", "--sparsity", "0.5")
+    code, out, _ = run_cli(capsys, *argv, "--save", str(compact), "--save-format", "compressed-tensors", "--json")
+    assert code == 0 and out["cached"]  # read back from the store, pruned again for the export
+    from atp_viz.export import load_compressed
+
+    weight = load_compressed(compact).model.layers[0].self_attn.q_proj.weight  # type: ignore[union-attr]
+    assert torch.equal(weight, reloaded.blocks[0].self_attn.q_proj.weight)
 
 
 def test_module_entry_point_subprocess(tmp_path) -> None:

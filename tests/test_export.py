@@ -172,6 +172,19 @@ def test_list_recipe_parses_and_matches_llmcompressor_schema() -> None:
     assert "# closest to magnitude" in text and "LlamaDecoderLayer" in text
 
 
+def test_recipe_carries_the_nm_pattern() -> None:
+    text = recipe_snippet([0.5, 0.5], "SparseGPTModifier", "model.layers", "LlamaDecoderLayer", nm=(2, 4))
+    modifier = yaml.safe_load(text)["sparsity_stage"]["sparsity_modifiers"]["SparseGPTModifier"]
+    assert modifier["mask_structure"] == "2:4"
+    unstructured = recipe_snippet([0.5, 0.5], "SparseGPTModifier", "model.layers", "LlamaDecoderLayer")
+    assert (
+        yaml.safe_load(unstructured)["sparsity_stage"]["sparsity_modifiers"]["SparseGPTModifier"]["mask_structure"]
+        == "0:0"
+    )
+    with pytest.raises(ValueError, match="0 < N < M"):
+        recipe_snippet([0.5], "SparseGPTModifier", "model.layers", "LlamaDecoderLayer", nm=(4, 4))
+
+
 def test_recipe_accepts_numpy_rates_up_to_one() -> None:
     import numpy as np
 
