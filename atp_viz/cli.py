@@ -12,12 +12,12 @@ import math
 import sys
 import warnings
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
 from . import methods, schedules
-from .config import DTYPES, CalibConfig, EvalConfig, check_sparsity, parse_nm
+from .config import DTYPES, CalibConfig, EvalConfig, check_sparsity, parse_nm, parse_seeds
 from .data import DEFAULT_CORPUS, HUB_CORPORA
 from .experiment import (
     CALIBRATION_MODES,
@@ -27,6 +27,8 @@ from .experiment import (
     Workbench,
     compare_cells,
     compare_rows,
+    run_seeds,
+    summarize_sweep,
     sweep_specs,
 )
 from .export import EXPORT_FORMATS, check_target, recipe_snippet, save_pruned
@@ -34,7 +36,7 @@ from .methods import ScheduleSpec
 from .metrics import EVALUATION, VALIDATION
 from .models import DEFAULT_MODEL, EMBEDDED_MODELS, blocks_path
 from .pruners import PRUNERS, PruneConfig
-from .results import PointResult, best_point
+from .results import PointResult, seed_spread
 from .store import ResultStore, StoreError, default_store_path, to_jsonable
 
 EXIT_BAD_INPUT = 2
@@ -55,6 +57,13 @@ def float_list(text: str) -> list[float]:
         return [float(x) for x in text.split(",") if x.strip()]
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
+
+
+def seed_list(text: str) -> tuple[int, ...]:
+    try:
+        return parse_seeds(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def name_list(text: str) -> list[str]:
@@ -130,7 +139,14 @@ def add_setup_args(p: argparse.ArgumentParser) -> None:
         default=list(Setup.metrics),
         help=f"comma-separated, of: {', '.join(MEASURES)} (default %(default)s)",
     )
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="calibration seed (default 0)")
+    p.add_argument(
+        "--seeds",
+        type=seed_list,
+        default=None,
+        help="comma-separated calibration seeds such as 0,1,2 (sweep, compare): every point runs under each seed and "
+        "the results give mean and std over them (default: --seed)",
+    )
     p.add_argument(
         "--calibration",
         default="sequential",
@@ -416,32 +432,56 @@ def cmd_sweep(args: argparse.Namespace) -> dict[str, Any]:
     sparsity = check_sparsity(args.sparsity)
     if not (math.isfinite(args.step) and 0 < args.step < 1):
         raise CliError(f"--step must be in (0, 1), got {args.step}")
+    seeds = seeds_of(args)
     wb = load_workbench(setup)
     specs = sweep_specs(wb.num_blocks, sparsity, args.step)
     attach_store(wb, args, specs)
     progress = tqdm_progress()
     dense = wb.dense_perplexity(progress)
-    points = []
-    for point in wb.run_many(specs, progress):
-        points.append(point)
-        log(
-            f"{specs[len(points) - 1].describe()}: ppl {point.perplexity:.3f} (validation "
-            f"{point.value('perplexity', VALIDATION):.3f})"
-            f"{' (stored)' if point.cached else ''}"
-        )
-    best = best_point(points[1:] or points, split=setup.select_split)  # the grid (points[0] is uniform)
+    found = run_seeds(wb, seeds, specs, progress, on_point=log_point(len(seeds)))
+    summary = summarize_sweep(specs, found, setup.select_split)
+    best = summary.best if summary.best is not None else 0
     return {
         "sparsity": sparsity,
         "beta_max": schedules.beta_max(wb.num_blocks, sparsity),
         "dense_perplexity": dense,
-        "uniform_perplexity": points[0].perplexity,
+        "seeds": list(seeds),
+        "uniform_perplexity": seed_spread(summary.uniform).mean,
         "selected_on": setup.select_split,
         "reported_on": EVALUATION,
-        "best_beta": best.beta,
-        "best_perplexity": best.perplexity,
-        "best_validation_perplexity": best.value("perplexity", VALIDATION),
-        "points": [point_json(p) for p in points],
+        "best_beta": summary.betas[best] if summary.betas else 0.0,
+        "best_perplexity": summary.evaluation[best].mean if summary.betas else seed_spread(summary.uniform).mean,
+        "best_perplexity_std": summary.evaluation[best].std if summary.betas else None,
+        "best_validation_perplexity": summary.validation[best].mean if summary.betas else None,
+        "runner_up_beta": summary.betas[summary.runner_up] if summary.runner_up is not None else None,
+        "within_noise": summary.within_noise,
+        "table": summary.table(),
+        "points": [point_json(p) for p in found_in_seed(found, specs, 0)],
+        "by_seed": {str(seed): [point_json(p) for p in found_in_seed(found, specs, i)] for i, seed in enumerate(seeds)},
     }
+
+
+def seeds_of(args: argparse.Namespace) -> tuple[int, ...]:
+    """The calibration seeds of a command: --seeds, or --seed alone."""
+    return tuple(args.seeds) if args.seeds else (args.seed,)
+
+
+def found_in_seed(
+    found: dict[ScheduleSpec, list[PointResult]], specs: Sequence[ScheduleSpec], index: int
+) -> list[PointResult]:
+    return [found[spec][index] for spec in specs]
+
+
+def log_point(seeds: int) -> Callable[[int, ScheduleSpec, PointResult], None]:
+    """One stderr line per finished point (scripts and the fault tests read these)."""
+
+    def show(seed: int, spec: ScheduleSpec, point: PointResult) -> None:
+        prefix = f"seed {seed}: " if seeds > 1 else ""
+        stored = " (stored)" if point.cached else ""
+        validation = point.value("perplexity", VALIDATION)
+        log(f"{prefix}{spec.describe()}: ppl {point.perplexity:.3f} (validation {validation:.3f}){stored}")
+
+    return show
 
 
 def cmd_compare(args: argparse.Namespace) -> dict[str, Any]:
@@ -461,11 +501,19 @@ def cmd_compare(args: argparse.Namespace) -> dict[str, Any]:
     attach_store(wb, args, flat)
     progress = tqdm_progress()
     dense = wb.dense_perplexity(progress)
-    found = {spec: point for spec, point in zip(flat, wb.run_many(flat, progress))}
+    seeds = seeds_of(args)
+    found = run_seeds(wb, seeds, flat, progress)
     rows = compare_rows(cells, found, select=setup.select_split)
     for row in rows:
-        log(f"{row['method']} S={row['sparsity']:g}: ppl {row['perplexity']:.3f} {row['params'] or ''}")
-    return {"dense_perplexity": dense, "selected_on": setup.select_split, "reported_on": EVALUATION, "rows": rows}
+        std = f" +- {row['perplexity_std']:.3f}" if len(seeds) > 1 else ""
+        log(f"{row['method']} S={row['sparsity']:g}: ppl {row['perplexity']:.3f}{std} {row['params'] or ''}")
+    return {
+        "dense_perplexity": dense,
+        "seeds": list(seeds),
+        "selected_on": setup.select_split,
+        "reported_on": EVALUATION,
+        "rows": rows,
+    }
 
 
 def cmd_models(_args: argparse.Namespace) -> dict[str, Any]:

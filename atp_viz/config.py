@@ -36,6 +36,17 @@ def check_sparsity(value: float, name: str = "sparsity") -> float:
     return value
 
 
+def parse_seeds(text: str) -> tuple[int, ...]:
+    """'0,1,2' -> (0, 1, 2): calibration seeds, each an integer >= 0, no repeats."""
+    try:
+        seeds = tuple(int(part) for part in text.split(",") if part.strip())
+    except ValueError:
+        raise ValueError(f"seeds must be comma-separated integers >= 0 such as 0,1,2, got {text!r}") from None
+    if not seeds or len(set(seeds)) != len(seeds) or min(seeds) < 0:
+        raise ValueError(f"seeds must be distinct integers >= 0 such as 0,1,2, got {text!r}")
+    return seeds
+
+
 def parse_nm(text: str | None) -> tuple[int, int] | None:
     """'2:4' -> (2, 4); None or '' -> None (unstructured)."""
     if not text:

@@ -20,7 +20,7 @@ from __future__ import annotations
 import hashlib
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +37,7 @@ from .methods import ScheduleSpec
 from .metrics import EVALUATION, SPLITS, VALIDATION, metric_key
 from .models import DEFAULT_MODEL, LoadedModel, cache_dir, load_model
 from .pruners import PruneConfig, get_pruner
-from .results import PointResult, best_point
+from .results import PointResult, Spread, best_group, seed_spread
 from .stats_cache import (
     CachedMode,
     DenseStats,
@@ -371,8 +371,10 @@ class Workbench:
         loaded: LoadedModel | None = None,
         progress: Progress | None = None,
         windows: Sequence[torch.Tensor] | None = None,
+        dense: DenseWeights | None = None,
     ) -> None:
-        """``windows``: pre-cut token windows to use instead of the corpus (see ``given_windows``)."""
+        """``windows``: pre-cut token windows to use instead of the corpus (see ``given_windows``);
+        ``dense``: the dense weights of ``loaded`` when another Workbench holds them already."""
         self.setup = setup
         self.loaded = loaded or load_for(setup, progress)
         check_lengths(self.loaded, setup)
@@ -382,7 +384,8 @@ class Workbench:
         else:
             self.corpus, self.windows = given_windows(setup.corpus, windows)
         self.rows = Ledger(store, setup, self.loaded.fingerprint, self.corpus, self.windows)
-        self.dense = DenseWeights(self.loaded.blocks)
+        self.dense = dense or DenseWeights(self.loaded.blocks)
+        self._seeded: dict[int, Workbench] = {}
         self.param_counts = block_param_counts(self.loaded.blocks)
         self.stats = DenseStatistics(
             self.loaded, setup, self.windows["calibration"], self.rows.prune_identity(), self.dense
@@ -405,6 +408,15 @@ class Workbench:
 
     def point_key(self, spec: ScheduleSpec) -> str:
         return self.rows.point_key(spec)
+
+    def reseeded(self, seed: int) -> Workbench:
+        """The same model and dense weights, calibrated on windows drawn with ``seed`` (kept for reuse)."""
+        if seed == self.setup.calib.seed:
+            return self
+        if seed not in self._seeded:
+            setup = replace(self.setup, calib=replace(self.setup.calib, seed=seed))
+            self._seeded[seed] = Workbench(setup, self.store, loaded=self.loaded, dense=self.dense)
+        return self._seeded[seed]
 
     def schedule(self, spec: ScheduleSpec, progress: Progress | None = None) -> np.ndarray:
         """Per-block rates for ``spec`` on this model (statistics computed once, when a method needs them)."""
@@ -486,9 +498,89 @@ class Workbench:
         return self.run_many(sweep_specs(self.num_blocks, sparsity, step), progress)
 
 
+def run_seeds(
+    wb: Workbench,
+    seeds: Sequence[int],
+    specs: Sequence[ScheduleSpec],
+    progress: Progress | None = None,
+    on_point: Callable[[int, ScheduleSpec, PointResult], None] | None = None,
+) -> dict[ScheduleSpec, list[PointResult]]:
+    """Every spec under every calibration seed (seed-major: all points of one seed, then the next);
+    each point is stored as it finishes. Returns spec -> its points in the order of ``seeds``."""
+    found: dict[ScheduleSpec, list[PointResult]] = {spec: [] for spec in specs}
+    for index, seed in enumerate(seeds):
+        bench = wb.reseeded(seed)
+        sub = (
+            labelled(scaled(progress, index / len(seeds), 1 / len(seeds)), f"seed {seed}")
+            if len(seeds) > 1
+            else progress
+        )
+        for spec, point in zip(specs, bench.run_many(specs, sub)):
+            found[spec].append(point)
+            if on_point:
+                on_point(seed, spec, point)
+    return found
+
+
 def sweep_specs(num_blocks: int, sparsity: float, step: float = schedules.GRID_STEP) -> list[ScheduleSpec]:
     """Uniform (beta = 0, stored as a uniform point so other jobs share it) plus the ATP grid."""
     return [ScheduleSpec("uniform", sparsity), *methods.sweep_grid("atp", num_blocks, sparsity, step)]
+
+
+@dataclass(frozen=True)
+class SweepSummary:
+    """A beta sweep over one or more seeds: per grid point the spread of the metric on both splits,
+    the best point chosen on ``select`` (by its mean over seeds) and whether the runner-up is within
+    the seed noise (mean +- std bands overlap; None with one seed)."""
+
+    betas: list[float]  # the grid points stored so far, by beta
+    points: list[list[PointResult]]  # each grid point's results, one per seed
+    evaluation: list[Spread]
+    validation: list[Spread]
+    uniform: list[PointResult]  # the baseline (beta = 0) under each seed stored
+    best: int | None
+    runner_up: int | None
+    within_noise: bool | None
+
+    def table(self) -> list[dict[str, Any]]:
+        """One row per grid point (beta, means, stds, seeds, mean seconds); uniform first when stored."""
+        rows = [(0.0, self.uniform)] if self.uniform else []
+        rows += list(zip(self.betas, self.points))
+        return [{"beta": beta, "method": points[0].method, **spread_columns(points),
+                 "seconds": float(np.mean([p.wall_time for p in points]))} for beta, points in rows]  # fmt: skip
+
+
+def spread_columns(points: Sequence[PointResult], metric: str = "perplexity") -> dict[str, float | int]:
+    """Mean and std of ``metric`` on both splits over the seeds of one schedule (table columns)."""
+    out: dict[str, float | int] = {}
+    for split in (EVALUATION, VALIDATION):
+        value = seed_spread(points, metric, split)
+        out |= {f"{metric} ({split})": value.mean, f"std ({split})": value.std}
+    return out | {"seeds": len(points)}
+
+
+def summarize_sweep(
+    specs: Sequence[ScheduleSpec], groups: Mapping[ScheduleSpec, Sequence[PointResult]], select: str = VALIDATION
+) -> SweepSummary:
+    """``specs`` as ``sweep_specs`` gives them (uniform first, then the grid); ``groups``: each spec's
+    stored points under every seed run so far."""
+    grid = sorted(((spec.get("beta", 0.0), list(groups.get(spec, ()))) for spec in specs[1:]), key=lambda item: item[0])
+    grid = [(beta, points) for beta, points in grid if points]
+    best = runner = noise = None
+    if grid:
+        best, runner = best_group([points for _, points in grid], split=select)
+        if runner is not None and len(grid[best][1]) > 1:
+            noise = seed_spread(grid[best][1], split=select).overlaps(seed_spread(grid[runner][1], split=select))
+    return SweepSummary(
+        betas=[float(beta) for beta, _ in grid],
+        points=[points for _, points in grid],
+        evaluation=[seed_spread(points) for _, points in grid],
+        validation=[seed_spread(points, split=select) for _, points in grid],
+        uniform=list(groups.get(specs[0], ())),
+        best=best,
+        runner_up=runner,
+        within_noise=noise,
+    )
 
 
 # -- strategy comparison (the CLI's compare and the dashboard's Compare page) -------------------
@@ -542,31 +634,34 @@ def compare_cells(
 
 def compare_rows(
     cells: Sequence[Cell],
-    found: Mapping[ScheduleSpec, PointResult | None],
+    found: Mapping[ScheduleSpec, Sequence[PointResult]],
     metric: str = "perplexity",
     select: str = VALIDATION,
 ) -> list[dict[str, Any]]:
-    """One row per cell with a stored point: the best spec chosen on ``select``, its evaluation value.
+    """One row per cell with stored points: the best spec chosen on ``select`` (mean over the seeds
+    each spec was run with), its evaluation mean and standard deviation over those seeds.
 
-    Row: method, label, sparsity, ``metric`` (evaluation), ``validation_<metric>``, params of the chosen
-    schedule, points (how many of the cell's specs are stored), rates.
+    Row: method, label, sparsity, ``metric`` (evaluation mean), ``<metric>_std``, seeds,
+    ``<select>_<metric>``, params of the chosen schedule, points (specs stored / tried), rates, and
+    ``within_noise``: whether the runner-up's seed band overlaps the winner's (None with one seed).
     """
     rows = []
     for cell in cells:
-        points = [p for spec in cell.specs if (p := found.get(spec)) is not None]
-        if not points:
+        groups = [(spec, list(found.get(spec, ()))) for spec in cell.specs]
+        groups = [(spec, points) for spec, points in groups if points]
+        if not groups:
             continue
-        best = best_point(points, metric, select)
-        rows.append(
-            {
-                "method": cell.method,
-                "label": methods.label(cell.method),
-                "sparsity": cell.sparsity,
-                metric: best.value(metric, EVALUATION),
-                f"{select}_{metric}": best.value(metric, select),
-                "params": {k: v for k, v in best.params.items() if k not in ("method", "sparsity")},
-                "points": f"{len(points)}/{len(cell.specs)}",
-                "rates": best.rates.tolist(),
-            }
-        )
+        best, runner = best_group([points for _, points in groups], metric, select)
+        points = groups[best][1]
+        chosen, reported = seed_spread(points, metric, select), seed_spread(points, metric, EVALUATION)
+        noise = None
+        if runner is not None and chosen.n > 1:
+            noise = chosen.overlaps(seed_spread(groups[runner][1], metric, select))
+        rows.append({
+            "method": cell.method, "label": methods.label(cell.method), "sparsity": cell.sparsity,
+            metric: reported.mean, f"{metric}_std": reported.std, "seeds": reported.n,
+            f"{select}_{metric}": chosen.mean,
+            "params": {k: v for k, v in points[0].params.items() if k not in ("method", "sparsity")},
+            "points": f"{len(groups)}/{len(cell.specs)}", "rates": points[0].rates.tolist(), "within_noise": noise,
+        })  # fmt: skip
     return rows

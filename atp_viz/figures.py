@@ -122,9 +122,11 @@ def beta_curve_figure(
     beta_max: float | None = None,
     selected: float | None = None,
     validation: Sequence[float] | None = None,
+    spread: Sequence[float] | None = None,
 ) -> go.Figure:
     """ATP perplexity against beta (the U-curve, evaluation split), the validation curve that chose the
-    best beta (dotted), uniform baseline, best and selected point."""
+    best beta (dotted), uniform baseline, best and selected point. ``spread``: the standard deviation
+    of each evaluation value over calibration seeds, drawn as +-1 std error bars."""
     order = np.argsort(np.asarray(betas, dtype=np.float64))
     x = np.asarray(betas, dtype=np.float64)[order]
     y = np.asarray(perplexities, dtype=np.float64)[order]
@@ -148,6 +150,7 @@ def beta_curve_figure(
             mode="lines+markers",
             name=f"ATP at S = {sparsity:g} (evaluation)",
             line=dict(color=color_for("atp")),
+            error_y=_error_bars(spread, order),
             hovertemplate="beta %{x:.6g}<br>evaluation perplexity %{y:.6g}<extra>ATP</extra>",
         )
     )
@@ -189,6 +192,14 @@ def beta_curve_figure(
     return fig
 
 
+def _error_bars(spread: Sequence[float] | None, order: np.ndarray | None = None) -> dict[str, object] | None:
+    """Plotly +-1 std error bars (None: no bars, e.g. a single seed)."""
+    if spread is None or not np.any(np.asarray(spread, dtype=np.float64) > 0):
+        return None
+    values = np.asarray(spread, dtype=np.float64)
+    return dict(type="data", array=(values[order] if order is not None else values).tolist(), visible=True)
+
+
 def compare_figure(
     rows: Sequence[Mapping[str, object]], dense_ppl: float | None = None, log_y: bool = True
 ) -> go.Figure:
@@ -198,11 +209,14 @@ def compare_figure(
     names = list(dict.fromkeys(str(r.get("label", r["method"])) for r in rows))
     fig = go.Figure()
     for name in names:
-        by_s = {float(r["sparsity"]): float(r["perplexity"]) for r in rows if r.get("label", r["method"]) == name}  # type: ignore[arg-type]
+        mine = [r for r in rows if r.get("label", r["method"]) == name]
+        by_s = {float(r["sparsity"]): float(r["perplexity"]) for r in mine}  # type: ignore[arg-type]
+        std = {float(r["sparsity"]): float(r.get("perplexity_std") or 0.0) for r in mine}  # type: ignore[arg-type]
         fig.add_trace(
             go.Bar(
                 x=categories,
                 y=[by_s.get(s) for s in sparsities],
+                error_y=_error_bars([std.get(s, 0.0) for s in sparsities]),
                 name=name,
                 marker_color=color_for(name),
                 hovertemplate=f"<b>{name}</b><br>sparsity %{{x}}<br>perplexity %{{y:.6g}}<extra></extra>",

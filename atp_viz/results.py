@@ -73,6 +73,44 @@ class PointResult:
         return cls(**values, params=params, metrics=upgrade_metrics(record), key=key, cached=cached)
 
 
+@dataclass(frozen=True)
+class Spread:
+    """Mean and sample standard deviation of one value over calibration seeds."""
+
+    mean: float
+    std: float  # 0 with a single seed
+    n: int
+
+    def overlaps(self, other: Spread) -> bool:
+        """Whether the two mean +- std bands overlap: the difference is within the seed noise."""
+        return abs(self.mean - other.mean) <= self.std + other.std
+
+
+def spread(values: Sequence[float]) -> Spread:
+    """Spread of ``values`` (NaN values ignored; NaN mean when none is left)."""
+    finite = np.asarray([v for v in values if not math.isnan(v)], dtype=np.float64)
+    if finite.size == 0:
+        return Spread(math.nan, math.nan, 0)
+    return Spread(float(finite.mean()), float(finite.std(ddof=1)) if finite.size > 1 else 0.0, int(finite.size))
+
+
+def seed_spread(points: Sequence[PointResult], metric: str = "perplexity", split: str = EVALUATION) -> Spread:
+    """The spread of ``metric`` on ``split`` over the same schedule run under several seeds."""
+    return spread([p.value(metric, split) for p in points])
+
+
+def best_group(
+    groups: Sequence[Sequence[PointResult]], metric: str = "perplexity", split: str = VALIDATION
+) -> tuple[int, int | None]:
+    """Index of the best group (one schedule under several seeds) by its mean ``metric`` on ``split``,
+    and of the runner-up (None with fewer than two groups)."""
+    entry = check_metric(metric)
+    means = {str(i): seed_spread(g, metric, split).mean for i, g in enumerate(groups)}
+    best = int(entry.best(means))
+    rest = {k: v for k, v in means.items() if k != str(best)}
+    return best, (int(entry.best(rest)) if rest else None)
+
+
 def best_point(points: Sequence[PointResult], metric: str = "perplexity", split: str = VALIDATION) -> PointResult:
     """The point with the best ``metric`` on ``split`` (validation by default: select there, report on
     evaluation). Points without that value are never chosen unless no point has it."""

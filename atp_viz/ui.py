@@ -24,7 +24,7 @@ import streamlit as st
 from atp_viz import methods
 from atp_viz.config import CalibConfig, EvalConfig
 from atp_viz.data import DEFAULT_CORPUS
-from atp_viz.experiment import Progress, Setup, Workbench
+from atp_viz.experiment import Progress, Setup, Workbench, labelled, scaled
 from atp_viz.figures import PLOTLY_CONFIG
 from atp_viz.methods import ScheduleSpec
 from atp_viz.models import DEFAULT_MODEL, EMBEDDED_MODELS
@@ -37,6 +37,7 @@ ENV_CORPUS = "ATP_VIZ_DEFAULT_CORPUS"  # default corpus
 ENV_WINDOWS = "ATP_VIZ_DEFAULT_WINDOWS"  # 'COUNTxTOKENS' for calibration and evaluation, e.g. '4x32'
 SPARSITY_RANGE = (0.05, 0.95)
 DEVICES = ("cpu", "auto", "cuda")
+MAX_SEEDS = 5  # seeds per point the sidebar offers (each one is a full run of the point)
 EVAL_BATCH = 4  # evaluation windows per forward pass (memory only)
 # Small dashboard defaults: the first sweep point on smollm2-135m takes ~20 s on 2 CPU cores.
 DEFAULTS = {
@@ -57,6 +58,7 @@ class Context:
 
     setup: Setup | None  # None when the settings are invalid (an error is already shown)
     sparsity: float
+    seeds: tuple[int, ...] = (0,)  # calibration seeds every point runs under (mean and spread shown)
     workbench: Workbench | None = None  # loaded only for pages that need the model
 
     @property
@@ -199,13 +201,40 @@ def progress_callback(label: str) -> Progress:
     return report
 
 
+def stored_groups(
+    bench: Workbench, specs: Sequence[ScheduleSpec], seeds: Sequence[int]
+) -> tuple[dict[ScheduleSpec, list[PointResult]], list[tuple[int, ScheduleSpec]]]:
+    """Each spec's stored points under ``seeds`` (in seed order), and the (seed, spec) not stored yet."""
+    groups: dict[ScheduleSpec, list[PointResult]] = {spec: [] for spec in specs}
+    missing = []
+    for seed in seeds:
+        seeded = bench.reseeded(seed)
+        for spec in specs:
+            point = seeded.stored(spec)
+            if point is None:
+                missing.append((seed, spec))
+            else:
+                groups[spec].append(point)
+    return groups, missing
+
+
 def run_points(
     bench: Workbench, specs: Sequence[ScheduleSpec], label: str, on_point: Callable[[PointResult], None] | None = None
 ) -> list[PointResult] | None:
-    """Run ``specs`` under the model's job lock with a progress bar; each point is stored as it ends.
+    """Run ``specs`` (the bench's own seed) under the model's job lock with a progress bar; each point is
+    stored as it ends. Returns None (after showing why) when the model is busy or a point fails."""
+    jobs = [(bench.setup.calib.seed, spec) for spec in specs]
+    return run_jobs(bench, jobs, label, (lambda _seed, point: on_point(point)) if on_point else None)
 
-    Returns None (after showing why) when the model is busy or a point fails.
-    """
+
+def run_jobs(
+    bench: Workbench,
+    jobs: Sequence[tuple[int, ScheduleSpec]],
+    label: str,
+    on_point: Callable[[int, PointResult], None] | None = None,
+) -> list[PointResult] | None:
+    """Run each (seed, spec) under the model's job lock with a progress bar; each point is stored as it
+    ends. Returns None (after showing why) when the model is busy or a point fails."""
     model = bench.setup.model
     with job(model, label) as admitted:
         if not admitted:
@@ -214,10 +243,14 @@ def run_points(
         report = progress_callback(label)
         done: list[PointResult] = []
         try:
-            for result in bench.run_many(list(specs), report):
+            for index, (seed, spec) in enumerate(jobs):
+                sub = scaled(report, index / len(jobs), 1 / len(jobs))
+                result = bench.reseeded(seed).run(
+                    spec, labelled(sub, f"[{index + 1}/{len(jobs)}] seed {seed} {spec.describe()}")
+                )
                 done.append(result)
                 if on_point:
-                    on_point(result)
+                    on_point(seed, result)
         except ValueError as exc:
             st.error(str(exc))
             return None
@@ -292,7 +325,16 @@ def sidebar(load_model: bool = True) -> Context:
     left.number_input("Evaluation windows", min_value=1, step=1, **state("eval_windows", initial["eval_windows"]))
     right.number_input("Evaluation tokens", min_value=2, step=64, **state("eval_seqlen", initial["eval_seqlen"]))
     left.number_input("Seed", min_value=0, step=1, **state("seed", initial["seed"]))
-    right.selectbox("Device", DEVICES, **state("device", initial["device"]))
+    right.number_input(
+        "Seeds per point",
+        min_value=1,
+        max_value=MAX_SEEDS,
+        step=1,
+        help="Run every point under this many calibration seeds (Seed, Seed + 1, ...): curves and tables show "
+        "the mean with a +-1 std band, and the best beta says when it is within that noise.",
+        **state("seed_count", 1),
+    )
+    left.selectbox("Device", DEVICES, **state("device", initial["device"]))
 
     values = st.session_state
     setup: Setup | None = None
@@ -316,7 +358,8 @@ def sidebar(load_model: bool = True) -> Context:
         sparsity = float(DEFAULTS["sparsity"])  # type: ignore[arg-type]
     bench = load_workbench(setup) if (setup is not None and load_model) else None
     status_box(setup, bench)
-    return Context(setup, sparsity, bench)
+    first, count = int(values["seed"]), min(max(int(values["seed_count"]), 1), MAX_SEEDS)
+    return Context(setup, sparsity, tuple(range(first, first + count)), bench)
 
 
 def status_box(setup: Setup | None, bench: Workbench | None) -> None:

@@ -4,9 +4,8 @@ import pandas as pd
 import streamlit as st
 
 from atp_viz import figures, schedules, ui
-from atp_viz.experiment import sweep_specs
-from atp_viz.metrics import EVALUATION, VALIDATION
-from atp_viz.results import PointResult, best_point
+from atp_viz.experiment import summarize_sweep, sweep_specs
+from atp_viz.results import PointResult, seed_spread
 
 st.set_page_config(page_title="Beta tuning - atp-viz", layout="wide")
 ctx = ui.sidebar()
@@ -37,12 +36,14 @@ if len(specs) == 1:
     )
     st.stop()
 
-job_id = (setup, S, step)
-found = dict(zip(specs, ui.stored_points(bench, specs)))
-missing = [spec for spec, point in found.items() if point is None]
+seeds = ctx.seeds
+job_id = (setup, S, step, seeds)
+groups, missing = ui.stored_groups(bench, specs, seeds)
+total = len(specs) * len(seeds)
 st.caption(
-    f"{L} blocks at S = {S:g}: beta_max = {bound:.5g}, {len(specs) - 1} grid betas + the uniform baseline; "
-    f"{len(specs) - len(missing)} of {len(specs)} points stored."
+    f"{L} blocks at S = {S:g}: beta_max = {bound:.5g}, {len(specs) - 1} grid betas + the uniform baseline"
+    f"{f' under seeds {seeds[0]}..{seeds[-1]}' if len(seeds) > 1 else ''}; "
+    f"{total - len(missing)} of {total} points stored."
 )
 
 c1, c2 = st.columns([1, 4])
@@ -58,85 +59,84 @@ if st.session_state.get("tune_job") is not None and c2.button("Stop (finished po
 chart_slot = st.empty()
 
 
-def split_points(points: list[PointResult]) -> tuple[list[PointResult], PointResult | None]:
-    """The grid points (sorted by beta) and the uniform baseline (the sweep's first spec)."""
-    keys = {bench.point_key(spec): spec for spec in specs}
-    uniform = next((p for p in points if keys.get(p.key) == specs[0]), None)
-    return sorted((p for p in points if keys.get(p.key) != specs[0]), key=lambda p: p.beta), uniform
-
-
-def draw(points: list[PointResult]) -> None:
-    atp_points, uniform = split_points(points)
-    best = best_point(atp_points) if atp_points else None
+def draw() -> None:
+    summary = summarize_sweep(specs, groups)
+    uniform = seed_spread(summary.uniform) if summary.uniform else None
     fig = figures.beta_curve_figure(
-        [p.beta for p in atp_points],
-        [p.perplexity for p in atp_points],
+        summary.betas,
+        [v.mean for v in summary.evaluation],
         sparsity=S,
-        uniform_ppl=uniform.perplexity if uniform else None,
-        best_beta=best.beta if best else None,
+        uniform_ppl=uniform.mean if uniform else None,
+        best_beta=summary.betas[summary.best] if summary.best is not None else None,
         beta_max=bound,
         selected=st.session_state.get("_tune_pick"),
-        validation=[p.value("perplexity", VALIDATION) for p in atp_points],
+        validation=[v.mean for v in summary.validation],
+        spread=[v.std for v in summary.evaluation],
     )
     with chart_slot.container():
-        ui.chart(fig, key=f"tune_curve_{len(points)}")
+        ui.chart(fig, key=f"tune_curve_{sum(len(g) for g in groups.values())}")
 
 
-points = [p for p in found.values() if p is not None]
-draw(points)
+draw()
 if missing and st.session_state.get("tune_job") == job_id:
     st.caption("Changing a widget while the sweep runs restarts the point in progress (finished points are kept).")
+    keys = {(seed, bench.reseeded(seed).point_key(spec)): spec for seed, spec in missing}
 
-    def arrived(point: PointResult) -> None:
-        points.append(point)
-        draw(points)
+    def arrived(seed: int, point: PointResult) -> None:
+        groups[keys[(seed, point.key)]].append(point)
+        draw()
 
-    done = ui.run_points(bench, missing, f"beta sweep at S = {S:g}", on_point=arrived)
+    done = ui.run_jobs(bench, missing, f"beta sweep at S = {S:g}", on_point=arrived)
     if done is not None:
         st.session_state["tune_job"] = None
         st.rerun()
 
-atp_points, uniform = split_points(points)
-if not atp_points:
+summary = summarize_sweep(specs, groups)
+if summary.best is None:
     st.info("No ATP point stored yet for these settings: press Run sweep.")
     st.stop()
-best = best_point(atp_points)
-if uniform:
+best_beta, best_eval, best_val = (
+    summary.betas[summary.best],
+    summary.evaluation[summary.best],
+    summary.validation[summary.best],
+)
+noise = f" +- {best_eval.std:.3g} (std over {best_eval.n} seeds)" if best_eval.n > 1 else ""
+if summary.uniform:
+    uniform = seed_spread(summary.uniform)
     st.success(
-        f"Best beta = {best.beta:.4g} (chosen on validation perplexity {best.value('perplexity', VALIDATION):.4g}): "
-        f"evaluation perplexity {best.perplexity:.4f} vs uniform {uniform.perplexity:.4f} "
-        f"({(best.perplexity / uniform.perplexity - 1) * 100:+.2f} %)."
+        f"Best beta = {best_beta:.4g} (chosen on validation perplexity {best_val.mean:.4g}): evaluation perplexity "
+        f"{best_eval.mean:.4f}{noise} vs uniform {uniform.mean:.4f} "
+        f"({(best_eval.mean / uniform.mean - 1) * 100:+.2f} %)."
+    )
+if summary.within_noise and summary.runner_up is not None:
+    st.warning(
+        f"The runner-up, beta = {summary.betas[summary.runner_up]:.4g}, is within the seed noise of the best "
+        "(their mean +- std validation bands overlap): the grid does not separate them at these settings."
+    )
+elif summary.within_noise is None and len(seeds) == 1:
+    st.caption(
+        "One calibration seed: raise 'Seeds per point' in the sidebar to see whether the best beta is within noise."
     )
 
-betas = [p.beta for p in atp_points]
+betas = summary.betas
 if st.session_state.get("_tune_pick") not in betas:
-    ui.set_state("tune_pick", best.beta)
+    ui.set_state("tune_pick", best_beta)
 pick = st.selectbox(
     "Show point",
     betas,
-    format_func=lambda b: f"beta = {b:.4g}" + (" (best)" if b == best.beta else ""),
-    **ui.state("tune_pick", best.beta),
+    format_func=lambda b: f"beta = {b:.4g}" + (" (best)" if b == best_beta else ""),
+    **ui.state("tune_pick", best_beta),
 )
-chosen = next(p for p in atp_points if p.beta == pick)
+chosen = summary.points[betas.index(pick)][0]  # the first seed's point
+base = summary.uniform[0] if summary.uniform else None
 left, right = st.columns(2)
 with left:
-    rates = {"ATP (beta = %.4g)" % chosen.beta: chosen.rates, **({"uniform": uniform.rates} if uniform else {})}
+    rates = {"ATP (beta = %.4g)" % chosen.beta: chosen.rates, **({"uniform": base.rates} if base else {})}
     ui.chart(figures.schedule_figure(rates, f"Schedule at beta = {chosen.beta:.4g}"))
 with right:
     errors = {
         "ATP (beta = %.4g)" % chosen.beta: chosen.cumulative_error,
-        **({"uniform": uniform.cumulative_error} if uniform else {}),
+        **({"uniform": base.cumulative_error} if base else {}),
     }
     ui.chart(figures.error_figure(errors, log_y=True, title=f"Cumulative error at beta = {chosen.beta:.4g}"))
-st.dataframe(
-    pd.DataFrame(
-        {
-            "beta": [p.beta for p in points],
-            "method": [p.method for p in points],
-            f"perplexity ({EVALUATION})": [p.perplexity for p in points],
-            f"perplexity ({VALIDATION})": [p.value("perplexity", VALIDATION) for p in points],
-            "seconds": [p.wall_time for p in points],
-        }
-    ),
-    hide_index=True,
-)
+st.dataframe(pd.DataFrame(summary.table()), hide_index=True)

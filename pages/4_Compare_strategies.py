@@ -6,6 +6,7 @@ import streamlit as st
 from atp_viz import figures, methods, schedules, ui
 from atp_viz.experiment import compare_cells, compare_rows
 from atp_viz.metrics import EVALUATION, VALIDATION
+from atp_viz.results import PointResult
 
 st.set_page_config(page_title="Compare strategies - atp-viz", layout="wide")
 ctx = ui.sidebar()
@@ -50,8 +51,8 @@ except ValueError as exc:
     st.stop()
 
 everything = list(dict.fromkeys(spec for cell in cells for spec in cell.specs))
-stored = dict(zip(everything, ui.stored_points(bench, everything)))
-missing = [spec for spec in everything if stored[spec] is None]
+stored, missing = ui.stored_groups(bench, everything, ctx.seeds)
+runs = len(everything) * len(ctx.seeds)
 dense = ui.dense_perplexity(bench)
 slot = st.empty()
 
@@ -60,24 +61,24 @@ def draw() -> None:
     with slot.container():
         ui.chart(
             figures.compare_figure(compare_rows(cells, stored), dense, log_y),
-            key=f"cmp_chart_{sum(p is not None for p in stored.values())}",
+            key=f"cmp_chart_{sum(len(points) for points in stored.values())}",
         )
 
 
 draw()
 if missing:
     st.info(
-        f"{len(missing)} of {len(everything)} runs are not stored yet (about 20 s each for smollm2-135m on 2 CPU "
+        f"{len(missing)} of {runs} runs are not stored yet (about 20 s each for smollm2-135m on 2 CPU "
         "cores). Finished runs are kept if you leave."
     )
     if st.button(f"Run {len(missing)} missing", key="cmp_run", type="primary"):
-        keys = {bench.point_key(spec): spec for spec in missing}
+        keys = {(seed, bench.reseeded(seed).point_key(spec)): spec for seed, spec in missing}
 
-        def arrived(point):
-            stored[keys[point.key]] = point
+        def arrived(seed: int, point: PointResult) -> None:
+            stored[keys[(seed, point.key)]].append(point)
             draw()
 
-        if ui.run_points(bench, missing, "strategy comparison", on_point=arrived) is not None:
+        if ui.run_jobs(bench, missing, "strategy comparison", on_point=arrived) is not None:
             st.rerun()
 
 table = pd.DataFrame(compare_rows(cells, stored))
@@ -89,7 +90,13 @@ wide = table.pivot(index="label", columns="sparsity", values="perplexity").reind
 wide.columns = [f"S = {s:g}" for s in wide.columns]
 if dense is not None:
     wide.loc["dense"] = dense
-st.caption(f"Perplexity on the {EVALUATION} split; grid points chosen on the {VALIDATION} split.")
+seeds = f", mean over calibration seeds {ctx.seeds[0]}..{ctx.seeds[-1]}" if len(ctx.seeds) > 1 else ""
+st.caption(f"Perplexity on the {EVALUATION} split{seeds}; grid points chosen on the {VALIDATION} split.")
 st.dataframe(wide, key="cmp_table")
+if len(ctx.seeds) > 1:
+    spread = table.pivot(index="label", columns="sparsity", values="perplexity_std")
+    spread.columns = [f"S = {s:g}" for s in spread.columns]
+    st.caption("Standard deviation over the seeds (the bars' error bars):")
+    st.dataframe(spread, key="cmp_spread")
 csv = table.drop(columns=["rates"]).assign(params=table["params"].map(str), dense_perplexity=dense)
 st.download_button("Download CSV", csv.to_csv(index=False), file_name="compare.csv", mime="text/csv", key="cmp_csv")

@@ -199,3 +199,26 @@ def test_module_entry_point_subprocess(tmp_path) -> None:
         timeout=120,
     )
     assert proc.returncode == 0 and json.loads(proc.stdout)["rates"] == [0.5] * 4
+
+
+def test_seeds_give_mean_and_spread(capsys, tmp_path) -> None:
+    """--seeds runs every point under each calibration seed; tables give mean and std over them."""
+    store = tmp_path / "r.sqlite"
+    argv = ("sweep", *tiny_args(store), "--sparsity", "0.5", "--step", "0.1", "--seeds", "0,1", "--json")
+    code, out, err = run_cli(capsys, *argv)
+    assert code == 0 and out is not None and out["seeds"] == [0, 1]
+    assert "seed 1: atp S=0.5 beta=0.1: ppl" in err
+    first, second = out["by_seed"]["0"], out["by_seed"]["1"]
+    assert [p["beta"] for p in first] == [p["beta"] for p in second] and first != second
+    row = next(r for r in out["table"] if r["beta"] == out["best_beta"])
+    pair = [p["perplexity"] for p in first + second if p["beta"] == out["best_beta"]]
+    assert row["seeds"] == 2 and row["perplexity (evaluation)"] == pytest.approx(sum(pair) / 2)
+    assert row["std (evaluation)"] == pytest.approx(abs(pair[0] - pair[1]) / 2**0.5)
+    assert isinstance(out["within_noise"], bool) and out["runner_up_beta"] in [p["beta"] for p in first[1:]]
+    assert ResultStore(store).count(kind="point") == 2 * len(first)
+    code, out, _ = run_cli(
+        capsys, "compare", *tiny_args(store), "--sparsities", "0.5", "--step", "0.1", "--seeds", "0,1", "--json"
+    )
+    assert code == 0 and out is not None and all(r["seeds"] == 2 and r["perplexity_std"] >= 0 for r in out["rows"])
+    code, _, err = run_cli(capsys, "sweep", *tiny_args(store), "--seeds", "0,0")
+    assert code == 2 and "distinct integers >= 0" in err

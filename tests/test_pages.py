@@ -204,3 +204,14 @@ def test_theory_sandbox_answers_instantly_and_orders_errors() -> None:
     at.radio(key="toy_scale").set_value("absolute").run()
     ok(at)
     assert "squared" in figures(at)[0]["layout"]["yaxis"]["title"]["text"]
+
+
+def test_beta_tuning_with_seeds_draws_error_bars() -> None:
+    at = page("pages/3_Beta_tuning.py", _sparsity=0.6, _tune_step=0.1, _seed_count=2)
+    ok(at)
+    assert "of 6 points stored" in " ".join(c.value for c in at.caption)  # 3 specs x 2 seeds
+    at.button(key="tune_run").click().run()
+    ok(at)
+    curve = traces(figures(at)[0])["ATP at S = 0.6 (evaluation)"]
+    assert curve["error_y"]["visible"] and len(curve["error_y"]["array"]) == 2
+    assert any("std over 2 seeds" in s.value for s in at.success)

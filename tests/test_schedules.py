@@ -398,3 +398,26 @@ def test_rate_maps() -> None:
     linear = LinearRates(np.array([0.1, 0.2]), {(1, "mlp.up_proj"): 0.5})
     assert linear.rate(1, "mlp.up_proj") == 0.5 and linear.rate(1, "self_attn.q_proj") == 0.2
     assert as_rate_map(linear) is linear
+
+
+def test_seed_spread_and_best_group() -> None:
+    from atp_viz.config import parse_seeds
+    from atp_viz.results import PointResult, best_group, spread
+
+    assert parse_seeds("0, 1,2") == (0, 1, 2)
+    for bad in ("", "1,1", "-1", "a"):
+        with pytest.raises(ValueError, match="seeds must be"):
+            parse_seeds(bad)
+    s = spread([1.0, 3.0, float("nan")])
+    assert (s.mean, s.n) == (2.0, 2) and s.std == pytest.approx(2**0.5)
+    assert spread([5.0]).std == 0.0 and spread([]).n == 0
+    assert s.overlaps(spread([3.0, 3.0])) and not s.overlaps(spread([4.0, 4.0]))
+
+    def point(validation: float) -> PointResult:
+        empty = np.zeros(1)
+        metrics = {"validation/perplexity": validation, "evaluation/perplexity": validation + 1}
+        return PointResult("atp", 0.5, empty, empty, empty, empty, empty, empty, 0.5, 0.0, metrics=metrics)
+
+    groups = [[point(10), point(12)], [point(9), point(14)], [point(8), point(9)]]
+    assert best_group(groups) == (2, 0)  # means 11, 11.5, 8.5
+    assert best_group(groups[:1]) == (0, None)
