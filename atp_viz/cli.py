@@ -30,6 +30,7 @@ from .experiment import (
     run_seeds,
     summarize_sweep,
     sweep_specs,
+    zeroshot_table,
 )
 from .export import EXPORT_FORMATS, check_target, recipe_snippet, save_pruned
 from .methods import ScheduleSpec
@@ -38,6 +39,7 @@ from .models import DEFAULT_MODEL, EMBEDDED_MODELS, blocks_path
 from .pruners import PRUNERS, PruneConfig
 from .results import PointResult, seed_spread
 from .store import ResultStore, StoreError, default_store_path, to_jsonable
+from .zeroshot import TASKS, ZeroShotConfig, check_tasks
 
 EXIT_BAD_INPUT = 2
 
@@ -139,6 +141,7 @@ def add_setup_args(p: argparse.ArgumentParser) -> None:
         default=list(Setup.metrics),
         help=f"comma-separated, of: {', '.join(MEASURES)} (default %(default)s)",
     )
+    add_zeroshot_args(p)
     p.add_argument("--seed", type=int, default=0, help="calibration seed (default 0)")
     p.add_argument(
         "--seeds",
@@ -160,6 +163,21 @@ def add_setup_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--store", default=None, help=f"results store (default {default_store_path()})")
     p.add_argument("--no-store", action="store_true", help="neither read nor write the results store")
     add_safety_args(p)
+
+
+def add_zeroshot_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--tasks",
+        type=name_list,
+        default=list(ZeroShotConfig.tasks),
+        help=f"zero-shot tasks, of: {', '.join(TASKS)} (default: the paper's seven)",
+    )
+    p.add_argument(
+        "--items",
+        type=int,
+        default=ZeroShotConfig.items,
+        help="zero-shot items per task and split, seeded (0 = all; default %(default)s)",
+    )
 
 
 def add_safety_args(p: argparse.ArgumentParser) -> None:
@@ -238,6 +256,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--json", action="store_true")
 
+    p = sub.add_parser(
+        "eval", help="measure a model (a named model, a folder, e.g. one saved by prune --save) as it is"
+    )
+    add_setup_args(p)
+    p.set_defaults(metrics=["perplexity", "zeroshot"])
+    p.add_argument("--json", action="store_true")
+
     for name, text in (("models", "named models and whether they are installed"), ("corpora", "available corpora")):
         p = sub.add_parser(name, help=text)
         p.add_argument("--json", action="store_true")
@@ -253,6 +278,7 @@ def setup_from(args: argparse.Namespace) -> Setup:
         evaluation=EvalConfig(args.eval_windows, args.eval_seqlen or args.seqlen, validation_windows=args.val_windows),
         prune=PruneConfig(args.pruner, parse_nm(args.nm)),
         metrics=tuple(args.metrics),
+        zeroshot=zeroshot_from(args),
         calibration=args.calibration,
         device=args.device,
         dtype=args.dtype,
@@ -260,6 +286,14 @@ def setup_from(args: argparse.Namespace) -> Setup:
         trust_remote_code=args.trust_remote_code,
         allow_pickle=args.allow_pickle,
     )
+
+
+def zeroshot_from(args: argparse.Namespace) -> ZeroShotConfig:
+    """The zero-shot settings; when zero-shot is measured, the task data is checked now (before any write)."""
+    config = ZeroShotConfig(tuple(args.tasks), args.items)
+    if "zeroshot" in args.metrics:
+        check_tasks(config.tasks)
+    return config
 
 
 def given_params(args: argparse.Namespace, method: str) -> dict[str, Any]:
@@ -384,7 +418,7 @@ def cmd_prune(args: argparse.Namespace) -> dict[str, Any]:
     progress = tqdm_progress()
     dense = wb.dense_perplexity(progress)
     point = wb.run(spec, progress)
-    out = point_json(point) | {"dense_perplexity": dense}
+    out = point_json(point) | {"dense_perplexity": dense, "dense_metrics": wb.dense_metrics()}
     if args.save:
         if point.cached:  # the stored result has no pruned weights in memory: prune again
             wb.apply(spec, progress)
@@ -503,17 +537,33 @@ def cmd_compare(args: argparse.Namespace) -> dict[str, Any]:
     dense = wb.dense_perplexity(progress)
     seeds = seeds_of(args)
     found = run_seeds(wb, seeds, flat, progress)
-    rows = compare_rows(cells, found, select=setup.select_split)
+    rows = compare_rows(cells, found, select=setup.select_split, extra=("zeroshot",))
     for row in rows:
         std = f" +- {row['perplexity_std']:.3f}" if len(seeds) > 1 else ""
         log(f"{row['method']} S={row['sparsity']:g}: ppl {row['perplexity']:.3f}{std} {row['params'] or ''}")
+    zeroshot = {}
+    if "zeroshot" in setup.metrics:
+        zeroshot = {"zeroshot_table": zeroshot_table(rows, wb.dense_metrics(), setup.zeroshot.tasks)}
     return {
         "dense_perplexity": dense,
+        "dense_metrics": wb.dense_metrics(),
         "seeds": list(seeds),
         "selected_on": setup.select_split,
         "reported_on": EVALUATION,
         "rows": rows,
-    }
+    } | zeroshot
+
+
+def cmd_eval(args: argparse.Namespace) -> dict[str, Any]:
+    """Every metric of the model as loaded (dense, or pruned and saved), on both splits; stored."""
+    setup = setup_from(args)
+    wb = load_workbench(setup)
+    wb.store = open_store(args)
+    metrics = wb.dense_metrics(tqdm_progress())
+    out: dict[str, Any] = {"model": setup.model, "metrics": metrics}
+    if "zeroshot" in setup.metrics:
+        out["zeroshot_table"] = zeroshot_table([], metrics, setup.zeroshot.tasks)
+    return out
 
 
 def cmd_models(_args: argparse.Namespace) -> dict[str, Any]:
@@ -567,6 +617,7 @@ COMMANDS = {
     "errors": cmd_errors,
     "sweep": cmd_sweep,
     "compare": cmd_compare,
+    "eval": cmd_eval,
     "models": cmd_models,
     "corpora": cmd_corpora,
 }

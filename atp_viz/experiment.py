@@ -18,6 +18,7 @@ per (point, metric, split), so a metric added later is measured without losing w
 from __future__ import annotations
 
 import hashlib
+import math
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
@@ -37,7 +38,7 @@ from .methods import ScheduleSpec
 from .metrics import EVALUATION, SPLITS, VALIDATION, metric_key
 from .models import DEFAULT_MODEL, LoadedModel, cache_dir, load_model
 from .pruners import PruneConfig, get_pruner
-from .results import PointResult, Spread, best_group, seed_spread
+from .results import PointResult, Spread, best_group, seed_spread, spread
 from .stats_cache import (
     CachedMode,
     DenseStats,
@@ -48,6 +49,7 @@ from .stats_cache import (
     stat_kinds,
 )
 from .store import ResultStore, fingerprint
+from .zeroshot import ZeroShotConfig, data_fingerprint, mean_accuracy, score_tasks
 
 # (fraction of the whole job done in [0, 1], what is happening now)
 Progress = Callable[[float, str], None]
@@ -72,6 +74,7 @@ class Setup:
     dtype: str = "float32"
     batch_size: int = 8  # calibration windows per block call (memory, not results)
     metrics: tuple[str, ...] = ("perplexity",)  # keys of MEASURES
+    zeroshot: ZeroShotConfig = field(default_factory=ZeroShotConfig)  # used when "zeroshot" is a metric
     splits: tuple[str, ...] = SPLITS  # measured on; without validation, selection reads evaluation (benchmarks)
     trust_remote_code: bool = False  # load options: they decide what may run, not the results
     allow_pickle: bool = False
@@ -95,7 +98,10 @@ class Setup:
 
     def describe(self) -> dict[str, Any]:
         """Flat, JSON-friendly settings: store rows are filtered on these fields."""
-        return {
+        zeroshot = (
+            {"tasks": list(self.zeroshot.tasks), "items": self.zeroshot.items} if "zeroshot" in self.metrics else {}
+        )
+        return zeroshot | {
             "model": self.model,
             "corpus": self.corpus,
             "pruner": self.prune.pruner,
@@ -117,7 +123,8 @@ class Measure:
 
     name: str
     run: Callable[[Workbench, str, Progress | None], dict[str, float]]  # {metric: value, metric/detail: value}
-    config: Callable[[Corpus, Mapping[str, torch.Tensor], str], dict[str, Any]]  # what decides them besides the weights
+    # what decides the values besides the weights: (setup, corpus, windows, split) -> key parts
+    config: Callable[[Setup, Corpus, Mapping[str, torch.Tensor], str], dict[str, Any]]
 
 
 def _perplexity(wb: Workbench, split: str, progress: Progress | None) -> dict[str, float]:
@@ -125,11 +132,45 @@ def _perplexity(wb: Workbench, split: str, progress: Progress | None) -> dict[st
     return {"perplexity": perplexity(wb.loaded.model, wb.windows[split], wb.setup.evaluation.batch_size, report)}
 
 
-def _perplexity_config(corpus: Corpus, windows: Mapping[str, torch.Tensor], split: str) -> dict[str, Any]:
+def _perplexity_config(setup: Setup, corpus: Corpus, windows: Mapping[str, torch.Tensor], split: str) -> dict[str, Any]:
     return {"text": corpus.split_fingerprint(split), "windows": list(windows[split].shape)}
 
 
-MEASURES: dict[str, Measure] = {"perplexity": Measure("perplexity", _perplexity, _perplexity_config)}
+# zero-shot items: the evaluation split scores part 0 of each task's seeded permutation, validation part 1
+ZEROSHOT_PART = {EVALUATION: 0, VALIDATION: 1}
+
+
+def _zeroshot(wb: Workbench, split: str, progress: Progress | None) -> dict[str, float]:
+    """Mean accuracy over the tasks (``zeroshot``), its stderr, acc_norm, and every task's numbers."""
+    config = wb.setup.zeroshot
+    report = counted(progress, f"{split} zero-shot: request")
+    scores = score_tasks(wb.loaded.model, wb.loaded.tokenizer, config.tasks, config.items, config.seed,
+                         config.batch_size, report, part=ZEROSHOT_PART[split])  # fmt: skip
+    if not scores:
+        return {"zeroshot": math.nan}
+    mean, stderr = mean_accuracy(scores, "acc")
+    mean_norm, stderr_norm = mean_accuracy(scores, "acc_norm")
+    values = {
+        "zeroshot": mean,
+        "zeroshot_stderr": stderr,
+        "zeroshot_norm": mean_norm,
+        "zeroshot_norm_stderr": stderr_norm,
+    }
+    for name, score in scores.items():
+        values |= {f"zeroshot/{name}/{field}": float(getattr(score, field)) for field in TASK_FIELDS}
+    return values
+
+
+def _zeroshot_config(setup: Setup, corpus: Corpus, windows: Mapping[str, torch.Tensor], split: str) -> dict[str, Any]:
+    config = setup.zeroshot
+    return {"data": data_fingerprint(config.tasks, config.items, config.seed, ZEROSHOT_PART[split])}
+
+
+TASK_FIELDS = ("acc", "acc_stderr", "acc_norm", "acc_norm_stderr", "items")
+MEASURES: dict[str, Measure] = {
+    "perplexity": Measure("perplexity", _perplexity, _perplexity_config),
+    "zeroshot": Measure("zeroshot", _zeroshot, _zeroshot_config),
+}
 # statistic a schedule method needs -> its computation on the dense model
 STATISTICS: dict[str, Callable[[DenseStatistics, ScheduleSpec, Progress | None], np.ndarray]] = {
     "outlier_ratios": lambda stats, spec, progress: stats.outlier_ratios(float(spec.get("m")), progress),
@@ -326,7 +367,7 @@ class Ledger:
                 point=point_key,
                 metric=m,
                 split=split,
-                **MEASURES[m].config(self.corpus, self.windows, split),
+                **MEASURES[m].config(self.setup, self.corpus, self.windows, split),
             )
             for m in self.setup.metrics
             for split in self.setup.splits
@@ -385,7 +426,7 @@ class Workbench:
             self.corpus, self.windows = given_windows(setup.corpus, windows)
         self.rows = Ledger(store, setup, self.loaded.fingerprint, self.corpus, self.windows)
         self.dense = dense or DenseWeights(self.loaded.blocks)
-        self._seeded: dict[int, Workbench] = {}
+        self._variants: dict[Setup, Workbench] = {}
         self.param_counts = block_param_counts(self.loaded.blocks)
         self.stats = DenseStatistics(
             self.loaded, setup, self.windows["calibration"], self.rows.prune_identity(), self.dense
@@ -411,12 +452,19 @@ class Workbench:
 
     def reseeded(self, seed: int) -> Workbench:
         """The same model and dense weights, calibrated on windows drawn with ``seed`` (kept for reuse)."""
-        if seed == self.setup.calib.seed:
+        return self.variant(replace(self.setup, calib=replace(self.setup.calib, seed=seed)))
+
+    def variant(self, setup: Setup) -> Workbench:
+        """A Workbench for ``setup`` that shares this one's model and dense weights (kept for reuse):
+        another seed, other metrics, other windows; the model, device and dtype must be the same."""
+        if setup == self.setup:
             return self
-        if seed not in self._seeded:
-            setup = replace(self.setup, calib=replace(self.setup.calib, seed=seed))
-            self._seeded[seed] = Workbench(setup, self.store, loaded=self.loaded, dense=self.dense)
-        return self._seeded[seed]
+        same = ("model", "device", "dtype", "trust_remote_code", "allow_pickle")
+        if any(getattr(setup, name) != getattr(self.setup, name) for name in same):
+            raise ValueError(f"a variant shares the loaded model: {', '.join(same)} must stay the same")
+        if setup not in self._variants:
+            self._variants[setup] = Workbench(setup, self.store, loaded=self.loaded, dense=self.dense)
+        return self._variants[setup]
 
     def schedule(self, spec: ScheduleSpec, progress: Progress | None = None) -> np.ndarray:
         """Per-block rates for ``spec`` on this model (statistics computed once, when a method needs them)."""
@@ -632,14 +680,41 @@ def compare_cells(
     return cells
 
 
+def evaluation_values(points: Sequence[PointResult], prefixes: Sequence[str]) -> dict[str, float]:
+    """Mean over seeds of every evaluation value whose name starts with one of ``prefixes``."""
+    names = sorted({k.split("/", 1)[1] for p in points for k in p.metrics if k.startswith(f"{EVALUATION}/")})
+    chosen = [n for n in names if any(n == prefix or n.startswith((f"{prefix}_", f"{prefix}/")) for prefix in prefixes)]
+    return {name: spread([p.metrics.get(f"{EVALUATION}/{name}", math.nan) for p in points]).mean for name in chosen}
+
+
+def zeroshot_table(
+    rows: Sequence[Mapping[str, Any]], dense: Mapping[str, float], tasks: Sequence[str], field: str = "acc"
+) -> list[dict[str, Any]]:
+    """The paper's Table 1 shape: one row per (method, sparsity) with each task's ``field`` in percent
+    and the mean over the tasks with its stderr; the dense model first. ``rows`` come from
+    ``compare_rows(..., extra=("zeroshot",))``, ``dense`` from ``Workbench.dense_metrics``."""
+    mean_key = "zeroshot" if field == "acc" else "zeroshot_norm"
+
+    def line(name: str, sparsity: float | None, values: Mapping[str, float], prefix: str = "") -> dict[str, Any]:
+        out: dict[str, Any] = {"method": name, "sparsity": sparsity}
+        out |= {task: 100 * values.get(f"{prefix}zeroshot/{task}/{field}", math.nan) for task in tasks}
+        return out | {"mean": 100 * values.get(f"{prefix}{mean_key}", math.nan),
+                      "stderr": 100 * values.get(f"{prefix}{mean_key}_stderr", math.nan)}  # fmt: skip
+
+    table = [line("dense", None, dense, f"{EVALUATION}/")]
+    return table + [line(str(r["label"]), float(r["sparsity"]), r) for r in rows]
+
+
 def compare_rows(
     cells: Sequence[Cell],
     found: Mapping[ScheduleSpec, Sequence[PointResult]],
     metric: str = "perplexity",
     select: str = VALIDATION,
+    extra: Sequence[str] = (),
 ) -> list[dict[str, Any]]:
     """One row per cell with stored points: the best spec chosen on ``select`` (mean over the seeds
-    each spec was run with), its evaluation mean and standard deviation over those seeds.
+    each spec was run with), its evaluation mean and standard deviation over those seeds. ``extra``:
+    metric-name prefixes (``"zeroshot"``) whose evaluation values are added as their mean over seeds.
 
     Row: method, label, sparsity, ``metric`` (evaluation mean), ``<metric>_std``, seeds,
     ``<select>_<metric>``, params of the chosen schedule, points (specs stored / tried), rates, and
@@ -663,5 +738,5 @@ def compare_rows(
             f"{select}_{metric}": chosen.mean,
             "params": {k: v for k, v in points[0].params.items() if k not in ("method", "sparsity")},
             "points": f"{len(groups)}/{len(cell.specs)}", "rates": points[0].rates.tolist(), "within_noise": noise,
-        })  # fmt: skip
+        } | evaluation_values(points, extra))  # fmt: skip
     return rows

@@ -50,6 +50,7 @@ class Metric:
 
 METRICS: dict[str, Metric] = {
     "perplexity": Metric("perplexity", "perplexity (exp of mean token NLL; lower is better)", lower_is_better=True),
+    "zeroshot": Metric("zeroshot", "mean zero-shot accuracy over the tasks (higher is better)", lower_is_better=False),
 }
 
 

@@ -15,7 +15,7 @@ import os
 import threading
 import warnings
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, TypedDict
 
 import numpy as np
@@ -31,6 +31,7 @@ from atp_viz.models import DEFAULT_MODEL, EMBEDDED_MODELS
 from atp_viz.pruners import PRUNERS, PruneConfig
 from atp_viz.results import PointResult
 from atp_viz.store import ResultStore, default_store_path
+from atp_viz.zeroshot import ZeroShotConfig
 
 ENV_MODEL = "ATP_VIZ_DEFAULT_MODEL"  # default model name or path (tests use a tiny model)
 ENV_CORPUS = "ATP_VIZ_DEFAULT_CORPUS"  # default corpus
@@ -38,6 +39,7 @@ ENV_WINDOWS = "ATP_VIZ_DEFAULT_WINDOWS"  # 'COUNTxTOKENS' for calibration and ev
 SPARSITY_RANGE = (0.05, 0.95)
 DEVICES = ("cpu", "auto", "cuda")
 MAX_SEEDS = 5  # seeds per point the sidebar offers (each one is a full run of the point)
+MAX_ITEMS = 500  # zero-shot items per task the sidebar offers
 EVAL_BATCH = 4  # evaluation windows per forward pass (memory only)
 # Small dashboard defaults: the first sweep point on smollm2-135m takes ~20 s on 2 CPU cores.
 DEFAULTS = {
@@ -172,10 +174,12 @@ def busy(model: str) -> str:
 
 
 def load_workbench(setup: Setup) -> Workbench | None:
-    """The cached workbench for ``setup``; shows st.error (and returns None) when it cannot be built."""
+    """The cached workbench for ``setup`` (other metrics share the loaded model); shows st.error (and
+    returns None) when it cannot be built."""
     try:
         with st.spinner(f"Loading {setup.model} and tokenizing {setup.corpus} (first time only)..."):
-            return _workbench(setup, store_path())
+            base = replace(setup, metrics=Setup.metrics, zeroshot=ZeroShotConfig())
+            return _workbench(base, store_path()).variant(setup)
     except Exception as exc:  # a bad name, path, corpus or window setting: show it, keep the page usable
         st.error(f"Cannot load the model with these settings: {exc}")
         return None
@@ -270,6 +274,20 @@ def dense_perplexity(bench: Workbench) -> float | None:
             return bench.dense_perplexity()
 
 
+def dense_metrics(bench: Workbench) -> dict[str, float] | None:
+    """Every metric of the dense model (stored, or measured now under the job lock); None when busy."""
+    found, missing = bench.rows.metrics_of(bench.rows.dense_key())
+    if not missing:
+        return found
+    model = bench.setup.model
+    with job(model, "dense metrics") as admitted:
+        if not admitted:
+            st.warning(busy(model) or f"Busy: another job is running on {model}.")
+            return None
+        with st.spinner("Measuring the dense model (once per setting)..."):
+            return bench.dense_metrics()
+
+
 def schedule_or_error(bench: Workbench, spec: ScheduleSpec) -> np.ndarray | None:
     """Per-block rates of ``spec`` (statistics such as OWL's dense pass run under the job lock)."""
     model = bench.setup.model
@@ -335,6 +353,20 @@ def sidebar(load_model: bool = True) -> Context:
         **state("seed_count", 1),
     )
     left.selectbox("Device", DEVICES, **state("device", initial["device"]))
+    zeroshot = bar.toggle(
+        "Zero-shot accuracy too",
+        help=f"Also score every point on {', '.join(ZeroShotConfig.tasks)} (lm-eval prompts; items per task below, "
+        "disjoint items for validation and evaluation). Each point takes longer.",
+        **state("zeroshot", False),
+    )
+    if zeroshot:
+        bar.number_input(
+            "Zero-shot items per task",
+            min_value=1,
+            max_value=MAX_ITEMS,
+            step=1,
+            **state("zs_items", ZeroShotConfig.items),
+        )
 
     values = st.session_state
     setup: Setup | None = None
@@ -346,6 +378,8 @@ def sidebar(load_model: bool = True) -> Context:
             evaluation=EvalConfig(int(values["eval_windows"]), int(values["eval_seqlen"]), EVAL_BATCH),
             prune=PruneConfig(values["pruner"]),
             device=values["device"],
+            metrics=("perplexity", "zeroshot") if values["zeroshot"] else ("perplexity",),
+            zeroshot=ZeroShotConfig(items=int(values.get("zs_items", ZeroShotConfig.items))),
         )
         if not setup.model or not setup.corpus:
             raise ValueError("model and corpus must not be empty")

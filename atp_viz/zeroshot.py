@@ -204,6 +204,27 @@ TASKS: dict[str, ZeroShotTask] = {
 DEFAULT_TASKS: tuple[str, ...] = ("boolq", "rte", "hellaswag", "winogrande", "arc_easy", "arc_challenge", "openbookqa")
 
 
+@dataclass(frozen=True)
+class ZeroShotConfig:
+    """What a zero-shot measurement scores: ``items`` seeded rows of each task (0 = all)."""
+
+    tasks: tuple[str, ...] = DEFAULT_TASKS
+    items: int = DEFAULT_ITEMS
+    seed: int = 0
+    batch_size: int = 16  # (context, continuation) requests per forward: memory, not results
+
+    def __post_init__(self) -> None:
+        unknown = [name for name in self.tasks if name not in TASKS]
+        if unknown or not self.tasks:
+            raise ValueError(
+                f"unknown zero-shot task(s) {', '.join(unknown) or '(none given)'}; allowed: {', '.join(TASKS)}"
+            )
+        check_items(self.items)
+        check_seed(self.seed)
+        if isinstance(self.batch_size, bool) or not isinstance(self.batch_size, int) or self.batch_size < 1:
+            raise ValueError(f"zero-shot batch size must be an integer >= 1, got {self.batch_size!r}")
+
+
 # ---------------------------------------------------------------------------------------------- data
 
 
@@ -271,22 +292,27 @@ def check_seed(seed: int) -> int:
     return int(seed)
 
 
-def item_indices(name: str, items: int, seed: int) -> list[int]:
-    """Rows scored for a task: the first ``items`` of a permutation seeded by (seed, crc32(name)), sorted.
+def item_indices(name: str, items: int, seed: int, part: int = 0) -> list[int]:
+    """Rows scored for a task: positions [part * items, (part + 1) * items) of a permutation seeded by
+    (seed, crc32(name)), sorted. Part 0 reports (the evaluation subset), part 1 selects (the validation
+    subset): the two never share a row.
 
-    The same for every model; a larger N keeps the rows of a smaller one. items = 0 or >= the split: all rows.
+    The same for every model; a larger N keeps the rows of a smaller one. items = 0 or >= the split:
+    all rows for part 0 and none for later parts (no disjoint rows are left).
     """
     rows, seed = len(load_task_data(name)), check_seed(seed)
+    if part < 0:
+        raise ValueError(f"item part must be an integer >= 0, got {part}")
     if items == 0 or items >= rows:
-        return list(range(rows))
+        return list(range(rows)) if part == 0 else []
     rng = np.random.default_rng([seed, zlib.crc32(name.encode())])
-    return sorted(int(i) for i in rng.permutation(rows)[:items])
+    return sorted(int(i) for i in rng.permutation(rows)[part * items : (part + 1) * items])
 
 
-def task_items(name: str, items: int = DEFAULT_ITEMS, seed: int = 0) -> list[Item]:
+def task_items(name: str, items: int = DEFAULT_ITEMS, seed: int = 0, part: int = 0) -> list[Item]:
     """The Items of the seeded subset of one task (see ``item_indices``)."""
     task = TASKS[name]
-    indices = item_indices(name, check_items(items), seed)
+    indices = item_indices(name, check_items(items), seed, part)
     try:
         rows = load_task_data(name).select(indices).to_list()
         return [task.build(row) for row in rows]
@@ -294,12 +320,12 @@ def task_items(name: str, items: int = DEFAULT_ITEMS, seed: int = 0) -> list[Ite
         raise data_error(task, f"is damaged ({type(exc).__name__}: {first_line(exc)})") from None
 
 
-def data_fingerprint(tasks: Sequence[str], items: int, seed: int) -> str:
+def data_fingerprint(tasks: Sequence[str], items: int, seed: int, part: int = 0) -> str:
     """sha256 (16 hex digits) of which rows of which splits are scored, with SCORING_VERSION: a result key."""
     names = check_tasks(tasks)
     chosen = {
         name: {"folder": TASKS[name].folder, "split": TASKS[name].split, "rows": len(load_task_data(name)),
-               "indices": item_indices(name, check_items(items), seed)}
+               "indices": item_indices(name, check_items(items), seed, part)}
         for name in names
     }  # fmt: skip
     text = json.dumps({"version": SCORING_VERSION, "tasks": chosen}, sort_keys=True)
@@ -479,18 +505,21 @@ def score_tasks(
     seed: int = 0,
     batch_size: int = 16,
     progress: Progress | None = None,
+    part: int = 0,
 ) -> dict[str, TaskScore]:
-    """Zero-shot acc and acc_norm with their stderr for each task, on the seeded subset of ``items`` items.
+    """Zero-shot acc and acc_norm with their stderr for each task, on the seeded subset of ``items`` items
+    (``part``: see ``item_indices``; a task with no row in that part has no score).
 
     All requests of all tasks are batched together (longest first); progress gets (requests done, total).
     """
     names, count = check_tasks(tasks), check_items(items)
-    per_task = {name: task_items(name, count, check_seed(seed)) for name in names}
+    per_task = {name: task_items(name, count, check_seed(seed), part) for name in names}
+    per_task = {name: items_ for name, items_ in per_task.items() if items_}
     requests = [request for name in names for item in per_task[name] for request in item.requests]
     lls = loglikelihoods(model, tokenizer, requests, batch_size, progress)
     scores: dict[str, TaskScore] = {}
     cursor = 0
-    for name in names:
+    for name in per_task:
         acc, acc_norm = [], []
         for item in per_task[name]:
             correct = item_correct(item, lls[cursor : cursor + len(item.contexts)])

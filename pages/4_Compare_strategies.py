@@ -4,7 +4,7 @@ import pandas as pd
 import streamlit as st
 
 from atp_viz import figures, methods, schedules, ui
-from atp_viz.experiment import compare_cells, compare_rows
+from atp_viz.experiment import compare_cells, compare_rows, zeroshot_table
 from atp_viz.metrics import EVALUATION, VALIDATION
 from atp_viz.results import PointResult
 
@@ -93,6 +93,25 @@ if dense is not None:
 seeds = f", mean over calibration seeds {ctx.seeds[0]}..{ctx.seeds[-1]}" if len(ctx.seeds) > 1 else ""
 st.caption(f"Perplexity on the {EVALUATION} split{seeds}; grid points chosen on the {VALIDATION} split.")
 st.dataframe(wide, key="cmp_table")
+if "zeroshot" in setup.metrics:
+    st.subheader("Zero-shot accuracy (the paper's Table 1)")
+    dense_values = ui.dense_metrics(bench)
+    rows = compare_rows(cells, stored, extra=("zeroshot",))
+    if dense_values is not None and rows:
+        field = st.radio("Accuracy", ("acc", "acc_norm"), horizontal=True, **ui.state("cmp_zs_field", "acc"))
+        accuracy = pd.DataFrame(zeroshot_table(rows, dense_values, setup.zeroshot.tasks, field))
+        st.caption(
+            f"{field} in % on {setup.zeroshot.items} seeded evaluation items per task (ARC and OpenBookQA: their "
+            "validation splits); mean over the tasks with its standard error; chance is 25-50 % per task."
+        )
+        st.dataframe(accuracy, hide_index=True, key="cmp_zeroshot")
+        st.download_button(
+            "Download zero-shot CSV",
+            accuracy.to_csv(index=False),
+            file_name="zeroshot.csv",
+            mime="text/csv",
+            key="cmp_zs_csv",
+        )
 if len(ctx.seeds) > 1:
     spread = table.pivot(index="label", columns="sparsity", values="perplexity_std")
     spread.columns = [f"S = {s:g}" for s in spread.columns]

@@ -222,3 +222,30 @@ def test_seeds_give_mean_and_spread(capsys, tmp_path) -> None:
     assert code == 0 and out is not None and all(r["seeds"] == 2 and r["perplexity_std"] >= 0 for r in out["rows"])
     code, _, err = run_cli(capsys, "sweep", *tiny_args(store), "--seeds", "0,0")
     assert code == 2 and "distinct integers >= 0" in err
+
+
+def test_zeroshot_metric_added_later_keeps_the_stored_point(capsys, tmp_path) -> None:
+    """--metrics perplexity,zeroshot: accuracy rows beside the perplexity rows; the point is not re-stored."""
+    store = tmp_path / "r.sqlite"
+    base = ("prune", *tiny_args(store), "--method", "uniform", "--sparsity", "0.5", "--json")
+    code, first, _ = run_cli(capsys, *base)
+    assert code == 0 and first is not None and ResultStore(store).count(kind="metric") == 4  # point + dense, 2 splits
+    zeroshot = ("--metrics", "perplexity,zeroshot", "--tasks", "boolq,arc_easy", "--items", "3")
+    code, out, _ = run_cli(capsys, *base, *zeroshot)
+    assert code == 0 and out is not None
+    assert out["perplexity"] == first["perplexity"]  # read back, not measured again
+    assert ResultStore(store).count(kind="point") == 1 and ResultStore(store).count(kind="metric") == 8
+    for split in ("validation", "evaluation"):
+        assert 0.0 <= out["metrics"][f"{split}/zeroshot"] <= 1.0
+        assert out["metrics"][f"{split}/zeroshot/boolq/items"] == 3
+    code, table, _ = run_cli(capsys, "eval", *tiny_args(store), *zeroshot[2:], "--json")
+    assert code == 0 and table is not None and table["zeroshot_table"][0]["method"] == "dense"
+    assert set(table["zeroshot_table"][0]) >= {"boolq", "arc_easy", "mean", "stderr"}
+    for argv, needle in (
+        (("--metrics", "zeroshot", "--tasks", "boolq,squad"), "allowed: boolq, rte"),
+        (("--metrics", "zeroshot", "--items", "-1"), ">= 0"),
+    ):
+        before = ResultStore(store).count()
+        code, _, err = run_cli(capsys, *base, *argv)
+        assert code == 2 and needle in err and len(err.strip().splitlines()) == 1
+        assert ResultStore(store).count() == before

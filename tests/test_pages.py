@@ -215,3 +215,14 @@ def test_beta_tuning_with_seeds_draws_error_bars() -> None:
     curve = traces(figures(at)[0])["ATP at S = 0.6 (evaluation)"]
     assert curve["error_y"]["visible"] and len(curve["error_y"]["array"]) == 2
     assert any("std over 2 seeds" in s.value for s in at.success)
+
+
+def test_compare_shows_the_zero_shot_table() -> None:
+    at = page("pages/4_Compare_strategies.py", _cmp_sparsities=[0.5], _tune_step=0.2, _zeroshot=True, _zs_items=2)
+    ok(at)
+    at.button(key="cmp_run").click().run()
+    ok(at)
+    table = next(frame.value for frame in at.dataframe if "mean" in frame.value.columns)
+    assert list(table["method"])[0] == "dense" and {"uniform", "ATP", "OWL", "AlphaPruning"} <= set(table["method"])
+    assert {"boolq", "rte", "hellaswag", "winogrande", "arc_easy", "arc_challenge", "openbookqa"} <= set(table.columns)
+    assert table["mean"].between(0, 100).all()

@@ -306,3 +306,13 @@ def test_cross_check_against_lm_eval_hflm(tiny: tuple[Any, Any]) -> None:
         assert ours[name].acc == sum(acc) / len(acc), name
         assert ours[name].acc_norm == sum(acc_norm) / len(acc_norm), name
         assert ours[name].items == CROSS_ITEMS
+
+
+def test_validation_items_are_disjoint_from_evaluation_items() -> None:
+    """Part 0 (evaluation) and part 1 (validation) of a task's seeded permutation never share a row."""
+    for name in zeroshot.DEFAULT_TASKS:
+        evaluation = set(zeroshot.item_indices(name, 20, 0, part=0))
+        validation = set(zeroshot.item_indices(name, 20, 0, part=1))
+        assert len(evaluation) == len(validation) == 20 and not evaluation & validation
+    assert zeroshot.item_indices("rte", 0, 0, part=1) == []  # all rows evaluate: none left to validate
+    assert zeroshot.data_fingerprint(["rte"], 5, 0, part=0) != zeroshot.data_fingerprint(["rte"], 5, 0, part=1)
