@@ -35,7 +35,7 @@ from .data import DEFAULT_CORPUS, Corpus, calibration_windows, evaluation_window
 from .evaluate import perplexity
 from .layer_stats import block_alphas, block_param_counts, prunable_linears
 from .methods import ScheduleSpec
-from .metrics import EVALUATION, SPLITS, VALIDATION, metric_key
+from .metrics import EVALUATION, METRICS, SPLITS, VALIDATION, metric_key
 from .models import DEFAULT_MODEL, LoadedModel, cache_dir, load_model
 from .pruners import PruneConfig, get_pruner
 from .results import PointResult, Spread, best_group, seed_spread, spread
@@ -594,8 +594,14 @@ class SweepSummary:
         """One row per grid point (beta, means, stds, seeds, mean seconds); uniform first when stored."""
         rows = [(0.0, self.uniform)] if self.uniform else []
         rows += list(zip(self.betas, self.points))
-        return [{"beta": beta, "method": points[0].method, **spread_columns(points),
-                 "seconds": float(np.mean([p.wall_time for p in points]))} for beta, points in rows]  # fmt: skip
+        measured = [m for m in METRICS if any(metric_key(m, EVALUATION) in p.metrics for _, ps in rows for p in ps)]
+        table = []
+        for beta, points in rows:
+            row: dict[str, Any] = {"beta": beta, "method": points[0].method}
+            for name in measured:
+                row |= spread_columns(points, name)
+            table.append(row | {"seconds": float(np.mean([p.wall_time for p in points]))})
+        return table
 
 
 def spread_columns(points: Sequence[PointResult], metric: str = "perplexity") -> dict[str, float | int]:
@@ -603,27 +609,32 @@ def spread_columns(points: Sequence[PointResult], metric: str = "perplexity") ->
     out: dict[str, float | int] = {}
     for split in (EVALUATION, VALIDATION):
         value = seed_spread(points, metric, split)
-        out |= {f"{metric} ({split})": value.mean, f"std ({split})": value.std}
+        suffix = "" if metric == "perplexity" else f" {metric}"  # the first metric keeps the short names
+        out |= {f"{metric} ({split})": value.mean, f"std{suffix} ({split})": value.std}
     return out | {"seeds": len(points)}
 
 
 def summarize_sweep(
-    specs: Sequence[ScheduleSpec], groups: Mapping[ScheduleSpec, Sequence[PointResult]], select: str = VALIDATION
+    specs: Sequence[ScheduleSpec],
+    groups: Mapping[ScheduleSpec, Sequence[PointResult]],
+    select: str = VALIDATION,
+    metric: str = "perplexity",
 ) -> SweepSummary:
     """``specs`` as ``sweep_specs`` gives them (uniform first, then the grid); ``groups``: each spec's
-    stored points under every seed run so far."""
+    stored points under every seed run so far; ``metric`` draws the curve and chooses the best."""
     grid = sorted(((spec.get("beta", 0.0), list(groups.get(spec, ()))) for spec in specs[1:]), key=lambda item: item[0])
     grid = [(beta, points) for beta, points in grid if points]
     best = runner = noise = None
     if grid:
-        best, runner = best_group([points for _, points in grid], split=select)
+        best, runner = best_group([points for _, points in grid], metric, select)
         if runner is not None and len(grid[best][1]) > 1:
-            noise = seed_spread(grid[best][1], split=select).overlaps(seed_spread(grid[runner][1], split=select))
+            chosen = seed_spread(grid[best][1], metric, select)
+            noise = chosen.overlaps(seed_spread(grid[runner][1], metric, select))
     return SweepSummary(
         betas=[float(beta) for beta, _ in grid],
         points=[points for _, points in grid],
-        evaluation=[seed_spread(points) for _, points in grid],
-        validation=[seed_spread(points, split=select) for _, points in grid],
+        evaluation=[seed_spread(points, metric) for _, points in grid],
+        validation=[seed_spread(points, metric, select) for _, points in grid],
         uniform=list(groups.get(specs[0], ())),
         best=best,
         runner_up=runner,

@@ -123,6 +123,7 @@ def beta_curve_figure(
     selected: float | None = None,
     validation: Sequence[float] | None = None,
     spread: Sequence[float] | None = None,
+    metric_label: str = "perplexity (exp of mean token NLL; lower is better)",
 ) -> go.Figure:
     """ATP perplexity against beta (the U-curve, evaluation split), the validation curve that chose the
     best beta (dotted), uniform baseline, best and selected point. ``spread``: the standard deviation
@@ -185,7 +186,7 @@ def beta_curve_figure(
         fig,
         f"Beta sweep at target sparsity {sparsity:g}",
         "beta (sparsity increase per block, fraction)",
-        "perplexity (exp of mean token NLL; lower is better)",
+        metric_label,
     )
     if beta_max:
         fig.update_xaxes(range=[-0.03 * beta_max, 1.03 * beta_max])

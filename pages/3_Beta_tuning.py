@@ -5,6 +5,7 @@ import streamlit as st
 
 from atp_viz import figures, schedules, ui
 from atp_viz.experiment import summarize_sweep, sweep_specs
+from atp_viz.metrics import METRICS
 from atp_viz.results import PointResult, seed_spread
 
 st.set_page_config(page_title="Beta tuning - atp-viz", layout="wide")
@@ -59,9 +60,21 @@ if st.session_state.get("tune_job") is not None and c2.button("Stop (finished po
 chart_slot = st.empty()
 
 
+measured = [name for name in setup.metrics if name in METRICS]
+metric = measured[0]
+if len(measured) > 1:
+    metric = st.radio(
+        "Curve and best beta by",
+        measured,
+        format_func=lambda name: METRICS[name].label,
+        horizontal=True,
+        **ui.state("tune_metric", measured[0]),
+    )
+
+
 def draw() -> None:
-    summary = summarize_sweep(specs, groups)
-    uniform = seed_spread(summary.uniform) if summary.uniform else None
+    summary = summarize_sweep(specs, groups, metric=metric)
+    uniform = seed_spread(summary.uniform, metric) if summary.uniform else None
     fig = figures.beta_curve_figure(
         summary.betas,
         [v.mean for v in summary.evaluation],
@@ -72,6 +85,7 @@ def draw() -> None:
         selected=st.session_state.get("_tune_pick"),
         validation=[v.mean for v in summary.validation],
         spread=[v.std for v in summary.evaluation],
+        metric_label=METRICS[metric].label,
     )
     with chart_slot.container():
         ui.chart(fig, key=f"tune_curve_{sum(len(g) for g in groups.values())}")
@@ -91,7 +105,7 @@ if missing and st.session_state.get("tune_job") == job_id:
         st.session_state["tune_job"] = None
         st.rerun()
 
-summary = summarize_sweep(specs, groups)
+summary = summarize_sweep(specs, groups, metric=metric)
 if summary.best is None:
     st.info("No ATP point stored yet for these settings: press Run sweep.")
     st.stop()
@@ -102,9 +116,9 @@ best_beta, best_eval, best_val = (
 )
 noise = f" +- {best_eval.std:.3g} (std over {best_eval.n} seeds)" if best_eval.n > 1 else ""
 if summary.uniform:
-    uniform = seed_spread(summary.uniform)
+    uniform = seed_spread(summary.uniform, metric)
     st.success(
-        f"Best beta = {best_beta:.4g} (chosen on validation perplexity {best_val.mean:.4g}): evaluation perplexity "
+        f"Best beta = {best_beta:.4g} (chosen on validation {metric} {best_val.mean:.4g}): evaluation {metric} "
         f"{best_eval.mean:.4f}{noise} vs uniform {uniform.mean:.4f} "
         f"({(best_eval.mean / uniform.mean - 1) * 100:+.2f} %)."
     )

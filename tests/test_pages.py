@@ -226,3 +226,14 @@ def test_compare_shows_the_zero_shot_table() -> None:
     assert list(table["method"])[0] == "dense" and {"uniform", "ATP", "OWL", "AlphaPruning"} <= set(table["method"])
     assert {"boolq", "rte", "hellaswag", "winogrande", "arc_easy", "arc_challenge", "openbookqa"} <= set(table.columns)
     assert table["mean"].between(0, 100).all()
+
+
+def test_beta_tuning_can_choose_beta_by_zero_shot_accuracy() -> None:
+    at = page("pages/3_Beta_tuning.py", _sparsity=0.65, _tune_step=0.2, _zeroshot=True, _zs_items=2)
+    ok(at)
+    at.button(key="tune_run").click().run()
+    ok(at)
+    at.radio(key="tune_metric").set_value("zeroshot").run()
+    ok(at)
+    assert "zero-shot accuracy" in figures(at)[0]["layout"]["yaxis"]["title"]["text"]
+    assert any("chosen on validation zeroshot" in s.value for s in at.success)
