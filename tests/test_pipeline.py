@@ -157,3 +157,24 @@ def test_nm_pruning_keeps_the_pattern() -> None:
         for linear in prunable_linears(block).values():
             groups = (linear.weight == 0).reshape(linear.weight.shape[0], -1, 4).sum(-1)
             assert torch.all(groups == 2)
+
+
+def test_records_written_before_metrics_were_a_mapping_still_read(tmp_path) -> None:
+    """A store written by the previous code (perplexity as a field, beta in the record) reads back."""
+    from atp_viz.metrics import upgrade_metrics
+    from atp_viz.results import PointResult
+
+    legacy = {  # the exact field set PointResult.to_record wrote before this change
+        "method": "atp", "sparsity": 0.7, "beta": 0.01, "rates": [0.55, 0.7, 0.85], "perplexity": 246.3,
+        "layer_sparsity": [0.55, 0.7, 0.85], "cumulative_error": [0.1, 0.2, 0.4], "local_error": [0.1, 0.1, 0.1],
+        "cumulative_error_abs": [1.0, 2.0, 4.0], "local_error_abs": [1.0, 1.0, 1.0], "achieved_sparsity": 0.7,
+        "wall_time": 30.0, "params": {"method": "atp", "sparsity": 0.7, "beta": 0.01},
+    }  # fmt: skip
+    store = ResultStore(tmp_path / "old.sqlite")
+    store.put("old-point", "point", "smollm2-135m", {"method": "atp"}, legacy)
+    store.put("old-dense", "dense", "smollm2-135m", {"method": "dense"}, {"perplexity": 14.18})
+    point = PointResult.from_record(store.get("old-point"), "old-point")
+    assert point.perplexity == 246.3 and point.metrics == {"evaluation/perplexity": 246.3}
+    assert point.beta == 0.01 and point.rates.tolist() == [0.55, 0.7, 0.85] and point.cached
+    assert upgrade_metrics(store.get("old-dense")) == {"evaluation/perplexity": 14.18}
+    assert PointResult.from_record(point.to_record()).metrics == point.metrics  # the new shape round-trips
