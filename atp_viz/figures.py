@@ -243,7 +243,29 @@ def compare_figure(
     )
     fig.update_layout(barmode="group")
     fig.update_xaxes(type="category")  # '70%' would otherwise be read as the number 70
+    if len(categories) < MIN_CATEGORIES:  # a lone group would otherwise stretch across the whole plot
+        fig.update_xaxes(range=[-0.5 * MIN_CATEGORIES, len(categories) - 1 + 0.5 * MIN_CATEGORIES])
+    values = [float(r["perplexity"]) for r in rows] + ([dense_ppl] if dense_ppl is not None else [])  # type: ignore[arg-type]
+    if log_y:
+        ticks = log_ticks(values)
+        fig.update_yaxes(tickvals=ticks, ticktext=[f"{t:,g}" for t in ticks])
     return fig
+
+
+MIN_CATEGORIES = 3  # fewer sparsity groups than this get side padding
+LOG_TICK_MANTISSAS = (1, 2, 5)
+
+
+def log_ticks(values: Sequence[float]) -> list[float]:
+    """1-2-5 ticks per decade covering ``values`` (positive, finite), written out in full on a log axis
+    (Plotly's own log ticks abbreviate the 2 and 5 ticks to a bare digit)."""
+    finite = [v for v in values if v > 0 and math.isfinite(v)]
+    if not finite:
+        return []
+    low, high = math.floor(math.log10(min(finite))), math.ceil(math.log10(max(finite)))
+    ticks = [m * 10.0**e for e in range(low, high + 1) for m in LOG_TICK_MANTISSAS]
+    inside = [t for t in ticks if min(finite) / 2 <= t <= max(finite) * 2]
+    return inside or ticks
 
 
 def totals_figure(

@@ -98,3 +98,15 @@ def test_figures_module_does_not_import_streamlit() -> None:
     }
     imported |= {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) and node.module}
     assert not any(name.startswith("streamlit") for name in imported)
+
+
+def test_compare_figure_writes_log_ticks_in_full_and_pads_a_lone_group() -> None:
+    rows = [
+        {"method": "uniform", "sparsity": 0.7, "perplexity": 600.8},
+        {"method": "atp", "sparsity": 0.7, "perplexity": 246.3},
+    ]
+    fig = figures.compare_figure(rows, dense_ppl=14.18, log_y=True)
+    assert list(fig.layout.yaxis.ticktext) == ["10", "20", "50", "100", "200", "500", "1,000"]
+    low, high = fig.layout.xaxis.range
+    assert low < -0.5 and high > 0.5  # one sparsity group does not fill the plot
+    assert figures.compare_figure(rows, log_y=False).layout.yaxis.ticktext is None
