@@ -35,6 +35,7 @@ def main() -> int:
     parser.add_argument("--items", type=int, default=30, help="evaluation items per task")
     parser.add_argument("--calib", default="16x256", help="calibration windows x tokens")
     parser.add_argument("--eval", default="16x512", help="evaluation (and validation) windows x tokens")
+    parser.add_argument("--calibration", default="sequential", help="sequential (default) or cached")
     parser.add_argument("--store", type=Path, default=None)
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
@@ -46,6 +47,7 @@ def main() -> int:
         metrics=("perplexity", "zeroshot"),
         zeroshot=ZeroShotConfig(DEFAULT_TASKS, args.items),
         splits=("evaluation",),  # reporting only: the schedules are given, nothing is chosen here
+        calibration=args.calibration,
     )
     started = time.perf_counter()
     wb = Workbench(setup, ResultStore(args.store) if args.store else None)
@@ -71,13 +73,14 @@ def main() -> int:
         "command": "python " + " ".join(sys.argv),
         "sparsity": args.sparsity,
         "beta": args.beta,
+        "calibration": args.calibration,
         "items": args.items,
         "tasks": list(setup.zeroshot.tasks),
         "table": table,
         "perplexity": {str(r["label"]): r["perplexity"] for r in rows},
         "seconds": time.perf_counter() - started,
     }
-    out = args.json or HERE / "results" / f"zeroshot_compare_s{args.sparsity:g}.json"
+    out = args.json or HERE / "results" / f"zeroshot_compare_s{args.sparsity:g}_{args.calibration}.json"
     out.write_text(json.dumps(report, indent=1, allow_nan=True))
     return 0
 
