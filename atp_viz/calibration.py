@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -192,6 +193,19 @@ def prune_sequential(
     return PruneReport(achieved, cum, loc, cum_abs, loc_abs)
 
 
+@dataclass(frozen=True)
+class ModeInputs:
+    """What a calibration mode (``SequentialMode``, ``stats_cache.CachedMode``) gets from its Workbench."""
+
+    blocks: nn.ModuleList
+    calls: Callable[[], BlockCalls]  # block inputs and call arguments on the calibration batch (computed once)
+    pruner: Pruner
+    nm: tuple[int, int] | None
+    batch_size: int
+    dense_stats: Callable[[], Any]  # the dense per-linear statistics (``stats_cache.DenseStats``), computed once
+    restore: Callable[[], None]  # puts the dense weights back
+
+
 class SequentialMode:
     """Paper-faithful calibration: each point re-calibrates block i on the pruned blocks before it.
 
@@ -202,22 +216,11 @@ class SequentialMode:
     name = "sequential"
     measures_errors = True
 
-    def __init__(
-        self,
-        blocks: nn.ModuleList,
-        calls: Callable[[], BlockCalls],
-        pruner: Pruner,
-        nm: tuple[int, int] | None,
-        batch_size: int,
-        dense_stats: Callable[[], object],
-        restore: Callable[[], None],
-    ) -> None:
-        self.blocks, self.calls, self.pruner, self.nm, self.batch_size = blocks, calls, pruner, nm, batch_size
-        self.restore = restore
-        self.trajectory = DenseTrajectory.empty(len(blocks))
+    def __init__(self, inputs: ModeInputs) -> None:
+        self.inputs = inputs
+        self.trajectory = DenseTrajectory.empty(len(inputs.blocks))
 
     def prune(self, rates: RateMap, progress: BlockProgress | None = None) -> PruneReport:
-        self.restore()
-        return prune_sequential(
-            self.blocks, self.calls(), rates, self.pruner, self.nm, self.batch_size, progress, self.trajectory
-        )
+        i = self.inputs
+        i.restore()
+        return prune_sequential(i.blocks, i.calls(), rates, i.pruner, i.nm, i.batch_size, progress, self.trajectory)

@@ -29,7 +29,7 @@ import numpy as np
 import torch
 
 from . import methods, schedules
-from .calibration import BlockCalls, PruneReport, SequentialMode, capture_block_calls
+from .calibration import BlockCalls, ModeInputs, PruneReport, SequentialMode, capture_block_calls
 from .config import CalibConfig, EvalConfig, check_choice, check_int
 from .data import DEFAULT_CORPUS, Corpus, calibration_windows, evaluation_windows, load_corpus, token_ids
 from .evaluate import perplexity
@@ -431,9 +431,9 @@ class Workbench:
         self.stats = DenseStatistics(
             self.loaded, setup, self.windows["calibration"], self.rows.prune_identity(), self.dense
         )
-        mode = CALIBRATION_MODES[setup.calibration]
-        parts = (self.stats.calls, self.stats.pruner, setup.prune.nm, setup.batch_size, self.stats.linears)
-        self.mode = mode(self.loaded.blocks, *parts, self.dense.restore)
+        inputs = ModeInputs(self.loaded.blocks, self.stats.calls, self.stats.pruner, setup.prune.nm, setup.batch_size,
+                            self.stats.linears, self.dense.restore)  # fmt: skip
+        self.mode = CALIBRATION_MODES[setup.calibration](inputs)
 
     @property
     def store(self) -> ResultStore | None:

@@ -26,7 +26,7 @@ import torch
 from numpy.typing import ArrayLike
 from torch import nn
 
-from .calibration import BlockCalls, BlockProgress, PruneReport, block_sparsity, run_block
+from .calibration import BlockCalls, BlockProgress, ModeInputs, PruneReport, block_sparsity, run_block
 from .hooks import input_hooks
 from .layer_stats import outlier_ratio, prunable_linears
 from .pruners import STAT_KINDS, Pruner, Stats, order_by_score, prune_count, stats_from_state, stats_state, wanda_scores
@@ -226,18 +226,10 @@ class CachedMode:
     name = "cached"
     measures_errors = False
 
-    def __init__(
-        self,
-        blocks: nn.ModuleList,
-        calls: Callable[[], BlockCalls],
-        pruner: Pruner,
-        nm: tuple[int, int] | None,
-        batch_size: int,
-        dense_stats: Callable[[], DenseStats],
-        restore: Callable[[], None],
-    ) -> None:
-        self.blocks, self.pruner, self.nm = blocks, pruner, nm
-        self.dense_stats, self.restore = dense_stats, restore
+    def __init__(self, inputs: ModeInputs) -> None:
+        self.blocks, self.pruner, self.nm = inputs.blocks, inputs.pruner, inputs.nm
+        self.dense_stats: Callable[[], DenseStats] = inputs.dense_stats
+        self.restore = inputs.restore
         self._orders: dict[LinearKey, torch.Tensor] | None = None
         self._ordered = False
 
