@@ -42,6 +42,7 @@ from .results import PointResult, Spread, best_group, seed_spread, spread
 from .stats_cache import (
     CachedMode,
     DenseStats,
+    block_scores_from_stats,
     collect_dense_stats,
     load_stats,
     outlier_ratios_from_stats,
@@ -175,6 +176,7 @@ MEASURES: dict[str, Measure] = {
 STATISTICS: dict[str, Callable[[DenseStatistics, ScheduleSpec, Progress | None], np.ndarray]] = {
     "outlier_ratios": lambda stats, spec, progress: stats.outlier_ratios(float(spec.get("m")), progress),
     "alphas": lambda stats, spec, progress: stats.alphas(str(spec.get("estimator", "official"))),
+    "block_scores": lambda stats, spec, progress: stats.block_scores(progress),
 }
 
 
@@ -317,6 +319,14 @@ class DenseStatistics:
             self.dense.restore()
             self._per_block[("alphas", estimator)] = block_alphas(self.loaded.blocks, estimator)
         return self._per_block[("alphas", estimator)]
+
+    def block_scores(self, progress: Progress | None = None) -> np.ndarray:
+        """DLP's mean Wanda score per block, from the dense statistics."""
+        if ("scores", 0) not in self._per_block:
+            stats = self.linears(progress)
+            self.dense.restore()
+            self._per_block[("scores", 0)] = block_scores_from_stats(self.loaded.blocks, stats)
+        return self._per_block[("scores", 0)]
 
     def outlier_ratios(self, m: float, progress: Progress | None = None) -> np.ndarray:
         """OWL's D_i from the dense statistics (one dense pass, shared with the cached mode)."""

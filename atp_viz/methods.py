@@ -316,4 +316,19 @@ register(
         description="heavier-tailed spectrum (smaller alpha) -> denser block (Lu et al. 2024)",
     )
 )
+register(
+    Method(
+        "dlp",
+        "DLP",
+        "#8c564b",
+        lambda n, s, p, stats, w: schedules.dlp(stats["block_scores"], s, float(p["alpha"])),
+        params=(
+            Param(
+                "alpha", "DLP alpha (half-width of the density band)", schedules.DLP_ALPHA, 0.0, schedules.DLP_MAX_ALPHA
+            ),
+        ),
+        needs=("block_scores",),
+        description="larger mean Wanda score -> sparser block (Chen et al. 2025)",
+    )
+)
 register(Method("custom", "custom", "#9467bd", _custom, takes_sparsity=False, description="your own rates"))

@@ -1,4 +1,4 @@
-"""Per-block sparsity schedules: uniform, ATP, OWL, AlphaPruning, custom (pure numpy), and rate maps.
+"""Per-block sparsity schedules: uniform, ATP, OWL, AlphaPruning, DLP, custom (pure numpy), and rate maps.
 
 A schedule is a 1-D ``float64`` array with one rate per decoder block (block 0 is the one next to
 the embeddings), each in [0, 1]; every ``nn.Linear`` of block i is pruned at rate s_i. Every
@@ -35,6 +35,8 @@ OWL_FLOOR = 0.01  # OWL code: a block whose rate comes out <= 0 is still pruned 
 OWL_MAX_LAMBDA = 1.0
 ALPHA_EPS = 0.3  # AlphaPruning default: ratios span [1 - eps, 1 + eps]
 ALPHA_MAX_EPS = 1.0  # beyond this the lowest ratio turns negative
+DLP_ALPHA = 0.15  # DLP default: the density band is 2*alpha wide (its scripts use 0.15 at 70 %)
+DLP_MAX_ALPHA = 1.0
 
 
 class ScheduleClipWarning(UserWarning):
@@ -197,6 +199,29 @@ def alphapruning(
     ratio = (values - values.min()) / span * 2 * eps + (1 - eps)
     rates = sparsity * ratio * (w.sum() / np.sum(w * ratio))
     return _clip(rates, 0.0, "AlphaPruning", sparsity, w)
+
+
+def dlp(block_scores: ArrayLike, sparsity: float, alpha: float = DLP_ALPHA) -> np.ndarray:
+    """DLP (Chen et al., ICML 2025, arXiv 2505.23807), as its code's ``get_dlp_ratios`` computes it.
+
+    c_i = |mean of block i's Wanda scores|; importance I_i = 1 - c_i / sum_j c_j; density
+    d = (I - min I) / (max I - min I) * 2*alpha, d = d - mean(d) + (1 - S); s_i = 1 - d_i. A block
+    whose scores are larger gets the smaller importance, so the higher rate. Rates <= 0 become 0.01
+    (as in its pruning code) and rates > 1 become 1, with a warning stating the mean reached. The
+    plain (not parameter-weighted) mean is S; constant scores give the uniform schedule.
+    """
+    scores = np.abs(_vector("block scores", block_scores))
+    sparsity = check_sparsity(sparsity)
+    alpha = _check_range("alpha", alpha, 0.0, DLP_MAX_ALPHA)
+    if scores.sum() <= 0:
+        raise ValueError(f"DLP needs block scores with a positive sum, got {scores.tolist()!r}")
+    importance = 1 - scores / scores.sum()
+    span = importance.max() - importance.min()
+    if span == 0:  # every block equally scored: nothing to redistribute
+        return uniform(scores.size, sparsity)
+    density = (importance - importance.min()) / span * 2 * alpha
+    density = density - density.mean() + (1 - sparsity)
+    return _clip(1 - density, OWL_FLOOR, "DLP", sparsity)
 
 
 def custom(rates: ArrayLike) -> np.ndarray:

@@ -149,6 +149,20 @@ def outlier_ratios_from_stats(blocks: nn.ModuleList, stats: DenseStats, m: float
     return ratios
 
 
+def block_scores_from_stats(blocks: nn.ModuleList, stats: DenseStats) -> np.ndarray:
+    """DLP's per-block score: the mean of the block's Wanda scores |W| * ||X_k|| over all its linears.
+
+    DLP's code uses ||X_k|| / sqrt(number of calibration sequences); that factor is the same for every
+    block and cancels in its normalisation c_i / sum_j c_j.
+    """
+    scores = np.zeros(len(blocks))
+    for i, block in enumerate(blocks):
+        parts = [wanda_scores(lin.weight, stats.accumulator(OWL_KIND, (i, name)).result()).flatten()
+                 for name, lin in prunable_linears(block).items()]  # fmt: skip
+        scores[i] = float(torch.cat(parts).double().mean())
+    return scores
+
+
 def compact_index(order: torch.Tensor) -> torch.Tensor:
     """Column indices in the smallest integer type that holds them (int16 for <= 32767 columns)."""
     return order.to(torch.int16) if order.shape[1] <= torch.iinfo(torch.int16).max + 1 else order.to(torch.int32)

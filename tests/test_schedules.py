@@ -8,7 +8,7 @@ import warnings
 
 import numpy as np
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from atp_viz.methods import ScheduleSpec, build_schedule
@@ -421,3 +421,47 @@ def test_seed_spread_and_best_group() -> None:
     groups = [[point(10), point(12)], [point(9), point(14)], [point(8), point(9)]]
     assert best_group(groups) == (2, 0)  # means 11, 11.5, 8.5
     assert best_group(groups[:1]) == (0, None)
+
+
+# --- DLP ------------------------------------------------------------------------------------------
+
+
+def dlp_reference(scores: list[float], sparsity: float, alpha: float) -> list[float]:
+    """DLP's get_dlp_ratios + prune_wanda_dlp, step by step with torch as its code does."""
+    import torch
+
+    layer_score = [abs(torch.tensor(s)) for s in scores]
+    total = sum(layer_score)
+    imp = torch.tensor([1 - s / total for s in layer_score])
+    scaled = (imp - imp.min()) * (1 / (imp.max() - imp.min()) * alpha * 2)
+    density = (scaled - torch.mean(scaled) + (1 - sparsity)).tolist()
+    return [max(1 - d, 0.0) if 1 - d > 0 else 0.01 for d in density]
+
+
+@given(st.lists(st.floats(0.01, 10.0), min_size=3, max_size=40), st.floats(0.3, 0.8), st.floats(0.0, 0.3))
+@settings(max_examples=60, deadline=None)
+def test_dlp_matches_its_code_and_keeps_the_mean(scores: list[float], sparsity: float, alpha: float) -> None:
+    from atp_viz.schedules import dlp
+
+    if max(scores) - min(scores) < 1e-6:
+        return
+    rates = dlp(scores, sparsity, alpha)
+    np.testing.assert_allclose(rates, dlp_reference(scores, sparsity, alpha), atol=1e-6)  # torch float32 vs float64
+    assert rates.mean() == pytest.approx(sparsity, abs=1e-9)
+    order = np.argsort(scores, kind="stable")
+    assert np.all(np.diff(rates[order]) >= -1e-12)  # a larger mean score -> a higher rate
+
+
+def test_dlp_edges_and_registry() -> None:
+    from atp_viz.schedules import dlp
+
+    np.testing.assert_array_equal(dlp([2.0, 2.0, 2.0], 0.7), uniform(3, 0.7))
+    with pytest.raises(ValueError, match=r"alpha must be in \[0, 1\]"):
+        dlp([1.0, 2.0], 0.7, alpha=1.5)
+    with pytest.raises(ValueError, match="positive sum"):
+        dlp([0.0, 0.0], 0.7)
+    spec = ScheduleSpec("dlp", 0.7)
+    assert spec.get("alpha") == 0.15 and spec.entry.needs == ("block_scores",)
+    np.testing.assert_array_equal(
+        build_schedule(spec, 3, {"block_scores": np.array([1.0, 2.0, 3.0])}), dlp([1, 2, 3], 0.7)
+    )
