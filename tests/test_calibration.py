@@ -137,3 +137,39 @@ def test_owl_outlier_ratios_from_dense_stats() -> None:
             scores = torch.cat([(lin.weight.abs() * norms[name].result()).flatten() for name, lin in linears.items()])
             expected.append(outlier_ratio(scores, 3.0))
     np.testing.assert_allclose(outlier_ratios_from_stats(loaded.blocks, stats, 3.0), expected)
+
+
+@pytest.mark.parametrize("mode", ["sequential", "cached"])
+def test_rate_maps_give_bit_identical_pruning(mode: str) -> None:
+    """A per-block schedule, the same rates as BlockRates, and every linear listed in LinearRates at its
+    block's rate prune to identical weights and errors (the loops ask rate(block, linear))."""
+    from atp_viz.schedules import BlockRates, LinearRates
+    from atp_viz.stats_cache import prune_cached, score_orders
+
+    loaded = load_model(str(shared_tiny_model()))
+    calls = capture_block_calls(loaded.model, loaded.blocks, torch.randint(0, 300, (4, 16)), batch_size=2)
+    dense = {
+        (i, n): lin.weight.detach().clone()
+        for i, b in enumerate(loaded.blocks)
+        for n, lin in prunable_linears(b).items()
+    }
+    rates = atp(loaded.num_blocks, 0.5, 0.1)
+    table = {(i, name): float(rates[i]) for (i, name) in dense}
+    stats = collect_dense_stats(loaded.blocks, calls, ("sum_sq",), batch_size=2) if mode == "cached" else None
+    results = []
+    for rate_map in (rates, BlockRates(rates), LinearRates(np.zeros_like(rates), table)):
+        with torch.no_grad():
+            for (i, name), weight in dense.items():
+                prunable_linears(loaded.blocks[i])[name].weight.copy_(weight)
+        if mode == "cached":
+            orders = score_orders(loaded.blocks, stats, get_pruner("wanda"))
+            report = prune_cached(loaded.blocks, rate_map, get_pruner("wanda"), stats, orders)
+        else:
+            report = prune_sequential(
+                loaded.blocks, calls, rate_map, get_pruner("wanda"), batch_size=2
+            ).cumulative_error_abs
+        weights = [lin.weight.detach().clone() for b in loaded.blocks for lin in prunable_linears(b).values()]
+        results.append((weights, np.asarray(report)))
+    for weights, report in results[1:]:
+        assert all(torch.equal(a, b) for a, b in zip(weights, results[0][0]))
+        np.testing.assert_array_equal(report, results[0][1])
