@@ -8,8 +8,10 @@ It composes small parts instead of branching on names:
 - a calibration mode (``CALIBRATION_MODES``): ``sequential`` (paper-faithful, block i calibrated on
   the pruned blocks before it, reconstruction errors measured) or ``cached`` (statistics from one
   dense pass, no per-point calibration forward, no reconstruction errors);
-- the statistics schedule methods need (``STATISTICS``: OWL's outlier ratios, AlphaPruning's alphas);
-- the metrics a point is measured by (``MEASURES``), each on the validation and evaluation splits.
+- the statistics schedule methods need (``STATISTICS``: OWL's outlier ratios, AlphaPruning's alphas,
+  DLP's block scores);
+- the metrics a point is measured by (``MEASURES``: perplexity, zero-shot accuracy), each on the
+  validation and evaluation splits.
 
 Stored rows: a ``point`` row per pruned model (rates, achieved sparsity, errors) and a ``metric`` row
 per (point, metric, split), so a metric added later is measured without losing what is stored.
