@@ -108,7 +108,9 @@ def test_every_page_draws_a_plotly_chart(server: str, browser_page) -> None:
     goto(page, "Schedules")
     page.locator(".js-plotly-plot .gtitle", has_text="Per-block sparsity").wait_for()
     wait_idle(page)
-    assert page.locator(".js-plotly-plot .scatterlayer path.js-line").count() == 5
+    assert (
+        page.locator(".js-plotly-plot .scatterlayer path.js-line").count() == 6
+    )  # uniform, ATP, OWL, AlphaPruning, DLP, custom
     before = legend(page)
     slider = page.locator('[data-testid="stMain"] input[type="range"]').first  # ATP beta, not the sidebar's S
     slider.focus()
@@ -139,8 +141,8 @@ def test_every_page_draws_a_plotly_chart(server: str, browser_page) -> None:
     shoot(page, "4_beta_tuning")
 
     goto(page, "Compare strategies")
-    page.locator('input[aria-label="ATP grid step"]').wait_for()
-    set_number(page, "ATP grid step", COMPARE_STEP)
+    page.locator('input[aria-label="Grid step"]').wait_for()
+    set_number(page, "Grid step", COMPARE_STEP)
     for chip in ("50%", "80%"):  # compare at 60% and 70% only: fewer runs
         remove = page.locator(f'[data-testid="stMain"] button[aria-label="Remove {chip}"]:visible')
         remove.click()
@@ -152,7 +154,7 @@ def test_every_page_draws_a_plotly_chart(server: str, browser_page) -> None:
     run.wait_for(state="detached")  # the page reruns without it once every run is stored
     page.get_by_role("button", name="Download CSV").wait_for()
     wait_idle(page)
-    page.locator(".js-plotly-plot .legendtext", has_text="ATP (best beta)").first.wait_for()
+    page.locator(".js-plotly-plot .legendtext", has_text="ATP").first.wait_for()
     assert page.locator(".js-plotly-plot .barlayer .point").count() >= 4
     shoot(page, "5_compare_strategies")
 
