@@ -135,7 +135,11 @@ def test_sweep_stores_each_point_and_resumes(tmp_path) -> None:
 
 def test_owl_and_alphapruning_schedules_on_a_model() -> None:
     wb = Workbench(tiny_setup())
-    for spec in (ScheduleSpec("owl", 0.6, lam=0.05), ScheduleSpec("alphapruning", 0.6, eps=0.2), ScheduleSpec("dlp", 0.6)):
+    for spec in (
+        ScheduleSpec("owl", 0.6, lam=0.05),
+        ScheduleSpec("alphapruning", 0.6, eps=0.2),
+        ScheduleSpec("dlp", 0.6),
+    ):
         rates = wb.schedule(spec)
         assert rates.shape == (wb.num_blocks,)
         weights = wb.param_counts if spec.method == "alphapruning" else None  # OWL and DLP keep the plain mean
