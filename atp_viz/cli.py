@@ -38,6 +38,7 @@ from .metrics import EVALUATION, VALIDATION
 from .models import DEFAULT_MODEL, EMBEDDED_MODELS, blocks_path
 from .pruners import PRUNERS, PruneConfig
 from .results import PointResult, seed_spread
+from .search import SAMPLERS
 from .store import ResultStore, StoreError, default_store_path, to_jsonable
 from .zeroshot import TASKS, ZeroShotConfig, check_tasks
 
@@ -254,6 +255,32 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--step", type=float, default=schedules.GRID_STEP, help="grid step of methods with a grid (ATP's beta)"
     )
+    p.add_argument("--json", action="store_true")
+
+    p = sub.add_parser("search", help="search per-block rates (Optuna TPE / CMA-ES, evolutionary), optionally vs ATP")
+    add_setup_args(p)
+    p.set_defaults(calibration="cached")  # every trial is a point: no per-point calibration forward
+    p.add_argument(
+        "--sampler",
+        type=name_list,
+        default=["tpe"],
+        help=f"comma-separated, of: {', '.join(SAMPLERS)} (default tpe)",
+    )
+    p.add_argument(
+        "--trials", type=int, default=None, help="trials per search (default with --versus-atp: ATP's sweep size)"
+    )
+    p.add_argument("--timeout", type=float, default=None, help="seconds per search, checked between trials")
+    p.add_argument("--search-seed", type=int, default=0, help="sampler seed (default %(default)s)")
+    p.add_argument("--max-delta", type=float, default=None, help="bound on |s_i - S| (default: only 0 <= s_i <= 1)")
+    p.add_argument("--sparsity", type=float, default=0.7, help="target mean sparsity S in (0, 1) (default 0.7)")
+    p.add_argument("--versus-atp", action="store_true", help="also run ATP's beta sweep; the same budget for each")
+    p.add_argument(
+        "--evaluate",
+        default="all",
+        choices=("all", "winners"),
+        help="measure the evaluation split for every point (all, default) or for the winners only (half the cost)",
+    )
+    p.add_argument("--step", type=float, default=schedules.GRID_STEP, help="ATP grid step (default %(default)s)")
     p.add_argument("--json", action="store_true")
 
     p = sub.add_parser(
@@ -554,6 +581,52 @@ def cmd_compare(args: argparse.Namespace) -> dict[str, Any]:
     } | zeroshot
 
 
+def cmd_search(args: argparse.Namespace) -> dict[str, Any]:
+    from . import search, searching
+
+    setup = setup_from(args)
+    for name in args.sampler:
+        search.check_sampler(name)
+    if not args.sampler:
+        raise CliError(f"--sampler needs at least one of {', '.join(search.SAMPLERS)}")
+    if args.trials is None and not args.versus_atp:
+        raise CliError("give --trials N (N >= 1), or --versus-atp for ATP's sweep size")
+    if not (math.isfinite(args.step) and 0 < args.step < 1):
+        raise CliError(f"--step must be in (0, 1), got {args.step}")
+    budget = 1 if args.trials is None else args.trials
+    configs = [
+        searching.SearchConfig(name, budget, args.sparsity, args.search_seed, args.timeout, args.max_delta)
+        for name in dict.fromkeys(args.sampler)
+    ]  # validates trials, timeout, S, seed and max_delta before the model loads
+    wb = load_workbench(setup)
+    wb.store = open_store(args)
+    progress = tqdm_progress()
+    dense = wb.dense_perplexity(progress)
+
+    def finished(method: str, trial: searching.TrialRecord) -> None:
+        log(f"{method} trial {trial.number}: validation ppl {trial.validation:.4f}, evaluation ppl "
+            f"{trial.evaluation:.4f} at {trial.seconds:.1f} s")  # fmt: skip
+
+    every = args.evaluate == "all"
+    try:
+        if args.versus_atp:
+            comparison = searching.versus_atp(wb, args.sparsity, args.sampler, args.trials, seed=args.search_seed,
+                                              timeout_s=args.timeout, max_delta=args.max_delta, step=args.step,
+                                              progress=progress, on_trial=finished, every_split=every)  # fmt: skip
+            out = comparison.summary()
+        else:
+            results = {c.sampler: searching.run_one(wb, c, progress, finished, every_split=every) for c in configs}
+            out = {"sparsity": args.sparsity, "budget": budget, "selected_on": VALIDATION, "reported_on": EVALUATION,
+                   "methods": {name: r.summary() for name, r in results.items()}}  # fmt: skip
+    except search.SearchBusyError as exc:
+        raise CliError(str(exc)) from None
+    for name, row in out["methods"].items():
+        log(f"{name}: validation ppl {row['validation_perplexity']:.4f}, evaluation ppl "
+            f"{row['evaluation_perplexity']:.4f}, {row['seconds']:.0f} s, Spearman {row['spearman']:.3f}, "
+            f"{row['inversions']} inversions")  # fmt: skip
+    return {"dense_perplexity": dense, **out}
+
+
 def cmd_eval(args: argparse.Namespace) -> dict[str, Any]:
     """Every metric of the model as loaded (dense, or pruned and saved), on both splits; stored."""
     setup = setup_from(args)
@@ -617,6 +690,7 @@ COMMANDS = {
     "errors": cmd_errors,
     "sweep": cmd_sweep,
     "compare": cmd_compare,
+    "search": cmd_search,
     "eval": cmd_eval,
     "models": cmd_models,
     "corpora": cmd_corpora,

@@ -529,9 +529,14 @@ class Workbench:
         rates = self.schedule(spec, scaled(progress, 0.0, 0.1))
         return rates, self.mode.prune(schedules.BlockRates(rates), counted(progress, "pruning block", 0.1, 0.9))
 
-    def run(self, spec: ScheduleSpec, progress: Progress | None = None) -> PointResult:
-        """Prune the dense model with ``spec``, measure it and commit each result (or read them back)."""
+    def run(
+        self, spec: ScheduleSpec, progress: Progress | None = None, splits: Sequence[str] | None = None
+    ) -> PointResult:
+        """Prune the dense model with ``spec``, measure it and commit each result (or read them back).
+
+        ``splits``: measure only these of the setup's splits (a search reads validation alone)."""
         key, record, found, missing = self.rows.point(spec)
+        missing = [(name, split) for name, split in missing if splits is None or split in splits]
         if record is not None and not missing:
             return PointResult.from_record({**record, "metrics": found}, key)
         started = time.perf_counter()

@@ -287,3 +287,64 @@ def totals_figure(
         )
     )
     return _layout(fig, title, "schedule (same average sparsity)", y_title)
+
+
+def search_curve_figure(
+    curves: Mapping[str, tuple[Sequence[float], Sequence[float]]],
+    *,
+    x_title: str,
+    atp_best: float | None = None,
+    colors: Mapping[str, str] | None = None,
+    title: str = "Best validation perplexity so far",
+) -> go.Figure:
+    """One step line per method: x (trials or seconds) -> b_k = min_{j <= k} validation perplexity_j;
+    ATP's grid best (chosen on validation) as a dashed horizontal line."""
+    fig = go.Figure()
+    for name, (x, y) in curves.items():
+        fig.add_trace(
+            go.Scatter(
+                x=list(x),
+                y=list(y),
+                mode="lines+markers",
+                line_shape="hv",
+                name=name,
+                line=dict(color=(colors or {}).get(name) or color_for(name)),
+                hovertemplate=f"<b>{name}</b><br>{x_title.split(' (')[0]} %{{x:.4g}}<br>best so far %{{y:.6g}}"
+                "<extra></extra>",
+            )
+        )
+    if atp_best is not None and math.isfinite(atp_best):
+        fig.add_hline(y=atp_best, line=dict(color=color_for("atp"), dash="dash"))
+        fig.add_trace(
+            go.Scatter(
+                x=[None],
+                y=[None],
+                mode="lines",
+                name=f"ATP grid best: {atp_best:.4f}",
+                line=dict(color=color_for("atp"), dash="dash"),
+            )
+        )
+    return _layout(fig, title, x_title, "best validation perplexity so far (lower is better)")
+
+
+def winners_figure(
+    winners: Mapping[str, ArrayLike],
+    atp: ArrayLike | None = None,
+    colors: Mapping[str, str] | None = None,
+    title: str = "Winning schedules vs ATP's best line",
+) -> go.Figure:
+    """Per-block rates of each search's winner (markers) over ATP's best line (thick); Theorem 3.5
+    predicts increasing winners."""
+    fig = go.Figure()
+    if atp is not None:
+        line = _block_line("ATP best", np.asarray(atp, dtype=np.float64), "sparsity %{y:.6f}")
+        line.update(line=dict(color=color_for("atp"), width=4), mode="lines")
+        fig.add_trace(line)
+    for name, rates in winners.items():
+        trace = _block_line(name, np.asarray(rates, dtype=np.float64), "sparsity %{y:.6f}")
+        trace.update(line=dict(color=(colors or {}).get(name) or color_for(name), width=1.5))
+        fig.add_trace(trace)
+    fig = _layout(fig, title, BLOCK_AXIS, RATE_AXIS)
+    fig.update_yaxes(tickformat=".2f")
+    _block_ticks(fig, max((len(t.y) for t in fig.data if t.y is not None), default=1))
+    return fig

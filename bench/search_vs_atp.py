@@ -1,0 +1,135 @@
+"""ATP's beta grid against searches over all per-block rates, at equal point budgets (issue 10).
+
+For each target sparsity S and search seed: ATP's sweep (uniform + the grid betas, step 0.002) and
+each sampler (TPE, CMA-ES, evolutionary) with the same number of points (default: the sweep's size),
+every point a stored result (rerunning reads them back). Winners are chosen on validation perplexity
+and reported on evaluation perplexity; monotonicity of each winner (Spearman of rate vs depth,
+inversions). Writes ``docs/results/search-s<S>.json`` per sparsity, with the date and the command.
+
+    HF_HUB_OFFLINE=1 .venv/bin/python bench/search_vs_atp.py --sparsities 0.7,0.6 --seeds 0 \\
+        --store /tmp/atp-search-bench/results.sqlite
+
+``--report-only`` writes the JSON from what is stored (a run cut short) without computing anything.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import math
+import shlex
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from atp_viz import schedules, search, searching  # noqa: E402
+from atp_viz.config import CalibConfig, EvalConfig  # noqa: E402
+from atp_viz.experiment import Setup, Workbench  # noqa: E402
+from atp_viz.models import DEFAULT_MODEL  # noqa: E402
+from atp_viz.pruners import PruneConfig  # noqa: E402
+from atp_viz.store import ResultStore, to_jsonable  # noqa: E402
+
+OUT_DIR = ROOT / "docs" / "results"
+CALIB = CalibConfig(samples=16, seqlen=256, seed=0)
+EVALUATION = EvalConfig(windows=16, seqlen=512)  # validation: the same count and length
+
+
+def setup_for(model: str) -> Setup:
+    return Setup(model=model, calib=CALIB, evaluation=EVALUATION, prune=PruneConfig("wanda"), calibration="cached")
+
+
+def table(comparison: searching.Comparison) -> str:
+    """Markdown rows: method, winner's validation / evaluation perplexity, seconds, Spearman, inversions."""
+    lines = [
+        "| method | trials | validation ppl | evaluation ppl | seconds | Spearman | inversions |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for row in comparison.rows():
+        rho = "-" if math.isnan(row["spearman"]) else f"{row['spearman']:.2f}"
+        lines.append(
+            f"| {row['label']} | {row['trials']} | {row['validation_perplexity']:.2f} | "
+            f"{row['evaluation_perplexity']:.2f} | {row['seconds']:.0f} | {rho} | {row['inversions']} |"
+        )
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default=DEFAULT_MODEL)
+    parser.add_argument("--sparsities", default="0.7,0.6", help="comma-separated (default %(default)s)")
+    parser.add_argument("--samplers", default=",".join(search.SAMPLERS), help="comma-separated (default: all)")
+    parser.add_argument("--trials", type=int, default=None, help="points per search (default: ATP's sweep size)")
+    parser.add_argument("--step", type=float, default=schedules.GRID_STEP, help="ATP grid step (default %(default)s)")
+    parser.add_argument("--seeds", default="0", help="comma-separated search seeds (default %(default)s)")
+    parser.add_argument(
+        "--evaluate",
+        default="winners",
+        choices=("all", "winners"),
+        help="evaluation split for every point, or for winners only (default; half the cost)",
+    )
+    parser.add_argument("--store", required=True, help="results store (points, trials; journals beside it)")
+    parser.add_argument("--report-only", action="store_true", help="write the JSON from the store, compute nothing")
+    parser.add_argument("--out-dir", default=str(OUT_DIR))
+    args = parser.parse_args(argv)
+    sparsities = [float(s) for s in args.sparsities.split(",") if s.strip()]
+    samplers = [search.check_sampler(s.strip()) for s in args.samplers.split(",") if s.strip()]
+    seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
+    command = "HF_HUB_OFFLINE=1 .venv/bin/python " + shlex.join(["bench/search_vs_atp.py", *(argv or sys.argv[1:])])
+
+    wb = Workbench(setup_for(args.model), ResultStore(args.store))
+    dense = wb.stored_dense_perplexity() if args.report_only else wb.dense_perplexity()
+    for sparsity in sparsities:
+        runs: list[dict[str, Any]] = []
+        for seed in seeds:
+            started = time.monotonic()
+            if args.report_only:
+                comparison = searching.stored_comparison(wb, sparsity, samplers, args.trials, seed=seed, step=args.step)
+            else:
+                comparison = searching.versus_atp(
+                    wb,
+                    sparsity,
+                    samplers,
+                    args.trials,
+                    seed=seed,
+                    step=args.step,
+                    every_split=args.evaluate == "all",
+                    on_trial=lambda m, t: print(
+                        f"S={sparsity:g} seed {seed} {m} trial {t.number}: validation "
+                        f"{t.validation:.3f} at {t.seconds:.0f} s",
+                        flush=True,
+                    ),
+                )
+            print(
+                f"\nS = {sparsity:g}, search seed {seed}, budget {comparison.budget} points "
+                f"({time.monotonic() - started:.0f} s this run)\n{table(comparison)}\n",
+                flush=True,
+            )
+            runs.append({"search_seed": seed, **comparison.summary(), "table": table(comparison)})
+        out = {
+            "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "command": command,
+            "setup": wb.setup.describe(),
+            "evaluate": args.evaluate,
+            "atp_step": args.step,
+            "torch_threads": torch.get_num_threads(),
+            "dense_perplexity": dense,
+            "num_blocks": wb.num_blocks,
+            "runs": runs,
+        }
+        path = Path(args.out_dir) / f"search-s{sparsity:g}.json"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(to_jsonable(out), indent=1, allow_nan=True) + "\n")
+        print(f"wrote {path}", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,309 @@
+"""Searches on a Workbench: trials are stored points, resume, ATP vs search, the CLI, the page."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import subprocess
+import threading
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from reliability import cli_command, cli_env, record, run_main
+from streamlit.testing.v1 import AppTest
+from tiny import shared_corpus_file, shared_tiny_model
+
+from atp_viz import searching
+from atp_viz.config import CalibConfig, EvalConfig
+from atp_viz.experiment import Setup, Workbench
+from atp_viz.metrics import EVALUATION, VALIDATION
+from atp_viz.store import ResultStore
+
+ROOT = Path(__file__).resolve().parents[1]
+SPARSITY = 0.5
+STEP = 0.1  # 4 blocks at S = 0.5: beta_max = 1/3 -> 3 grid betas + uniform = a 4-point sweep
+PAGE_TIMEOUT = 180
+KILL_TIMEOUT_S = 120
+TRIAL_LINE = "trial {}: validation ppl"
+
+
+def tiny_setup() -> Setup:
+    return Setup(
+        model=str(shared_tiny_model("llama")),
+        corpus=str(shared_corpus_file()),
+        calib=CalibConfig(samples=4, seqlen=32, seed=0),
+        evaluation=EvalConfig(windows=4, seqlen=32),
+        calibration="cached",
+    )
+
+
+@pytest.fixture(scope="module")
+def loaded():
+    """One loaded tiny model for the module; each test attaches its own store."""
+    return Workbench(tiny_setup()).loaded
+
+
+def bench_with(loaded, store: Path) -> Workbench:
+    return Workbench(tiny_setup(), ResultStore(store), loaded=loaded)
+
+
+def counting(monkeypatch: pytest.MonkeyPatch) -> list[tuple[float, ...]]:
+    """Record every schedule the objective computes or reads (``searching.run_point`` calls)."""
+    calls: list[tuple[float, ...]] = []
+    real = searching.run_point
+
+    def run_point(wb, spec, every_split=True, progress=None):
+        calls.append(spec.rates)
+        return real(wb, spec, every_split, progress)
+
+    monkeypatch.setattr(searching, "run_point", run_point)
+    return calls
+
+
+def test_search_stores_trials_and_points_and_resumes(loaded, tmp_path: Path, monkeypatch) -> None:
+    wb = bench_with(loaded, tmp_path / "r.sqlite")
+    calls = counting(monkeypatch)
+    first = searching.Search(wb, searching.SearchConfig("evo", 3, SPARSITY)).run()
+    assert len(first.trials) == 3 and len(calls) == 3
+    store = wb.store
+    assert store is not None
+    rows = store.query(kind=searching.TRIAL_KIND, study=first.study)
+    assert sorted(r["record"]["number"] for r in rows) == [t.number for t in first.trials]
+    for trial in first.trials:
+        point = store.get(trial.point_key)
+        assert point is not None and np.allclose(point["rates"], trial.rates)
+        assert np.isclose(np.sum(wb.param_counts * trial.rates) / np.sum(wb.param_counts), SPARSITY)
+        assert math.isfinite(trial.validation) and math.isfinite(trial.evaluation)
+    journal = tmp_path / "r.sqlite.optuna" / f"{first.study}.log"
+    assert journal.is_file()
+
+    again = searching.Search(wb, searching.SearchConfig("evo", 5, SPARSITY)).run()
+    assert len(again.trials) == 5 and len(calls) == 5  # the 3 finished trials were not evaluated again
+    assert again.trials[:3] == first.trials  # kept as they were (dataclass equality skips rates)
+    for old, new in zip(first.trials, again.trials):
+        np.testing.assert_array_equal(old.rates, new.rates)
+    assert len(store.query(kind=searching.TRIAL_KIND, study=first.study)) == 5
+    # another process (a dashboard) reads the same trials without computing anything
+    assert searching.Search(wb, searching.SearchConfig("evo", 5, SPARSITY)).stored().trials == again.trials
+    assert len(calls) == 5
+
+
+def test_versus_atp_returns_both_and_chooses_atp_on_validation(loaded, tmp_path: Path, monkeypatch) -> None:
+    wb = bench_with(loaded, tmp_path / "r.sqlite")
+    comparison = searching.versus_atp(wb, SPARSITY, ["tpe", "evo"], step=STEP)
+    assert list(comparison.methods) == ["atp", "tpe", "evo"] and comparison.budget == 4
+    atp = comparison.methods["atp"]
+    assert len(atp.trials) == 4 and comparison.uniform == atp.trials[0]
+    grid = atp.trials[1:]
+    best = atp.winner()
+    assert best is not None and best.validation == min(t.validation for t in grid)  # uniform is the baseline
+    assert best.evaluation == pytest.approx(wb.rows.metrics_of(best.point_key)[0][f"{EVALUATION}/perplexity"])
+    for name in ("tpe", "evo"):
+        result = comparison.methods[name]
+        assert len(result.trials) == 4
+        won = result.winner()
+        assert won is not None and won.validation == min(t.validation for t in result.trials)
+    summary = comparison.summary()
+    assert summary["selected_on"] == VALIDATION and summary["reported_on"] == EVALUATION
+    row = summary["methods"]["atp"]
+    assert row["spearman"] == pytest.approx(1.0) and row["inversions"] == 0
+    assert row["best_so_far"]["trial"] == [1, 2, 3, 4] and len(row["best_so_far"]["seconds"]) == 4
+    assert all(np.diff(row["best_so_far"]["validation_perplexity"]) <= 0)
+    assert {r["method"] for r in comparison.rows()} == {"atp", "tpe", "evo", "uniform"}
+
+    def must_not_prune(*_args, **_kwargs):
+        raise AssertionError("a stored point was pruned again")
+
+    monkeypatch.setattr(wb, "apply", must_not_prune)  # a rerun reads every point and trial back
+    again = searching.versus_atp(wb, SPARSITY, ["tpe", "evo"], step=STEP)
+    assert again.summary()["methods"] == summary["methods"]
+    assert searching.stored_comparison(wb, SPARSITY, ["tpe", "evo"], step=STEP).summary() == again.summary()
+
+
+def test_validation_only_trials_measure_the_evaluation_of_winners_only(loaded, tmp_path: Path) -> None:
+    wb = bench_with(loaded, tmp_path / "r.sqlite")
+    comparison = searching.versus_atp(wb, SPARSITY, ["evo"], 3, step=STEP, every_split=False)
+    for name, result in comparison.methods.items():
+        best = result.winner()
+        assert best is not None and math.isfinite(best.evaluation), name
+        others = [t for t in result.trials if t is not best and t is not comparison.uniform]
+        assert all(math.isnan(t.evaluation) for t in others), name
+    assert comparison.uniform is not None and math.isfinite(comparison.uniform.evaluation)
+
+
+def test_bad_search_settings_raise_before_anything_is_written(loaded, tmp_path: Path) -> None:
+    for kwargs, needle in (
+        ({"sampler": "nope"}, "sampler must be one of"),
+        ({"trials": 0}, "trials must be an integer >= 1"),
+        ({"timeout_s": 0.0}, "timeout_s must be None or a number"),
+        ({"sparsity": 1.0}, "sparsity must be in (0, 1)"),
+        ({"seed": -1}, "search seed must be an integer >= 0"),
+    ):
+        settings: dict[str, Any] = {"sampler": "tpe", "trials": 2, "sparsity": SPARSITY, **kwargs}
+        with pytest.raises(ValueError) as info:
+            searching.SearchConfig(**settings)
+        assert needle in str(info.value)
+    wb = bench_with(loaded, tmp_path / "r.sqlite")
+    with pytest.raises(ValueError, match="no ATP grid point fits"):
+        searching.versus_atp(wb, SPARSITY, ["tpe"], step=0.5)
+    assert not (tmp_path / "r.sqlite.optuna").exists()
+
+
+# ------------------------------------------------------------------------------ the CLI
+
+
+def search_args(store: Path, *extra: str) -> list[str]:
+    return [
+        "search", "--model", str(shared_tiny_model("llama")), "--corpus", str(shared_corpus_file()),
+        "--calib-samples", "4", "--seqlen", "32", "--eval-windows", "4", "--sparsity", str(SPARSITY),
+        "--store", str(store), *extra,
+    ]  # fmt: skip
+
+
+def test_cli_search_json_and_versus_atp(tmp_path: Path) -> None:
+    store = tmp_path / "r.sqlite"
+    code, out, err = run_main(search_args(store, "--sampler", "evo", "--trials", "2", "--json"))
+    assert code == 0, err[-2000:]
+    result = json.loads(out)
+    assert list(result["methods"]) == ["evo"] and result["methods"]["evo"]["trials"] == 2
+    assert result["selected_on"] == VALIDATION and math.isfinite(result["methods"]["evo"]["evaluation_perplexity"])
+    code, out, err = run_main(search_args(store, "--sampler", "tpe,evo", "--versus-atp", "--step", str(STEP), "--json"))
+    assert code == 0, err[-2000:]
+    result = json.loads(out)
+    assert list(result["methods"]) == ["atp", "tpe", "evo"] and result["budget"] == 4
+    assert [result["methods"][m]["trials"] for m in ("atp", "tpe", "evo")] == [4, 4, 4]
+    assert result["uniform"]["validation_perplexity"] > 0
+
+
+@pytest.mark.parametrize(
+    "extra, needle",
+    [
+        (["--sampler", "nope", "--trials", "2"], "sampler must be one of"),
+        (["--sampler", "tpe", "--trials", "0"], "trials must be an integer >= 1"),
+        (["--sampler", "tpe", "--trials", "2", "--timeout", "0"], "timeout_s must be None or a number"),
+        (["--sampler", "tpe", "--trials", "2", "--sparsity", "1.5"], "sparsity must be in (0, 1)"),
+        (["--sampler", "tpe", "--trials", "2", "--search-seed", "-1"], "search seed must be an integer >= 0"),
+        (["--sampler", "tpe"], "give --trials N"),
+    ],
+)
+def test_cli_search_bad_input_is_one_line_and_writes_nothing(tmp_path: Path, extra: list[str], needle: str) -> None:
+    store = tmp_path / "sub" / "r.sqlite"
+    args = search_args(store)
+    if "--sparsity" in extra:  # the later value wins in argparse
+        args = args[: args.index("--sparsity")] + args[args.index("--sparsity") + 2 :]
+    code, out, err = run_main([*args, *extra])
+    assert code == 2 and out == ""
+    lines = [line for line in err.strip().splitlines() if line]
+    assert len(lines) == 1 and needle in lines[0], err
+    assert not (tmp_path / "sub").exists()
+
+
+def test_cli_search_killed_mid_run_resumes_with_nothing_lost(tmp_path: Path) -> None:
+    """SIGKILL ``atp-viz search`` while it runs (after >= 2 finished trials), rerun: kept trials are
+    unchanged and not recomputed, the budget is completed."""
+    store, total = tmp_path / "r.sqlite", 8
+    args = search_args(store, "--sampler", "evo", "--trials", str(total), "--json")
+    proc = subprocess.Popen(cli_command(args), stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=cli_env())
+    finished: list[str] = []
+    lines: list[str] = []
+    seen = threading.Event()
+
+    def read() -> None:
+        assert proc.stderr is not None
+        for raw in proc.stderr:
+            line = raw.decode(errors="replace")
+            lines.append(line)
+            if "evo trial" in line and "validation ppl" in line:
+                finished.append(line)
+                if len(finished) >= 2:
+                    seen.set()
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    try:
+        seen.wait(KILL_TIMEOUT_S)
+        assert proc.poll() is None, "the search ended before it could be killed: " + "".join(lines)[-1500:]
+        assert len(finished) >= 2
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    reader.join(timeout=10)
+    assert proc.returncode == -signal.SIGKILL
+    before = {r["record"]["number"]: r["record"] for r in ResultStore(store).query(kind=searching.TRIAL_KIND)}
+    assert len(before) >= len(finished) >= 2
+
+    rerun = subprocess.run(cli_command(args), capture_output=True, text=True, env=cli_env(), timeout=300)
+    assert rerun.returncode == 0, rerun.stderr[-2000:]
+    result = json.loads(rerun.stdout)["methods"]["evo"]
+    assert result["trials"] == total
+    computed = [line for line in rerun.stderr.splitlines() if "evo trial" in line and "validation ppl" in line]
+    assert len(computed) == total - len(before)  # finished trials were read back, not recomputed
+    after = {r["record"]["number"]: r["record"] for r in ResultStore(store).query(kind=searching.TRIAL_KIND)}
+    assert len(after) == total
+    lost = sum(after.get(number) != row for number, row in before.items())
+    assert lost == 0
+    record(
+        "interruption",
+        "CLI search (evo) SIGKILLed after >= 2 finished trials, then rerun",
+        1,
+        lost,
+        "rerun reads the finished trials back (journal + trial rows), computes only the missing ones",
+    )
+
+
+# ------------------------------------------------------------------------------ the page
+
+
+@pytest.fixture()
+def tiny_dashboard(dashboard_env: dict[str, str], tmp_path: Path):
+    with pytest.MonkeyPatch.context() as mp:
+        for name, value in dashboard_env.items():
+            mp.setenv(name, value)
+        mp.setenv("ATP_VIZ_STORE", str(tmp_path / "page.sqlite"))
+        yield
+
+
+def page() -> AppTest:
+    at = AppTest.from_file(str(ROOT / "pages" / "6_ATP_vs_search.py"), default_timeout=PAGE_TIMEOUT)
+    for key, value in {"_sparsity": SPARSITY, "_search_step": STEP, "_search_samplers": ["evo"]}.items():
+        at.session_state[key] = value
+    return at.run()
+
+
+def charts(at: AppTest) -> list[dict]:
+    return [json.loads(chart.proto.spec) for chart in at.get("plotly_chart")]
+
+
+def test_page_runs_a_search_and_a_revisit_shows_it(tiny_dashboard) -> None:
+    at = page()
+    assert not at.exception, [e.value for e in at.exception]
+    at.button(key="search_run").click().run()
+    assert not at.exception, [e.value for e in at.exception]
+    figs = charts(at)
+    trials, seconds, overlay = figs[-3:]
+    assert "trial" in trials["layout"]["xaxis"]["title"]["text"]
+    assert "wall time" in seconds["layout"]["xaxis"]["title"]["text"]
+    names = {trace["name"] for trace in trials["data"]}
+    assert any(n.startswith("ATP grid best") for n in names) and "Evolutionary (1+λ), level switch" in names
+    assert {trace["name"] for trace in overlay["data"]} == {"ATP best", "Evolutionary (1+λ), level switch"}
+    table = at.dataframe[-1].value
+    assert list(table["label"])[:2] == ["ATP grid (beta)", "Evolutionary (1+λ), level switch"]
+    assert list(table["trials"])[:2] == [4, 4]
+
+    revisit = page()  # a new session (the tab was closed): everything comes from the store
+    assert not revisit.exception
+    again = revisit.dataframe[-1].value
+    assert list(again["evaluation_perplexity"]) == pytest.approx(list(table["evaluation_perplexity"]))
+    assert len(charts(revisit)) == 3
+
+
+def test_journal_lives_beside_the_store(tmp_path: Path) -> None:
+    store = ResultStore(tmp_path / "x.sqlite")
+    assert searching.journal_dir(store) == tmp_path / "x.sqlite.optuna"
+    assert searching.journal_dir(None) == searching.journal_dir(None) and os.path.isdir(searching.journal_dir(None))
