@@ -15,7 +15,7 @@ pruned block makes is fed into every block after it, so errors of **early** bloc
 grow with depth (the *error explosion*; ATP paper, Thm 3.2). **ATP** (arXiv 2502.14770)
 therefore prunes early blocks less and late blocks more:
 `s_i = S - beta*(L-1)/2 + beta*i`, a straight line with mean `S` whose slope `beta` is found by a
-small grid search (the beta/perplexity curve is U-shaped). OWL and AlphaPruning are the
+small grid search (the beta/perplexity curve is U-shaped). OWL, AlphaPruning and DLP are the
 statistics-driven alternatives compared here.
 """
 )
@@ -38,7 +38,7 @@ if ctx.setup is not None and ctx.workbench is not None:
     )
 
 st.subheader("Pages")
-st.page_link("pages/1_Schedules.py", label="Schedules: uniform, ATP, OWL, AlphaPruning and your own, with exports")
+st.page_link("pages/1_Schedules.py", label="Schedules: uniform, ATP, OWL, AlphaPruning, DLP and your own, with exports")
 st.page_link("pages/2_Error_explosion.py", label="Error explosion: per-block reconstruction error of pruned models")
 st.page_link("pages/3_Beta_tuning.py", label="Beta tuning: the U-shaped beta sweep, point by point")
 st.page_link("pages/4_Compare_strategies.py", label="Compare strategies: methods x sparsities")
