@@ -568,12 +568,13 @@ def cmd_compare(args: argparse.Namespace) -> dict[str, Any]:
     for row in rows:
         std = f" +- {row['perplexity_std']:.3f}" if len(seeds) > 1 else ""
         log(f"{row['method']} S={row['sparsity']:g}: ppl {row['perplexity']:.3f}{std} {row['params'] or ''}")
+    dense_metrics = wb.dense_metrics()
     zeroshot = {}
     if "zeroshot" in setup.metrics:
-        zeroshot = {"zeroshot_table": zeroshot_table(rows, wb.dense_metrics(), setup.zeroshot.tasks)}
+        zeroshot = {"zeroshot_table": zeroshot_table(rows, dense_metrics, setup.zeroshot.tasks)}
     return {
         "dense_perplexity": dense,
-        "dense_metrics": wb.dense_metrics(),
+        "dense_metrics": dense_metrics,
         "seeds": list(seeds),
         "selected_on": setup.select_split,
         "reported_on": EVALUATION,

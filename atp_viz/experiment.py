@@ -40,7 +40,7 @@ from .methods import ScheduleSpec
 from .metrics import EVALUATION, METRICS, SPLITS, VALIDATION, metric_key
 from .models import DEFAULT_MODEL, LoadedModel, cache_dir, load_model
 from .pruners import PruneConfig, get_pruner
-from .results import PointResult, Spread, best_group, seed_spread, spread
+from .results import PointResult, Spread, best_group, seed_spread, spread, within_noise
 from .stats_cache import (
     CachedMode,
     DenseStats,
@@ -643,10 +643,9 @@ def summarize_sweep(
     grid = [(beta, points) for beta, points in grid if points]
     best = runner = noise = None
     if grid:
-        best, runner = best_group([points for _, points in grid], metric, select)
-        if runner is not None and len(grid[best][1]) > 1:
-            chosen = seed_spread(grid[best][1], metric, select)
-            noise = chosen.overlaps(seed_spread(grid[runner][1], metric, select))
+        candidates = [points for _, points in grid]
+        best, runner = best_group(candidates, metric, select)
+        noise = within_noise(candidates, best, runner, metric, select)
     return SweepSummary(
         betas=[float(beta) for beta, _ in grid],
         points=[points for _, points in grid],
@@ -754,12 +753,11 @@ def compare_rows(
         groups = [(spec, points) for spec, points in groups if points]
         if not groups:
             continue
-        best, runner = best_group([points for _, points in groups], metric, select)
-        points = groups[best][1]
+        candidates = [points for _, points in groups]
+        best, runner = best_group(candidates, metric, select)
+        points = candidates[best]
         chosen, reported = seed_spread(points, metric, select), seed_spread(points, metric, EVALUATION)
-        noise = None
-        if runner is not None and chosen.n > 1:
-            noise = chosen.overlaps(seed_spread(groups[runner][1], metric, select))
+        noise = within_noise(candidates, best, runner, metric, select)
         rows.append({
             "method": cell.method, "label": methods.label(cell.method), "sparsity": cell.sparsity,
             metric: reported.mean, f"{metric}_std": reported.std, "seeds": reported.n,

@@ -15,6 +15,7 @@ import plotly.graph_objects as go
 from numpy.typing import ArrayLike
 
 from . import methods
+from .metrics import METRICS
 
 PLOTLY_CONFIG = {
     "displaylogo": False,
@@ -123,7 +124,7 @@ def beta_curve_figure(
     selected: float | None = None,
     validation: Sequence[float] | None = None,
     spread: Sequence[float] | None = None,
-    metric_label: str = "perplexity (exp of mean token NLL; lower is better)",
+    metric: str = "perplexity",
 ) -> go.Figure:
     """ATP perplexity against beta (the U-curve, evaluation split), the validation curve that chose the
     best beta (dotted), uniform baseline, best and selected point. ``spread``: the standard deviation
@@ -141,7 +142,7 @@ def beta_curve_figure(
                 mode="lines",
                 name=f"uniform (beta = 0): {uniform_ppl:.4f}",
                 line=dict(color=color_for("uniform"), dash="dash"),
-                hovertemplate=f"uniform baseline<br>perplexity {uniform_ppl:.6g}<extra></extra>",
+                hovertemplate=f"uniform baseline<br>{metric} {uniform_ppl:.6g}<extra></extra>",
             )
         )
     fig.add_trace(
@@ -152,7 +153,7 @@ def beta_curve_figure(
             name=f"ATP at S = {sparsity:g} (evaluation)",
             line=dict(color=color_for("atp")),
             error_y=_error_bars(spread, order),
-            hovertemplate="beta %{x:.6g}<br>evaluation perplexity %{y:.6g}<extra>ATP</extra>",
+            hovertemplate=f"beta %{{x:.6g}}<br>evaluation {metric} %{{y:.6g}}<extra>ATP</extra>",
         )
     )
     if validation is not None and len(validation) == len(x):
@@ -165,7 +166,7 @@ def beta_curve_figure(
                 name="validation (chooses the best beta)",
                 line=dict(color=color_for("atp"), dash="dot"),
                 marker=dict(symbol="circle-open"),
-                hovertemplate="beta %{x:.6g}<br>validation perplexity %{y:.6g}<extra>ATP</extra>",
+                hovertemplate=f"beta %{{x:.6g}}<br>validation {metric} %{{y:.6g}}<extra>ATP</extra>",
             )
         )
     for label, beta, symbol, size in (("best", best_beta, "star", 18), ("selected", selected, "circle-open", 20)):
@@ -177,16 +178,16 @@ def beta_curve_figure(
                 x=[beta],
                 y=[value],
                 mode="markers",
-                name=f"{label}: beta = {beta:.4g}, perplexity {value:.4f}",
+                name=f"{label}: beta = {beta:.4g}, {metric} {value:.4f}",
                 marker=dict(symbol=symbol, size=size, color="#ff7f0e", line=dict(width=2, color="#ff7f0e")),
-                hovertemplate=f"{label}<br>beta %{{x:.6g}}<br>perplexity %{{y:.6g}}<extra></extra>",
+                hovertemplate=f"{label}<br>beta %{{x:.6g}}<br>{metric} %{{y:.6g}}<extra></extra>",
             )
         )
     fig = _layout(
         fig,
         f"Beta sweep at target sparsity {sparsity:g}",
         "beta (sparsity increase per block, fraction)",
-        metric_label,
+        METRICS[metric].label,
     )
     if beta_max:
         fig.update_xaxes(range=[-0.03 * beta_max, 1.03 * beta_max])

@@ -111,6 +111,21 @@ def best_group(
     return best, (int(entry.best(rest)) if rest else None)
 
 
+def within_noise(
+    groups: Sequence[Sequence[PointResult]],
+    best: int,
+    runner: int | None,
+    metric: str = "perplexity",
+    split: str = VALIDATION,
+) -> bool | None:
+    """Whether the runner-up's mean +- std band over seeds overlaps the best's (None without a runner-up
+    or with a single seed: no band to compare)."""
+    chosen = seed_spread(groups[best], metric, split)
+    if runner is None or chosen.n < 2:
+        return None
+    return chosen.overlaps(seed_spread(groups[runner], metric, split))
+
+
 def best_point(points: Sequence[PointResult], metric: str = "perplexity", split: str = VALIDATION) -> PointResult:
     """The point with the best ``metric`` on ``split`` (validation by default: select there, report on
     evaluation). Points without that value are never chosen unless no point has it."""

@@ -83,7 +83,12 @@ def _weights(weights: ArrayLike | None, size: int) -> np.ndarray:
 
 
 def _clip(
-    rates: np.ndarray, floor: float, method: str, sparsity: float, weights: np.ndarray | None = None
+    rates: np.ndarray,
+    floor: float,
+    method: str,
+    sparsity: float,
+    weights: np.ndarray | None = None,
+    stacklevel: int = 3,
 ) -> np.ndarray:
     """Rates <= 0 become ``floor`` and rates > 1 become 1, with a warning if that moved the mean."""
     clipped = np.minimum(np.where(rates <= 0.0, floor, rates), 1.0)
@@ -92,7 +97,7 @@ def _clip(
         warnings.warn(
             f"{method} rates left [0, 1] at sparsity {sparsity:g} and were clipped; their mean is now {mean:.6f}",
             ScheduleClipWarning,
-            stacklevel=3,
+            stacklevel=stacklevel,
         )
     return clipped
 
@@ -161,6 +166,18 @@ def beta_grid(num_layers: int, sparsity: float, step: float = GRID_STEP) -> np.n
     return np.round(step * np.arange(1, count + 1, dtype=np.float64), GRID_DECIMALS)
 
 
+def _density_band(values: np.ndarray, sparsity: float, half_width: float, method: str) -> np.ndarray:
+    """The band OWL's and DLP's code map a per-block value to: density d = (v - min v)/(max v - min v)
+    * 2*half_width; d = d - mean(d) + (1 - S); s = 1 - d, rates <= 0 set to 0.01 and > 1 to 1 (with a
+    warning stating the mean reached). Constant values give the uniform schedule."""
+    span = values.max() - values.min()
+    if span == 0:  # no contrast between blocks: nothing to redistribute
+        return uniform(values.size, sparsity)
+    density = (values - values.min()) / span * 2 * half_width
+    density = density - density.mean() + (1 - sparsity)
+    return _clip(1 - density, OWL_FLOOR, method, sparsity, stacklevel=4)  # the warning names the caller of owl/dlp
+
+
 def owl(outlier_ratios: ArrayLike, sparsity: float, lam: float = OWL_LAMBDA) -> np.ndarray:
     """OWL: density r = (D - min D)/(max D - min D) * 2*lam; r = r - mean(r) + (1 - S); s = 1 - r.
 
@@ -171,12 +188,7 @@ def owl(outlier_ratios: ArrayLike, sparsity: float, lam: float = OWL_LAMBDA) -> 
     ratios = _vector("outlier ratios", outlier_ratios)
     sparsity = check_sparsity(sparsity)
     lam = _check_range("lam", lam, 0.0, OWL_MAX_LAMBDA)
-    span = ratios.max() - ratios.min()
-    if span == 0:  # no contrast between blocks: nothing to redistribute
-        return uniform(ratios.size, sparsity)
-    density = (ratios - ratios.min()) / span * 2 * lam
-    density = density - density.mean() + (1 - sparsity)
-    return _clip(1 - density, OWL_FLOOR, "OWL", sparsity)
+    return _density_band(ratios, sparsity, lam, "OWL")
 
 
 def alphapruning(
@@ -216,12 +228,7 @@ def dlp(block_scores: ArrayLike, sparsity: float, alpha: float = DLP_ALPHA) -> n
     if scores.sum() <= 0:
         raise ValueError(f"DLP needs block scores with a positive sum, got {scores.tolist()!r}")
     importance = 1 - scores / scores.sum()
-    span = importance.max() - importance.min()
-    if span == 0:  # every block equally scored: nothing to redistribute
-        return uniform(scores.size, sparsity)
-    density = (importance - importance.min()) / span * 2 * alpha
-    density = density - density.mean() + (1 - sparsity)
-    return _clip(1 - density, OWL_FLOOR, "DLP", sparsity)
+    return _density_band(importance, sparsity, alpha, "DLP")
 
 
 def custom(rates: ArrayLike) -> np.ndarray:

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import os
 import tempfile
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -137,30 +137,29 @@ def collect_dense_stats(
     return DenseStats(states, tokens)
 
 
-def outlier_ratios_from_stats(blocks: nn.ModuleList, stats: DenseStats, m: float) -> np.ndarray:
-    """OWL's D_i: the outlier ratio of block i's Wanda scores |W| * ||X_k|| over all its linears."""
-    ratios = np.zeros(len(blocks))
+def block_wanda_scores(blocks: nn.ModuleList, stats: DenseStats) -> Iterator[torch.Tensor]:
+    """Each block's Wanda scores |W| * ||X_k|| of all its linears, flattened into one tensor."""
     for i, block in enumerate(blocks):
-        scores = [
-            wanda_scores(lin.weight, stats.accumulator(OWL_KIND, (i, name)).result()).flatten()
-            for name, lin in prunable_linears(block).items()
-        ]
-        ratios[i] = outlier_ratio(torch.cat(scores), m)
-    return ratios
+        yield torch.cat(
+            [
+                wanda_scores(lin.weight, stats.accumulator(OWL_KIND, (i, name)).result()).flatten()
+                for name, lin in prunable_linears(block).items()
+            ]
+        )
+
+
+def outlier_ratios_from_stats(blocks: nn.ModuleList, stats: DenseStats, m: float) -> np.ndarray:
+    """OWL's D_i: the outlier ratio of block i's Wanda scores over all its linears."""
+    return np.array([outlier_ratio(scores, m) for scores in block_wanda_scores(blocks, stats)], dtype=np.float64)
 
 
 def block_scores_from_stats(blocks: nn.ModuleList, stats: DenseStats) -> np.ndarray:
-    """DLP's per-block score: the mean of the block's Wanda scores |W| * ||X_k|| over all its linears.
+    """DLP's per-block score: the mean of the block's Wanda scores over all its linears.
 
     DLP's code uses ||X_k|| / sqrt(number of calibration sequences); that factor is the same for every
     block and cancels in its normalisation c_i / sum_j c_j.
     """
-    scores = np.zeros(len(blocks))
-    for i, block in enumerate(blocks):
-        parts = [wanda_scores(lin.weight, stats.accumulator(OWL_KIND, (i, name)).result()).flatten()
-                 for name, lin in prunable_linears(block).items()]  # fmt: skip
-        scores[i] = float(torch.cat(parts).double().mean())
-    return scores
+    return np.array([float(scores.double().mean()) for scores in block_wanda_scores(blocks, stats)], dtype=np.float64)
 
 
 def compact_index(order: torch.Tensor) -> torch.Tensor:

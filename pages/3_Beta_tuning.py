@@ -85,7 +85,7 @@ def draw() -> None:
         selected=st.session_state.get("_tune_pick"),
         validation=[v.mean for v in summary.validation],
         spread=[v.std for v in summary.evaluation],
-        metric_label=METRICS[metric].label,
+        metric=metric,
     )
     with chart_slot.container():
         ui.chart(fig, key=f"tune_curve_{sum(len(g) for g in groups.values())}")
