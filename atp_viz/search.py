@@ -32,7 +32,8 @@ when the process dies), so a trial still RUNNING when the lock is taken was left
 it is marked FAIL and its slot is run again. Finished trials are never recomputed; every sampler
 rebuilds its state from the stored trials (TPE and evo are functions of the trial history, CMA-ES
 restores its optimiser from Optuna's trial attributes). TPE's and CMA-ES's random seed is derived
-from ``(seed, number of stored trials)`` so a resumed run does not replay the first run's draws;
+from ``(seed, number of stored trials, sampler name)`` so a resumed run does not replay the first
+run's draws and the two samplers do not share their first random trial;
 evo keys its draws by trial number, so after a clean stop a resumed evo search equals an
 uninterrupted one.
 A journal whose last line was half-written by a writer killed mid-append is cut back to its last
@@ -51,6 +52,7 @@ import math
 import os
 import time
 import warnings
+import zlib
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -420,19 +422,21 @@ class SamplerEntry:
     color: str
 
 
-def _derived_seed(seed: int, stored: int) -> int:
-    """A sampler seed from (seed, number of stored trials): a resumed run draws fresh numbers."""
-    return int(np.random.SeedSequence([seed, stored]).generate_state(1)[0] % SEED_SPREAD)
+def _derived_seed(seed: int, stored: int, sampler: str) -> int:
+    """A sampler seed from (seed, number of stored trials, sampler name): a resumed run draws fresh
+    numbers, and two samplers given the same seed do not start from the same random trial."""
+    salt = zlib.crc32(sampler.encode())
+    return int(np.random.SeedSequence([seed, stored, salt]).generate_state(1)[0] % SEED_SPREAD)
 
 
 def _tpe(space: RateSpace, seed: int, stored: int) -> BaseSampler:
     with warnings.catch_warnings():  # "multivariate" is flagged experimental
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        return TPESampler(seed=_derived_seed(seed, stored), multivariate=True)
+        return TPESampler(seed=_derived_seed(seed, stored, "tpe"), multivariate=True)
 
 
 def _cmaes(space: RateSpace, seed: int, stored: int) -> BaseSampler:
-    return CmaEsSampler(seed=_derived_seed(seed, stored))
+    return CmaEsSampler(seed=_derived_seed(seed, stored, "cmaes"))
 
 
 def _evo(space: RateSpace, seed: int, stored: int) -> BaseSampler:

@@ -42,7 +42,7 @@ from .config import check_sparsity
 from .experiment import MEASURES, Progress, Workbench, labelled, scaled, sweep_specs
 from .methods import ScheduleSpec
 from .metrics import EVALUATION, VALIDATION, metric_key
-from .results import PointResult
+from .results import PointResult, spread
 from .store import ResultStore, fingerprint
 
 TRIAL_KIND = "trial"
@@ -194,13 +194,10 @@ def stored_point(wb: Workbench, spec: ScheduleSpec) -> PointResult | None:
     return PointResult.from_record({**record, "metrics": found}, key)
 
 
-def run_point(
-    wb: Workbench, spec: ScheduleSpec, every_split: bool = True, progress: Progress | None = None
-) -> PointResult:
-    """``wb.run(spec)`` (every split), or with ``every_split=False`` only what selection reads: the
-    point row and its validation metric rows (the evaluation rows are added later by ``wb.run``, for
-    winners only; ``Workbench.run`` measures what a stored point lacks)."""
-    return wb.run(spec, progress, splits=None if every_split else (VALIDATION,))
+def measured_splits(every_split: bool) -> tuple[str, ...] | None:
+    """What ``Workbench.run`` measures for a trial: every split, or only what selection reads (the
+    point row and its validation rows; ``complete_winner`` adds the winner's evaluation rows later)."""
+    return None if every_split else (VALIDATION,)
 
 
 def complete_winner(
@@ -272,7 +269,7 @@ class Search:
         never recomputed), each stored as a point and a trial row as soon as it ends.
 
         ``every_split=False``: trials are measured on validation only and the winner's evaluation
-        perplexity is measured at the end (``run_point``)."""
+        perplexity is measured at the end (``complete_winner``)."""
         budget = self.config.trials
         latest: dict[str, PointResult] = {}
         done = [len(self.stored().trials)]  # also writes rows a killed process finished but did not record
@@ -280,7 +277,7 @@ class Search:
         def objective(rates: np.ndarray) -> float:
             start = min(done[0], budget - 1) / budget
             report = labelled(scaled(progress, start, 1 / budget), f"{self.config.sampler} trial {done[0] + 1}")
-            latest["point"] = point = run_point(self.wb, _custom(rates), every_split, report)
+            latest["point"] = point = self.wb.run(_custom(rates), report, measured_splits(every_split))
             return point.value(METRIC, VALIDATION)
 
         def finished(trial: search.Trial) -> None:
@@ -335,6 +332,19 @@ class Comparison:
                          "inversions": 0, "trials": 1})  # fmt: skip
         return rows
 
+    def at_budget(self, points: int) -> Comparison:
+        """The comparison as it stood when each search had run its first ``points`` trials (ATP's sweep
+        is kept whole; ``points`` must be at least its size): a budget-matched view of a longer run.
+        Winners of the shortened searches may lack their evaluation value (``completed`` adds it)."""
+        atp = self.methods[ATP]
+        if points < len(atp.trials):
+            raise ValueError(f"a budget below ATP's sweep ({len(atp.trials)} points) is not comparable, got {points}")
+        cut = {
+            name: r if name == ATP else dataclasses.replace(r, trials=r.trials[:points])
+            for name, r in self.methods.items()
+        }
+        return Comparison(self.sparsity, points, cut, self.uniform)
+
     def summary(self) -> dict[str, Any]:
         return {
             "sparsity": self.sparsity,
@@ -344,6 +354,32 @@ class Comparison:
             "uniform": self.uniform.to_record() if self.uniform else None,
             "methods": {name: result.summary() for name, result in self.methods.items()},
         }
+
+
+def completed(wb: Workbench, comparison: Comparison) -> Comparison:
+    """``comparison`` with every search winner's evaluation perplexity measured (and stored) if missing."""
+    methods = {
+        name: r if name == ATP else complete_winner(wb, r, lambda trial: _custom(trial.rates))
+        for name, r in comparison.methods.items()
+    }
+    return dataclasses.replace(comparison, methods=methods)
+
+
+def seed_rows(comparisons: Sequence[Comparison]) -> list[dict[str, Any]]:
+    """Per method, over the comparisons of several search seeds (same sparsity and budget): mean and
+    standard deviation of the winner's validation and evaluation perplexity, and the seeds counted."""
+    found: dict[str, list[dict[str, Any]]] = {}
+    for comparison in comparisons:
+        for row in comparison.rows():
+            found.setdefault(row["method"], []).append(row)
+    out = []
+    for method, rows in found.items():
+        val = spread([r["validation_perplexity"] for r in rows])
+        ev = spread([r["evaluation_perplexity"] for r in rows])
+        out.append({"method": method, "label": rows[0]["label"], "seeds": ev.n,
+                    "validation_perplexity": val.mean, "validation_std": val.std,
+                    "evaluation_perplexity": ev.mean, "evaluation_std": ev.std})  # fmt: skip
+    return out
 
 
 def atp_specs(num_blocks: int, sparsity: float, step: float = schedules.GRID_STEP) -> list[ScheduleSpec]:
@@ -445,7 +481,7 @@ def versus_atp(
         report = labelled(
             scaled(progress, index / len(specs) / parts, 1 / len(specs) / parts), f"ATP {spec.describe()}"
         )
-        points.append(run_point(wb, spec, every_split, report))
+        points.append(wb.run(spec, report, measured_splits(every_split)))
         if on_trial is not None:
             on_trial(ATP, _atp_result(points)[0].trials[-1])
     atp, uniform = _atp_result(points)

@@ -173,13 +173,17 @@ def busy(model: str) -> str:
     return f"Busy: {what} is running on {model}. Wait for it to finish (its results appear here), then try again."
 
 
+def base_setup(setup: Setup) -> Setup:
+    """The setting whose Workbench loads the model: metrics and calibration mode are variants of it."""
+    return replace(setup, metrics=Setup.metrics, zeroshot=ZeroShotConfig(), calibration=Setup.calibration)
+
+
 def load_workbench(setup: Setup) -> Workbench | None:
-    """The cached workbench for ``setup`` (other metrics share the loaded model); shows st.error (and
-    returns None) when it cannot be built."""
+    """The cached workbench for ``setup``: one loaded model per model setting, which other metrics and
+    the other calibration mode share as variants; shows st.error (and returns None) when it cannot be built."""
     try:
         with st.spinner(f"Loading {setup.model} and tokenizing {setup.corpus} (first time only)..."):
-            base = replace(setup, metrics=Setup.metrics, zeroshot=ZeroShotConfig())
-            return _workbench(base, store_path()).variant(setup)
+            return _workbench(base_setup(setup), store_path()).variant(setup)
     except Exception as exc:  # a bad name, path, corpus or window setting: show it, keep the page usable
         st.error(f"Cannot load the model with these settings: {exc}")
         return None
@@ -403,7 +407,7 @@ def status_box(setup: Setup | None, bench: Workbench | None) -> None:
         box.caption("Fix the settings above.")
         return
     if bench is None:
-        loaded = setup in _loaded()
+        loaded = base_setup(setup) in _loaded()
         box.caption(f"Model: {'loaded' if loaded else 'not loaded'} ({setup.model})")
     else:
         total = int(sum(bench.param_counts))

@@ -42,8 +42,8 @@ CALIB = CalibConfig(samples=16, seqlen=256, seed=0)
 EVALUATION = EvalConfig(windows=16, seqlen=512)  # validation: the same count and length
 
 
-def setup_for(model: str) -> Setup:
-    return Setup(model=model, calib=CALIB, evaluation=EVALUATION, prune=PruneConfig("wanda"), calibration="cached")
+def setup_for(model: str, evaluation: EvalConfig = EVALUATION) -> Setup:
+    return Setup(model=model, calib=CALIB, evaluation=evaluation, prune=PruneConfig("wanda"), calibration="cached")
 
 
 def table(comparison: searching.Comparison) -> str:
@@ -77,14 +77,22 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--store", required=True, help="results store (points, trials; journals beside it)")
     parser.add_argument("--report-only", action="store_true", help="write the JSON from the store, compute nothing")
+    parser.add_argument("--windows", type=int, default=EVALUATION.windows, help="evaluation windows (%(default)s)")
+    parser.add_argument("--val-windows", type=int, default=None, help="validation windows (default: --windows)")
+    parser.add_argument("--seqlen", type=int, default=EVALUATION.seqlen, help="window length (%(default)s)")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    parser.add_argument("--tag", default="", help="suffix of the JSON file name, e.g. x10")
     parser.add_argument("--out-dir", default=str(OUT_DIR))
     args = parser.parse_args(argv)
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    evaluation = EvalConfig(windows=args.windows, seqlen=args.seqlen, validation_windows=args.val_windows)
     sparsities = [float(s) for s in args.sparsities.split(",") if s.strip()]
     samplers = [search.check_sampler(s.strip()) for s in args.samplers.split(",") if s.strip()]
     seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
     command = "HF_HUB_OFFLINE=1 .venv/bin/python " + shlex.join(["bench/search_vs_atp.py", *(argv or sys.argv[1:])])
 
-    wb = Workbench(setup_for(args.model), ResultStore(args.store))
+    wb = Workbench(setup_for(args.model, evaluation), ResultStore(args.store))
     dense = wb.stored_dense_perplexity() if args.report_only else wb.dense_perplexity()
     for sparsity in sparsities:
         runs: list[dict[str, Any]] = []
@@ -124,7 +132,8 @@ def main(argv: list[str] | None = None) -> int:
             "num_blocks": wb.num_blocks,
             "runs": runs,
         }
-        path = Path(args.out_dir) / f"search-s{sparsity:g}.json"
+        tag = f"-{args.tag}" if args.tag else ""
+        path = Path(args.out_dir) / f"search-s{sparsity:g}{tag}.json"
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(to_jsonable(out), indent=1, allow_nan=True) + "\n")
         print(f"wrote {path}", flush=True)

@@ -5,10 +5,10 @@ import dataclasses
 import pandas as pd
 import streamlit as st
 
-from atp_viz import figures, schedules, search, searching, ui
+from atp_viz import experiment, figures, schedules, search, searching, ui
 
 st.set_page_config(page_title="ATP vs search - atp-viz", layout="wide")
-ctx = ui.sidebar(load_model=False)
+ctx = ui.sidebar()
 st.title("ATP vs search")
 st.markdown(
     "The ATP paper (Table 5) reports that a Bayesian search over all per-block rates ends within a "
@@ -25,6 +25,7 @@ cached = st.toggle(
     "Cached calibration (statistics from one dense pass; much faster per trial)", **ui.state("search_cached", True)
 )
 setup = dataclasses.replace(ctx.setup, calibration="cached" if cached else "sequential")
+# the same loaded model as every other page: the other calibration mode is a variant of it
 setup, bench = ui.require(dataclasses.replace(ctx, setup=setup, workbench=ui.load_workbench(setup)))
 S, L = ctx.sparsity, bench.num_blocks
 
@@ -40,24 +41,31 @@ except ValueError as exc:
 trials = middle.number_input(
     f"Points per method (ATP's sweep: {budget})", min_value=1, step=1, **ui.state("search_trials", budget)
 )
-seed = right.number_input("Search seed", min_value=0, step=1, **ui.state("search_seed", 0))
+seeds = right.multiselect(
+    "Search seeds (spread over seeds when several)", list(range(10)), **ui.state("search_seeds", [0])
+)
 samplers = st.multiselect(
     "Searches",
     tuple(search.SAMPLERS),
     format_func=lambda n: search.SAMPLERS[n].label,
     **ui.state("search_samplers", list(search.SAMPLERS)),
 )
-if not samplers:
-    st.info("Choose at least one search.")
+if not samplers or not seeds:
+    st.info("Choose at least one search and one search seed.")
     st.stop()
+seeds = sorted(int(s) for s in seeds)
+st.caption(
+    f"Calibration seed {setup.calib.seed} (the sidebar's); curves and winners below are search seed {seeds[0]}'s, "
+    "the spread table covers every chosen search seed."
+)
 args = (bench, S, samplers, int(trials))
 
 
-def stored() -> searching.Comparison:
-    return searching.stored_comparison(*args, seed=int(seed), step=step)
+def stored(seed: int) -> searching.Comparison:
+    return searching.stored_comparison(*args, seed=seed, step=step)
 
 
-job_id = (setup, S, tuple(samplers), int(trials), int(seed), step)
+job_id = (setup, S, tuple(samplers), int(trials), tuple(seeds), step)
 
 c1, c2 = st.columns([1, 4])
 if c1.button("Run", key="search_run", type="primary"):
@@ -69,9 +77,10 @@ labels, colors = searching.labels(), searching.sampler_colors()
 drawn = [0]
 
 
-def draw(comparison: searching.Comparison) -> None:
-    """Best-so-far curves (trials, seconds), the winners over ATP's line, and the table."""
+def draw() -> None:
+    """Best-so-far curves (trials, seconds), the winners over ATP's line, and the tables."""
     drawn[0] += 1
+    comparison = stored(seeds[0])
     atp = comparison.methods[searching.ATP].winner()
     named = {labels[m]: c for m, c in colors.items()}
     with slot.container():
@@ -92,10 +101,14 @@ def draw(comparison: searching.Comparison) -> None:
         ui.chart(overlay, key=f"search_winners_{drawn[0]}")
         table = pd.DataFrame(comparison.rows()).drop(columns="method")
         st.dataframe(table, hide_index=True, key=f"search_table_{drawn[0]}")
+        if len(seeds) > 1:
+            st.markdown(f"**Winners over search seeds {', '.join(map(str, seeds))}** (mean and standard deviation)")
+            spread = pd.DataFrame(searching.seed_rows([stored(s) for s in seeds])).drop(columns="method")
+            st.dataframe(spread, hide_index=True, key=f"search_spread_{drawn[0]}")
 
 
 try:
-    draw(stored())
+    draw()
 except ValueError as exc:
     st.error(str(exc))
     st.stop()
@@ -107,9 +120,9 @@ if st.session_state.get("search_job") == job_id:
         else:
             report = ui.progress_callback(f"ATP vs {', '.join(samplers)} at S = {S:g}")
             try:
-                searching.versus_atp(
-                    *args, seed=int(seed), step=step, progress=report, on_trial=lambda _m, _t: draw(stored())
-                )
+                for index, seed in enumerate(seeds):
+                    part = experiment.scaled(report, index / len(seeds), 1 / len(seeds))
+                    searching.versus_atp(*args, seed=seed, step=step, progress=part, on_trial=lambda _m, _t: draw())
             except (ValueError, search.SearchBusyError) as exc:
                 st.error(str(exc))
             else:

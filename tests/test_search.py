@@ -126,6 +126,16 @@ def test_each_sampler_beats_uniform_and_stays_feasible(sampler: str, tmp_path: P
     assert seconds == sorted(seconds) and seconds[0] >= 0
 
 
+def test_tpe_and_cmaes_with_one_seed_start_from_different_draws(tmp_path: Path) -> None:
+    """Both samplers' first trial is random; a shared derived seed made it the same schedule."""
+    weights, sparsity = _weights(), 0.5
+    first = {
+        name: run_search(lambda r: 0.0, weights, sparsity, name, 1, storage_path=tmp_path / "j.log", study_name=name)
+        for name in ("tpe", "cmaes")
+    }
+    assert not np.allclose(first["tpe"][0].rates, first["cmaes"][0].rates)
+
+
 def test_registry_entries_build_samplers() -> None:
     space = RateSpace.create(_weights(), 0.5)
     for name, entry in SAMPLERS.items():

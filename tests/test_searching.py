@@ -52,15 +52,15 @@ def bench_with(loaded, store: Path) -> Workbench:
 
 
 def counting(monkeypatch: pytest.MonkeyPatch) -> list[tuple[float, ...]]:
-    """Record every schedule the objective computes or reads (``searching.run_point`` calls)."""
+    """Record every schedule a search computes or reads (its ``Workbench.run`` calls)."""
     calls: list[tuple[float, ...]] = []
-    real = searching.run_point
+    real = Workbench.run
 
-    def run_point(wb, spec, every_split=True, progress=None):
+    def run(wb, spec, progress=None, splits=None):
         calls.append(spec.rates)
-        return real(wb, spec, every_split, progress)
+        return real(wb, spec, progress, splits)
 
-    monkeypatch.setattr(searching, "run_point", run_point)
+    monkeypatch.setattr(Workbench, "run", run)
     return calls
 
 
@@ -133,6 +133,26 @@ def test_validation_only_trials_measure_the_evaluation_of_winners_only(loaded, t
         others = [t for t in result.trials if t is not best and t is not comparison.uniform]
         assert all(math.isnan(t.evaluation) for t in others), name
     assert comparison.uniform is not None and math.isfinite(comparison.uniform.evaluation)
+
+
+def test_a_long_run_gives_budget_matched_views_and_seed_spread(loaded, tmp_path: Path) -> None:
+    wb = bench_with(loaded, tmp_path / "r.sqlite")
+    runs = [searching.versus_atp(wb, SPARSITY, ["evo"], 6, seed=s, step=STEP, every_split=False) for s in (0, 1)]
+    short = searching.completed(wb, runs[0].at_budget(4))
+    evo_long, evo_short = runs[0].methods["evo"], short.methods["evo"]
+    assert short.budget == 4 and short.methods["atp"] == runs[0].methods["atp"]
+    assert [t.number for t in evo_short.trials] == [t.number for t in evo_long.trials[:4]]
+    best = evo_short.winner()
+    assert best is not None and math.isfinite(best.evaluation)  # measured for the shortened run's winner
+    assert best.validation == min(t.validation for t in evo_long.trials[:4])
+    with pytest.raises(ValueError, match="not comparable"):
+        runs[0].at_budget(3)  # below ATP's 4-point sweep
+    rows = {r["method"]: r for r in searching.seed_rows(runs)}
+    evo = [r.methods["evo"].winner() for r in runs]
+    assert rows["evo"]["seeds"] == 2
+    assert rows["evo"]["evaluation_perplexity"] == pytest.approx(np.mean([t.evaluation for t in evo if t]))
+    assert rows["evo"]["evaluation_std"] == pytest.approx(np.std([t.evaluation for t in evo if t], ddof=1))
+    assert rows["atp"]["evaluation_std"] == 0.0  # the grid does not depend on the search seed
 
 
 def test_bad_search_settings_raise_before_anything_is_written(loaded, tmp_path: Path) -> None:
@@ -301,6 +321,18 @@ def test_page_runs_a_search_and_a_revisit_shows_it(tiny_dashboard) -> None:
     again = revisit.dataframe[-1].value
     assert list(again["evaluation_perplexity"]) == pytest.approx(list(table["evaluation_perplexity"]))
     assert len(charts(revisit)) == 3
+
+
+def test_page_shares_the_loaded_model_and_spreads_over_search_seeds(tiny_dashboard) -> None:
+    at = page()
+    at.session_state["_search_seeds"] = [0, 1]
+    at.session_state["_search_trials"] = 4
+    at.run()
+    at.button(key="search_run").click().run()
+    assert not at.exception, [e.value for e in at.exception]
+    spread = at.dataframe[-1].value
+    assert list(spread["seeds"]) == [2, 2, 2] and "evaluation_std" in spread
+    assert any("not loaded" not in c.value and "Model: loaded" in c.value for c in at.sidebar.caption)
 
 
 def test_journal_lives_beside_the_store(tmp_path: Path) -> None:
