@@ -304,6 +304,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="measure the evaluation split for every point (all, default) or for the winners only (half the cost)",
     )
     p.add_argument("--step", type=float, default=schedules.GRID_STEP, help="ATP grid step (default %(default)s)")
+    add_executor_args(p)
     p.add_argument("--json", action="store_true")
 
     p = sub.add_parser(
@@ -624,6 +625,17 @@ def cmd_search(args: argparse.Namespace) -> dict[str, Any]:
         searching.SearchConfig(name, budget, args.sparsity, args.search_seed, args.timeout, args.max_delta)
         for name in dict.fromkeys(args.sampler)
     ]  # validates trials, timeout, S, seed and max_delta before the model loads
+    with contextlib.closing(executor_from(args, setup)) as executor:
+        return search_with(args, setup, configs, budget, executor)
+
+
+def search_with(
+    args: argparse.Namespace, setup: Setup, configs: list[Any], budget: int, executor: Executor
+) -> dict[str, Any]:
+    """``cmd_search`` once its input is checked: trials asked --workers at a time, run on ``executor``."""
+    from . import search, searching
+
+    batch = 1 if args.workers is None else args.workers
     wb = load_workbench(setup)
     wb.store = open_store(args)
     progress = tqdm_progress()
@@ -638,10 +650,12 @@ def cmd_search(args: argparse.Namespace) -> dict[str, Any]:
         if args.versus_atp:
             comparison = searching.versus_atp(wb, args.sparsity, args.sampler, args.trials, seed=args.search_seed,
                                               timeout_s=args.timeout, max_delta=args.max_delta, step=args.step,
-                                              progress=progress, on_trial=finished, every_split=every)  # fmt: skip
+                                              progress=progress, on_trial=finished, every_split=every,
+                                              executor=executor, batch=batch)  # fmt: skip
             out = comparison.summary()
         else:
-            results = {c.sampler: searching.run_one(wb, c, progress, finished, every_split=every) for c in configs}
+            results = {c.sampler: searching.run_one(wb, c, progress, finished, every_split=every, executor=executor,
+                                                    batch=batch) for c in configs}  # fmt: skip
             out = {"sparsity": args.sparsity, "budget": budget, "selected_on": VALIDATION, "reported_on": EVALUATION,
                    "methods": {name: r.summary() for name, r in results.items()}}  # fmt: skip
     except search.SearchBusyError as exc:

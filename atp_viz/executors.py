@@ -23,7 +23,9 @@ sets its torch thread count explicitly.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import re
 import socket
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -250,7 +252,7 @@ class RayExecutor:
         waiting = [i for i, pid in enumerate(self.pids) if pid == 0]
         try:
             pids = self.ray.get([self.actors[i].ready.remote() for i in waiting])
-        except self.ray.exceptions.RayActorError as exc:
+        except (self.ray.exceptions.RayActorError, self.ray.exceptions.OutOfMemoryError) as exc:
             raise WorkerError(f"a Ray worker could not load the workbench: {first_line(exc)}") from None
         for i, pid in zip(waiting, pids):
             self.pids[i] = pid
@@ -299,7 +301,7 @@ class RayExecutor:
                 count = tries.pop(ref)
                 try:
                     point, rows = self.ray.get(ref)
-                except self.ray.exceptions.RayActorError as exc:
+                except (self.ray.exceptions.RayActorError, self.ray.exceptions.OutOfMemoryError) as exc:
                     if count >= RETRIES:
                         raise WorkerError(
                             f"{job.spec.describe()} (seed {job.seed}) failed on {count + 1} Ray workers; the last "
@@ -311,9 +313,13 @@ class RayExecutor:
                     todo.insert(0, (job, count + 1))
                     idle.append(slot)
                     continue
-                except self.ray.exceptions.RayTaskError as exc:
+                except self.ray.exceptions.RayTaskError as exc:  # the point raised: bad input as locally, else one line
                     cause = getattr(exc, "cause", None)
-                    raise (cause if isinstance(cause, Exception) else RuntimeError(first_line(exc))) from None
+                    if isinstance(cause, ValueError):
+                        raise cause from None
+                    raise WorkerError(
+                        f"{job.spec.describe()} (seed {job.seed}) failed on a Ray worker: {first_line(cause or exc)}"
+                    ) from None
                 idle.append(slot)
                 point = self._store(wb.reseeded(job.seed), job, point, rows)
                 done += 1
@@ -322,8 +328,9 @@ class RayExecutor:
                 yield job, point
         finally:
             for ref in list(self._running):  # interrupted: nothing of these is stored
-                self.ray.cancel(ref, force=True)
                 self._running.pop(ref, None)
+                with contextlib.suppress(Exception):  # a worker that ignores it is killed by close()
+                    self.ray.cancel(ref)
 
     @staticmethod
     def _store(bench: Workbench, job: Job, point: PointResult, rows: Sequence[Row]) -> PointResult:
@@ -350,8 +357,10 @@ class RayExecutor:
 
 
 def first_line(exc: BaseException) -> str:
-    lines = [line for line in str(exc).strip().splitlines() if line.strip()]
-    return lines[-1].strip() if lines else type(exc).__name__
+    """One line for a Ray error: the last ``SomeError: ...`` line of a traceback in it, else its first line."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    raised = [line for line in lines if re.match(r"^[\w.]+(Error|Exception|Interrupt): ", line)]
+    return (raised[-1] if raised else lines[0] if lines else type(exc).__name__)[:300]
 
 
 @dataclass(frozen=True)

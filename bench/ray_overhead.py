@@ -1,6 +1,7 @@
 """Ray executor on this CPU: 2 actors x 1 thread against 1 process x 2 threads, and Ray's fixed costs.
 
-One run, on the embedded model (dashboard-sized settings, sequential calibration, Wanda, S = 0.7):
+One run, on the embedded model (small windows, cached calibration and bf16 by default, so that it fits
+the time and memory of a shared 2-core machine; Wanda, S = 0.7):
 1. local: one process with ``torch.set_num_threads(2)`` runs the points one after another;
 2. ray: a local Ray instance, 2 actors with 1 torch thread each run the same points (fresh store);
    the floats of every point are checked equal to the local run's.
@@ -22,9 +23,11 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import sys
 import tempfile
 import time
+from dataclasses import replace
 from datetime import date
 from pathlib import Path
 from typing import Any
@@ -35,7 +38,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from atp_viz.config import CalibConfig, EvalConfig  # noqa: E402
-from atp_viz.executors import ExecutorConfig, Job, LocalExecutor, RayExecutor  # noqa: E402
+from atp_viz.executors import ExecutorConfig, Job, LocalExecutor, RayExecutor, WorkerError  # noqa: E402
 from atp_viz.experiment import Setup, Workbench, sweep_specs  # noqa: E402
 from atp_viz.store import ResultStore  # noqa: E402
 
@@ -67,6 +70,26 @@ def gpu_point_seconds() -> tuple[float, str]:
     )
 
 
+def round_trip(ray: Any, wb: Workbench, job: Job, point: Any, rounds: int = 20) -> float:
+    """Seconds per submit + ``ray.wait`` + fetch of a real point and its rows, to an idle actor."""
+
+    class Echo:
+        def back(self, payload: object) -> object:
+            return payload
+
+    echo: Any = ray.remote(num_cpus=0)(Echo).remote()
+    bench = wb.reseeded(job.seed)
+    keys = bench.rows.metric_keys(point.key).values()
+    payload: tuple[object, list[object]] = (point, [(k, "metric", {}, bench.rows.get(k)) for k in keys])
+    ray.get(echo.back.remote(payload))
+    started = time.perf_counter()
+    for _ in range(rounds):
+        ref = echo.back.remote(payload)
+        ray.wait([ref], num_returns=1)
+        ray.get(ref)
+    return (time.perf_counter() - started) / rounds
+
+
 def same_floats(a: dict, b: dict) -> bool:
     return all(a[k].metrics == b[k].metrics and (a[k].cumulative_error == b[k].cumulative_error).all() for k in a)
 
@@ -74,17 +97,27 @@ def same_floats(a: dict, b: dict) -> bool:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--points", type=int, default=4, help="sweep points (uniform + betas; default 4)")
+    parser.add_argument("--windows", type=int, default=4, help="calibration, validation and evaluation windows")
+    parser.add_argument("--tokens", type=int, default=128, help="tokens per window (default 128)")
+    parser.add_argument("--calibration", default="cached", choices=("sequential", "cached"), help="(default cached)")
+    parser.add_argument("--dtype", default="bfloat16", choices=("float32", "bfloat16"), help="(default bfloat16)")
+    parser.add_argument("--model", default=None, help="model (default: the embedded smollm2-135m)")
+    parser.add_argument("--corpus", default=None, help="corpus (default: the embedded one)")
     parser.add_argument("--json", type=Path, default=ROOT / "bench" / "results" / "ray_overhead.json")
     args = parser.parse_args()
     torch.set_num_threads(THREADS)
     import ray
 
-    setup = Setup(calib=CalibConfig(8, 256), evaluation=EvalConfig(8, 256, 4))  # dashboard defaults
+    setup = Setup(calib=CalibConfig(args.windows, args.tokens), evaluation=EvalConfig(args.windows, args.tokens, 4),
+                  calibration=args.calibration, dtype=args.dtype)  # fmt: skip
+    setup = replace(setup, model=args.model or setup.model, corpus=args.corpus or setup.corpus)
     folder = Path(tempfile.mkdtemp(prefix="atp-viz-ray-bench-"))
     started = time.perf_counter()
     wb = Workbench(setup, ResultStore(folder / "local.sqlite"))
     load_s = time.perf_counter() - started
     wb.dense_perplexity()  # the driver measures the dense model in both runs: not part of the comparison
+    if setup.calibration == "cached":
+        wb.stats.linears()  # dense statistics computed (or read) once, into the cache file the actors read too
     specs = sweep_specs(wb.num_blocks, SPARSITY, 0.005)[: args.points]
     jobs = [Job(setup.calib.seed, spec) for spec in specs]
 
@@ -98,6 +131,9 @@ def main() -> int:
     ray.init(num_cpus=WORKERS, include_dashboard=False, log_to_driver=False, configure_logging=False)
     ray_start_s = time.perf_counter() - started
     executor = RayExecutor(ExecutorConfig("ray", WORKERS, threads=THREADS // WORKERS), setup)
+    actors_s = ray_points_s = per_point_s = math.nan
+    remote: dict[Job, Any] = {}
+    error = None
     try:
         started = time.perf_counter()
         executor.start()
@@ -107,24 +143,10 @@ def main() -> int:
         ray_points_s = time.perf_counter() - started
         print(f"ray: {WORKERS} actors x {THREADS // WORKERS} thread: start {ray_start_s:.1f} s, actors "
               f"{actors_s:.1f} s, points {ray_points_s:.1f} s", flush=True)  # fmt: skip
-
-        class Echo:
-            def back(self, payload: object) -> object:
-                return payload
-
-        echo: Any = ray.remote(num_cpus=0)(Echo).remote()
-        job = jobs[0]
-        bench = wb.reseeded(job.seed)
-        keys = bench.rows.metric_keys(remote[job].key).values()
-        payload: tuple[object, list[object]] = (remote[job], [(k, "metric", {}, bench.rows.get(k)) for k in keys])
-        ray.get(echo.back.remote(payload))
-        rounds = 20
-        started = time.perf_counter()
-        for _ in range(rounds):
-            ref = echo.back.remote(payload)
-            ray.wait([ref], num_returns=1)
-            ray.get(ref)
-        per_point_s = (time.perf_counter() - started) / rounds
+        per_point_s = round_trip(ray, wb, jobs[0], remote[jobs[0]])
+    except WorkerError as exc:  # e.g. Ray's memory monitor killed the workers on a full machine: say so
+        error = str(exc)
+        print(f"ray run failed: {error}", flush=True)
     finally:
         executor.close()
         ray.shutdown()
@@ -145,13 +167,17 @@ def main() -> int:
     }
     report = {
         "date": date.today().isoformat(),
-        "command": "python bench/ray_overhead.py" + (f" --points {args.points}" if args.points != 4 else ""),
+        "command": f"python bench/ray_overhead.py --points {args.points} --windows {args.windows} "
+        f"--tokens {args.tokens} --calibration {args.calibration} --dtype {args.dtype}"
+        + (f" --model {args.model}" if args.model else "")
+        + (f" --corpus {args.corpus}" if args.corpus else ""),
         "settings": {
             "model": setup.model,
             "calibration": setup.calibration,
             "pruner": setup.prune.pruner,
-            "calib": "8 x 256",
-            "evaluation": "8 x 256 (validation and evaluation)",
+            "dtype": setup.dtype,
+            "calib": f"{args.windows} x {args.tokens}",
+            "evaluation": f"{args.windows} x {args.tokens} (validation and evaluation each)",
             "sparsity": SPARSITY,
             "points": len(jobs),
             "local_threads": THREADS,
@@ -159,6 +185,7 @@ def main() -> int:
             "threads_per_worker": THREADS // WORKERS,
             "cpus": torch.get_num_threads(),
         },  # fmt: skip
+        "load_average_1min_at_end": os.getloadavg()[0],  # the machine is shared: say how busy it was
         "workbench_load_s": load_s,
         "local_points_s": local_s,
         "ray_start_s": ray_start_s,
@@ -169,7 +196,8 @@ def main() -> int:
         "points_ratio_local_over_ray": local_s / ray_points_s,
         "total_ratio_local_over_ray": (load_s + local_s) / (ray_start_s + actors_s + ray_points_s),
         "ray_per_point_overhead_s": per_point_s,
-        "same_floats": same_floats(local, remote),
+        "same_floats": same_floats(local, remote) if remote else None,
+        "ray_error": error,
         "projection_llama2_7b_9_points": {
             "point_s": point_s,
             "point_source": source,

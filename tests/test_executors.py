@@ -27,10 +27,13 @@ ARRAYS = ("rates", "layer_sparsity", "cumulative_error", "local_error", "cumulat
 
 @pytest.fixture(scope="module", autouse=True)
 def ray_instance():
-    """One local Ray instance for the file (its start-up is the slow part); executors reuse it."""
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
-    yield
-    ray.shutdown()
+    """One local Ray instance for the file (its start-up is the slow part); executors reuse it. Ray's
+    memory monitor is off: on a shared CI machine other jobs' memory would make it kill our workers."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("RAY_memory_monitor_refresh_ms", "0")
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+        yield
+        ray.shutdown()
 
 
 def tiny_args(store: Path, windows: int = 4) -> list[str]:
@@ -152,3 +155,46 @@ def test_missing_ray_names_the_extra(capsys, tmp_path, monkeypatch) -> None:
     store = tmp_path / "r.sqlite"
     code, _, err = run_cli(capsys, "sweep", *tiny_args(store), "--executor", "ray")
     assert code == 2 and "pip install 'atp-viz[ray]'" in err and not store.exists()
+
+
+def test_ray_search_asks_in_batches_like_a_local_batched_search(tmp_path) -> None:
+    from atp_viz import searching
+    from atp_viz.executors import LocalExecutor
+
+    setup = Setup(model=str(shared_tiny_model("llama")), corpus=str(shared_corpus_file()),
+                  calib=CalibConfig(4, 32, 0), evaluation=EvalConfig(4, 32), calibration="cached")  # fmt: skip
+    config = searching.SearchConfig("tpe", 4, 0.5)
+    results = {}
+    for name in ("local", "ray"):
+        wb = Workbench(setup, ResultStore(tmp_path / f"{name}.sqlite"))
+        executor = (
+            LocalExecutor(ExecutorConfig()) if name == "local" else make_executor(ExecutorConfig("ray", 2), setup)
+        )
+        try:
+            results[name] = searching.run_one(wb, config, executor=executor, batch=2)
+        finally:
+            executor.close()
+        assert len(rows_of(tmp_path / f"{name}.sqlite", "trial")) == 4
+        assert len(rows_of(tmp_path / f"{name}.sqlite", POINT_KIND)) == len({t.point_key for t in results[name].trials})
+    local, remote = results["local"].trials, results["ray"].trials
+    assert [t.number for t in remote] == [t.number for t in local] == [0, 1, 2, 3]
+    for mine, theirs in zip(remote, local):  # the same proposals (batch-synchronous asks), the same floats
+        assert np.array_equal(mine.rates, theirs.rates)
+        assert (mine.validation, mine.evaluation) == (theirs.validation, theirs.evaluation)
+
+
+def test_dashboard_sidebar_offers_the_executors(dashboard_env, monkeypatch) -> None:
+    from streamlit.testing.v1 import AppTest
+
+    from atp_viz import ui
+
+    for name, value in dashboard_env.items():
+        monkeypatch.setenv(name, value)
+    at = AppTest.from_file(str(Path(__file__).resolve().parents[1] / "pages" / "3_Beta_tuning.py"), default_timeout=240)
+    at.session_state["_executor"], at.session_state["_workers"] = "ray", 2
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert at.sidebar.selectbox(key="executor").options == [EXECUTORS[n].label for n in EXECUTORS]
+    assert at.sidebar.number_input(key="workers").value == 2 and at.sidebar.text_input(key="ray_address")
+    monkeypatch.setattr(ui.st, "session_state", {"executor": "ray", "workers": 2, "ray_address": " "})
+    assert ui.executor_config() == ExecutorConfig("ray", 2, None)
