@@ -59,10 +59,9 @@ def gpu_point_seconds() -> tuple[float, str]:
     measured = ROOT / "bench" / "results" / "gpu_sweep.json"
     if measured.is_file():
         report = json.loads(measured.read_text())
-        runs = report.get("runs", {})
-        run = runs.get("sequential") if isinstance(runs, dict) else None
-        if run and run.get("seconds") and report.get("points"):
-            return float(run["seconds"]) / int(report["points"]), f"measured: {measured.relative_to(ROOT)}"
+        run = report.get("modes", {}).get("sequential")  # bench/gpu_sweep.py: modes -> {sweep_s, ...}
+        if run and run.get("sweep_s") and report.get("points"):
+            return float(run["sweep_s"]) / int(report["points"]), f"measured: {measured.relative_to(ROOT)}"
     evaluation, calibration = EVAL_TOKENS / GPU_TOKENS_PER_S, CALIB_TOKENS / GPU_TOKENS_PER_S
     return evaluation + 2 * calibration + GPU_SORT_S, (
         f"derived from the measured {GPU_TOKENS_PER_S:.0f} tok/s bf16 forward (no measured GPU sweep point yet): "
