@@ -7,6 +7,7 @@ code 2 and one line on stderr, before anything is written to the store.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import sys
@@ -19,6 +20,7 @@ import numpy as np
 from . import methods, schedules
 from .config import DTYPES, CalibConfig, EvalConfig, check_sparsity, parse_nm, parse_seeds
 from .data import DEFAULT_CORPUS, HUB_CORPORA
+from .executors import EXECUTORS, Executor, ExecutorConfig, WorkerError, make_executor, run_seeds
 from .experiment import (
     CALIBRATION_MODES,
     MEASURES,
@@ -27,7 +29,6 @@ from .experiment import (
     Workbench,
     compare_cells,
     compare_rows,
-    run_seeds,
     summarize_sweep,
     sweep_specs,
     zeroshot_table,
@@ -166,6 +167,26 @@ def add_setup_args(p: argparse.ArgumentParser) -> None:
     add_safety_args(p)
 
 
+def add_executor_args(p: argparse.ArgumentParser) -> None:
+    """Where the points run (``executors.EXECUTORS``)."""
+    p.add_argument(
+        "--executor",
+        default="local",
+        choices=tuple(EXECUTORS),
+        help="; ".join(f"{e.name}: {e.help}" for e in EXECUTORS.values()) + " (default local)",
+    )
+    p.add_argument("--workers", type=int, default=None, help="Ray workers, one model copy each (default 1)")
+    p.add_argument(
+        "--ray-address", default=None, help="Ray cluster address such as head-node:6379 (default: start a local Ray)"
+    )
+
+
+def executor_from(args: argparse.Namespace, setup: Setup) -> Executor:
+    """Validate the executor options and, for Ray, connect and check resources (before any load or write)."""
+    workers = 1 if args.workers is None else args.workers
+    return make_executor(ExecutorConfig(args.executor, workers, args.ray_address), setup)
+
+
 def add_zeroshot_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--tasks",
@@ -240,6 +261,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_setup_args(p)
     p.add_argument("--sparsity", type=float, default=0.7)
     p.add_argument("--step", type=float, default=schedules.GRID_STEP, help="grid step (default %(default)s)")
+    add_executor_args(p)
     p.add_argument("--json", action="store_true")
 
     p = sub.add_parser("compare", help="methods x sparsities table (ATP at its best beta, chosen on validation)")
@@ -255,6 +277,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--step", type=float, default=schedules.GRID_STEP, help="grid step of methods with a grid (ATP's beta)"
     )
+    add_executor_args(p)
     p.add_argument("--json", action="store_true")
 
     p = sub.add_parser("search", help="search per-block rates (Optuna TPE / CMA-ES, evolutionary), optionally vs ATP")
@@ -281,6 +304,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="measure the evaluation split for every point (all, default) or for the winners only (half the cost)",
     )
     p.add_argument("--step", type=float, default=schedules.GRID_STEP, help="ATP grid step (default %(default)s)")
+    add_executor_args(p)
     p.add_argument("--json", action="store_true")
 
     p = sub.add_parser(
@@ -494,12 +518,13 @@ def cmd_sweep(args: argparse.Namespace) -> dict[str, Any]:
     if not (math.isfinite(args.step) and 0 < args.step < 1):
         raise CliError(f"--step must be in (0, 1), got {args.step}")
     seeds = seeds_of(args)
-    wb = load_workbench(setup)
-    specs = sweep_specs(wb.num_blocks, sparsity, args.step)
-    attach_store(wb, args, specs)
-    progress = tqdm_progress()
-    dense = wb.dense_perplexity(progress)
-    found = run_seeds(wb, seeds, specs, progress, on_point=log_point(len(seeds)))
+    with contextlib.closing(executor_from(args, setup)) as executor:
+        wb = load_workbench(setup)
+        specs = sweep_specs(wb.num_blocks, sparsity, args.step)
+        attach_store(wb, args, specs)
+        progress = tqdm_progress()
+        dense = wb.dense_perplexity(progress)
+        found = run_seeds(wb, seeds, specs, executor, progress, on_point=log_point(len(seeds)))
     summary = summarize_sweep(specs, found, setup.select_split)
     best = summary.best if summary.best is not None else 0
     return {
@@ -556,14 +581,15 @@ def cmd_compare(args: argparse.Namespace) -> dict[str, Any]:
     fixed = {name: given_params(args, name) for name in args.methods}
     # a method with a grid is searched unless its grid parameter is given (e.g. --beta)
     fixed = {name: values for name, values in fixed.items() if values}
-    wb = load_workbench(setup)
-    cells = compare_cells(wb.num_blocks, args.methods, sparsities, args.step, fixed)
-    flat = list(dict.fromkeys(spec for cell in cells for spec in cell.specs))
-    attach_store(wb, args, flat)
-    progress = tqdm_progress()
-    dense = wb.dense_perplexity(progress)
-    seeds = seeds_of(args)
-    found = run_seeds(wb, seeds, flat, progress)
+    with contextlib.closing(executor_from(args, setup)) as executor:
+        wb = load_workbench(setup)
+        cells = compare_cells(wb.num_blocks, args.methods, sparsities, args.step, fixed)
+        flat = list(dict.fromkeys(spec for cell in cells for spec in cell.specs))
+        attach_store(wb, args, flat)
+        progress = tqdm_progress()
+        dense = wb.dense_perplexity(progress)
+        seeds = seeds_of(args)
+        found = run_seeds(wb, seeds, flat, executor, progress)
     rows = compare_rows(cells, found, select=setup.select_split, extra=("zeroshot",))
     for row in rows:
         std = f" +- {row['perplexity_std']:.3f}" if len(seeds) > 1 else ""
@@ -599,6 +625,17 @@ def cmd_search(args: argparse.Namespace) -> dict[str, Any]:
         searching.SearchConfig(name, budget, args.sparsity, args.search_seed, args.timeout, args.max_delta)
         for name in dict.fromkeys(args.sampler)
     ]  # validates trials, timeout, S, seed and max_delta before the model loads
+    with contextlib.closing(executor_from(args, setup)) as executor:
+        return search_with(args, setup, configs, budget, executor)
+
+
+def search_with(
+    args: argparse.Namespace, setup: Setup, configs: list[Any], budget: int, executor: Executor
+) -> dict[str, Any]:
+    """``cmd_search`` once its input is checked: trials asked --workers at a time, run on ``executor``."""
+    from . import search, searching
+
+    batch = 1 if args.workers is None else args.workers
     wb = load_workbench(setup)
     wb.store = open_store(args)
     progress = tqdm_progress()
@@ -613,10 +650,12 @@ def cmd_search(args: argparse.Namespace) -> dict[str, Any]:
         if args.versus_atp:
             comparison = searching.versus_atp(wb, args.sparsity, args.sampler, args.trials, seed=args.search_seed,
                                               timeout_s=args.timeout, max_delta=args.max_delta, step=args.step,
-                                              progress=progress, on_trial=finished, every_split=every)  # fmt: skip
+                                              progress=progress, on_trial=finished, every_split=every,
+                                              executor=executor, batch=batch)  # fmt: skip
             out = comparison.summary()
         else:
-            results = {c.sampler: searching.run_one(wb, c, progress, finished, every_split=every) for c in configs}
+            results = {c.sampler: searching.run_one(wb, c, progress, finished, every_split=every, executor=executor,
+                                                    batch=batch) for c in configs}  # fmt: skip
             out = {"sparsity": args.sparsity, "budget": budget, "selected_on": VALIDATION, "reported_on": EVALUATION,
                    "methods": {name: r.summary() for name, r in results.items()}}  # fmt: skip
     except search.SearchBusyError as exc:
@@ -736,7 +775,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         with warnings.catch_warnings():  # a recovered store or rebuilt cache is reported in one line
             warnings.showwarning = one_line_warning
             result = COMMANDS[args.command](args)
-    except (ValueError, CliError, StoreError, OSError) as exc:
+    except (ValueError, CliError, StoreError, OSError, WorkerError) as exc:
         message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         print(f"atp-viz: error: {message}", file=sys.stderr)
         return EXIT_BAD_INPUT

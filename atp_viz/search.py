@@ -53,7 +53,7 @@ import os
 import time
 import warnings
 import zlib
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypedDict
@@ -651,6 +651,37 @@ def _run_trial(study: optuna.Study, space: RateSpace, objective: Callable[[np.nd
     return Trial(trial.number, rates, value, seconds)
 
 
+# schedules of one batch -> (index in the batch, objective value) as each finishes, in any order
+BatchObjective = Callable[[Sequence[np.ndarray]], Iterator[tuple[int, float]]]
+
+
+def _run_batch(
+    study: optuna.Study, space: RateSpace, evaluate: BatchObjective, count: int, clock: _Clock
+) -> Iterator[Trial]:
+    """Ask ``count`` trials, evaluate their schedules together and tell each as it finishes (FAIL for
+    those unfinished if ``evaluate`` raises). The next ask comes after the whole batch is told, so the
+    proposals depend on the batch size and the seed, not on the order the trials finish in."""
+    asked = [study.ask(space.distributions()) for _ in range(count)]
+    rates = []
+    for trial in asked:
+        given = trial.user_attrs.get(ATTR_SEED)  # an enqueued schedule is used exactly as given
+        rates.append(np.asarray(given, dtype=np.float64) if given is not None else space.decode(trial.params))
+        trial.set_user_attr(ATTR_RATES, rates[-1].tolist())
+    pending = set(range(count))
+    try:
+        for index, value in evaluate([r.copy() for r in rates]):
+            value = math.inf if math.isnan(value) else float(value)
+            seconds = clock.seconds()
+            asked[index].set_user_attr(ATTR_SECONDS, seconds)
+            study.tell(asked[index], value)
+            pending.discard(index)
+            yield Trial(asked[index].number, rates[index], value, seconds)
+    finally:
+        for index in sorted(pending):
+            asked[index].set_user_attr(ATTR_SECONDS, clock.seconds())
+            study.tell(asked[index], state=TrialState.FAIL)
+
+
 # ------------------------------------------------------------------------------ the search
 
 
@@ -669,6 +700,8 @@ def run_search(
     enqueue: Sequence[np.ndarray] = (),
     on_trial: Callable[[Trial], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
+    batch: int = 1,
+    evaluate: BatchObjective | None = None,
 ) -> list[Trial]:
     """Minimise ``objective(rates)`` over feasible schedules until the study has ``trials`` COMPLETE ones.
 
@@ -688,6 +721,9 @@ def run_search(
     - Files: ``storage_path`` (parents created), ``<storage_path>.<sha256(study_name)[:12]>.lock``
       (kept; names the pid of the search holding it) and, for a moment during each write,
       Optuna's ``<storage_path>.lock``.
+    - ``evaluate``: the schedules of a batch of ``batch`` trials evaluated together (on parallel
+      workers), used instead of ``objective``; ``on_trial`` runs as each trial finishes. A process
+      killed mid-batch leaves RUNNING trials, which the next run marks FAIL, as with one trial.
     Bad input raises ValueError before any file is created. Returns all COMPLETE trials of the
     study in trial-number order (more than ``trials`` if an earlier run stored more).
     """
@@ -697,6 +733,8 @@ def run_search(
     seed = _check_seed(seed)
     study_name = _check_study_name(study_name)
     seeds = [space.check_schedule(s, f"enqueue[{k}]") for k, s in enumerate(enqueue)]
+    if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
+        raise ValueError(f"batch must be an integer >= 1, got {batch!r}")
     if not callable(objective):
         raise TypeError(f"objective must be callable, got {objective!r:.80}")
     started = time.monotonic()
@@ -719,10 +757,15 @@ def run_search(
                 break
             if should_stop is not None and should_stop():
                 break
-            finished = _run_trial(study, space, objective, clock)
+            finished: Iterable[Trial] = (
+                [_run_trial(study, space, objective, clock)]
+                if evaluate is None
+                else _run_batch(study, space, evaluate, min(batch, budget - done), clock)
+            )
+            for trial in finished:
+                if on_trial is not None:
+                    on_trial(trial)
             done = len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
-            if on_trial is not None:
-                on_trial(finished)
         return _complete(study, space)
 
 

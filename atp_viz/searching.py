@@ -30,7 +30,7 @@ import functools
 import math
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -39,6 +39,7 @@ import numpy as np
 
 from . import schedules, search
 from .config import check_sparsity
+from .executors import Executor, Job
 from .experiment import MEASURES, Progress, Workbench, labelled, scaled, sweep_specs
 from .methods import ScheduleSpec
 from .metrics import EVALUATION, VALIDATION, metric_key
@@ -264,12 +265,15 @@ class Search:
         on_trial: OnTrial | None = None,
         should_stop: Callable[[], bool] | None = None,
         every_split: bool = True,
+        executor: Executor | None = None,
+        batch: int = 1,
     ) -> MethodResult:
         """Run trials until the study has ``config.trials`` COMPLETE ones (finished ones are kept and
         never recomputed), each stored as a point and a trial row as soon as it ends.
 
         ``every_split=False``: trials are measured on validation only and the winner's evaluation
-        perplexity is measured at the end (``complete_winner``)."""
+        perplexity is measured at the end (``complete_winner``). ``executor``: trials are asked
+        ``batch`` at a time and their points run together on it (``search.run_search``'s batches)."""
         budget = self.config.trials
         latest: dict[str, PointResult] = {}
         done = [len(self.stored().trials)]  # also writes rows a killed process finished but did not record
@@ -287,6 +291,24 @@ class Search:
             if on_trial is not None:
                 on_trial(self.config.sampler, record)
 
+        points: dict[bytes, PointResult] = {}  # a batch's finished points by their rates
+        splits = measured_splits(every_split)
+
+        def evaluate(batch_rates: Sequence[np.ndarray]) -> Iterator[tuple[int, float]]:
+            assert executor is not None
+            jobs = [Job(self.wb.setup.calib.seed, _custom(rates), splits) for rates in batch_rates]
+            where: dict[Job, list[int]] = {}
+            for index, job in enumerate(jobs):
+                where.setdefault(job, []).append(index)
+            for job, point in executor.points(self.wb, jobs, labelled(progress, f"{self.config.sampler} batch")):
+                index = where[job].pop(0)
+                points[batch_rates[index].tobytes()] = point
+                yield index, point.value(METRIC, VALIDATION)
+
+        def told(trial: search.Trial) -> None:
+            latest["point"] = points[trial.rates.tobytes()]
+            finished(trial)
+
         search.run_search(
             objective,
             self.wb.param_counts,
@@ -298,8 +320,10 @@ class Search:
             seed=self.config.seed,
             timeout_s=self.config.timeout_s,
             max_delta=self.config.max_delta,
-            on_trial=finished,
+            on_trial=finished if executor is None else told,
             should_stop=should_stop,
+            batch=batch,
+            evaluate=None if executor is None else evaluate,
         )
         result = self.stored()
         return result if every_split else complete_winner(self.wb, result, lambda trial: _custom(trial.rates))
@@ -460,6 +484,8 @@ def versus_atp(
     on_trial: OnTrial | None = None,
     should_stop: Callable[[], bool] | None = None,
     every_split: bool = True,
+    executor: Executor | None = None,
+    batch: int = 1,
 ) -> Comparison:
     """ATP's sweep, then each sampler with ``trials`` trials (default: the sweep's size), all stored.
 
@@ -467,6 +493,7 @@ def versus_atp(
     bounds each search's wall clock; ``should_stop()`` is checked between points and trials.
     ``every_split=False``: every point is measured on validation only (what selection reads) and
     each winner's evaluation perplexity at the end; seconds then count validation only, for all.
+    ``executor``: ATP's grid runs on it in one go, and each search asks ``batch`` trials at a time.
     """
     _check_setup(wb)
     specs = atp_specs(wb.num_blocks, sparsity, step)
@@ -475,7 +502,17 @@ def versus_atp(
     parts = 1 + len(configs)
     points: list[PointResult | None] = []
     started = time.monotonic()
-    for index, spec in enumerate(specs):
+    if executor is not None:
+        splits = measured_splits(every_split)
+        jobs = [Job(wb.setup.calib.seed, spec, splits) for spec in specs]
+        found: dict[Job, PointResult] = {}
+        for job, point in executor.points(wb, jobs, labelled(scaled(progress, 0.0, 1 / parts), "ATP")):
+            found[job] = point
+            while len(points) < len(jobs) and jobs[len(points)] in found:  # reported in grid order
+                points.append(found[jobs[len(points)]])
+                if on_trial is not None:
+                    on_trial(ATP, _atp_result(points)[0].trials[-1])
+    for index, spec in enumerate(specs if executor is None else ()):
         if should_stop is not None and should_stop():
             break
         report = labelled(
@@ -496,7 +533,7 @@ def versus_atp(
             results[config.sampler] = runner.stored()
             continue
         sub = scaled(progress, (1 + index) / parts, 1 / parts)
-        results[config.sampler] = runner.run(sub, on_trial, should_stop, every_split)
+        results[config.sampler] = runner.run(sub, on_trial, should_stop, every_split, executor, batch)
     if progress is not None:
         progress(1.0, f"done in {time.monotonic() - started:.0f} s")
     return Comparison(sparsity, budget, results, uniform)
@@ -509,9 +546,11 @@ def run_one(
     on_trial: OnTrial | None = None,
     should_stop: Callable[[], bool] | None = None,
     every_split: bool = True,
+    executor: Executor | None = None,
+    batch: int = 1,
 ) -> MethodResult:
     """One search without ATP (``atp-viz search`` without ``--versus-atp``)."""
-    return Search(wb, config).run(progress, on_trial, should_stop, every_split)
+    return Search(wb, config).run(progress, on_trial, should_stop, every_split, executor, batch)
 
 
 def sampler_colors() -> dict[str, str]:

@@ -24,7 +24,8 @@ import streamlit as st
 from atp_viz import methods
 from atp_viz.config import CalibConfig, EvalConfig
 from atp_viz.data import DEFAULT_CORPUS
-from atp_viz.experiment import Progress, Setup, Workbench, labelled, scaled
+from atp_viz.executors import EXECUTORS, ExecutorConfig, Job, WorkerError, make_executor
+from atp_viz.experiment import Progress, Setup, Workbench
 from atp_viz.figures import PLOTLY_CONFIG
 from atp_viz.methods import ScheduleSpec
 from atp_viz.models import DEFAULT_MODEL, EMBEDDED_MODELS
@@ -251,15 +252,12 @@ def run_jobs(
         report = progress_callback(label)
         done: list[PointResult] = []
         try:
-            for index, (seed, spec) in enumerate(jobs):
-                sub = scaled(report, index / len(jobs), 1 / len(jobs))
-                result = bench.reseeded(seed).run(
-                    spec, labelled(sub, f"[{index + 1}/{len(jobs)}] seed {seed} {spec.describe()}")
-                )
-                done.append(result)
-                if on_point:
-                    on_point(seed, result)
-        except ValueError as exc:
+            with contextlib.closing(make_executor(executor_config(), bench.setup)) as executor:
+                for finished, result in executor.points(bench, [Job(seed, spec) for seed, spec in jobs], report):
+                    done.append(result)
+                    if on_point:
+                        on_point(finished.seed, result)
+        except (ValueError, WorkerError) as exc:
             st.error(str(exc))
             return None
         report(1.0, f"done ({len(done)} point{'s' * (len(done) != 1)})")
@@ -315,6 +313,15 @@ def schedule_or_error(bench: Workbench, spec: ScheduleSpec) -> np.ndarray | None
             return None
 
 
+def executor_config() -> ExecutorConfig:
+    """Where the dashboard's jobs run (the sidebar's executor choice)."""
+    name = str(st.session_state.get("executor", "local"))
+    if name == "local":
+        return ExecutorConfig()
+    address = str(st.session_state.get("ray_address", "")).strip() or None
+    return ExecutorConfig(name, int(st.session_state.get("workers", 1)), address)
+
+
 # ------------------------------------------------------------------ sidebar
 def sidebar(load_model: bool = True) -> Context:
     """Global settings (shared by all pages), a status box, and the workbench when asked for."""
@@ -357,6 +364,17 @@ def sidebar(load_model: bool = True) -> Context:
         **state("seed_count", 1),
     )
     left.selectbox("Device", DEVICES, **state("device", initial["device"]))
+    right.selectbox(
+        "Run points on",
+        tuple(EXECUTORS),
+        format_func=lambda name: EXECUTORS[name].label,
+        help="; ".join(f"{e.label}: {e.help}" for e in EXECUTORS.values()),
+        **state("executor", "local"),
+    )
+    if st.session_state.get("executor", "local") != "local":
+        left.number_input("Workers", min_value=1, step=1, help="One model copy each", **state("workers", 1))
+        right.text_input("Ray address", help="host:port of a Ray head node; empty starts a local Ray",
+                         **state("ray_address", ""))  # fmt: skip
     zeroshot = bar.toggle(
         "Zero-shot accuracy too",
         help=f"Also score every point on {', '.join(ZeroShotConfig.tasks)} (lm-eval prompts; items per task below, "
