@@ -4,7 +4,7 @@ import pandas as pd
 import streamlit as st
 
 from atp_viz import figures, methods, schedules, ui
-from atp_viz.export import recipe_snippet
+from atp_viz.export import linear_targets, recipe_snippet
 from atp_viz.models import blocks_path
 from atp_viz.pruners import PRUNERS
 
@@ -69,9 +69,11 @@ d2.download_button(
 pick = st.selectbox("Recipe for", list(named), key="sched_recipe")
 st.caption("llm-compressor oneshot recipe with one sparsity per decoder block (copy button at the top right):")
 pruner = PRUNERS[setup.prune.pruner]
+picked = next(spec for spec in specs.values() if ui.spec_label(spec) == pick)
+per_type = bench.linear_rates(picked, named[pick])  # {} unless ATP's attention-MLP offset is non-zero
 st.code(
     recipe_snippet(
-        named[pick].tolist(),
+        linear_targets(per_type, bench.linear_names, blocks_path(bench.loaded)) if per_type else named[pick].tolist(),
         pruner.recipe_modifier,
         blocks_path(bench.loaded),
         type(bench.loaded.blocks[0]).__name__,
