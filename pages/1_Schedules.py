@@ -20,7 +20,8 @@ st.markdown(
 )
 
 SHOW = methods.method_names()  # every registered method
-show = st.multiselect("Schedules to show", SHOW, format_func=methods.label, **ui.state("sched_show", list(SHOW)))
+DEFAULT = [name for name in SHOW if methods.get_method(name).peer]  # this project's own profiles are opt-in
+show = st.multiselect("Schedules to show", SHOW, format_func=methods.label, **ui.state("sched_show", DEFAULT))
 
 custom = [name for name in show if not methods.get_method(name).takes_sparsity]
 rates = None
