@@ -141,7 +141,10 @@ def build_grid(
 @dataclass(frozen=True)
 class Summary2D:
     """A 2-D sweep's results: (betas x values) arrays of means and stds over seeds (NaN: not stored),
-    the best cell (chosen on ``select``, reported on evaluation), the best cell on the paper's line."""
+    the best cell (chosen on ``select``, reported on evaluation), the best on the paper's line and the
+    best off it; ``within_noise``: whether the best off the line and the best on it are within the seed
+    noise of each other (their mean +- std bands on ``select`` overlap; None with one seed or without
+    both)."""
 
     grid: Grid2D
     metric: str
@@ -151,7 +154,8 @@ class Summary2D:
     seeds: np.ndarray  # (betas, values) number of seeds measured on ``select``
     best: tuple[int, int] | None
     line_best: tuple[int, int] | None
-    within_noise: bool | None  # best vs line_best: seed bands overlap (None: one seed, or the same cell)
+    off_best: tuple[int, int] | None
+    within_noise: bool | None
     points: dict[tuple[int, int], list[PointResult]]
 
     def table(self) -> list[dict[str, Any]]:
@@ -165,7 +169,8 @@ class Summary2D:
                 row[f"{self.metric} ({split})"] = float(self.mean[split][i, j])
                 row[f"std ({split})"] = float(self.std[split][i, j])
             row |= {"seeds": int(self.seeds[i, j]), "paper line": self.grid.on_line((i, j))}
-            rows.append(row | {"best": (i, j) == self.best, "best on line": (i, j) == self.line_best})
+            rows.append(row | {"best": (i, j) == self.best, "best on line": (i, j) == self.line_best,
+                               "best off line": (i, j) == self.off_best})  # fmt: skip
         return rows
 
     def cell(self, which: tuple[int, int] | None) -> dict[str, Any] | None:
@@ -208,15 +213,17 @@ def summarize(
             mean[split][cell], std[split][cell] = value.mean, value.std
         seeds[cell] = seed_spread(found, metric, select).n
     chosen = [cell for cell in points if seeds[cell] > 0]
-    best = line_best = noise = None
-    if chosen:
-        best = chosen[best_group([points[c] for c in chosen], metric, select)[0]]
-        on_line = [c for c in chosen if grid.on_line(c)]
-        if on_line:
-            line_best = on_line[best_group([points[c] for c in on_line], metric, select)[0]]
-            if line_best != best:
-                noise = within_noise([points[best], points[line_best]], 0, 1, metric, select)
-    return Summary2D(grid, metric, select, mean, std, seeds, best, line_best, noise, points)
+
+    def best_of(cells: list[tuple[int, int]]) -> tuple[int, int] | None:
+        return cells[best_group([points[c] for c in cells], metric, select)[0]] if cells else None
+
+    best = best_of(chosen)
+    line_best = best_of([c for c in chosen if grid.on_line(c)])
+    off_best = best_of([c for c in chosen if not grid.on_line(c)])
+    noise = None
+    if line_best is not None and off_best is not None:
+        noise = within_noise([points[off_best], points[line_best]], 0, 1, metric, select)
+    return Summary2D(grid, metric, select, mean, std, seeds, best, line_best, off_best, noise, points)
 
 
 def run_grid(

@@ -74,12 +74,14 @@ for column, split in ((left, "validation"), (right, "evaluation")):
 if summary.best is None:
     st.info("No point of this grid is stored yet: press Run grid.")
     st.stop()
-best, line = summary.cell(summary.best), summary.cell(summary.line_best)
-if best and line:
+off, line = summary.cell(summary.off_best), summary.cell(summary.line_best)
+if off and line:
     noise = {True: " (within the seed noise)", False: " (outside the seed noise)", None: ""}[summary.within_noise]
+    winner = "off" if summary.best == summary.off_best else "on"
     st.success(
-        f"Best cell: {best['schedule']}, evaluation perplexity {best['perplexity (evaluation)']:.4g}; best on the "
-        f"paper's line: {line['schedule']}, {line['perplexity (evaluation)']:.4g}{noise}."
+        f"Best cell {winner} the paper's line (chosen on validation). Off the line: {off['schedule']}, evaluation "
+        f"perplexity {off['perplexity (evaluation)']:.4g}; on the line: {line['schedule']}, "
+        f"{line['perplexity (evaluation)']:.4g}{noise}."
     )
 st.dataframe(pd.DataFrame(summary.table()), hide_index=True)
 

@@ -205,7 +205,8 @@ def test_2d_sweep_is_stored_at_once_and_resumes(private_cache: Path, tmp_path: P
     found = sweep2d.run_grid(bench(store), grid, [0], on_point=lambda s, spec, p: seen.append(p.cached))
     assert seen == [False] * 4 and store.count(kind="point") == 4
     summary = sweep2d.summarize(grid, found)
-    assert summary.best is not None and summary.line_best is not None and grid.on_line(summary.line_best)
+    assert summary.best in (summary.line_best, summary.off_best) and grid.on_line(summary.line_best)
+    assert summary.off_best is not None and not grid.on_line(summary.off_best) and summary.within_noise is None
     rows = summary.table()
     assert len(rows) == 4 and sum(r["best"] for r in rows) == 1 and {r["offset"] for r in rows} == {-0.1, 0.0}
     assert all(np.isfinite(summary.mean[s]).all() for s in ("validation", "evaluation"))
@@ -252,6 +253,8 @@ def test_sweep2d_cli_json(capsys, tmp_path: Path, private_cache: Path) -> None:
     assert out["axes"] == "beta,power" and out["values"] == [1.0, 2.0] and len(out["table"]) == 2
     assert out["best"]["seeds"] == 1 and math.isfinite(out["best"]["perplexity (evaluation)"])
     assert out["best_on_paper_line"]["schedule"] == "atp S=0.5 beta=0.1"
+    assert out["best_off_paper_line"]["schedule"] == "power S=0.5 beta=0.1 power=2"
+    assert [row["seeds"] for row in out["table"]] == [1, 1]
 
 
 def test_schedule_recipe_and_saved_schedule_carry_rates_per_linear(capsys, tmp_path: Path, private_cache: Path) -> None:
@@ -314,6 +317,6 @@ def test_profile_shapes_page_runs_the_grid_and_draws_it(dashboard: None) -> None
     assert heat["type"] == "heatmap" and np.isfinite(np.array(heat["customdata"], dtype=float)).all()
     assert any(t["name"].startswith("paper's line") for t in charts[0]["data"][1:])
     assert "rates per block and linear type" in titles[2] and titles[3].startswith("Curved profiles")
-    assert any("Best cell" in s.value for s in at.success)
+    assert any("Best cell" in s.value and "on the line: " in s.value for s in at.success)
     at.text_input(key="p2d_values_offset").input("0.9").run()
     assert any("offset must be in [-0.5, 0.5]" in e.value for e in at.error)
