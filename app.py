@@ -44,3 +44,4 @@ st.page_link("pages/3_Beta_tuning.py", label="Beta tuning: the U-shaped beta swe
 st.page_link("pages/4_Compare_strategies.py", label="Compare strategies: methods x sparsities")
 st.page_link("pages/5_Theory_sandbox.py", label="Theory sandbox: a toy network showing Thm 3.2 and 3.5 instantly")
 st.page_link("pages/6_ATP_vs_search.py", label="ATP vs search: the beta grid against Bayesian and evolutionary search")
+st.page_link("pages/7_Profile_shapes.py", label="Profile shapes: attention vs MLP rates, curved profiles, 2-D sweeps")

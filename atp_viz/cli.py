@@ -33,7 +33,7 @@ from .experiment import (
     sweep_specs,
     zeroshot_table,
 )
-from .export import EXPORT_FORMATS, check_target, recipe_snippet, save_pruned
+from .export import EXPORT_FORMATS, check_target, linear_targets, recipe_snippet, save_pruned
 from .methods import ScheduleSpec
 from .metrics import EVALUATION, VALIDATION
 from .models import DEFAULT_MODEL, EMBEDDED_MODELS, blocks_path
@@ -264,13 +264,37 @@ def build_parser() -> argparse.ArgumentParser:
     add_executor_args(p)
     p.add_argument("--json", action="store_true")
 
+    p = sub.add_parser("sweep2d", help="2-D sweep around ATP's line: beta x attention-MLP offset or beta x curvature p")
+    add_setup_args(p)
+    p.add_argument(
+        "--axes", default="beta,offset", help="beta,offset (rates per linear type) or beta,power (curved profiles)"
+    )
+    p.add_argument("--sparsity", type=float, default=0.7, help="target mean sparsity S in (0, 1) (default 0.7)")
+    p.add_argument("--betas", type=float_list, default=None, help="slopes in [0, beta_max] (default: 0 and ATP's grid)")
+    p.add_argument(
+        "--values",
+        type=float_list,
+        default=None,
+        help="second-axis values (default offset -0.1,-0.05,0,0.05,0.1; power 0.5,1,2,3)",
+    )
+    p.add_argument("--step", type=float, default=schedules.GRID_STEP, help="grid step of the default betas")
+    p.add_argument(
+        "--evaluate",
+        default="all",
+        choices=("all", "best"),
+        help="measure every cell on both splits (all, default), or every cell on validation and the best cells on "
+        "and off the paper's line on both (best)",
+    )
+    p.add_argument("--json", action="store_true")
+
     p = sub.add_parser("compare", help="methods x sparsities table (ATP at its best beta, chosen on validation)")
     add_setup_args(p)
     p.add_argument(
         "--methods",
         type=name_list,
-        default=list(methods.method_names(comparable=True)),
-        help=f"comma-separated, of: {', '.join(methods.method_names(comparable=True))} (default: all)",
+        default=list(methods.method_names(comparable=True, peers=True)),
+        help=f"comma-separated, of: {', '.join(methods.method_names(comparable=True))} (default: "
+        f"{','.join(methods.method_names(comparable=True, peers=True))})",
     )
     p.add_argument("--sparsities", type=float_list, default=[0.5, 0.6, 0.7, 0.8])
     add_method_params(p)
@@ -421,8 +445,10 @@ def cmd_schedule(args: argparse.Namespace) -> dict[str, Any]:
             raise CliError("give --layers N or --model NAME")
         if spec.entry.needs:
             raise CliError(f"--method {args.method} needs layer statistics: give --model NAME instead of --layers")
+        if float(spec.get(methods.OFFSET.name, 0.0)) != 0.0:
+            raise CliError("--offset needs each block's attention and MLP sizes: give --model NAME instead of --layers")
         rates = methods.build_schedule(spec, args.layers)
-        weights, location = None, LLAMA_BLOCKS
+        weights, location, linear = None, LLAMA_BLOCKS, {}
     else:
         setup = Setup(
             model=args.model,
@@ -435,6 +461,7 @@ def cmd_schedule(args: argparse.Namespace) -> dict[str, Any]:
         wb = load_workbench(setup)
         rates, weights = wb.schedule(spec), wb.param_counts
         location = (blocks_path(wb.loaded), type(wb.loaded.blocks[0]).__name__)
+        linear = wb.linear_rates(spec, rates)  # {} unless the attention-MLP offset is non-zero
     layers = len(rates)
     sparsity = spec.sparsity if spec.entry.takes_sparsity else schedules.weighted_mean(rates, weights)
     return {
@@ -445,10 +472,11 @@ def cmd_schedule(args: argparse.Namespace) -> dict[str, Any]:
         "rates": rates.tolist(),
         "mean": float(np.mean(rates)),
         "weighted_mean": schedules.weighted_mean(rates, weights),
+        **({"linear_rates": linear} if linear else {}),
         **(
             {
                 "recipe": recipe_snippet(
-                    rates.tolist(),
+                    linear_targets(linear, wb.linear_names, location[0]) if linear else rates.tolist(),
                     PRUNERS[args.pruner].recipe_modifier,
                     *location,
                     note=PRUNERS[args.pruner].recipe_note,
@@ -544,6 +572,49 @@ def cmd_sweep(args: argparse.Namespace) -> dict[str, Any]:
         "table": summary.table(),
         "points": [point_json(p) for p in found_in_seed(found, specs, 0)],
         "by_seed": {str(seed): [point_json(p) for p in found_in_seed(found, specs, i)] for i, seed in enumerate(seeds)},
+    }
+
+
+def cmd_sweep2d(args: argparse.Namespace) -> dict[str, Any]:
+    from . import sweep2d
+
+    setup = setup_from(args)
+    sparsity = check_sparsity(args.sparsity)
+    if not (math.isfinite(args.step) and 0 < args.step < 1):
+        raise CliError(f"--step must be in (0, 1), got {args.step}")
+    axis = sweep2d.axis_pair(args.axes)
+    values = sweep2d.check_values(axis, axis.values if args.values is None else args.values)
+    if args.betas is not None and not args.betas:
+        raise CliError("--betas needs at least one slope >= 0")
+    if any(not (math.isfinite(b) and b >= 0) for b in args.betas or ()):
+        raise CliError(f"--betas must each be a number >= 0 (and <= beta_max), got {args.betas}")
+    seeds = seeds_of(args)
+    wb = load_workbench(setup)
+    grid = sweep2d.build_grid(axis, wb.num_blocks, sparsity, args.betas, values, args.step)
+    attach_store(wb, args, grid.specs())
+    progress = tqdm_progress()
+    dense = wb.dense_perplexity(progress)
+    splits = (setup.select_split,) if args.evaluate == "best" else None
+    found = sweep2d.run_grid(wb, grid, seeds, progress, splits, log_point(len(seeds)))
+    summary = sweep2d.summarize(grid, found, select=setup.select_split)
+    if args.evaluate == "best":
+        chosen = list(dict.fromkeys(grid.cells[c] for c in (summary.line_best, summary.off_best) if c is not None))
+        run_seeds(wb, seeds, chosen, progress, log_point(len(seeds)))
+        summary = sweep2d.summarize(grid, sweep2d.stored_groups(wb, grid.specs(), seeds), select=setup.select_split)
+    return {
+        "axes": f"beta,{axis.name}",
+        "sparsity": sparsity,
+        "dense_perplexity": dense,
+        "seeds": list(seeds),
+        "selected_on": setup.select_split,
+        "reported_on": EVALUATION,
+        "betas": list(grid.betas),
+        "values": list(grid.values),
+        "best": summary.cell(summary.best),
+        "best_on_paper_line": summary.cell(summary.line_best),
+        "best_off_paper_line": summary.cell(summary.off_best),
+        "within_noise": summary.within_noise,
+        "table": summary.table(),
     }
 
 
@@ -729,6 +800,7 @@ COMMANDS = {
     "prune": cmd_prune,
     "errors": cmd_errors,
     "sweep": cmd_sweep,
+    "sweep2d": cmd_sweep2d,
     "compare": cmd_compare,
     "search": cmd_search,
     "eval": cmd_eval,

@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from . import methods, schedules
+from . import methods, profiles, schedules
 from .calibration import BlockCalls, ModeInputs, PruneReport, SequentialMode, capture_block_calls
 from .config import CalibConfig, EvalConfig, check_choice, check_int
 from .data import DEFAULT_CORPUS, Corpus, calibration_windows, evaluation_windows, load_corpus, token_ids
@@ -404,14 +404,22 @@ class Ledger:
 
 
 def point_record(
-    spec: ScheduleSpec, rates: np.ndarray, report: PruneReport, weights: np.ndarray, seconds: float
+    spec: ScheduleSpec,
+    rates: np.ndarray,
+    report: PruneReport,
+    weights: np.ndarray,
+    seconds: float,
+    linear_rates: Mapping[str, list[float]] | None = None,
 ) -> dict[str, Any]:
-    """The stored record of a pruned model (its metrics live in their own rows)."""
+    """The stored record of a pruned model (its metrics live in their own rows); ``linear_rates``:
+    the rates per linear type when they differ within a block."""
     target = spec.sparsity if spec.entry.takes_sparsity else schedules.weighted_mean(rates, weights)
     achieved = schedules.weighted_mean(report.layer_sparsity, weights)
     arrays = (report.layer_sparsity, report.cumulative_error, report.local_error)
     errors_abs = (report.cumulative_error_abs, report.local_error_abs)
-    return PointResult(spec.method, target, rates, *arrays, *errors_abs, achieved, seconds, spec.params()).to_record()
+    point = PointResult(spec.method, target, rates, *arrays, *errors_abs, achieved, seconds, spec.params())
+    point.linear_rates = dict(linear_rates or {})
+    return point.to_record()
 
 
 class Workbench:
@@ -440,6 +448,10 @@ class Workbench:
         self.dense = dense or DenseWeights(self.loaded.blocks)
         self._variants: dict[Setup, Workbench] = {}
         self.param_counts = block_param_counts(self.loaded.blocks)
+        linears = [prunable_linears(block) for block in self.loaded.blocks]
+        self.linear_names = [list(named) for named in linears]
+        sizes = [{name: lin.weight.numel() for name, lin in named.items()} for named in linears]
+        self.group_counts = profiles.group_counts(sizes)  # (blocks, 2): attention and MLP weights
         self.stats = DenseStatistics(
             self.loaded, setup, self.windows["calibration"], self.rows.prune_identity(), self.dense
         )
@@ -524,10 +536,22 @@ class Workbench:
         key, record, found, missing = self.rows.point(spec)
         return None if record is None or missing else PointResult.from_record({**record, "metrics": found}, key)
 
+    def rate_map(self, spec: ScheduleSpec, rates: np.ndarray) -> schedules.RateMap:
+        """``BlockRates`` (the paper), or ``LinearRates`` when ``spec`` gives linear types their own rates."""
+        split = methods.linear_split(spec, rates, self.group_counts)
+        if split is None:
+            return schedules.BlockRates(rates)
+        return schedules.LinearRates(rates, profiles.linear_table(split, self.linear_names))
+
+    def linear_rates(self, spec: ScheduleSpec, rates: np.ndarray) -> dict[str, list[float]]:
+        """Rates per linear type (``profiles.LINEAR_GROUPS``), or {} when each block has one rate."""
+        split = methods.linear_split(spec, rates, self.group_counts)
+        return {} if split is None else {g: split[:, j].tolist() for j, g in enumerate(profiles.LINEAR_GROUPS)}
+
     def apply(self, spec: ScheduleSpec, progress: Progress | None = None) -> tuple[np.ndarray, PruneReport]:
         """Prune the dense weights in place with ``spec`` (no evaluation, nothing stored)."""
         rates = self.schedule(spec, scaled(progress, 0.0, 0.1))
-        return rates, self.mode.prune(schedules.BlockRates(rates), counted(progress, "pruning block", 0.1, 0.9))
+        return rates, self.mode.prune(self.rate_map(spec, rates), counted(progress, "pruning block", 0.1, 0.9))
 
     def run(
         self, spec: ScheduleSpec, progress: Progress | None = None, splits: Sequence[str] | None = None
@@ -544,15 +568,19 @@ class Workbench:
         about = {k: v for k, v in spec.params().items() if k != "rates"}
         self.measure(key, missing, about, scaled(progress, 0.6, 0.4))
         if record is None:
-            record = point_record(spec, rates, report, self.param_counts, time.perf_counter() - started)
+            seconds = time.perf_counter() - started
+            record = point_record(spec, rates, report, self.param_counts, seconds, self.linear_rates(spec, rates))
             self.rows.put(key, POINT_KIND, about, record)
         return PointResult.from_record({**record, "metrics": self.rows.metrics_of(key)[0]}, key, cached=False)
 
-    def run_many(self, specs: Sequence[ScheduleSpec], progress: Progress | None = None) -> Iterator[PointResult]:
-        """Run specs in order, yielding each result as soon as it is stored (finished ones are read back)."""
+    def run_many(
+        self, specs: Sequence[ScheduleSpec], progress: Progress | None = None, splits: Sequence[str] | None = None
+    ) -> Iterator[PointResult]:
+        """Run specs in order, yielding each result as soon as it is stored (finished ones are read back);
+        ``splits`` as in ``run``."""
         for index, spec in enumerate(specs):
             label = f"[{index + 1}/{len(specs)}] {spec.describe()}"
-            yield self.run(spec, labelled(scaled(progress, index / len(specs), 1 / len(specs)), label))
+            yield self.run(spec, labelled(scaled(progress, index / len(specs), 1 / len(specs)), label), splits)
             if progress:
                 progress((index + 1) / len(specs), f"{label}: done")
 
@@ -569,9 +597,11 @@ def run_seeds(
     specs: Sequence[ScheduleSpec],
     progress: Progress | None = None,
     on_point: Callable[[int, ScheduleSpec, PointResult], None] | None = None,
+    splits: Sequence[str] | None = None,
 ) -> dict[ScheduleSpec, list[PointResult]]:
     """Every spec under every calibration seed (seed-major: all points of one seed, then the next);
-    each point is stored as it finishes. Returns spec -> its points in the order of ``seeds``."""
+    each point is stored as it finishes. Returns spec -> its points in the order of ``seeds``.
+    ``splits``: measure only these (``Workbench.run``)."""
     found: dict[ScheduleSpec, list[PointResult]] = {spec: [] for spec in specs}
     for index, seed in enumerate(seeds):
         bench = wb.reseeded(seed)
@@ -580,7 +610,7 @@ def run_seeds(
             if len(seeds) > 1
             else progress
         )
-        for spec, point in zip(specs, bench.run_many(specs, sub)):
+        for spec, point in zip(specs, bench.run_many(specs, sub, splits)):
             found[spec].append(point)
             if on_point:
                 on_point(seed, spec, point)

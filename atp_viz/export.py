@@ -279,6 +279,27 @@ def _modifier_lines(modifier: str, note: str, sparsity: str, target: str, commen
     ]
 
 
+def linear_targets(
+    linear_rates: Mapping[str, Sequence[float]], linear_names: Sequence[Sequence[str]], blocks_path: str
+) -> dict[str, list[float]]:
+    """Rates per linear type as ``recipe_snippet``'s mapping form: one target per linear name within a
+    block (``re:model\\.layers\\.\\d+\\.self_attn\\.q_proj$``), its rate in every block that has it, in
+    model order (the order llm-compressor pairs a sparsity list with the modules a target matches).
+
+    ``linear_rates``: ``{"attention": [...], "mlp": [...]}``, one rate per block each
+    (``Workbench.linear_rates``); ``linear_names``: each block's linear names (``Workbench.linear_names``).
+    """
+    from .profiles import linear_group
+
+    names = list(dict.fromkeys(name for block in linear_names for name in block))
+    out: dict[str, list[float]] = {}
+    for name in names:
+        target = "re:" + re.escape(blocks_path) + r"\.\d+\." + re.escape(name) + "$"
+        group = linear_rates[linear_group(name)]
+        out[target] = [float(group[i]) for i, block in enumerate(linear_names) if name in block]
+    return out
+
+
 def recipe_snippet(
     rates: Rates,
     modifier: str,

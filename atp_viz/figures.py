@@ -349,3 +349,96 @@ def winners_figure(
     fig.update_yaxes(tickformat=".2f")
     _block_ticks(fig, max((len(t.y) for t in fig.data if t.y is not None), default=1))
     return fig
+
+
+# -- beyond one straight line: 2-D sweeps, rates per linear type, curved profiles ----------------
+def sweep2d_figure(
+    betas: Sequence[float],
+    values: Sequence[float],
+    grid: ArrayLike,
+    value_label: str,
+    neutral: float,
+    best: tuple[int, int] | None = None,
+    line_best: tuple[int, int] | None = None,
+    metric_label: str = "perplexity",
+    title: str = "",
+) -> go.Figure:
+    """A (betas x values) grid of a metric as a heatmap (log colour scale: log10 of the value), the
+    paper's 1-D line (the column at ``neutral``) outlined, the best cell and the best on the line
+    marked. NaN cells (not run, or beyond a profile's bound) stay blank."""
+    z = np.asarray(grid, dtype=np.float64)
+    x = [f"{v:g}" for v in values]
+    y = [f"{b:g}" for b in betas]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        colour = np.where(z > 0, np.log10(z), np.nan)
+    fig = go.Figure(
+        go.Heatmap(
+            x=x,
+            y=y,
+            z=colour.tolist(),
+            customdata=z.tolist(),
+            colorscale="Viridis_r",
+            colorbar=dict(title=f"log10 {metric_label}"),
+            hovertemplate=f"beta %{{y}}<br>{value_label} %{{x}}<br>{metric_label} %{{customdata:.4g}}<extra></extra>",
+            name=metric_label,
+            showlegend=False,
+        )
+    )
+    if neutral in list(values):
+        col = list(values).index(neutral)
+        fig.add_shape(type="rect", x0=col - 0.5, x1=col + 0.5, y0=-0.5, y1=len(betas) - 0.5,
+                      line=dict(color="#d62728", width=3), xref="x", yref="y")  # fmt: skip
+        fig.add_trace(go.Scatter(x=[None], y=[None], mode="lines", line=dict(color="#d62728", width=3),
+                                 name=f"paper's line ({value_label} = {neutral:g})"))  # fmt: skip
+    for cell, name, symbol in (
+        (best, "best (chosen on validation)", "star"),
+        (line_best, "best on the line", "circle-open"),
+    ):
+        if cell is not None:
+            marker = dict(symbol=symbol, size=16, color="white", line=dict(color="black", width=2))
+            fig.add_trace(go.Scatter(x=[x[cell[1]]], y=[y[cell[0]]], mode="markers", name=name, marker=marker,
+                                     hovertemplate=f"{name}<br>%{{customdata:.4g}}<extra></extra>",
+                                     customdata=[z[cell]]))  # fmt: skip
+    _layout(fig, title or f"{metric_label}: beta x {value_label}", value_label, "ATP slope beta (per block)")
+    return fig.update_layout(legend=dict(orientation="h", y=-0.2))
+
+
+def linear_rates_figure(rates: Mapping[str, ArrayLike], title: str = "Rates per block and linear type") -> go.Figure:
+    """A blocks x linear-type heatmap of sparsity (``{"attention": [...], "mlp": [...]}``, one rate per
+    block each), exact rates in the hover."""
+    names = list(rates)
+    z = np.array([np.asarray(rates[n], dtype=np.float64) for n in names])  # (types, blocks)
+    fig = go.Figure(
+        go.Heatmap(
+            x=list(range(z.shape[1])),
+            y=names,
+            z=z.tolist(),
+            zmin=0.0,
+            zmax=1.0,
+            colorscale="Reds",
+            colorbar=dict(title="sparsity"),
+            hovertemplate="block %{x}<br>%{y}<br>sparsity %{z:.4f}<extra></extra>",
+            showlegend=False,
+        )
+    )
+    _layout(fig, title, BLOCK_AXIS, "linear type")
+    fig.update_layout(showlegend=False, height=260)
+    return _block_ticks(fig, z.shape[1])
+
+
+def profiles_figure(
+    profiles: Mapping[str, ArrayLike],
+    line: ArrayLike,
+    line_name: str = "ATP",
+    title: str = "Curved profiles vs ATP's line",
+) -> go.Figure:
+    """Per-block rates of curved profiles overlaid on ATP's line (dashed), all with the same mean."""
+    fig = go.Figure()
+    atp = np.asarray(line, dtype=np.float64)
+    hover = f"<b>{line_name}</b><br>block %{{x}}<br>sparsity %{{y:.4f}}<extra></extra>"
+    fig.add_trace(go.Scatter(x=list(range(atp.size)), y=atp.tolist(), mode="lines", name=line_name,
+                             line=dict(color=color_for("atp"), dash="dash", width=3), hovertemplate=hover))  # fmt: skip
+    for name, values in profiles.items():
+        fig.add_trace(_block_line(name, np.asarray(values, dtype=np.float64), "sparsity %{y:.4f}"))
+    _layout(fig, title, BLOCK_AXIS, RATE_AXIS)
+    return _block_ticks(fig, atp.size)

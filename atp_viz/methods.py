@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import ArrayLike
 
-from . import schedules
+from . import profiles, schedules
 from .config import check_choice, check_sparsity
 
 Value = float | str
@@ -44,6 +44,9 @@ class Param:
     required: bool = False  # a single prune must give it (ATP's beta); sweeps fill it from a grid
     upper: Callable[[int, float], float] | None = None  # a tighter bound that depends on (L, S), checked when built
     upper_text: str = ""  # how ``upper`` is computed, for messages
+    # added to a method after points were stored: left out of ``ScheduleSpec.params`` (the stored key)
+    # while at its default, so that earlier points keep their keys
+    keyed_at_default: bool = True
 
     def check(self, value: Any, method: str) -> Value:
         """The value as the parameter's type, or ValueError naming the allowed range."""
@@ -82,6 +85,7 @@ class Method:
     # the grid a sweep or comparison searches, as parameter dicts (None: the defaults only)
     grid: Callable[[int, float, float], list[dict[str, Any]]] | None = None
     description: str = ""
+    peer: bool = True  # a published method, compared by default; False: this project's own profiles (opt-in)
 
     def param(self, name: str) -> Param:
         for p in self.params:
@@ -119,9 +123,10 @@ def get_method(name: str) -> Method:
     return METHODS[name]
 
 
-def method_names(comparable: bool = False) -> tuple[str, ...]:
-    """Registered names; ``comparable``: only those that target a sparsity (not custom)."""
-    return tuple(name for name, m in METHODS.items() if m.takes_sparsity or not comparable)
+def method_names(comparable: bool = False, peers: bool = False) -> tuple[str, ...]:
+    """Registered names; ``comparable``: only those that target a sparsity (not custom); ``peers``:
+    only published methods (what a comparison runs by default)."""
+    return tuple(name for name, m in METHODS.items() if (m.takes_sparsity or not comparable) and (m.peer or not peers))
 
 
 def label(name: str) -> str:
@@ -183,11 +188,16 @@ class ScheduleSpec:
     def entry(self) -> Method:
         return METHODS[self.method]
 
+    def keyed_args(self) -> tuple[tuple[str, Value], ...]:
+        """The parameters that define this schedule: all but those at a default not keyed there."""
+        entry = self.entry
+        return tuple((k, v) for k, v in self.args if entry.param(k).keyed_at_default or v != entry.param(k).default)
+
     def params(self) -> dict[str, Any]:
         """What defines this schedule (fingerprints, exports): method, sparsity or rates, parameters."""
         if not self.entry.takes_sparsity:
             return {"method": self.method, "rates": self.rates}
-        return {"method": self.method, "sparsity": self.sparsity, **dict(self.args)}
+        return {"method": self.method, "sparsity": self.sparsity, **dict(self.keyed_args())}
 
     def replace(self, **params: Any) -> ScheduleSpec:
         """The same schedule with some parameters changed (validated again)."""
@@ -197,7 +207,7 @@ class ScheduleSpec:
         """A short label: ``atp S=0.7 beta=0.01``."""
         if not self.entry.takes_sparsity:
             return self.method
-        extra = " ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in self.args)
+        extra = " ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in self.keyed_args())
         return f"{self.method} S={self.sparsity:g}" + (f" {extra}" if extra else "")
 
 
@@ -224,6 +234,16 @@ def build_schedule(
     return entry.build(num_layers, spec.sparsity, params, stats, w)
 
 
+def linear_split(spec: ScheduleSpec, rates: np.ndarray, counts: ArrayLike) -> np.ndarray | None:
+    """Rates per linear type (blocks x 2: attention, MLP; ``profiles.split_rates``) when ``spec`` has a
+    non-zero attention-MLP offset; None when every linear of a block takes the block's rate (the
+    paper's granularity, and every method without the offset parameter).
+
+    ``counts``: each block's (attention, MLP) weights (``profiles.group_counts``)."""
+    offset = float(spec.get(OFFSET.name, 0.0))
+    return None if offset == 0.0 else profiles.split_rates(rates, offset, counts)
+
+
 def sweep_grid(spec_method: str, num_layers: int, sparsity: float, step: float) -> list[ScheduleSpec]:
     """The specs a sweep or comparison tries for one method (its grid, or its defaults)."""
     entry = get_method(spec_method)
@@ -233,6 +253,30 @@ def sweep_grid(spec_method: str, num_layers: int, sparsity: float, step: float) 
 
 
 # ------------------------------------------------------------------------------ the methods
+# The granularity option: 0 keeps the paper's one rate per block; otherwise each block's attention
+# projections and MLP take different rates with the same parameter-weighted block mean.
+OFFSET = Param(
+    "offset",
+    "attention-MLP offset (s_MLP - s_attention)",
+    0.0,
+    -profiles.OFFSET_MAX,
+    profiles.OFFSET_MAX,
+    step=0.01,
+    help="0: every linear of a block at the block's rate (the paper); > 0 prunes the MLP more than attention",
+    keyed_at_default=False,
+)
+
+
+def _slope_grid(bound: Callable[[int, float], float]) -> Callable[[int, float, float], list[dict[str, Any]]]:
+    """beta = step, 2 step, ... <= bound(L, S) (the ATP grid's steps under another method's bound)."""
+
+    def grid(num_layers: int, sparsity: float, step: float) -> list[dict[str, Any]]:
+        count = math.floor((bound(num_layers, sparsity) + schedules.BETA_TOL) / step)
+        return [{"beta": float(b)} for b in np.round(step * np.arange(1, count + 1), schedules.GRID_DECIMALS)]
+
+    return grid
+
+
 def _atp_grid(num_layers: int, sparsity: float, step: float) -> list[dict[str, Any]]:
     return [{"beta": float(b)} for b in schedules.beta_grid(num_layers, sparsity, step)]
 
@@ -270,6 +314,7 @@ register(
                 upper=schedules.beta_max,
                 upper_text="beta_max = min(2S, 2(1-S))/(L-1)",
             ),
+            OFFSET,
         ),
         grid=_atp_grid,
         description="s_i = S - beta(L-1)/2 + beta*i (arXiv 2502.14770, Eq. 10)",
@@ -329,6 +374,69 @@ register(
         ),
         needs=("block_scores",),
         description="larger mean Wanda score -> sparser block (Chen et al. 2025)",
+    )
+)
+register(
+    Method(
+        "power",
+        "power profile (x^p)",
+        "#e377c2",
+        lambda n, s, p, stats, w: profiles.power_profile(n, s, float(p["beta"]), float(p["power"])),
+        params=(
+            Param(
+                "beta",
+                "mean slope per block",
+                0.0,
+                0.0,
+                1.0,
+                step=schedules.GRID_STEP / 4,
+                required=True,
+                upper_text="min(S/mean f, (1-S)/(1-mean f))/(L-1), f = x^p",
+            ),
+            Param(
+                "power",
+                "curvature p (1 = ATP's line)",
+                profiles.POWER_DEFAULT,
+                profiles.POWER_MIN,
+                profiles.POWER_MAX,
+                step=0.25,
+                help="p > 1 keeps early blocks flatter, p < 1 rises early",
+            ),
+        ),
+        grid=_slope_grid(lambda n, s: profiles.power_beta_max(n, s, profiles.POWER_DEFAULT)),
+        description="s_i = S + beta(L-1)(x_i^p - mean x^p), x_i = i/(L-1): a curved increasing profile",
+        peer=False,
+    )
+)
+register(
+    Method(
+        "prefix",
+        "protected prefix + line",
+        "#bcbd22",
+        lambda n, s, p, stats, w: profiles.prefix_profile(n, s, float(p["beta"]), float(p["prefix"])),
+        params=(
+            Param(
+                "beta",
+                "slope per block after the prefix",
+                0.0,
+                0.0,
+                1.0,
+                step=schedules.GRID_STEP / 4,
+                required=True,
+                upper_text="min(S/mean r, (1-S)/(L-k-mean r)), r_i = max(0, i-k+1)",
+            ),
+            Param(
+                "prefix",
+                "protected blocks k (flat, lowest rate)",
+                float(profiles.PREFIX_DEFAULT),
+                0.0,
+                step=1.0,
+                help="a whole number in [0, L-1]; 0 and 1 give ATP's line",
+            ),
+        ),
+        grid=_slope_grid(lambda n, s: profiles.prefix_beta_max(n, s, min(profiles.PREFIX_DEFAULT, n - 1))),
+        description="first k blocks at one flat rate, then a line rising by beta per block",
+        peer=False,
     )
 )
 register(Method("custom", "custom", "#9467bd", _custom, takes_sparsity=False, description="your own rates"))

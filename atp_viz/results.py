@@ -37,6 +37,9 @@ class PointResult:
     wall_time: float  # seconds to prune and measure (or to prune, for a point whose metrics came later)
     params: dict[str, Any] = field(default_factory=dict)  # the schedule's parameters (ScheduleSpec.params)
     metrics: dict[str, float] = field(default_factory=dict)
+    # rates per linear type when they differ within a block ({"attention": [...], "mlp": [...]}, one
+    # rate per block each; ``profiles.LINEAR_GROUPS``); empty when every linear took its block's rate
+    linear_rates: dict[str, list[float]] = field(default_factory=dict)
     key: str = ""
     cached: bool = False  # read from the store rather than computed now
 

@@ -4,7 +4,7 @@ import pandas as pd
 import streamlit as st
 
 from atp_viz import figures, methods, schedules, ui
-from atp_viz.export import recipe_snippet
+from atp_viz.export import linear_targets, recipe_snippet
 from atp_viz.models import blocks_path
 from atp_viz.pruners import PRUNERS
 
@@ -20,7 +20,8 @@ st.markdown(
 )
 
 SHOW = methods.method_names()  # every registered method
-show = st.multiselect("Schedules to show", SHOW, format_func=methods.label, **ui.state("sched_show", list(SHOW)))
+DEFAULT = [name for name in SHOW if methods.get_method(name).peer]  # this project's own profiles are opt-in
+show = st.multiselect("Schedules to show", SHOW, format_func=methods.label, **ui.state("sched_show", DEFAULT))
 
 custom = [name for name in show if not methods.get_method(name).takes_sparsity]
 rates = None
@@ -69,9 +70,11 @@ d2.download_button(
 pick = st.selectbox("Recipe for", list(named), key="sched_recipe")
 st.caption("llm-compressor oneshot recipe with one sparsity per decoder block (copy button at the top right):")
 pruner = PRUNERS[setup.prune.pruner]
+picked = next(spec for spec in specs.values() if ui.spec_label(spec) == pick)
+per_type = bench.linear_rates(picked, named[pick])  # {} unless ATP's attention-MLP offset is non-zero
 st.code(
     recipe_snippet(
-        named[pick].tolist(),
+        linear_targets(per_type, bench.linear_names, blocks_path(bench.loaded)) if per_type else named[pick].tolist(),
         pruner.recipe_modifier,
         blocks_path(bench.loaded),
         type(bench.loaded.blocks[0]).__name__,

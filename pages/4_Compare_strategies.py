@@ -21,9 +21,10 @@ setup, bench = ui.require(ctx)
 L = bench.num_blocks
 
 METHODS = methods.method_names(comparable=True)
+PEERS = methods.method_names(comparable=True, peers=True)  # chosen by default; this project's profiles are opt-in
 SPARSITIES = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
 c1, c2, c3, c4 = st.columns([3, 3, 1, 1])
-chosen = c1.multiselect("Methods", METHODS, format_func=methods.label, **ui.state("cmp_methods", list(METHODS)))
+chosen = c1.multiselect("Methods", METHODS, format_func=methods.label, **ui.state("cmp_methods", list(PEERS)))
 sparsities = sorted(
     c2.multiselect(
         "Target sparsities",
