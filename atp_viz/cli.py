@@ -17,7 +17,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from . import methods, schedules
+from . import experiment, methods, schedules
 from .config import DTYPES, CalibConfig, EvalConfig, check_sparsity, parse_nm, parse_seeds
 from .data import DEFAULT_CORPUS, HUB_CORPORA
 from .executors import EXECUTORS, Executor, ExecutorConfig, WorkerError, make_executor, run_seeds
@@ -599,7 +599,7 @@ def cmd_sweep2d(args: argparse.Namespace) -> dict[str, Any]:
     summary = sweep2d.summarize(grid, found, select=setup.select_split)
     if args.evaluate == "best":
         chosen = list(dict.fromkeys(grid.cells[c] for c in (summary.line_best, summary.off_best) if c is not None))
-        run_seeds(wb, seeds, chosen, progress, log_point(len(seeds)))
+        experiment.run_seeds(wb, seeds, chosen, progress, log_point(len(seeds)))
         summary = sweep2d.summarize(grid, sweep2d.stored_groups(wb, grid.specs(), seeds), select=setup.select_split)
     return {
         "axes": f"beta,{axis.name}",
