@@ -254,7 +254,9 @@ def measure_profile(
     read = readout or (lambda x: x)
     hidden = calls.hidden[:windows]
     local, gains = np.zeros((n, rates.size)), np.ones(n)
-    inputs, deltas, forwards = [], [], 0
+    inputs: list[torch.Tensor] = []
+    deltas: list[torch.Tensor] = []
+    forwards = 0
     for i, block in enumerate(blocks):
         run = lambda x, i=i, block=block: run_block(block, x, calls.args[i], batch_size)  # noqa: E731
         out = run(hidden)  # (N, T, H) dense output
@@ -324,7 +326,9 @@ def logit_readout(model: nn.Module, stride: int = READOUT_STRIDE) -> Callable[[t
     """Last hidden state -> centred logits (mean over the vocabulary removed: a shift common to every
     logit leaves the softmax unchanged) at every ``stride``-th position: the errors that change the
     next-token distribution, which is what perplexity reads."""
-    norm, head = final_norm(model), model.get_output_embeddings()
+    norm, head = final_norm(model), getattr(model, "get_output_embeddings", lambda: None)()
+    if not isinstance(head, nn.Module):
+        raise ValueError("the model has no output embeddings (LM head) to read the last hidden state with")
 
     def read(hidden: torch.Tensor) -> torch.Tensor:
         x = hidden[:, ::stride]
@@ -376,11 +380,11 @@ def predict_for(
     check_request(wb.num_blocks, sparsity, step)
     if (found := stored_prediction(wb, sparsity, step, config)) is not None:
         return found
-    from .experiment import counted  # the experiment layer imports this module's users, not it
+    from .experiment import counted, scaled  # imported here: experiment is the layer above this one
 
     started = time.perf_counter()
     pruner, nm = wb.stats.pruner, wb.setup.prune.nm
-    stats = wb.stats.linears(counted(progress, "dense statistics: block", 0.0, 0.2)) if pruner.needs_inputs else None
+    stats = wb.stats.linears(scaled(progress, 0.0, 0.2)) if pruner.needs_inputs else None
     wb.dense.restore()
     orders = wb.mode.orders() if nm is None and hasattr(wb.mode, "orders") else None
     if orders is None and nm is None:

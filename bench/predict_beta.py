@@ -72,22 +72,38 @@ def make_setup(args: argparse.Namespace, model: str) -> Any:
     )
 
 
+def point_of(wb: Any, spec: Any, splits: list[str] | None, stored_only: bool) -> Any:
+    """The point of ``spec`` measured on ``splits`` (all when None): computed and stored, or with
+    ``stored_only`` read back as far as it is stored (None when its row is missing)."""
+    from atp_viz.results import PointResult
+
+    if not stored_only:
+        return wb.run(spec, splits=splits)
+    key, record, found, _ = wb.rows.point(spec)
+    return None if record is None else PointResult.from_record({**record, "metrics": found}, key)
+
+
 def run_case(wb: Any, sparsity: float, args: argparse.Namespace) -> dict[str, Any]:
+    import math
+
     from atp_viz import methods
     from atp_viz.methods import ScheduleSpec
     from atp_viz.metrics import EVALUATION, VALIDATION
+    from atp_viz.predict import AMPLIFICATIONS, predict_for, predict_from_profile, stored_prediction
     from atp_viz.results import best_point
 
     specs = methods.sweep_grid("atp", wb.num_blocks, sparsity, args.step)
-    points = []
+    points, complete = [], False
     for index, spec in enumerate(specs):
-        point = wb.run(spec, splits=[VALIDATION])
+        point = point_of(wb, spec, [VALIDATION], args.stored_only)
+        if point is None or math.isnan(value := point.value("perplexity", VALIDATION)):
+            break
         points.append(point)
-        value = point.value("perplexity", VALIDATION)
         log(f"  S={sparsity} [{index + 1}/{len(specs)}] beta={point.beta:.3f} {value:.3f} ({point.wall_time:.0f} s)")
         if past_minimum([p.value("perplexity", VALIDATION) for p in points], args.patience, args.margin):
+            complete = True
             break
-    best = best_point(points, split=VALIDATION)
+    complete = complete or len(points) == len(specs)
     out: dict[str, Any] = {
         "model": wb.setup.model,
         "sparsity": sparsity,
@@ -96,15 +112,21 @@ def run_case(wb: Any, sparsity: float, args: argparse.Namespace) -> dict[str, An
         "validation_perplexity": [p.value("perplexity", VALIDATION) for p in points],
         "grid_points": len(specs),
         "swept_points": len(points),
+        "sweep_complete": complete,  # False: stopped by the deadline before the right arm of the U
         "sweep_s": float(sum(p.wall_time for p in points)),
-        "swept_best_beta": best.beta,
     }
+    if not points:
+        return out
+    best = best_point(points, split=VALIDATION)
+    out["swept_best_beta"] = best.beta
     if args.sweep_only:
         return out
-    from atp_viz.predict import AMPLIFICATIONS, predict_for, predict_from_profile
-
     started = time.perf_counter()
-    prediction = predict_for(wb, sparsity, args.step)
+    prediction = (
+        stored_prediction(wb, sparsity, args.step) if args.stored_only else predict_for(wb, sparsity, args.step)
+    )
+    if prediction is None:
+        return out
     predict_s = prediction.seconds if prediction.cached else time.perf_counter() - started  # as first measured
     by_model = {}
     for name in AMPLIFICATIONS:
@@ -113,20 +135,19 @@ def run_case(wb: Any, sparsity: float, args: argparse.Namespace) -> dict[str, An
     chosen = {}
     for name, beta in (("swept", best.beta), ("predicted", prediction.beta)):
         spec = ScheduleSpec("atp", sparsity, beta=beta) if beta > 0 else ScheduleSpec("uniform", sparsity)
-        point = wb.run(spec)
+        point = point_of(wb, spec, None, args.stored_only)
         chosen[name] = {
             "beta": beta,
-            "validation_perplexity": point.value("perplexity", VALIDATION),
-            "evaluation_perplexity": point.value("perplexity", EVALUATION),
+            "validation_perplexity": point.value("perplexity", VALIDATION) if point else math.nan,
+            "evaluation_perplexity": point.value("perplexity", EVALUATION) if point else math.nan,
         }
-    steps = round(abs(prediction.beta - best.beta) / args.step)
     return out | {
         "predicted_beta": prediction.beta,
         "predicted_index": prediction.index,
         "predicted_error": prediction.predicted_error.tolist(),
         "amplification": prediction.amplification,
         "by_model": by_model,
-        "steps_apart": steps,
+        "steps_apart": round(abs(prediction.beta - best.beta) / args.step),
         "predict_s": predict_s,
         "prediction_forwards": prediction.forwards,
         "swept": chosen["swept"],
@@ -134,6 +155,28 @@ def run_case(wb: Any, sparsity: float, args: argparse.Namespace) -> dict[str, An
         "ppl_lost": chosen["predicted"]["evaluation_perplexity"] - chosen["swept"]["evaluation_perplexity"],
         "time_ratio": predict_s / out["sweep_s"],
     }
+
+
+def fmt(value: Any, spec: str) -> str:
+    return "-" if value is None or (isinstance(value, float) and value != value) else format(value, spec)
+
+
+def markdown_table(cases: list[dict[str, Any]]) -> str:
+    """The README / docs table: one row per case, every amplification model's beta and its distance."""
+    head = ("| model, S | grid (swept) | swept best (val) | predicted, residual | chain | direct | ppl (eval) "
+            "swept -> predicted | predict s / sweep s |")  # fmt: skip
+    rows = [head, "|" + "---|" * 8]
+    for c in cases:
+        swept = f"{c['grid_points']} ({c['swept_points']}{'' if c['sweep_complete'] else ', unfinished'})"
+        models = c.get("by_model", {})
+        cells = [f"{fmt(models[m]['beta'], '.3f')} ({models[m]['steps_apart']})" if m in models else "-"
+                 for m in ("residual", "chain", "direct")]  # fmt: skip
+        ppl = f"{fmt(c.get('swept', {}).get('evaluation_perplexity'), '.2f')} -> "
+        ppl += fmt(c.get("predicted", {}).get("evaluation_perplexity"), ".2f")
+        seconds = f"{fmt(c.get('predict_s'), '.0f')} / {c['sweep_s']:.0f}"
+        rows.append(f"| {c['model']}, {c['sparsity']} | {swept} | {fmt(c.get('swept_best_beta'), '.3f')} | "
+                    f"{' | '.join(cells)} | {ppl} | {seconds} |")  # fmt: skip
+    return "\n".join(rows)
 
 
 def main() -> None:
@@ -152,6 +195,7 @@ def main() -> None:
     parser.add_argument("--margin", type=float, default=0.05, help="... the last worse than the best by this much")
     parser.add_argument("--store", default=str(DEFAULT_STORE))
     parser.add_argument("--sweep-only", action="store_true", help="sweep and store the grid, no prediction")
+    parser.add_argument("--stored-only", action="store_true", help="report what the store holds; compute nothing")
     parser.add_argument("--out", default=str(ROOT / "docs" / "results" / "predict-beta.json"))
     args = parser.parse_args()
 
@@ -168,7 +212,8 @@ def main() -> None:
         wb = Workbench(make_setup(args, model), store=store)
         load_s = time.perf_counter() - started
         started = time.perf_counter()
-        wb.stats.linears()
+        if not args.stored_only:
+            wb.stats.linears()
         stats_s, stats_source = time.perf_counter() - started, wb.stats.source
         print(f"{model}: loaded in {load_s:.1f} s, dense statistics ({stats_source}) {stats_s:.1f} s", file=sys.stderr)
         for sparsity in sparsities:
@@ -181,12 +226,13 @@ def main() -> None:
         "date": datetime.date.today().isoformat(),
         "command": "python bench/predict_beta.py " + " ".join(shlex.quote(a) for a in sys.argv[1:]),
         "threads": args.threads,
-        "settings": {k: v for k, v in vars(args).items() if k not in ("out", "store", "sweep_only")},
+        "settings": {k: v for k, v in vars(args).items() if k not in ("out", "store", "sweep_only", "stored_only")},
         "cases": results,
     }
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(payload, indent=1) + "\n")
     print(f"wrote {args.out}", file=sys.stderr)
+    print(markdown_table(results))
 
 
 if __name__ == "__main__":

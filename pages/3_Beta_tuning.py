@@ -78,7 +78,11 @@ if prediction is not None:
         "progression minimises the predicted final-layer error (see docs/predict.md)."
     )
     with st.expander("Predicted error over the grid"):
-        ui.chart(figures.predicted_error_figure(prediction.betas, prediction.predicted_error, prediction.beta))
+        ui.chart(
+            figures.predicted_error_figure(
+                prediction.betas.tolist(), prediction.predicted_error.tolist(), prediction.beta
+            )
+        )
 
 
 measured = [name for name in setup.metrics if name in METRICS]
