@@ -37,6 +37,7 @@ from .export import EXPORT_FORMATS, check_target, linear_targets, recipe_snippet
 from .methods import ScheduleSpec
 from .metrics import EVALUATION, VALIDATION
 from .models import DEFAULT_MODEL, EMBEDDED_MODELS, blocks_path
+from .predict import AMPLIFICATIONS, PredictConfig, check_request, predict_for
 from .pruners import PRUNERS, PruneConfig
 from .results import PointResult, seed_spread
 from .search import SAMPLERS
@@ -284,6 +285,30 @@ def build_parser() -> argparse.ArgumentParser:
         choices=("all", "best"),
         help="measure every cell on both splits (all, default), or every cell on validation and the best cells on "
         "and off the paper's line on both (best)",
+    )
+    p.add_argument("--json", action="store_true")
+
+    p = sub.add_parser("predict-beta", help="predict ATP's best beta without a sweep (error-propagation model)")
+    add_setup_args(p)
+    p.add_argument("--sparsity", type=float, default=0.7, help="target mean sparsity S in (0, 1) (default 0.7)")
+    p.add_argument("--step", type=float, default=schedules.GRID_STEP, help="grid step (default %(default)s)")
+    p.add_argument(
+        "--predict-windows",
+        type=int,
+        default=PredictConfig.windows,
+        help="calibration windows the profile is measured on (default %(default)s)",
+    )
+    p.add_argument(
+        "--anchors",
+        type=int,
+        default=PredictConfig.anchors,
+        help="blocks whose error is carried to the end (default %(default)s)",
+    )
+    p.add_argument(
+        "--amplification",
+        default=PredictConfig.amplification,
+        choices=tuple(AMPLIFICATIONS),
+        help="how a block's error grows to the last block (default %(default)s)",
     )
     p.add_argument("--json", action="store_true")
 
@@ -618,6 +643,20 @@ def cmd_sweep2d(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
+def cmd_predict_beta(args: argparse.Namespace) -> dict[str, Any]:
+    setup = setup_from(args)
+    sparsity = check_sparsity(args.sparsity)
+    if not (math.isfinite(args.step) and 0 < args.step < 1):
+        raise CliError(f"--step must be in (0, 1), got {args.step}")
+    config = PredictConfig(args.predict_windows, args.amplification, args.anchors)
+    wb = load_workbench(setup)
+    check_request(wb.num_blocks, sparsity, args.step)
+    attach_store(wb, args, [])
+    prediction = predict_for(wb, sparsity, args.step, config, tqdm_progress())
+    log(f"predicted beta {prediction.beta:g} (grid index {prediction.index}) in {prediction.seconds:.1f} s")
+    return {"model": setup.model, "beta_max": schedules.beta_max(wb.num_blocks, sparsity)} | prediction.summary()
+
+
 def seeds_of(args: argparse.Namespace) -> tuple[int, ...]:
     """The calibration seeds of a command: --seeds, or --seed alone."""
     return tuple(args.seeds) if args.seeds else (args.seed,)
@@ -801,6 +840,7 @@ COMMANDS = {
     "errors": cmd_errors,
     "sweep": cmd_sweep,
     "sweep2d": cmd_sweep2d,
+    "predict-beta": cmd_predict_beta,
     "compare": cmd_compare,
     "search": cmd_search,
     "eval": cmd_eval,

@@ -125,10 +125,13 @@ def beta_curve_figure(
     validation: Sequence[float] | None = None,
     spread: Sequence[float] | None = None,
     metric: str = "perplexity",
+    predicted: float | None = None,
 ) -> go.Figure:
     """ATP perplexity against beta (the U-curve, evaluation split), the validation curve that chose the
     best beta (dotted), uniform baseline, best and selected point. ``spread``: the standard deviation
-    of each evaluation value over calibration seeds, drawn as +-1 std error bars."""
+    of each evaluation value over calibration seeds, drawn as +-1 std error bars. ``predicted``: a
+    beta predicted without a sweep (``atp_viz.predict``), drawn as a vertical line (with or without
+    swept points)."""
     order = np.argsort(np.asarray(betas, dtype=np.float64))
     x = np.asarray(betas, dtype=np.float64)[order]
     y = np.asarray(perplexities, dtype=np.float64)[order]
@@ -183,6 +186,18 @@ def beta_curve_figure(
                 hovertemplate=f"{label}<br>beta %{{x:.6g}}<br>{metric} %{{y:.6g}}<extra></extra>",
             )
         )
+    if predicted is not None:
+        fig.add_vline(x=predicted, line=dict(color="#2ca02c", dash="dashdot", width=2))
+        fig.add_trace(  # a legend entry for the line (vlines have none)
+            go.Scatter(
+                x=[predicted],
+                y=[float(y[np.isclose(x, predicted)][0])] if np.any(np.isclose(x, predicted)) else [None],
+                mode="markers",
+                name=f"predicted (no sweep): beta = {predicted:.4g}",
+                marker=dict(symbol="diamond", size=13, color="#2ca02c"),
+                hovertemplate="predicted beta %{x:.6g}<extra></extra>",
+            )
+        )
     fig = _layout(
         fig,
         f"Beta sweep at target sparsity {sparsity:g}",
@@ -192,6 +207,24 @@ def beta_curve_figure(
     if beta_max:
         fig.update_xaxes(range=[-0.03 * beta_max, 1.03 * beta_max])
     return fig
+
+
+def predicted_error_figure(betas: Sequence[float], errors: Sequence[float], predicted: float) -> go.Figure:
+    """The error-propagation model's predicted final-layer error over the beta grid, relative to its
+    minimum (``atp_viz.predict``); the predicted beta is the lowest point."""
+    e = np.asarray(errors, dtype=np.float64)
+    fig = go.Figure(
+        go.Scatter(
+            x=list(betas),
+            y=(e / e.min()).tolist(),
+            mode="lines+markers",
+            name="predicted error",
+            line=dict(color="#2ca02c"),
+            hovertemplate="beta %{x:.6g}<br>predicted error / minimum %{y:.4f}<extra></extra>",
+        )
+    )
+    fig.add_vline(x=predicted, line=dict(color="#2ca02c", dash="dashdot"))
+    return _layout(fig, f"Predicted final-layer error (lowest at beta = {predicted:.4g})", "beta", "error / minimum")
 
 
 def _error_bars(spread: Sequence[float] | None, order: np.ndarray | None = None) -> dict[str, object] | None:

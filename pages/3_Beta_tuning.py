@@ -6,6 +6,7 @@ import streamlit as st
 from atp_viz import figures, schedules, ui
 from atp_viz.experiment import summarize_sweep, sweep_specs
 from atp_viz.metrics import METRICS
+from atp_viz.predict import predict_for, stored_prediction
 from atp_viz.results import PointResult, seed_spread
 
 st.set_page_config(page_title="Beta tuning - atp-viz", layout="wide")
@@ -59,6 +60,30 @@ if st.session_state.get("tune_job") is not None and c2.button("Stop (finished po
     st.session_state["tune_job"] = None
 chart_slot = st.empty()
 
+# -- Predict beta without a sweep (atp_viz.predict: the error-propagation model of Thm 3.2) ----------
+if st.button("Predict beta", key="tune_predict", help="From the dense model alone (about one sweep point of work)"):
+    with ui.job(setup.model, f"beta prediction at S = {S:g}") as admitted:
+        if not admitted:
+            st.warning(ui.busy(setup.model))
+        else:
+            try:
+                predict_for(bench, S, step, progress=ui.progress_callback("Predicting beta"))
+            except ValueError as exc:
+                st.error(str(exc))
+prediction = stored_prediction(bench, S, step) if step > 0 else None
+if prediction is not None:
+    st.caption(
+        f"Predicted beta = {prediction.beta:.4g} (grid point {prediction.index + 1} of {prediction.betas.size}; "
+        f"{prediction.forwards} block forwards, {prediction.seconds:.1f} s): the grid point whose arithmetic "
+        "progression minimises the predicted final-layer error (see docs/predict.md)."
+    )
+    with st.expander("Predicted error over the grid"):
+        ui.chart(
+            figures.predicted_error_figure(
+                prediction.betas.tolist(), prediction.predicted_error.tolist(), prediction.beta
+            )
+        )
+
 
 measured = [name for name in setup.metrics if name in METRICS]
 metric = measured[0]
@@ -86,6 +111,7 @@ def draw() -> None:
         validation=[v.mean for v in summary.validation],
         spread=[v.std for v in summary.evaluation],
         metric=metric,
+        predicted=prediction.beta if prediction is not None else None,
     )
     with chart_slot.container():
         ui.chart(fig, key=f"tune_curve_{sum(len(g) for g in groups.values())}")
