@@ -39,7 +39,14 @@ from .layer_stats import block_alphas, block_param_counts, prunable_linears
 from .methods import ScheduleSpec
 from .metrics import EVALUATION, METRICS, SPLITS, VALIDATION, metric_key
 from .models import DEFAULT_MODEL, LoadedModel, cache_dir, load_model
-from .offload import CALIBRATION_COPIES, STREAMED_MODES, FileWeights, StreamedPerplexity, load_offloaded
+from .offload import (
+    CALIBRATION_COPIES,
+    EVALUATION_COPIES,
+    STREAMED_MODES,
+    FileWeights,
+    StreamedPerplexity,
+    load_offloaded,
+)
 from .pruners import PruneConfig, get_pruner
 from .results import PointResult, Spread, best_group, seed_spread, spread, within_noise
 from .stats_cache import (
@@ -238,7 +245,7 @@ def load_for(setup: Setup, progress: Progress | None = None) -> LoadedModel:
     if setup.offload:  # the budget counts the calibration batch and the windows measured (when their number is set)
         ev = setup.evaluation
         tokens = setup.calib.samples * setup.calib.seqlen * CALIBRATION_COPIES
-        tokens += sum(ev.windows_of(split) for split in setup.splits) * ev.seqlen
+        tokens += sum(ev.windows_of(split) for split in setup.splits) * ev.seqlen * EVALUATION_COPIES
         return load_offloaded(setup.model, setup.device, setup.dtype, tokens,
                               trust_remote_code=setup.trust_remote_code, progress=report)  # fmt: skip
     return load_model(setup.model, setup.device, setup.dtype, trust_remote_code=setup.trust_remote_code,

@@ -75,6 +75,8 @@ BLOCK_WORK_FACTOR = 2.0
 # Calibration activations alive at once in the sequential loop: pruned input, dense input, the
 # dense-weight reference output, the pruned output.
 CALIBRATION_COPIES = 4
+# Evaluation activations per split: the block-0 input (kept for the next point) and the current ones.
+EVALUATION_COPIES = 2
 # Of the free host memory, the share the dense trajectory may take before it goes to disk or is dropped.
 HOST_SHARE = 0.5
 
@@ -292,7 +294,8 @@ def load_offloaded(
     """A causal LM whose blocks stay in their safetensors files, its budget checked first.
 
     ``activation_tokens``: hidden vectors held on the device at once (calibration tokens times
-    ``CALIBRATION_COPIES`` plus the evaluation tokens), counted with the weights before any load."""
+    ``CALIBRATION_COPIES`` plus evaluation tokens times ``EVALUATION_COPIES``), counted with the
+    weights before any load."""
     from transformers import AutoConfig, AutoTokenizer
 
     torch_device, torch_dt = resolve_device(device), torch_dtype(dtype)
@@ -407,8 +410,9 @@ class StreamedPerplexity:
             if self._pruned_version == version:
                 raise ValueError(f"the {split} split was not measured during the last offloaded prune pass")
             with self.tracking(self.splits, pruned=False):
-                for _ in self.weights.blocks:
-                    pass
+                for done, _ in enumerate(self.weights.blocks, 1):
+                    if progress:  # the dense pass: blocks done, then the windows through the LM head
+                        progress(done, len(self.weights.blocks))
         parts = iter(self._final[split].split(self.batch_size))
 
         def replay(index: int, *_: object) -> torch.Tensor | None:
