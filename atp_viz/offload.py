@@ -28,6 +28,7 @@ before anything is loaded or written.
 
 from __future__ import annotations
 
+import math
 import shutil
 import tempfile
 import weakref
@@ -109,24 +110,22 @@ class WeightFiles:
         return cls(folder, where, shapes)
 
     def numel(self, names: Sequence[str]) -> int:
-        total = 0
-        for name in names:
-            count = 1
-            for size in self.shapes.get(name, ()):
-                count *= size
-            total += count
-        return total
+        return sum(math.prod(self.shapes.get(name, ())) for name in names)
 
-    def read(self, wanted: Mapping[str, torch.dtype], device: torch.device) -> dict[str, torch.Tensor]:
-        """The named tensors, each in its dtype, on ``device`` (read through a memory map, file by file)."""
-        from safetensors import safe_open
-
-        missing = [name for name in wanted if name not in self.where]
+    def check_names(self, names: Sequence[str]) -> None:
+        """Every named tensor is in the files (checked before a pass, not half-way through one)."""
+        missing = [name for name in names if name not in self.where]
         if missing:
             raise ModelLoadError(
                 f"--offload reads weights by name and {self.folder} lacks {missing[0]} (the checkpoint's names differ "
                 "from the model's); run without --offload"
             )
+
+    def read(self, wanted: Mapping[str, torch.dtype], device: torch.device) -> dict[str, torch.Tensor]:
+        """The named tensors, each in its dtype, on ``device`` (read through a memory map, file by file)."""
+        from safetensors import safe_open
+
+        self.check_names(list(wanted))
         out: dict[str, torch.Tensor] = {}
         for path in sorted({self.where[name] for name in wanted}):
             with safe_open(str(path), framework="pt", device=str(device)) as handle:
@@ -311,6 +310,7 @@ def load_offloaded(
     if not is_causal_lm(config):
         raise ModelLoadError(f"{name} is a {config.model_type!r} model without a causal-LM head")
     model, blocks, prefix = skeleton(config, torch_dt, trust_remote_code)
+    files.check_names([name for name in state_dtypes(model) if name.startswith(f"{prefix}.")])
     resident, block = offload_parts(files, model, prefix, torch_dt)
     parts = {"outside the blocks": resident, "one block": int(block * BLOCK_WORK_FACTOR)}
     hidden = int(getattr(config, "hidden_size", 0) or 0)
@@ -388,6 +388,7 @@ class StreamedPerplexity:
     def tracking(self, splits: Sequence[str] | None = None, pruned: bool = True) -> Iterator[None]:
         """Inside: every block the streamed loop finishes is also run over ``splits``' windows."""
         splits = tuple(self.pending if splits is None else splits)
+        self._final = {}  # the last pass's activations go before this pass makes its own
         hidden = {split: self.calls(split).hidden for split in splits}
 
         def step(index: int, block: nn.Module) -> None:
