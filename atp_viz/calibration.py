@@ -6,7 +6,7 @@ that block i+1 sees the pruned block's output (Wanda's ``lib/prune.py`` loop, AT
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, MutableSequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -55,10 +55,11 @@ class DenseTrajectory:
 
     They are the same for every point of a sweep, so a ``Workbench`` keeps one and
     ``prune_sequential`` fills it on its first run and reads it afterwards: the cumulative-error
-    reference then costs no forward. Memory: one (N, T, H) tensor per block.
+    reference then costs no forward. Memory: one (N, T, H) tensor per block (``offload`` keeps them
+    off the device).
     """
 
-    outputs: list[torch.Tensor | None]
+    outputs: MutableSequence[torch.Tensor | None]
 
     @classmethod
     def empty(cls, num_blocks: int) -> "DenseTrajectory":

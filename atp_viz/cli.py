@@ -163,6 +163,12 @@ def add_setup_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto")
     p.add_argument("--dtype", default="float32", choices=DTYPES)
     p.add_argument("--batch-size", type=int, default=8, help="windows per forward call (memory only)")
+    p.add_argument(
+        "--offload",
+        action="store_true",
+        help="models larger than the device: weights stay in their safetensors files and one decoder block at a "
+        "time moves to the device (same results; perplexity only)",
+    )
     p.add_argument("--store", default=None, help=f"results store (default {default_store_path()})")
     p.add_argument("--no-store", action="store_true", help="neither read nor write the results store")
     add_safety_args(p)
@@ -385,6 +391,7 @@ def setup_from(args: argparse.Namespace) -> Setup:
         batch_size=args.batch_size,
         trust_remote_code=args.trust_remote_code,
         allow_pickle=args.allow_pickle,
+        offload=args.offload,
     )
 
 
@@ -516,6 +523,8 @@ def cmd_schedule(args: argparse.Namespace) -> dict[str, Any]:
 
 def cmd_prune(args: argparse.Namespace) -> dict[str, Any]:
     setup, spec = setup_from(args), spec_from(args, args.method)
+    if args.save and setup.offload:
+        raise CliError("--save needs the whole pruned model in memory and --offload never holds it; drop one of them")
     if args.save:
         check_target(Path(args.save).expanduser(), args.force)
     wb = attach_store(load_workbench(setup), args, [spec])

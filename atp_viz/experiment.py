@@ -39,6 +39,14 @@ from .layer_stats import block_alphas, block_param_counts, prunable_linears
 from .methods import ScheduleSpec
 from .metrics import EVALUATION, METRICS, SPLITS, VALIDATION, metric_key
 from .models import DEFAULT_MODEL, LoadedModel, cache_dir, load_model
+from .offload import (
+    CALIBRATION_COPIES,
+    EVALUATION_COPIES,
+    STREAMED_MODES,
+    FileWeights,
+    StreamedPerplexity,
+    load_offloaded,
+)
 from .pruners import PruneConfig, get_pruner
 from .results import PointResult, Spread, best_group, seed_spread, spread, within_noise
 from .stats_cache import (
@@ -81,6 +89,7 @@ class Setup:
     splits: tuple[str, ...] = SPLITS  # measured on; without validation, selection reads evaluation (benchmarks)
     trust_remote_code: bool = False  # load options: they decide what may run, not the results
     allow_pickle: bool = False
+    offload: bool = False  # blocks stream from their files through the device one at a time (same results)
 
     def __post_init__(self) -> None:
         check_choice("calibration mode", self.calibration, tuple(CALIBRATION_MODES))
@@ -93,6 +102,13 @@ class Setup:
             raise ValueError(f"the evaluation split is always measured; splits allowed: {', '.join(SPLITS)}")
         for split in self.splits:
             check_choice("split", split, SPLITS)
+        if self.offload and set(self.metrics) - set(OFFLOAD_METRICS):
+            raise ValueError(
+                f"--offload measures {', '.join(OFFLOAD_METRICS)} only (zero-shot scoring runs whole-model forwards); "
+                f"drop --offload or use --metrics {','.join(OFFLOAD_METRICS)}"
+            )
+        if self.offload and self.allow_pickle:
+            raise ValueError("--offload reads safetensors files only; drop --allow-pickle or --offload")
 
     @property
     def select_split(self) -> str:
@@ -132,6 +148,8 @@ class Measure:
 
 def _perplexity(wb: Workbench, split: str, progress: Progress | None) -> dict[str, float]:
     report = counted(progress, f"{split} perplexity: window")
+    if wb.evaluation is not None:  # offloaded: measured block by block over all windows
+        return {"perplexity": wb.evaluation.perplexity(split, report)}
     return {"perplexity": perplexity(wb.loaded.model, wb.windows[split], wb.setup.evaluation.batch_size, report)}
 
 
@@ -170,6 +188,7 @@ def _zeroshot_config(setup: Setup, corpus: Corpus, windows: Mapping[str, torch.T
 
 
 TASK_FIELDS = ("acc", "acc_stderr", "acc_norm", "acc_norm_stderr", "items")
+OFFLOAD_METRICS = ("perplexity",)  # measures an offloaded model supports (block by block)
 MEASURES: dict[str, Measure] = {
     "perplexity": Measure("perplexity", _perplexity, _perplexity_config),
     "zeroshot": Measure("zeroshot", _zeroshot, _zeroshot_config),
@@ -223,6 +242,12 @@ class DenseWeights:
 def load_for(setup: Setup, progress: Progress | None = None) -> LoadedModel:
     """The model of ``setup`` on its device and dtype, with its load options."""
     report = (lambda message: progress(0.0, message)) if progress else None
+    if setup.offload:  # the budget counts the calibration batch and the windows measured (when their number is set)
+        ev = setup.evaluation
+        tokens = setup.calib.samples * setup.calib.seqlen * CALIBRATION_COPIES
+        tokens += sum(ev.windows_of(split) for split in setup.splits) * ev.seqlen * EVALUATION_COPIES
+        return load_offloaded(setup.model, setup.device, setup.dtype, tokens,
+                              trust_remote_code=setup.trust_remote_code, progress=report)  # fmt: skip
     return load_model(setup.model, setup.device, setup.dtype, trust_remote_code=setup.trust_remote_code,
                       allow_pickle=setup.allow_pickle, progress=report)  # fmt: skip
 
@@ -275,7 +300,7 @@ class DenseStatistics:
         setup: Setup,
         calibration_ids: torch.Tensor,
         identity: dict[str, Any],
-        dense: DenseWeights,
+        dense: DenseWeights | FileWeights,
     ) -> None:
         self.loaded, self.setup, self.calibration_ids, self.dense = loaded, setup, calibration_ids, dense
         self.pruner = get_pruner(setup.prune.pruner)
@@ -305,7 +330,7 @@ class DenseStatistics:
             if stats is None:
                 self.dense.restore()
                 stats = collect_dense_stats(
-                    self.loaded.blocks,
+                    self.dense.blocks,
                     self.calls(),
                     stat_kinds(self.pruner),
                     self.setup.batch_size,
@@ -319,7 +344,7 @@ class DenseStatistics:
         """AlphaPruning's block metric from the dense weights."""
         if ("alphas", estimator) not in self._per_block:
             self.dense.restore()
-            self._per_block[("alphas", estimator)] = block_alphas(self.loaded.blocks, estimator)
+            self._per_block[("alphas", estimator)] = block_alphas(self.dense.blocks, estimator)
         return self._per_block[("alphas", estimator)]
 
     def block_scores(self, progress: Progress | None = None) -> np.ndarray:
@@ -327,7 +352,7 @@ class DenseStatistics:
         if ("scores", 0) not in self._per_block:
             stats = self.linears(progress)
             self.dense.restore()
-            self._per_block[("scores", 0)] = block_scores_from_stats(self.loaded.blocks, stats)
+            self._per_block[("scores", 0)] = block_scores_from_stats(self.dense.blocks, stats)
         return self._per_block[("scores", 0)]
 
     def outlier_ratios(self, m: float, progress: Progress | None = None) -> np.ndarray:
@@ -335,7 +360,7 @@ class DenseStatistics:
         if ("outliers", m) not in self._per_block:
             stats = self.linears(progress)
             self.dense.restore()
-            self._per_block[("outliers", m)] = outlier_ratios_from_stats(self.loaded.blocks, stats, m)
+            self._per_block[("outliers", m)] = outlier_ratios_from_stats(self.dense.blocks, stats, m)
         return self._per_block[("outliers", m)]
 
 
@@ -432,7 +457,7 @@ class Workbench:
         loaded: LoadedModel | None = None,
         progress: Progress | None = None,
         windows: Sequence[torch.Tensor] | None = None,
-        dense: DenseWeights | None = None,
+        dense: DenseWeights | FileWeights | None = None,
     ) -> None:
         """``windows``: pre-cut token windows to use instead of the corpus (see ``given_windows``);
         ``dense``: the dense weights of ``loaded`` when another Workbench holds them already."""
@@ -445,7 +470,7 @@ class Workbench:
         else:
             self.corpus, self.windows = given_windows(setup.corpus, windows)
         self.rows = Ledger(store, setup, self.loaded.fingerprint, self.corpus, self.windows)
-        self.dense = dense or DenseWeights(self.loaded.blocks)
+        self.dense = dense or (FileWeights(self.loaded) if setup.offload else DenseWeights(self.loaded.blocks))
         self._variants: dict[Setup, Workbench] = {}
         self.param_counts = block_param_counts(self.loaded.blocks)
         linears = [prunable_linears(block) for block in self.loaded.blocks]
@@ -455,9 +480,17 @@ class Workbench:
         self.stats = DenseStatistics(
             self.loaded, setup, self.windows["calibration"], self.rows.prune_identity(), self.dense
         )
-        inputs = ModeInputs(self.loaded.blocks, self.stats.calls, self.stats.pruner, setup.prune.nm, setup.batch_size,
+        inputs = ModeInputs(self.dense.blocks, self.stats.calls, self.stats.pruner, setup.prune.nm, setup.batch_size,
                             self.stats.linears, self.dense.restore)  # fmt: skip
-        self.mode = CALIBRATION_MODES[setup.calibration](inputs)
+        self.evaluation: StreamedPerplexity | None = None
+        self.mode: SequentialMode | CachedMode
+        if isinstance(self.dense, FileWeights):  # offloaded: blocks stream through the device
+            self.evaluation = StreamedPerplexity(
+                self.loaded, self.dense, self.windows, setup.splits, setup.evaluation.batch_size
+            )
+            self.mode = STREAMED_MODES[setup.calibration](inputs, self.evaluation)
+        else:
+            self.mode = CALIBRATION_MODES[setup.calibration](inputs)
 
     @property
     def store(self) -> ResultStore | None:
@@ -483,7 +516,7 @@ class Workbench:
         another seed, other metrics, other windows; the model, device and dtype must be the same."""
         if setup == self.setup:
             return self
-        same = ("model", "device", "dtype", "trust_remote_code", "allow_pickle")
+        same = ("model", "device", "dtype", "trust_remote_code", "allow_pickle", "offload")
         if any(getattr(setup, name) != getattr(self.setup, name) for name in same):
             raise ValueError(f"a variant shares the loaded model: {', '.join(same)} must stay the same")
         if setup not in self._variants:
@@ -564,6 +597,8 @@ class Workbench:
         if record is not None and not missing:
             return PointResult.from_record({**record, "metrics": found}, key)
         started = time.perf_counter()
+        if self.evaluation is not None:  # offloaded: the prune pass also carries the windows to measure
+            self.evaluation.pending = tuple(dict.fromkeys(split for _, split in missing))
         rates, report = self.apply(spec, scaled(progress, 0.0, 0.6))
         about = {k: v for k, v in spec.params().items() if k != "rates"}
         self.measure(key, missing, about, scaled(progress, 0.6, 0.4))

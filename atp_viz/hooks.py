@@ -32,9 +32,12 @@ class StopForward(Exception):
 
 @contextmanager
 def recording_blocks(
-    blocks: nn.ModuleList, record: Callable[[int, torch.Tensor, tuple, dict], None], stop_after: int | None = None
+    blocks: nn.ModuleList,
+    record: Callable[[int, torch.Tensor, tuple, dict], torch.Tensor | None],
+    stop_after: int | None = None,
 ) -> Iterator[None]:
-    """Replace each block's forward with a stub that records its call and returns the input unchanged.
+    """Replace each block's forward with a stub that records its call and returns the input unchanged
+    (or what ``record`` returns instead: ``offload`` replays block outputs computed elsewhere).
 
     Running the base model under this context costs only the embeddings, yet yields every block's
     own call arguments (masks and rotary embeddings differ per block in Gemma-3-style models).
@@ -44,10 +47,10 @@ def recording_blocks(
         for index, block in enumerate(blocks):
 
             def stub(hidden: torch.Tensor, *args: object, _index: int = index, **kwargs: object) -> torch.Tensor:
-                record(_index, hidden, args, kwargs)
+                replaced = record(_index, hidden, args, kwargs)
                 if stop_after is not None and _index >= stop_after:
                     raise StopForward
-                return hidden
+                return hidden if replaced is None else replaced
 
             originals[index] = block.__dict__.get("forward")
             block.forward = stub

@@ -482,8 +482,8 @@ def check_memory(source: Path | str, dtype: torch.dtype, device: torch.device) -
         raise ModelLoadError(
             f"model needs about {human_bytes(need * MEMORY_FACTOR)} in {str(dtype).removeprefix('torch.')} "
             "(weights, their "
-            f"dense copy and working room) but only {human_bytes(have)} is free on {device}; use a smaller model "
-            "or --dtype bfloat16"
+            f"dense copy and working room) but only {human_bytes(have)} is free on {device}; use a smaller model, "
+            "--dtype bfloat16 or --offload"
         )
 
 
