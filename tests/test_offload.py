@@ -22,7 +22,12 @@ from atp_viz.methods import ScheduleSpec
 from atp_viz.models import EMBEDDED_MODELS, package_dir
 
 ROOT = Path(__file__).resolve().parents[1]
-SPECS = (ScheduleSpec("uniform", 0.5), ScheduleSpec("atp", 0.5, beta=0.1), ScheduleSpec("owl", 0.5))
+SPECS = (
+    ScheduleSpec("uniform", 0.5),
+    ScheduleSpec("atp", 0.5, beta=0.1),
+    ScheduleSpec("atp", 0.5, beta=0.1, offset=-0.1),  # rates per linear type reach the streamed loops too
+    ScheduleSpec("owl", 0.5),
+)
 FIELDS = ("rates", "layer_sparsity", "cumulative_error", "local_error", "cumulative_error_abs", "local_error_abs")
 
 
