@@ -16,6 +16,7 @@ and a speedup is a ratio measured in one run.
 
 from __future__ import annotations
 
+import functools
 import os
 import platform
 import time
@@ -37,6 +38,7 @@ DASHBOARD_SPEED = speed.SpeedConfig(prefill_tokens=128, decode_context=128, repe
 CPU_KERNELS = tuple(speed.KERNELS)  # sparse layouts timed against dense kernels (PyTorch CSR, COO)
 
 
+@functools.cache
 def cpu_name() -> str:
     """The CPU's model name (``/proc/cpuinfo``), or what ``platform`` knows."""
     try:
