@@ -78,3 +78,14 @@ def test_speed_bad_input_is_one_line_and_writes_nothing(
     assert code == 2
     assert len(err.strip().splitlines()) == 1 and needle in err, err
     assert not store.exists()
+
+
+def test_device_check_refuses_an_unknown_step_in_one_line() -> None:
+    import subprocess
+
+    script = Path(__file__).resolve().parents[1] / "bench" / "device_check.sh"
+    done = subprocess.run(["bash", str(script), "--tiny", "bogus"], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2 and done.stdout == ""
+    assert done.stderr.strip().splitlines() == [
+        "device_check.sh: unknown argument 'bogus'; allowed: --tiny, inference, cached, sequential"
+    ]
