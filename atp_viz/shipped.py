@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import copy
 import json
+import os
 import tempfile
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -80,5 +81,6 @@ def write_shipped(rows: Iterable[Mapping[str, Any]], path: str | Path, about: Ma
     path.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.NamedTemporaryFile("w", dir=path.parent, suffix=".partial", delete=False, encoding="utf-8") as f:
         f.write(text + "\n")
+    os.chmod(f.name, 0o644)  # a temporary file is private; the shipped one is read by everyone
     Path(f.name).replace(path)
     return path
