@@ -369,10 +369,38 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(metrics=["perplexity", "zeroshot"])
     p.add_argument("--json", action="store_true")
 
+    add_speed_parser(sub)
+
     for name, text in (("models", "named models and whether they are installed"), ("corpora", "available corpora")):
         p = sub.add_parser(name, help=text)
         p.add_argument("--json", action="store_true")
     return parser
+
+
+def add_speed_parser(sub: Any) -> None:
+    """``atp-viz speed``: dense vs sparse-kernel forward time of one pruned model (``speedup.py``)."""
+    from .speed import CLOCKS, SpeedConfig
+    from .speedup import CPU_KERNELS
+
+    p = sub.add_parser("speed", help="dense vs pruned (sparse kernel) forward speed of one pruned model, stored")
+    add_setup_args(p)
+    p.add_argument(
+        "--method",
+        default=None,
+        choices=methods.method_names(),
+        help="schedule (as for prune); with --nm alone: uniform at N/M",
+    )
+    add_schedule_args(p, method=False)
+    p.add_argument("--kernel", default=CPU_KERNELS[0], choices=CPU_KERNELS, help="sparse layout (default %(default)s)")
+    p.add_argument("--prefill-tokens", type=int, default=SpeedConfig.prefill_tokens, help="default %(default)s")
+    p.add_argument(
+        "--decode-context", type=int, default=SpeedConfig.decode_context, help="cached tokens before the decoded one"
+    )
+    p.add_argument("--repeats", type=int, default=SpeedConfig.repeats, help="timed calls, fastest kept")
+    p.add_argument("--warmup", type=int, default=SpeedConfig.warmup, help="untimed calls first")
+    p.add_argument("--clock", default=SpeedConfig.clock, choices=tuple(CLOCKS), help="wall (default) or process cpu")
+    p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    p.add_argument("--json", action="store_true")
 
 
 # -- building settings from arguments (all validation happens here, before any I/O) -------------
@@ -798,6 +826,52 @@ def cmd_eval(args: argparse.Namespace) -> dict[str, Any]:
     return out
 
 
+def cmd_speed(args: argparse.Namespace) -> dict[str, Any]:
+    """Prune with one schedule (or uniform N:M), time dense vs sparse-kernel forwards, store the result."""
+    import torch
+
+    from . import speedup
+    from .speed import SpeedConfig
+
+    setup = setup_from(args)
+    if args.method is None:
+        if setup.prune.nm is None:
+            raise CliError("give a schedule (--method METHOD and its parameters, as for prune) or --nm N:M such as 2:4")
+        n, m = setup.prune.nm
+        spec = ScheduleSpec("uniform", n / m)
+    else:
+        spec = spec_from(args, args.method)
+    config = SpeedConfig(args.prefill_tokens, args.decode_context, 1, args.repeats, args.warmup, args.clock)
+    if args.threads is not None:
+        if args.threads < 1:
+            raise CliError(f"--threads must be >= 1, got {args.threads}")
+        torch.set_num_threads(args.threads)
+    wb = attach_store(load_workbench(setup), args, [spec])
+    about = speedup.machine(wb.loaded.device)
+    log(f"device: {speedup.machine_label(about)} (torch {about['torch']})")
+    result = speedup.measure_speedup(wb, spec, args.kernel, config, tqdm_progress())
+    times = result.times
+    log(f"prefill {config.prefill_tokens} tokens: dense {times['dense_prefill_tok_s']:.1f} tok/s, {args.kernel} "
+        f"{times['sparse_prefill_tok_s']:.1f} tok/s (x{result.prefill_speedup:.2f}); decode after "
+        f"{config.decode_context}: dense {times['dense_decode_tok_s']:.1f} tok/s, {args.kernel} "
+        f"{times['sparse_decode_tok_s']:.1f} tok/s (x{result.decode_speedup:.2f})")  # fmt: skip
+    return {
+        "device": speedup.machine_label(about),
+        "machine": result.machine,
+        "schedule": result.spec,
+        "nm": list(setup.prune.nm) if setup.prune.nm else None,
+        "kernel": result.kernel,
+        "config": result.config,
+        "sparsity": result.sparsity,
+        "prefill_speedup": result.prefill_speedup,
+        "decode_speedup": result.decode_speedup,
+        "times": times,
+        "storage": result.storage,
+        "seconds": result.seconds,
+        "cached": result.cached,
+    }
+
+
 def cmd_models(_args: argparse.Namespace) -> dict[str, Any]:
     from .models import EmbeddedModel, package_dir
 
@@ -853,6 +927,7 @@ COMMANDS = {
     "compare": cmd_compare,
     "search": cmd_search,
     "eval": cmd_eval,
+    "speed": cmd_speed,
     "models": cmd_models,
     "corpora": cmd_corpora,
 }

@@ -49,6 +49,7 @@ from .offload import (
 )
 from .pruners import PruneConfig, get_pruner
 from .results import PointResult, Spread, best_group, seed_spread, spread, within_noise
+from .shipped import ShippedResults
 from .stats_cache import (
     CachedMode,
     DenseStats,
@@ -373,9 +374,20 @@ class Ledger:
     ) -> None:
         self.store, self.setup, self.model, self.corpus, self.windows = store, setup, model, corpus, windows
         self.memory: dict[str, dict[str, Any]] = {}
+        self.shipped: ShippedResults | None = None  # read-only rows under the store's (``shipped.py``)
 
     def get(self, key: str) -> dict[str, Any] | None:
-        return self.store.get(key) if self.store is not None else self.memory.get(key)
+        found = self.store.get(key) if self.store is not None else self.memory.get(key)
+        if found is None and self.shipped is not None:
+            return self.shipped.get(key)
+        return found
+
+    def shipped_in_use(self, keys: Sequence[str]) -> list[str]:
+        """The ``keys`` whose row comes from the shipped results (the store has none of its own)."""
+        if self.shipped is None:
+            return []
+        mine = self.store.keys_done(keys) if self.store is not None else set(self.memory)
+        return [key for key in keys if key in self.shipped and key not in mine]
 
     def put(self, key: str, kind: str, config: dict[str, Any], record: dict[str, Any]) -> None:
         if self.store is None:
@@ -521,6 +533,7 @@ class Workbench:
             raise ValueError(f"a variant shares the loaded model: {', '.join(same)} must stay the same")
         if setup not in self._variants:
             self._variants[setup] = Workbench(setup, self.store, loaded=self.loaded, dense=self.dense)
+        self._variants[setup].rows.shipped = self.rows.shipped
         return self._variants[setup]
 
     def schedule(self, spec: ScheduleSpec, progress: Progress | None = None) -> np.ndarray:

@@ -14,7 +14,7 @@ import math
 import os
 import threading
 import warnings
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any, TypedDict
 
@@ -31,6 +31,7 @@ from atp_viz.methods import ScheduleSpec
 from atp_viz.models import DEFAULT_MODEL, EMBEDDED_MODELS
 from atp_viz.pruners import PRUNERS, PruneConfig
 from atp_viz.results import PointResult
+from atp_viz.shipped import REGENERATE, ShippedResults
 from atp_viz.store import ResultStore, default_store_path
 from atp_viz.zeroshot import ZeroShotConfig
 
@@ -132,8 +133,15 @@ def store_path() -> str:
 @st.cache_resource(show_spinner=False, max_entries=2)
 def _workbench(setup: Setup, path: str) -> Workbench:
     bench = Workbench(setup, get_store(path))
+    bench.rows.shipped = shipped_results()  # read under the user's store; variants share it
     _loaded().add(setup)
     return bench
+
+
+@st.cache_resource(show_spinner=False)
+def shipped_results() -> ShippedResults:
+    """The results shipped inside the package (``atp_viz/shipped/``); used where fingerprints match."""
+    return ShippedResults()
 
 
 @st.cache_resource(show_spinner=False)
@@ -262,6 +270,35 @@ def run_jobs(
             return None
         report(1.0, f"done ({len(done)} point{'s' * (len(done) != 1)})")
         return done
+
+
+def shipped_note(bench: Workbench, specs: Sequence[ScheduleSpec], seeds: Sequence[int] = ()) -> None:
+    """Say how many of the points a page shows come from the shipped results (not the user's store)."""
+    keys = [bench.reseeded(seed).point_key(spec) for seed in (seeds or (bench.setup.calib.seed,)) for spec in specs]
+    used = bench.rows.shipped_in_use(keys)
+    if used:
+        st.caption(
+            f"{len(used)} of these {len(keys)} points are shipped results (regenerate with `{REGENERATE}`), "
+            "computed at the default settings on the embedded model; anything you change computes as usual."
+        )
+
+
+def run_speed(bench: Workbench, rows: Sequence[dict[str, Any]], label: str) -> bool:
+    """Measure the speedup of each row's chosen schedule on this machine under the model's job lock,
+    with a progress bar; each result is stored at once. False (after saying why) when busy or refused."""
+    from atp_viz import speedup
+
+    model = bench.setup.model
+    with job(model, label) as admitted:
+        if not admitted:
+            st.warning(busy(model) or f"Busy: another job is running on {model}.")
+            return False
+        try:
+            speedup.measure_rows(bench, rows, progress=progress_callback(label))
+        except ValueError as exc:
+            st.error(str(exc))
+            return False
+        return True
 
 
 def dense_perplexity(bench: Workbench) -> float | None:
@@ -393,16 +430,7 @@ def sidebar(load_model: bool = True) -> Context:
     values = st.session_state
     setup: Setup | None = None
     try:
-        setup = Setup(
-            model=values["model"].strip(),
-            corpus=values["corpus"].strip(),
-            calib=CalibConfig(int(values["calib_samples"]), int(values["calib_seqlen"]), int(values["seed"])),
-            evaluation=EvalConfig(int(values["eval_windows"]), int(values["eval_seqlen"]), EVAL_BATCH),
-            prune=PruneConfig(values["pruner"]),
-            device=values["device"],
-            metrics=("perplexity", "zeroshot") if values["zeroshot"] else ("perplexity",),
-            zeroshot=ZeroShotConfig(items=int(values.get("zs_items", ZeroShotConfig.items))),
-        )
+        setup = setup_of(values.to_dict())
         if not setup.model or not setup.corpus:
             raise ValueError("model and corpus must not be empty")
     except ValueError as exc:
@@ -416,6 +444,20 @@ def sidebar(load_model: bool = True) -> Context:
     status_box(setup, bench)
     first, count = int(values["seed"]), min(max(int(values["seed_count"]), 1), MAX_SEEDS)
     return Context(setup, sparsity, tuple(range(first, first + count)), bench)
+
+
+def setup_of(values: Mapping[str, Any]) -> Setup:
+    """The ``Setup`` that sidebar values describe (``scripts/ship_results.py`` applies it to ``defaults()``)."""
+    return Setup(
+        model=str(values["model"]).strip(),
+        corpus=str(values["corpus"]).strip(),
+        calib=CalibConfig(int(values["calib_samples"]), int(values["calib_seqlen"]), int(values["seed"])),
+        evaluation=EvalConfig(int(values["eval_windows"]), int(values["eval_seqlen"]), EVAL_BATCH),
+        prune=PruneConfig(str(values["pruner"])),
+        device=str(values["device"]),
+        metrics=("perplexity", "zeroshot") if values.get("zeroshot", False) else ("perplexity",),
+        zeroshot=ZeroShotConfig(items=int(values.get("zs_items", ZeroShotConfig.items))),
+    )
 
 
 def status_box(setup: Setup | None, bench: Workbench | None) -> None:
@@ -435,6 +477,8 @@ def status_box(setup: Setup | None, bench: Workbench | None) -> None:
             f"Dense perplexity: {ppl:.4f}" if ppl is not None else f"Dense perplexity: {busy(setup.model) or 'busy'}"
         )
     box.caption(f"Stored results for this model: {stored_count(store_path(), setup.model)}")
+    if shipped := shipped_results().count(setup.model):
+        box.caption(f"Shipped results: {shipped} rows, used where the settings match ({REGENERATE})")
 
 
 # ------------------------------------------------------------------ drawing helpers

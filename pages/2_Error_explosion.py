@@ -37,6 +37,7 @@ show = list(specs)
 chosen = [specs[name] for name in show]
 points = dict(zip(show, ui.stored_points(bench, chosen)))
 missing = [specs[name] for name, point in points.items() if point is None]
+ui.shipped_note(bench, chosen)
 if missing:
     names = ", ".join(methods.label(name) for name, point in points.items() if point is None)
     st.info(

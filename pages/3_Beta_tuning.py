@@ -47,6 +47,7 @@ st.caption(
     f"{f' under seeds {seeds[0]}..{seeds[-1]}' if len(seeds) > 1 else ''}; "
     f"{total - len(missing)} of {total} points stored."
 )
+ui.shipped_note(bench, specs, seeds)
 
 c1, c2 = st.columns([1, 4])
 if c1.button(

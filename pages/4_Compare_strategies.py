@@ -3,7 +3,7 @@
 import pandas as pd
 import streamlit as st
 
-from atp_viz import figures, methods, schedules, ui
+from atp_viz import figures, methods, schedules, speedup, ui
 from atp_viz.experiment import compare_cells, compare_rows, zeroshot_table
 from atp_viz.metrics import EVALUATION, VALIDATION
 from atp_viz.results import PointResult
@@ -67,6 +67,7 @@ def draw() -> None:
 
 
 draw()
+ui.shipped_note(bench, everything, ctx.seeds)
 if missing:
     st.info(
         f"{len(missing)} of {runs} runs are not stored yet (about 20 s each for smollm2-135m on 2 CPU "
@@ -82,7 +83,7 @@ if missing:
         if ui.run_jobs(bench, missing, "strategy comparison", on_point=arrived) is not None:
             st.rerun()
 
-table = pd.DataFrame(compare_rows(cells, stored))
+table = pd.DataFrame(speedup.speed_columns(bench, compare_rows(cells, stored)))
 if table.empty:
     st.stop()
 wide = table.pivot(index="label", columns="sparsity", values="perplexity").reindex(
@@ -93,7 +94,24 @@ if dense is not None:
     wide.loc["dense"] = dense
 seeds = f", mean over calibration seeds {ctx.seeds[0]}..{ctx.seeds[-1]}" if len(ctx.seeds) > 1 else ""
 st.caption(f"Perplexity on the {EVALUATION} split{seeds}; grid points chosen on the {VALIDATION} split.")
+speed_column = f"measured speedup on this machine ({table['speed_device'].iloc[0]})"
+for phase in ("prefill", "decode"):  # columns appear once something is measured (the button below)
+    timed = table.pivot(index="label", columns="sparsity", values=f"{phase}_speedup")
+    if timed.notna().any().any():
+        wide = wide.join(timed.rename(columns=lambda s: f"S = {s:g} {phase} speedup"))
 st.dataframe(wide, key="cmp_table")
+unmeasured = table[table["prefill_speedup"].isna()]
+shapes = speedup.DASHBOARD_SPEED
+st.caption(
+    f"{speed_column}: dense-kernel forward time / PyTorch CSR time of the same pruned model (the chosen schedule), "
+    f"prefill {shapes.prefill_tokens} tokens and one decoded token after {shapes.decode_context}; > 1 is faster. "
+    "`atp-viz speed` measures one model from the command line."
+)
+if not unmeasured.empty and st.button(
+    f"Measure speedup on this machine ({len(unmeasured)} pruned model{'s' * (len(unmeasured) != 1)})", key="cmp_speed"
+):
+    if ui.run_speed(bench, unmeasured.to_dict("records"), "speedup on this machine"):
+        st.rerun()
 if "zeroshot" in setup.metrics:
     st.subheader("Zero-shot accuracy (the paper's Table 1)")
     dense_values = ui.dense_metrics(bench)

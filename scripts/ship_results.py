@@ -1,0 +1,159 @@
+"""Regenerate the shipped results (``atp_viz/shipped/results.json``) through the project's own pipeline.
+
+At the dashboard's default settings (``atp_viz.ui.defaults()`` turned into a ``Setup`` by
+``atp_viz.ui.setup_of``, exactly as the sidebar does; the ``ATP_VIZ_DEFAULT_*`` variables are
+ignored) on the embedded model, it runs, in this order, each point stored in a working store as it
+finishes (an interrupted run resumes):
+
+- ``dense``: the dense model's metrics (the sidebar's dense perplexity);
+- ``errors``: the Error explosion page's default schedules (uniform and ATP at beta_max / 2);
+- ``sweep``: the Beta tuning page's default sweep (uniform + every grid beta at the default S);
+- ``compare``: the Compare page's default table (every comparable method at S = 0.5 .. 0.8, ATP's
+  whole grid at each), one sparsity at a time, the default S first (it shares the sweep).
+
+After every point it rewrites the shipped file with every finished row: dense, errors and sweep
+points as they finish, a comparison cell only once all its points are stored (a half-searched grid
+would report the wrong best beta). ``--views`` picks a subset.
+
+    .venv/bin/python scripts/ship_results.py                  # everything (about 25 min idle, 2 cores)
+    .venv/bin/python scripts/ship_results.py --views dense,errors,sweep
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import os
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+import torch  # noqa: E402
+
+from atp_viz import methods, schedules  # noqa: E402
+from atp_viz.experiment import Setup, Workbench, compare_cells, sweep_specs  # noqa: E402
+from atp_viz.methods import ScheduleSpec  # noqa: E402
+from atp_viz.models import cache_dir  # noqa: E402
+from atp_viz.shipped import SHIPPED_PATH, write_shipped  # noqa: E402
+from atp_viz.store import CODE_VERSION, ResultStore  # noqa: E402
+
+VIEWS = ("dense", "errors", "sweep", "compare")
+# The pages' own defaults (pages/2_Error_explosion.py, pages/4_Compare_strategies.py).
+ERROR_METHODS = ("uniform", "atp")
+COMPARE_SPARSITIES = (0.5, 0.6, 0.7, 0.8)
+
+
+def dashboard_setup() -> tuple[Setup, float]:
+    """The sidebar's default ``Setup`` and target sparsity, without the test-only environment overrides."""
+    from atp_viz import ui
+
+    for name in (ui.ENV_MODEL, ui.ENV_CORPUS, ui.ENV_WINDOWS):
+        os.environ.pop(name, None)
+    values = ui.defaults()
+    return ui.setup_of(values), float(values["sparsity"])  # type: ignore[arg-type]
+
+
+def widget_default(param: methods.Param, num_blocks: int, sparsity: float) -> Any:
+    """The value a parameter widget starts at (``ui.param_widgets``): mid-range for a bounded slider."""
+    if param.choices:
+        return param.default
+    return param.upper(num_blocks, sparsity) / 2 if param.upper else float(param.default)
+
+
+def error_specs(num_blocks: int, sparsity: float) -> list[ScheduleSpec]:
+    return [
+        ScheduleSpec(name, sparsity, **{p.name: widget_default(p, num_blocks, sparsity) for p in entry.params})
+        for name in ERROR_METHODS
+        for entry in [methods.get_method(name)]
+    ]
+
+
+def compare_groups(num_blocks: int, sparsity: float) -> list[list[ScheduleSpec]]:
+    """The Compare page's default cells, the default sparsity's first; each cell's specs."""
+    order = sorted(COMPARE_SPARSITIES, key=lambda s: (s != sparsity, s))
+    cells = compare_cells(num_blocks, methods.method_names(comparable=True), order, schedules.GRID_STEP)
+    return [list(cell.specs) for cell in cells]
+
+
+def keys_of(wb: Workbench, spec: ScheduleSpec) -> list[str]:
+    point = wb.point_key(spec)
+    return [point, *wb.rows.metric_keys(point).values()]
+
+
+def export(work: ResultStore, keys: set[str], out: Path, about: dict[str, Any]) -> int:
+    rows = [row for row in work.query() if row["key"] in keys]
+    write_shipped(rows, out, about)
+    return len(rows)
+
+
+def log(message: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--views", default=",".join(VIEWS), help=f"comma-separated, of: {', '.join(VIEWS)}")
+    parser.add_argument("--out", type=Path, default=SHIPPED_PATH, help="shipped file (default: the package's)")
+    parser.add_argument(
+        "--work", type=Path, default=None, help="working store (default: <cache dir>/shipped-work.sqlite)"
+    )
+    args = parser.parse_args(argv)
+    views = [v.strip() for v in args.views.split(",") if v.strip()]
+    bad = [v for v in views if v not in VIEWS]
+    if bad or not views:
+        parser.error(f"unknown view {', '.join(bad) or '(none)'}; allowed: {', '.join(VIEWS)}")
+
+    setup, sparsity = dashboard_setup()
+    work = ResultStore(args.work or cache_dir() / "shipped-work.sqlite")
+    log(f"loading {setup.model}; working store {work.path}")
+    wb = Workbench(setup, work)
+    L = wb.num_blocks
+    groups: dict[str, list[list[ScheduleSpec]]] = {
+        "errors": [[spec] for spec in error_specs(L, sparsity)],
+        "sweep": [[spec] for spec in sweep_specs(L, sparsity)],
+        "compare": compare_groups(L, sparsity),
+    }
+    about: dict[str, Any] = {
+        "generated": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "command": " ".join(["python scripts/ship_results.py", *(sys.argv[1:] if argv is None else argv)]),
+        "code_version": CODE_VERSION,
+        "settings": {**setup.describe(), "sparsity": sparsity},
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "views": {},
+    }
+    keys: set[str] = set()
+    started = time.perf_counter()
+
+    def shipped(view: str, cells: int, total: int) -> None:
+        about["views"][view] = {"cells": cells, "of": total, "minutes": round((time.perf_counter() - started) / 60, 1)}
+        log(f"{view}: {cells}/{total} shipped; {export(work, keys, args.out, about)} rows in {args.out}")
+
+    if "dense" in views:
+        wb.dense_metrics()
+        dense = wb.rows.dense_key()
+        keys.update([dense, *wb.rows.metric_keys(dense).values()])
+        shipped("dense", 1, 1)
+    for view in ("errors", "sweep", "compare"):
+        if view not in views:
+            continue
+        cells = groups[view]
+        for index, cell in enumerate(cells):
+            for spec in cell:
+                point = wb.run(spec)
+                log(f"{view} {spec.describe()}: ppl {point.perplexity:.4f}{' (stored)' if point.cached else ''}")
+            keys.update(key for spec in cell for key in keys_of(wb, spec))
+            shipped(view, index + 1, len(cells))
+    size = args.out.stat().st_size
+    log(f"done in {(time.perf_counter() - started) / 60:.1f} min: {args.out} ({size / 1024:.0f} KiB)")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
