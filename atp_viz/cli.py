@@ -33,6 +33,7 @@ from .experiment import (
     zeroshot_table,
 )
 from .export import EXPORT_FORMATS, check_target, recipe_snippet, save_pruned
+from .findbest import atp_grid, fast_compare, find_best
 from .methods import ScheduleSpec
 from .metrics import EVALUATION, VALIDATION
 from .models import DEFAULT_MODEL, EMBEDDED_MODELS, blocks_path
@@ -240,6 +241,12 @@ def build_parser() -> argparse.ArgumentParser:
     add_setup_args(p)
     p.add_argument("--sparsity", type=float, default=0.7)
     p.add_argument("--step", type=float, default=schedules.GRID_STEP, help="grid step (default %(default)s)")
+    p.add_argument(
+        "--find-best",
+        action="store_true",
+        help="search the grid for the best beta (Fibonacci/golden-section on validation, ~log(n) points) instead "
+        "of running all of it; probes are stored and a later full sweep reuses them",
+    )
     p.add_argument("--json", action="store_true")
 
     p = sub.add_parser("compare", help="methods x sparsities table (ATP at its best beta, chosen on validation)")
@@ -254,6 +261,12 @@ def build_parser() -> argparse.ArgumentParser:
     add_method_params(p)
     p.add_argument(
         "--step", type=float, default=schedules.GRID_STEP, help="grid step of methods with a grid (ATP's beta)"
+    )
+    p.add_argument(
+        "--find-best",
+        action="store_true",
+        help="fast: a method with a grid searches it (as sweep --find-best) and a one-schedule method is measured on "
+        "the evaluation split only; add --calibration cached for the dashboard's fast default",
     )
     p.add_argument("--json", action="store_true")
 
@@ -496,6 +509,8 @@ def cmd_sweep(args: argparse.Namespace) -> dict[str, Any]:
     seeds = seeds_of(args)
     wb = load_workbench(setup)
     specs = sweep_specs(wb.num_blocks, sparsity, args.step)
+    if args.find_best:
+        return sweep_find_best(wb, args, sparsity, seeds)
     attach_store(wb, args, specs)
     progress = tqdm_progress()
     dense = wb.dense_perplexity(progress)
@@ -519,6 +534,37 @@ def cmd_sweep(args: argparse.Namespace) -> dict[str, Any]:
         "table": summary.table(),
         "points": [point_json(p) for p in found_in_seed(found, specs, 0)],
         "by_seed": {str(seed): [point_json(p) for p in found_in_seed(found, specs, i)] for i, seed in enumerate(seeds)},
+    }
+
+
+def sweep_find_best(wb: Workbench, args: argparse.Namespace, sparsity: float, seeds: tuple[int, ...]) -> dict[str, Any]:
+    """``sweep --find-best``: which betas were evaluated (in order) and which was chosen."""
+    specs = atp_grid(wb.num_blocks, sparsity, args.step)
+    attach_store(wb, args, specs)
+    progress = tqdm_progress()
+    dense = wb.dense_perplexity(progress)
+    search = find_best(wb, specs, seeds, progress=progress, on_point=log_point(len(seeds)))
+    assert search is not None  # computing, never a stored-only replay
+    summary = search.summary()
+    best = search.points[search.best]
+    return {
+        "mode": "find-best",
+        "sparsity": sparsity,
+        "beta_max": schedules.beta_max(wb.num_blocks, sparsity),
+        "dense_perplexity": dense,
+        "seeds": list(seeds),
+        "selected_on": search.select,
+        "reported_on": EVALUATION,
+        "grid": summary["grid"],
+        "evaluated": summary["evaluated"],
+        "validation_perplexity": summary[f"{search.select}_perplexity"],
+        "evaluations": summary["evaluations"],
+        "scanned": summary["scanned"],
+        "best_beta": summary["chosen"],
+        "best_perplexity": summary["chosen_perplexity"],
+        "best_perplexity_std": seed_spread(best).std,
+        "best_validation_perplexity": summary[f"chosen_{search.select}_perplexity"],
+        "points": [point_json(search.points[spec][0]) for spec in search.evaluated],
     }
 
 
@@ -563,7 +609,13 @@ def cmd_compare(args: argparse.Namespace) -> dict[str, Any]:
     progress = tqdm_progress()
     dense = wb.dense_perplexity(progress)
     seeds = seeds_of(args)
-    found = run_seeds(wb, seeds, flat, progress)
+    searches: dict[str, Any] = {}
+    if args.find_best:
+        fast = fast_compare(wb, cells, seeds, progress)
+        found = fast.found
+        searches = {"find_best": [{"method": m, "sparsity": s} | f.summary() for (m, s), f in fast.searches.items()]}
+    else:
+        found = run_seeds(wb, seeds, flat, progress)
     rows = compare_rows(cells, found, select=setup.select_split, extra=("zeroshot",))
     for row in rows:
         std = f" +- {row['perplexity_std']:.3f}" if len(seeds) > 1 else ""
@@ -572,6 +624,7 @@ def cmd_compare(args: argparse.Namespace) -> dict[str, Any]:
     zeroshot = {}
     if "zeroshot" in setup.metrics:
         zeroshot = {"zeroshot_table": zeroshot_table(rows, dense_metrics, setup.zeroshot.tasks)}
+    zeroshot |= searches
     return {
         "dense_perplexity": dense,
         "dense_metrics": dense_metrics,
