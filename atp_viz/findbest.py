@@ -293,6 +293,7 @@ def fast_compare(
     """Run (or, with ``compute=False``, read back) every cell; ``compare_rows(cells, result.found)``
     builds the table. Cells run one after another, each stored as it finishes."""
     seeds = tuple(seeds) or (wb.setup.calib.seed,)
+    metric = wb.setup.metrics[0]
     out = FastCompare()
     for index, cell in enumerate(cells):
         sub = scaled(progress, index / len(cells), 1 / len(cells))
@@ -300,11 +301,8 @@ def fast_compare(
         report = (lambda f, m, s=sub, t=label: s(f, f"{t}: {m}")) if sub else None
         if len(cell.specs) > 1:
             search = find_best(wb, cell.specs, seeds, progress=report, on_point=on_point, compute=compute)
-            if search is None:
+            if search is None:  # its row appears when the search has finished (probes are stored meanwhile)
                 out.pending.append(cell)
-                for spec in cell.specs:  # probes stored so far still show
-                    if stored := [p for s in seeds if (p := _partial(wb.reseeded(s), spec)) is not None]:
-                        out.found[spec] = stored
                 continue
             out.searches[(cell.method, cell.sparsity)] = search
             out.found.update(search.points)
@@ -314,7 +312,7 @@ def fast_compare(
         for seed in seeds:
             bench = wb.reseeded(seed)
             point = bench.run(spec, report, splits=[EVALUATION]) if compute else _partial(bench, spec)
-            if point is None or math.isnan(point.value("perplexity", EVALUATION)):
+            if point is None or math.isnan(point.value(metric, EVALUATION)):
                 break
             points.append(point)
             if on_point and compute:
