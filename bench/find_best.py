@@ -223,7 +223,11 @@ def summarize(args: argparse.Namespace, parts: dict[str, dict]) -> dict[str, Any
 
 def orchestrate(args: argparse.Namespace) -> dict:
     started = time.perf_counter()
-    parts = {part: run_worker(args, part) for part in args.parts}
+    parts: dict[str, dict] = {}
+    for part in args.parts:  # each finished part is on disk at once: a run stopped later keeps it
+        parts[part] = run_worker(args, part)
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps({"finished": False, "parts": parts}, indent=2, default=str))
     report = {
         "date": datetime.date.today().isoformat(),
         "machine": f"{platform.machine()} {os.cpu_count()} cores",
