@@ -34,6 +34,7 @@ from .experiment import (
     zeroshot_table,
 )
 from .export import EXPORT_FORMATS, check_target, linear_targets, recipe_snippet, save_pruned
+from .findbest import atp_grid, fast_compare, find_best
 from .methods import ScheduleSpec
 from .metrics import EVALUATION, VALIDATION
 from .models import DEFAULT_MODEL, EMBEDDED_MODELS, blocks_path
@@ -269,6 +270,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sparsity", type=float, default=0.7)
     p.add_argument("--step", type=float, default=schedules.GRID_STEP, help="grid step (default %(default)s)")
     add_executor_args(p)
+    p.add_argument(
+        "--find-best",
+        action="store_true",
+        help="search the grid for the best beta (Fibonacci/golden-section on validation, ~log(n) points) instead "
+        "of running all of it; probes are stored and a later full sweep reuses them",
+    )
     p.add_argument("--json", action="store_true")
 
     p = sub.add_parser("sweep2d", help="2-D sweep around ATP's line: beta x attention-MLP offset or beta x curvature p")
@@ -333,6 +340,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--step", type=float, default=schedules.GRID_STEP, help="grid step of methods with a grid (ATP's beta)"
     )
     add_executor_args(p)
+    p.add_argument(
+        "--find-best",
+        action="store_true",
+        help="fast: a method with a grid searches it (as sweep --find-best) and a one-schedule method is measured on "
+        "the evaluation split only; add --calibration cached for the dashboard's fast default",
+    )
     p.add_argument("--json", action="store_true")
 
     p = sub.add_parser("search", help="search per-block rates (Optuna TPE / CMA-ES, evolutionary), optionally vs ATP")
@@ -608,9 +621,13 @@ def cmd_sweep(args: argparse.Namespace) -> dict[str, Any]:
     if not (math.isfinite(args.step) and 0 < args.step < 1):
         raise CliError(f"--step must be in (0, 1), got {args.step}")
     seeds = seeds_of(args)
+    if args.find_best and args.executor != "local":
+        raise CliError("--find-best runs its probes one after another in this process; drop --executor ray")
     with contextlib.closing(executor_from(args, setup)) as executor:
         wb = load_workbench(setup)
         specs = sweep_specs(wb.num_blocks, sparsity, args.step)
+        if args.find_best:
+            return sweep_find_best(wb, args, sparsity, seeds)
         attach_store(wb, args, specs)
         progress = tqdm_progress()
         dense = wb.dense_perplexity(progress)
@@ -694,6 +711,37 @@ def cmd_predict_beta(args: argparse.Namespace) -> dict[str, Any]:
     return {"model": setup.model, "beta_max": schedules.beta_max(wb.num_blocks, sparsity)} | prediction.summary()
 
 
+def sweep_find_best(wb: Workbench, args: argparse.Namespace, sparsity: float, seeds: tuple[int, ...]) -> dict[str, Any]:
+    """``sweep --find-best``: which betas were evaluated (in order) and which was chosen."""
+    specs = atp_grid(wb.num_blocks, sparsity, args.step)
+    attach_store(wb, args, specs)
+    progress = tqdm_progress()
+    dense = wb.dense_perplexity(progress)
+    search = find_best(wb, specs, seeds, progress=progress, on_point=log_point(len(seeds)))
+    assert search is not None  # computing, never a stored-only replay
+    summary = search.summary()
+    best = search.points[search.best]
+    return {
+        "mode": "find-best",
+        "sparsity": sparsity,
+        "beta_max": schedules.beta_max(wb.num_blocks, sparsity),
+        "dense_perplexity": dense,
+        "seeds": list(seeds),
+        "selected_on": search.select,
+        "reported_on": EVALUATION,
+        "grid": summary["grid"],
+        "evaluated": summary["evaluated"],
+        "validation_perplexity": summary[f"{search.select}_perplexity"],
+        "evaluations": summary["evaluations"],
+        "scanned": summary["scanned"],
+        "best_beta": summary["chosen"],
+        "best_perplexity": summary["chosen_perplexity"],
+        "best_perplexity_std": seed_spread(best).std,
+        "best_validation_perplexity": summary[f"chosen_{search.select}_perplexity"],
+        "points": [point_json(search.points[spec][0]) for spec in search.evaluated],
+    }
+
+
 def seeds_of(args: argparse.Namespace) -> tuple[int, ...]:
     """The calibration seeds of a command: --seeds, or --seed alone."""
     return tuple(args.seeds) if args.seeds else (args.seed,)
@@ -728,6 +776,8 @@ def cmd_compare(args: argparse.Namespace) -> dict[str, Any]:
     fixed = {name: given_params(args, name) for name in args.methods}
     # a method with a grid is searched unless its grid parameter is given (e.g. --beta)
     fixed = {name: values for name, values in fixed.items() if values}
+    if args.find_best and args.executor != "local":
+        raise CliError("--find-best runs its probes one after another in this process; drop --executor ray")
     with contextlib.closing(executor_from(args, setup)) as executor:
         wb = load_workbench(setup)
         cells = compare_cells(wb.num_blocks, args.methods, sparsities, args.step, fixed)
@@ -736,7 +786,15 @@ def cmd_compare(args: argparse.Namespace) -> dict[str, Any]:
         progress = tqdm_progress()
         dense = wb.dense_perplexity(progress)
         seeds = seeds_of(args)
-        found = run_seeds(wb, seeds, flat, executor, progress)
+        searches: dict[str, Any] = {}
+        if args.find_best:
+            fast = fast_compare(wb, cells, seeds, progress)
+            found = fast.found
+            searches = {
+                "find_best": [{"method": m, "sparsity": s} | f.summary() for (m, s), f in fast.searches.items()]
+            }
+        else:
+            found = run_seeds(wb, seeds, flat, executor, progress)
     rows = compare_rows(cells, found, select=setup.select_split, extra=("zeroshot",))
     for row in rows:
         std = f" +- {row['perplexity_std']:.3f}" if len(seeds) > 1 else ""
@@ -745,6 +803,7 @@ def cmd_compare(args: argparse.Namespace) -> dict[str, Any]:
     zeroshot = {}
     if "zeroshot" in setup.metrics:
         zeroshot = {"zeroshot_table": zeroshot_table(rows, dense_metrics, setup.zeroshot.tasks)}
+    zeroshot |= searches
     return {
         "dense_perplexity": dense,
         "dense_metrics": dense_metrics,

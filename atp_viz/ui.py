@@ -16,7 +16,7 @@ import threading
 import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
-from typing import Any, TypedDict
+from typing import Any, TypedDict, TypeVar
 
 import numpy as np
 import streamlit as st
@@ -299,6 +299,26 @@ def run_speed(bench: Workbench, rows: Sequence[dict[str, Any]], label: str) -> b
             st.error(str(exc))
             return False
         return True
+
+
+T = TypeVar("T")
+
+
+def run_task(model: str, label: str, work: Callable[[Progress], T]) -> T | None:
+    """Run ``work`` (it gets a progress callback) under the model's job lock with a progress bar.
+    Returns None (after showing why) when the model is busy or the work rejects its input."""
+    with job(model, label) as admitted:
+        if not admitted:
+            st.warning(busy(model) or f"Busy: another job is running on {model}.")
+            return None
+        report = progress_callback(label)
+        try:
+            result = work(report)
+        except ValueError as exc:
+            st.error(str(exc))
+            return None
+        report(1.0, "done")
+        return result
 
 
 def dense_perplexity(bench: Workbench) -> float | None:

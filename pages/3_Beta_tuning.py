@@ -3,7 +3,7 @@
 import pandas as pd
 import streamlit as st
 
-from atp_viz import figures, schedules, ui
+from atp_viz import figures, findbest, schedules, ui
 from atp_viz.experiment import summarize_sweep, sweep_specs
 from atp_viz.metrics import METRICS
 from atp_viz.predict import predict_for, stored_prediction
@@ -49,7 +49,7 @@ st.caption(
 )
 ui.shipped_note(bench, specs, seeds)
 
-c1, c2 = st.columns([1, 4])
+c1, c3, c2 = st.columns([1, 1, 3])
 if c1.button(
     f"Run sweep ({len(missing)} missing)" if missing else "Sweep complete",
     key="tune_run",
@@ -60,6 +60,7 @@ if c1.button(
 if st.session_state.get("tune_job") is not None and c2.button("Stop (finished points are kept)", key="tune_stop"):
     st.session_state["tune_job"] = None
 chart_slot = st.empty()
+find_slot = st.container()
 
 # -- Predict beta without a sweep (atp_viz.predict: the error-propagation model of Thm 3.2) ----------
 if st.button("Predict beta", key="tune_predict", help="From the dense model alone (about one sweep point of work)"):
@@ -131,6 +132,16 @@ if missing and st.session_state.get("tune_job") == job_id:
     if done is not None:
         st.session_state["tune_job"] = None
         st.rerun()
+
+# -- find best beta: a Fibonacci (golden-section) search over the grid instead of all of it (atp_viz.findbest)
+if c3.button("Find best beta", key="tune_find", help=findbest.BUTTON_HELP):
+    ui.run_task(bench.setup.model, f"find best beta at S = {S:g}",
+                lambda progress: findbest.find_best(bench, specs[1:], seeds, metric, progress))  # fmt: skip
+    st.rerun()
+if (found := findbest.find_best(bench, specs[1:], seeds, metric, compute=False)) is not None:
+    with find_slot:
+        st.success(findbest.found_text(found))
+        st.dataframe(findbest.probe_table(found), hide_index=True, key="tune_find_table")
 
 summary = summarize_sweep(specs, groups, metric=metric)
 if summary.best is None:

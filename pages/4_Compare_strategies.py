@@ -3,7 +3,7 @@
 import pandas as pd
 import streamlit as st
 
-from atp_viz import figures, methods, schedules, speedup, ui
+from atp_viz import figures, findbest, methods, schedules, speedup, ui
 from atp_viz.experiment import compare_cells, compare_rows, zeroshot_table
 from atp_viz.metrics import EVALUATION, VALIDATION
 from atp_viz.results import PointResult
@@ -42,6 +42,9 @@ step = c3.number_input(
     **ui.state("tune_step", schedules.GRID_STEP),
 )
 log_y = c4.toggle("Log y axis", **ui.state("cmp_log", True))
+fast = st.toggle(
+    "Fast: find best beta, cached calibration", help=findbest.FAST_COMPARE_NOTE, **ui.state("cmp_fast", True)
+)
 if step <= 0:
     st.error(f"Grid step must be > 0 (paper: {schedules.GRID_STEP}), got {step:g}.")
     st.stop()
@@ -52,7 +55,15 @@ except ValueError as exc:
     st.stop()
 
 everything = list(dict.fromkeys(spec for cell in cells for spec in cell.specs))
-stored, missing = ui.stored_groups(bench, everything, ctx.seeds)
+if fast:  # the default: a grid is searched (atp_viz.findbest), statistics come from one dense pass
+    st.caption(findbest.FAST_COMPARE_NOTE)
+    work = bench.variant(findbest.fast_setup(setup))
+    view = findbest.fast_compare(work, cells, ctx.seeds, compute=False)  # stored points only
+    stored, pending = view.found, view.pending
+    missing: list[tuple[int, methods.ScheduleSpec]] = []
+else:
+    stored, missing = ui.stored_groups(bench, everything, ctx.seeds)
+    pending = []
 runs = len(everything) * len(ctx.seeds)
 dense = ui.dense_perplexity(bench)
 slot = st.empty()
@@ -67,7 +78,22 @@ def draw() -> None:
 
 
 draw()
-ui.shipped_note(bench, everything, ctx.seeds)
+ui.shipped_note(work if fast else bench, everything, ctx.seeds)
+if pending:
+    st.info(f"{len(pending)} of {len(cells)} cells are not finished. Finished points are kept if you leave.")
+    if st.button(f"Run {len(pending)} cells", key="cmp_run", type="primary"):
+
+        def refresh(_seed: int, _spec: methods.ScheduleSpec, _point: PointResult) -> None:
+            before = sum(len(points) for points in stored.values())  # the chart's key counts points
+            stored.clear()
+            stored.update(findbest.fast_compare(work, cells, ctx.seeds, compute=False).found)
+            if sum(len(points) for points in stored.values()) != before:
+                draw()
+
+        label = "strategy comparison (find best beta)"
+        run = ui.run_task(setup.model, label, lambda p: findbest.fast_compare(work, cells, ctx.seeds, p, refresh))
+        if run is not None:
+            st.rerun()
 if missing:
     st.info(
         f"{len(missing)} of {runs} runs are not stored yet (about 20 s each for smollm2-135m on 2 CPU "
