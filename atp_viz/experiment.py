@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
@@ -439,6 +440,7 @@ class Workbench:
         self.rows = Ledger(store, setup, self.loaded.fingerprint, self.corpus, self.windows)
         self.dense = dense or DenseWeights(self.loaded.blocks)
         self._variants: dict[Setup, Workbench] = {}
+        self._variants_lock = threading.Lock()
         self.param_counts = block_param_counts(self.loaded.blocks)
         self.stats = DenseStatistics(
             self.loaded, setup, self.windows["calibration"], self.rows.prune_identity(), self.dense
@@ -474,9 +476,10 @@ class Workbench:
         same = ("model", "device", "dtype", "trust_remote_code", "allow_pickle")
         if any(getattr(setup, name) != getattr(self.setup, name) for name in same):
             raise ValueError(f"a variant shares the loaded model: {', '.join(same)} must stay the same")
-        if setup not in self._variants:
-            self._variants[setup] = Workbench(setup, self.store, loaded=self.loaded, dense=self.dense)
-        return self._variants[setup]
+        with self._variants_lock:  # a page and a background job may ask for the same variant at once
+            if setup not in self._variants:
+                self._variants[setup] = Workbench(setup, self.store, loaded=self.loaded, dense=self.dense)
+            return self._variants[setup]
 
     def schedule(self, spec: ScheduleSpec, progress: Progress | None = None) -> np.ndarray:
         """Per-block rates for ``spec`` on this model (statistics computed once, when a method needs them)."""

@@ -6,7 +6,6 @@ import streamlit as st
 from atp_viz import figures, methods, schedules, ui
 from atp_viz.experiment import compare_cells, compare_rows, zeroshot_table
 from atp_viz.metrics import EVALUATION, VALIDATION
-from atp_viz.results import PointResult
 
 st.set_page_config(page_title="Compare strategies - atp-viz", layout="wide")
 ctx = ui.sidebar()
@@ -53,33 +52,28 @@ except ValueError as exc:
 everything = list(dict.fromkeys(spec for cell in cells for spec in cell.specs))
 stored, missing = ui.stored_groups(bench, everything, ctx.seeds)
 runs = len(everything) * len(ctx.seeds)
+todo = [(seed, spec) for seed in ctx.seeds for spec in everything]
+job = ui.last_job(ui.points_key(bench, todo))  # the same comparison started by any session: followed
 dense = ui.dense_perplexity(bench)
-slot = st.empty()
-
-
-def draw() -> None:
-    with slot.container():
-        ui.chart(
-            figures.compare_figure(compare_rows(cells, stored), dense, log_y),
-            key=f"cmp_chart_{sum(len(points) for points in stored.values())}",
-        )
-
-
-draw()
 if missing:
     st.info(
         f"{len(missing)} of {runs} runs are not stored yet (about 20 s each for smollm2-135m on 2 CPU "
-        "cores). Finished runs are kept if you leave."
+        "cores). Each bar appears as soon as its runs are stored; finished runs are kept if you leave."
     )
-    if st.button(f"Run {len(missing)} missing", key="cmp_run", type="primary"):
-        keys = {(seed, bench.reseeded(seed).point_key(spec)): spec for seed, spec in missing}
-
-        def arrived(seed: int, point: PointResult) -> None:
-            stored[keys[(seed, point.key)]].append(point)
-            draw()
-
-        if ui.run_jobs(bench, missing, "strategy comparison", on_point=arrived) is not None:
-            st.rerun()
+    if ui.idle(job) and st.button(f"Run {len(missing)} missing", key="cmp_run", type="primary"):
+        job = ui.submit_points(bench, todo, "strategy comparison")
+    ui.follow(setup.model, job)
+rows = compare_rows(cells, stored)
+if rows:
+    ui.chart(
+        figures.compare_figure(rows, dense, log_y),
+        key=f"cmp_chart_{sum(len(points) for points in stored.values())}",
+    )
+else:
+    st.info(
+        "The bar chart (evaluation perplexity per method and sparsity, dense model as a line) appears here as "
+        "soon as the first run is stored."
+    )
 
 table = pd.DataFrame(compare_rows(cells, stored))
 if table.empty:
@@ -92,11 +86,13 @@ if dense is not None:
     wide.loc["dense"] = dense
 seeds = f", mean over calibration seeds {ctx.seeds[0]}..{ctx.seeds[-1]}" if len(ctx.seeds) > 1 else ""
 st.caption(f"Perplexity on the {EVALUATION} split{seeds}; grid points chosen on the {VALIDATION} split.")
-st.dataframe(wide, key="cmp_table")
+ui.perplexity_frame(wide, key="cmp_table")
 if "zeroshot" in setup.metrics:
     st.subheader("Zero-shot accuracy (the paper's Table 1)")
     dense_values = ui.dense_metrics(bench)
     rows = compare_rows(cells, stored, extra=("zeroshot",))
+    if dense_values is None:
+        st.info("The accuracy table appears here once the dense model is measured (in the background, once).")
     if dense_values is not None and rows:
         field = st.radio("Accuracy", ("acc", "acc_norm"), horizontal=True, **ui.state("cmp_zs_field", "acc"))
         accuracy = pd.DataFrame(zeroshot_table(rows, dense_values, setup.zeroshot.tasks, field))
@@ -116,6 +112,6 @@ if len(ctx.seeds) > 1:
     spread = table.pivot(index="label", columns="sparsity", values="perplexity_std")
     spread.columns = [f"S = {s:g}" for s in spread.columns]
     st.caption("Standard deviation over the seeds (the bars' error bars):")
-    st.dataframe(spread, key="cmp_spread")
+    ui.perplexity_frame(spread, key="cmp_spread")
 csv = table.drop(columns=["rates"]).assign(params=table["params"].map(str), dense_perplexity=dense)
 st.download_button("Download CSV", csv.to_csv(index=False), file_name="compare.csv", mime="text/csv", key="cmp_csv")
