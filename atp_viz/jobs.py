@@ -18,11 +18,13 @@ The manager knows nothing about Streamlit or models: a job's work is any ``Calla
 from __future__ import annotations
 
 import itertools
+import json
 import logging
 import threading
 import time
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Callable, Hashable
+from pathlib import Path
 from typing import Any
 
 QUEUED, RUNNING, DONE, FAILED, CANCELLED = "queued", "running", "done", "failed", "cancelled"
@@ -58,6 +60,7 @@ class Job:
         self.result: object = None
         self.submitted, self.started, self.ended = time.monotonic(), 0.0, 0.0
         self._on_change = on_change
+        self.outranked: Callable[[], bool] = lambda: False  # set by the manager: a higher-priority job waits
 
     @property
     def active(self) -> bool:
@@ -79,8 +82,11 @@ class Job:
 class JobManager:
     """The registry: at most one running job per model, a queue per model, finished jobs by key."""
 
-    def __init__(self, alive: Callable[[str], bool] | None = None) -> None:
+    def __init__(self, alive: Callable[[str], bool] | None = None, audit: Path | None = None) -> None:
+        """``alive(owner)``: whether a session is still there; ``audit``: a file that gets one JSON line per
+        job that ran (model, label, owners, start and end time, outcome) for operators and load tests."""
         self.alive = alive or (lambda _owner: True)
+        self.audit = audit
         self._cond = threading.Condition()
         self._active: dict[Hashable, Job] = {}  # queued or running, by key
         self._running: dict[str, Job] = {}
@@ -88,7 +94,8 @@ class JobManager:
         self._finished: OrderedDict[Hashable, Job] = OrderedDict()
         self._versions: dict[str, int] = {}
         self._ids = itertools.count(1)
-        self.history: list[tuple[str, int, float, float]] = []  # (model, job id, started, ended): for audits
+        # (model, job id, started, ended) of the last KEEP_FINISHED jobs that ran: tests check no two overlapped
+        self.history: deque[tuple[str, int, float, float]] = deque(maxlen=KEEP_FINISHED)
 
     # ------------------------------------------------------------------ submit, follow, cancel
     def submit(
@@ -117,6 +124,7 @@ class JobManager:
                 job.owners.add(owner)
                 return job
             job = Job(next(self._ids), key, model, label, work, priority, owner, total, self._bump)
+            job.outranked = lambda: self._outranked(job)
             self._active[key] = job
             self._queues.setdefault(model, []).append(job)
             self._bump_locked(model)
@@ -190,6 +198,11 @@ class JobManager:
         with self._cond:
             return self._versions.get(model, 0)
 
+    def epoch(self) -> int:
+        """Changes whenever any model's ``version`` does."""
+        with self._cond:
+            return sum(self._versions.values())
+
     def wait_idle(self, timeout: float | None = None) -> bool:
         """Block until no job runs or waits anywhere (scripts and tests); False on timeout."""
         deadline = None if timeout is None else time.monotonic() + timeout
@@ -200,6 +213,11 @@ class JobManager:
                     return False
                 self._cond.wait(left)
             return True
+
+    def _outranked(self, job: Job) -> bool:
+        """Whether a job of a higher priority waits for ``job``'s model: a background job's work checks
+        this between its units and returns early, so a student's job does not wait for a warm-up."""
+        return any(other.priority < job.priority for other in self.queue(job.model))
 
     # ------------------------------------------------------------------ internals (lock held)
     def _bump(self, model: str) -> None:
@@ -228,6 +246,16 @@ class JobManager:
         while len(self._finished) > KEEP_FINISHED:
             self._finished.popitem(last=False)
         self._bump_locked(job.model)
+
+    def _audit_locked(self, job: Job) -> None:
+        if self.audit is None:
+            return
+        now, clock = time.time(), time.monotonic()  # wall-clock times, so other processes can line them up
+        line = {"model": job.model, "id": job.id, "label": job.label, "state": job.state, "owners": len(job.owners),
+                "stored": job.stored, "started": now - (clock - job.started), "ended": now - (clock - job.ended),
+                "error": job.error}  # fmt: skip
+        with self.audit.open("a") as out:
+            out.write(json.dumps(line) + "\n")
 
     def _start_next_locked(self, model: str) -> None:
         if model in self._running:
@@ -259,6 +287,7 @@ class JobManager:
             job.state = FAILED if error else DONE
             job.fraction, job.message = (job.fraction, error or "") if error else (1.0, "done")
             self.history.append((job.model, job.id, job.started, job.ended))
+            self._audit_locked(job)
             del self._running[job.model]
             del self._active[job.key]
             self._remember_locked(job)

@@ -19,6 +19,7 @@ import warnings
 from collections import OrderedDict
 from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any, TypedDict
 
 import numpy as np
@@ -33,6 +34,7 @@ from atp_viz.display import full_text, perplexity_columns, perplexity_table, per
 from atp_viz.experiment import Setup, Workbench, labelled, scaled
 from atp_viz.figures import PLOTLY_CONFIG
 from atp_viz.methods import ScheduleSpec
+from atp_viz.metrics import EVALUATION
 from atp_viz.models import DEFAULT_MODEL, EMBEDDED_MODELS, block_count
 from atp_viz.pruners import PRUNERS, PruneConfig
 from atp_viz.results import PointResult
@@ -42,6 +44,7 @@ from atp_viz.zeroshot import ZeroShotConfig
 ENV_MODEL = "ATP_VIZ_DEFAULT_MODEL"  # default model name or path (tests use a tiny model)
 ENV_CORPUS = "ATP_VIZ_DEFAULT_CORPUS"  # default corpus
 ENV_WINDOWS = "ATP_VIZ_DEFAULT_WINDOWS"  # 'COUNTxTOKENS' for calibration and evaluation, e.g. '4x32'
+ENV_JOB_LOG = "ATP_VIZ_JOB_LOG"  # optional file: one JSON line per job the server ran (who waited, when)
 SPARSITY_RANGE = (0.05, 0.95)
 DEVICES = ("cpu", "auto", "cuda")
 MAX_SEEDS = 5  # seeds per point the sidebar offers (each one is a full run of the point)
@@ -169,7 +172,8 @@ def benches() -> Benches:
 @st.cache_resource(show_spinner=False)
 def job_manager() -> jobs.JobManager:
     """The server's one job registry (see atp_viz/jobs.py): every session submits to and reads from it."""
-    return jobs.JobManager(alive=session_alive)
+    audit = os.environ.get(ENV_JOB_LOG)
+    return jobs.JobManager(alive=session_alive, audit=Path(audit) if audit else None)
 
 
 def session_id() -> str:
@@ -394,8 +398,14 @@ def submit_dense(manager: jobs.JobManager, bench: Workbench) -> None:
         return
 
     def measure(job: jobs.Job) -> None:
-        bench.dense_metrics(job.report)
-        job.point_stored()
+        key = bench.rows.dense_key()
+        missing = sorted(bench.rows.metrics_of(key)[1], key=lambda item: item[1] != EVALUATION)  # shown first
+        for name, split in missing:  # one (metric, split) at a time, each stored at once
+            if job.outranked():
+                return  # a session's job waits: it goes first, a later rerun queues the rest again
+            bench.dense.restore()
+            bench.measure(key, [(name, split)], {"method": "dense"}, job.report)
+            job.point_stored()
 
     manager.submit(jobs.SERVER, bench.setup.model, key, "dense model metrics", measure, priority=jobs.BACKGROUND)
 

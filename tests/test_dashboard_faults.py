@@ -44,7 +44,7 @@ def bad(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 
 @pytest.fixture(scope="module")
-def store(tiny_assets: dict[str, Path], tmp_path_factory: pytest.TempPathFactory):
+def store(tiny_assets: dict[str, Path], tmp_path_factory: pytest.TempPathFactory, settle_jobs: None):
     """The tiny 4-block model and corpus as dashboard defaults, with this module's own store and cache."""
     root = tmp_path_factory.mktemp("dash_faults")
     env = {
@@ -392,11 +392,16 @@ PROBE = textwrap.dedent(
             opened.add(os.path.abspath(path))
     sys.addaudithook(hook)
     from streamlit.testing.v1 import AppTest
+    from atp_viz import ui
     root = sys.argv[1]
     pages = ["app.py", *sorted("pages/" + p for p in os.listdir(os.path.join(root, "pages")) if p.endswith(".py"))]
     failures = []
     for name in pages:
+        seen = ui.job_manager().epoch()
         at = AppTest.from_file(os.path.join(root, name), default_timeout=120).run()
+        while ui.job_manager().wait_idle(300) and ui.job_manager().epoch() != seen:  # background load: rerun
+            seen = ui.job_manager().epoch()
+            at.run()
         failures += [f"{name}: {e.value}" for e in [*at.exception, *at.error]]
     json.dump({"opened": sorted(opened), "failures": failures}, sys.stdout)
     """
