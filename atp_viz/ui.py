@@ -335,7 +335,7 @@ def idle(job: jobs.Job | None) -> bool:
     return job is None or not job.active
 
 
-def follow(model: str, job: jobs.Job | None = None) -> None:
+def follow(model: str, job: jobs.Job | None = None, compact: bool = False) -> None:
     """While a job runs or waits on ``model``: what runs (progress), ``job``'s place in the queue with a
     Cancel button for its owner, and a fragment that reruns the whole page (charts, captions, tables,
     sidebar) each time a result is stored or a job starts or ends. Nothing polls while the model is idle."""
@@ -351,7 +351,10 @@ def follow(model: str, job: jobs.Job | None = None) -> None:
         if manager.version(model) != seen:
             st.rerun()  # the whole page: every stored point and count is read again
         running = manager.running(model)
-        if running is not None:
+        if running is not None and compact:
+            waiting = len(manager.queue(model))
+            st.caption(f"Running: {running.label} ({running.fraction:.0%}); {waiting} job(s) queued on this model")
+        elif running is not None:
             done = f" ({running.stored} of {running.total} stored)" if running.total else ""
             whose = "" if job is None or running is job else " (another job; yours waits, see below)"
             st.progress(running.fraction, text=f"Running: {running.label}{done}{whose}: {running.message}")
@@ -583,7 +586,7 @@ def status_box(setup: Setup | None) -> None:
         )
     box.caption(f"Stored results for this model: {stored_count(store_path(), setup.model)}")
     with box:
-        follow(setup.model)
+        follow(setup.model, compact=True)
 
 
 # ------------------------------------------------------------------ drawing helpers

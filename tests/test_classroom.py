@@ -311,7 +311,8 @@ def test_six_browsers_share_one_server(tiny_assets, tmp_path: Path) -> None:
     keys = [row["key"] for row in store.query(kind="point")]
     metrics = [row["config"]["point"] for row in store.query(kind="metric")]
     assert spread < 1.5, f"the six Run presses took {spread:.2f} s"
-    assert len(sweeps) == 2 and sorted(job["owners"] for job in sweeps) == [2, 4], sweeps
+    # one job per sweep: a press that lands after the job started joins it (or finds the button disabled)
+    assert sorted(job["label"] for job in sweeps) == ["beta sweep at S = 0.6", "beta sweep at S = 0.7"], sweeps
     assert len(loads) == 1 and not overlaps, (loads, overlaps)
     assert len(keys) == len(set(keys)) == sum(SWEEPS.values()) and integrity(store_path) == "ok"
     assert all(metrics.count(key) == 2 for key in keys)  # validation and evaluation perplexity of every point
