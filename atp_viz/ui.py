@@ -198,7 +198,8 @@ def base_setup(setup: Setup) -> Setup:
 
 def start_loading(setup: Setup) -> jobs.Job | None:
     """Load ``setup``'s workbench in the background (a job on the model, owned by the server); None when
-    it is loaded already. The sidebar calls this on every page, so the model loads as the app opens."""
+    it is loaded already. The sidebar calls this on every page that uses the model, Home included, so
+    the model loads as the app opens."""
     base = base_setup(setup)
     if benches().get(base) is not None:
         return None
@@ -550,7 +551,9 @@ def sidebar(load_model: bool = True) -> Context:
     if not SPARSITY_RANGE[0] <= sparsity <= SPARSITY_RANGE[1]:
         bar.error(f"Target sparsity must be in [{SPARSITY_RANGE[0]}, {SPARSITY_RANGE[1]}], got {sparsity:g}")
         sparsity = float(DEFAULTS["sparsity"])  # type: ignore[arg-type]
-    load = start_loading(setup) if setup is not None else None  # every page: the model loads as the app opens
+    # Pages that use the model start loading it (Home does, so it loads as the app opens); the
+    # Theory sandbox does not: it never needs the model.
+    load = start_loading(setup) if (setup is not None and load_model) else None
     loading = load is not None and load.active
     bench = load_workbench(setup) if (setup is not None and load_model) else None
     status_box(setup)
@@ -569,7 +572,10 @@ def status_box(setup: Setup | None) -> None:
     loaded = benches().get(base_setup(setup))
     if loaded is None:
         load = job_manager().last(("load", base_setup(setup)))
-        state = f"not loaded ({load.error})" if load is not None and load.state == jobs.FAILED else "loading..."
+        if load is not None and load.state == jobs.FAILED:
+            state = f"not loaded ({load.error})"
+        else:
+            state = "loading..." if load is not None and load.active else "not loaded (pages that use it load it)"
         box.caption(f"Model: {state} ({setup.model})")
     else:
         total = int(sum(loaded.param_counts))
