@@ -327,3 +327,19 @@ def test_six_browsers_share_one_server(tiny_assets, tmp_path: Path) -> None:
         f"{len(keys)} point rows, no duplicate, none lost; server peak RSS {peak:.0f} MiB; {wall:.0f} s in all",
     )
     print(f"peak RSS {peak:.0f} MiB, wall {wall:.0f} s, jobs {[(j['label'], j['owners']) for j in log]}")
+
+
+def test_perplexities_print_short_and_keep_the_full_value() -> None:
+    import pandas as pd
+
+    from atp_viz.display import metric_text, perplexity_table, perplexity_text
+
+    assert [perplexity_text(v) for v in (3.14159, 26.93, 99.96, 257.34, 12345.67)] == [
+        "3.14", "26.9", "100.0", "257.3", "12345.7",
+    ]  # fmt: skip
+    assert perplexity_text(None) == perplexity_text(float("nan")) == "-" and perplexity_text(float("inf")) == "inf"
+    assert metric_text("zeroshot", 0.456789) == "0.4568" and metric_text("perplexity", 31.8967) == "31.9"
+    frame = pd.DataFrame({"schedule": ["uniform"], "perplexity": [257.3456]})
+    styled = perplexity_table(frame, ["perplexity"])
+    assert "257.3" in styled.to_html() and "257.3456" not in styled.to_html()
+    assert styled.data["perplexity"].iloc[0] == 257.3456 and frame.to_csv().count("257.3456") == 1  # downloads
