@@ -160,9 +160,6 @@ class Benches:
             while len(self._benches) > MAX_BENCHES:  # a job still running on an evicted one keeps its own reference
                 self._benches.popitem(last=False)
 
-    def __len__(self) -> int:
-        return len(self._benches)
-
 
 @st.cache_resource(show_spinner=False)
 def benches() -> Benches:
@@ -313,16 +310,6 @@ def submit_points(bench: Workbench, todo: Sequence[tuple[int, ScheduleSpec]], la
         return len(todo)
 
     return submit(bench, points_key(bench, todo), label, work, total=len(todo), validate=validate)
-
-
-def run_points(bench: Workbench, specs: Sequence[ScheduleSpec], label: str) -> jobs.Job | None:
-    """``submit_points`` for ``specs`` under the bench's own seed."""
-    return submit_points(bench, [(bench.setup.calib.seed, spec) for spec in specs], label)
-
-
-def run_jobs(bench: Workbench, todo: Sequence[tuple[int, ScheduleSpec]], label: str) -> jobs.Job | None:
-    """``submit_points`` (the name pages used before jobs ran in the background)."""
-    return submit_points(bench, todo, label)
 
 
 def last_job(key: Hashable) -> jobs.Job | None:
