@@ -105,7 +105,8 @@ def write_merged(merged: dict[tuple[str, str], Row]) -> None:
     total_times = sum(r.times for r in rows)
     total_lost = sum(r.lost for r in rows)
     lines += ["", f"Total: {len(rows)} cases, {total_times} injections, {total_lost} results lost.", ""]
-    REPORT.write_text("\n".join(lines) + kept_sections())
+    kept = kept_sections()
+    REPORT.write_text("\n".join(lines) + ("\n" + kept if kept else ""))
 
 
 def kept_sections() -> str:
