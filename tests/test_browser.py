@@ -107,6 +107,8 @@ def test_every_page_draws_a_plotly_chart(server: str, browser_page) -> None:
 
     goto(page, "Schedules")
     page.locator(".js-plotly-plot .gtitle", has_text="Per-block sparsity").wait_for()
+    # uniform, ATP and custom are drawn at once; OWL, AlphaPruning and DLP once their statistics are in
+    page.wait_for_function("() => document.querySelectorAll('.js-plotly-plot .scatterlayer path.js-line').length === 6")
     wait_idle(page)
     assert (
         page.locator(".js-plotly-plot .scatterlayer path.js-line").count() == 6
