@@ -1,47 +1,17 @@
-"""Home: what the error explosion is, what ATP does, and the current model's uniform vs ATP schedule."""
+"""The dashboard's entry point: ``streamlit run app.py``. Names every page (the first one "Home") and
+keeps each page's file and URL (``pages/1_Schedules.py`` at ``/Schedules``, ...); each page file also
+runs by itself (AppTest runs them directly)."""
 
 import streamlit as st
 
-from atp_viz import figures, schedules, ui
-
-st.set_page_config(page_title="atp-viz", layout="wide")
-ctx = ui.sidebar()
-
-st.title("atp-viz: layer-wise sparsity for LLM pruning")
-st.markdown(
-    """
-Pruning every decoder block of an LLM to the same sparsity looks fair, but it is not: the error a
-pruned block makes is fed into every block after it, so errors of **early** blocks propagate and
-grow with depth (the *error explosion*; ATP paper, Thm 3.2). **ATP** (arXiv 2502.14770)
-therefore prunes early blocks less and late blocks more:
-`s_i = S - beta*(L-1)/2 + beta*i`, a straight line with mean `S` whose slope `beta` is found by a
-small grid search (the beta/perplexity curve is U-shaped). OWL, AlphaPruning and DLP are the
-statistics-driven alternatives compared here.
-"""
-)
-
-if ctx.setup is not None and ctx.workbench is not None:
-    bench = ctx.workbench
-    bound = schedules.beta_max(bench.num_blocks, ctx.sparsity)
-    beta = bound / 2
-    fig = figures.schedule_figure(
-        {
-            f"uniform (S = {ctx.sparsity:g})": schedules.uniform(bench.num_blocks, ctx.sparsity),
-            f"ATP (beta = {beta:.4g} = beta_max / 2)": schedules.atp(bench.num_blocks, ctx.sparsity, beta),
-        },
-        title=f"Uniform vs ATP schedule for {ctx.setup.model} ({bench.num_blocks} blocks)",
-    )
-    ui.chart(fig, key="home_schedule")
-    st.caption(
-        f"beta_max = {bound:.5g} for {bench.num_blocks} blocks at S = {ctx.sparsity:g}; both schedules prune the "
-        "same number of weights on average."
-    )
-
-st.subheader("Pages")
-st.page_link("pages/1_Schedules.py", label="Schedules: uniform, ATP, OWL, AlphaPruning, DLP and your own, with exports")
-st.page_link("pages/2_Error_explosion.py", label="Error explosion: per-block reconstruction error of pruned models")
-st.page_link("pages/3_Beta_tuning.py", label="Beta tuning: the U-shaped beta sweep, point by point")
-st.page_link("pages/4_Compare_strategies.py", label="Compare strategies: methods x sparsities")
-st.page_link("pages/5_Theory_sandbox.py", label="Theory sandbox: a toy network showing Thm 3.2 and 3.5 instantly")
-st.page_link("pages/6_ATP_vs_search.py", label="ATP vs search: the beta grid against Bayesian and evolutionary search")
-st.page_link("pages/7_Profile_shapes.py", label="Profile shapes: attention vs MLP rates, curved profiles, 2-D sweeps")
+PAGES = [
+    st.Page("home.py", title="Home", default=True),
+    st.Page("pages/1_Schedules.py", title="Schedules", url_path="Schedules"),
+    st.Page("pages/2_Error_explosion.py", title="Error explosion", url_path="Error_explosion"),
+    st.Page("pages/3_Beta_tuning.py", title="Beta tuning", url_path="Beta_tuning"),
+    st.Page("pages/4_Compare_strategies.py", title="Compare strategies", url_path="Compare_strategies"),
+    st.Page("pages/5_Theory_sandbox.py", title="Theory sandbox", url_path="Theory_sandbox"),
+    st.Page("pages/6_ATP_vs_search.py", title="ATP vs search", url_path="ATP_vs_search"),
+    st.Page("pages/7_Profile_shapes.py", title="Profile shapes", url_path="Profile_shapes"),
+]
+st.navigation(PAGES).run()

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
@@ -484,6 +485,7 @@ class Workbench:
         self.rows = Ledger(store, setup, self.loaded.fingerprint, self.corpus, self.windows)
         self.dense = dense or (FileWeights(self.loaded) if setup.offload else DenseWeights(self.loaded.blocks))
         self._variants: dict[Setup, Workbench] = {}
+        self._variants_lock = threading.Lock()
         self.param_counts = block_param_counts(self.loaded.blocks)
         linears = [prunable_linears(block) for block in self.loaded.blocks]
         self.linear_names = [list(named) for named in linears]
@@ -531,10 +533,11 @@ class Workbench:
         same = ("model", "device", "dtype", "trust_remote_code", "allow_pickle", "offload")
         if any(getattr(setup, name) != getattr(self.setup, name) for name in same):
             raise ValueError(f"a variant shares the loaded model: {', '.join(same)} must stay the same")
-        if setup not in self._variants:
-            self._variants[setup] = Workbench(setup, self.store, loaded=self.loaded, dense=self.dense)
-        self._variants[setup].rows.shipped = self.rows.shipped
-        return self._variants[setup]
+        with self._variants_lock:  # a page and a background job may ask for the same variant at once
+            if setup not in self._variants:
+                self._variants[setup] = Workbench(setup, self.store, loaded=self.loaded, dense=self.dense)
+            self._variants[setup].rows.shipped = self.rows.shipped
+            return self._variants[setup]
 
     def schedule(self, spec: ScheduleSpec, progress: Progress | None = None) -> np.ndarray:
         """Per-block rates for ``spec`` on this model (statistics computed once, when a method needs them)."""

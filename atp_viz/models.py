@@ -494,3 +494,30 @@ def human_bytes(size: float) -> str:
             return f"{size:.1f} {unit}" if unit != "B" else f"{int(size)} B"
         size /= 1024
     return f"{size:.1f} GiB"  # unreachable; keeps type checkers happy
+
+
+def block_count(name: str) -> int | None:
+    """Decoder blocks of ``name`` read from its config.json, without loading any weights; None when that
+    needs a load first (a hub id, a GGUF not yet unpacked into the cache, an unknown layout)."""
+    path = Path(name).expanduser()
+    try:
+        if name in EMBEDDED_MODELS:
+            entry = EMBEDDED_MODELS[name]
+            source = package_dir(entry.packages[0])
+            if source is None:
+                return None
+            gguf = cache_dir() / "gguf" / entry.gguf_file if entry.chunks else source / entry.gguf_file
+            folder = gguf_cache_folder(gguf)
+        elif path.suffix == ".gguf":
+            folder = gguf_cache_folder(path.resolve())
+        else:
+            folder = path
+        if folder != path and not cached_folder_is_valid(folder):  # a GGUF's unpacked folder, maybe not built yet
+            return None
+        config = json.loads((folder / "config.json").read_text())
+    except (OSError, ValueError):
+        return None
+    for attr in ("num_hidden_layers", "n_layer", "num_layers"):
+        if isinstance(value := config.get(attr), int) and value > 0:
+            return value
+    return None

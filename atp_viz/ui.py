@@ -1,9 +1,12 @@
-"""Shared dashboard plumbing: sidebar settings in session state, cached workbench and store, job lock.
+"""Shared dashboard plumbing: sidebar settings in session state, the server's workbenches, store and jobs.
 
 Pages call ``sidebar()`` first; it returns a ``Context`` with the current ``Setup``, the target
-sparsity and (when the page needs the model) a cached ``Workbench``. Heavy jobs run inside
-``job(model)``, which admits one job per model across all sessions; stored results are read from the
-store on every rerun, so a point another session stored shows up on the next rerun.
+sparsity and (when the page needs the model, once it is loaded) the server's ``Workbench`` for that
+setting, one per model setting for all sessions. The sidebar starts loading the model, then the
+dense perplexity, in the background as the app opens. Heavy jobs go to the server's ``JobManager``
+(``atp_viz/jobs.py``): one running job per model, a session asking for a running job follows it, a
+different one is queued. While a job runs or waits on the model, ``follow`` reruns the page each
+time a result is stored, so every session draws every point as it lands.
 """
 
 from __future__ import annotations
@@ -14,21 +17,28 @@ import math
 import os
 import threading
 import warnings
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, replace
-from typing import Any, TypedDict, TypeVar
+from collections import OrderedDict
+from collections.abc import Callable, Hashable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, TypedDict
 
 import numpy as np
 import streamlit as st
+from streamlit.runtime import Runtime
+from streamlit.runtime.scriptrunner import get_script_run_ctx
 
-from atp_viz import methods
+from atp_viz import jobs, methods
 from atp_viz.config import CalibConfig, EvalConfig
 from atp_viz.data import DEFAULT_CORPUS
-from atp_viz.executors import EXECUTORS, ExecutorConfig, Job, WorkerError, make_executor
-from atp_viz.experiment import Progress, Setup, Workbench
+from atp_viz.display import full_text, perplexity_columns, perplexity_table, perplexity_text
+from atp_viz.executors import EXECUTORS, ExecutorConfig, make_executor
+from atp_viz.executors import Job as PointJob
+from atp_viz.experiment import Setup, Workbench, scaled
 from atp_viz.figures import PLOTLY_CONFIG
 from atp_viz.methods import ScheduleSpec
-from atp_viz.models import DEFAULT_MODEL, EMBEDDED_MODELS
+from atp_viz.metrics import EVALUATION
+from atp_viz.models import DEFAULT_MODEL, EMBEDDED_MODELS, block_count
 from atp_viz.pruners import PRUNERS, PruneConfig
 from atp_viz.results import PointResult
 from atp_viz.shipped import REGENERATE, ShippedResults
@@ -38,11 +48,14 @@ from atp_viz.zeroshot import ZeroShotConfig
 ENV_MODEL = "ATP_VIZ_DEFAULT_MODEL"  # default model name or path (tests use a tiny model)
 ENV_CORPUS = "ATP_VIZ_DEFAULT_CORPUS"  # default corpus
 ENV_WINDOWS = "ATP_VIZ_DEFAULT_WINDOWS"  # 'COUNTxTOKENS' for calibration and evaluation, e.g. '4x32'
+ENV_JOB_LOG = "ATP_VIZ_JOB_LOG"  # optional file: one JSON line per job the server ran (who waited, when)
 SPARSITY_RANGE = (0.05, 0.95)
 DEVICES = ("cpu", "auto", "cuda")
 MAX_SEEDS = 5  # seeds per point the sidebar offers (each one is a full run of the point)
 MAX_ITEMS = 500  # zero-shot items per task the sidebar offers
 EVAL_BATCH = 4  # evaluation windows per forward pass (memory only)
+MAX_BENCHES = 2  # model settings kept loaded at once by the server (each holds the model and its dense copy)
+POLL_S = 1.0  # seconds between looks for a newly stored result while a job runs or waits on the model
 # Small dashboard defaults: the first sweep point on smollm2-135m takes ~20 s on 2 CPU cores.
 DEFAULTS = {
     "sparsity": 0.7,
@@ -63,7 +76,9 @@ class Context:
     setup: Setup | None  # None when the settings are invalid (an error is already shown)
     sparsity: float
     seeds: tuple[int, ...] = (0,)  # calibration seeds every point runs under (mean and spread shown)
-    workbench: Workbench | None = None  # loaded only for pages that need the model
+    workbench: Workbench | None = None  # the server's, for pages that need the model, once loaded
+    num_blocks: int | None = None  # the model's decoder blocks (from its config before it is loaded)
+    loading: bool = False  # the model is being loaded in the background (no error so far)
 
     @property
     def ready(self) -> bool:
@@ -130,12 +145,29 @@ def store_path() -> str:
     return str(default_store_path())
 
 
-@st.cache_resource(show_spinner=False, max_entries=2)
-def _workbench(setup: Setup, path: str) -> Workbench:
-    bench = Workbench(setup, get_store(path))
-    bench.rows.shipped = shipped_results()  # read under the user's store; variants share it
-    _loaded().add(setup)
-    return bench
+class Benches:
+    """The server's workbenches: one per model setting (not per session), the last MAX_BENCHES kept."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._benches: OrderedDict[Setup, Workbench] = OrderedDict()
+
+    def get(self, setup: Setup) -> Workbench | None:
+        with self._lock:
+            if (bench := self._benches.get(setup)) is not None:
+                self._benches.move_to_end(setup)
+            return bench
+
+    def put(self, setup: Setup, bench: Workbench) -> None:
+        with self._lock:
+            self._benches[setup] = bench
+            while len(self._benches) > MAX_BENCHES:  # a job still running on an evicted one keeps its own reference
+                self._benches.popitem(last=False)
+
+
+@st.cache_resource(show_spinner=False)
+def benches() -> Benches:
+    return Benches()
 
 
 @st.cache_resource(show_spinner=False)
@@ -145,41 +177,25 @@ def shipped_results() -> ShippedResults:
 
 
 @st.cache_resource(show_spinner=False)
-def _loaded() -> set[Setup]:
-    return set()
+def job_manager() -> jobs.JobManager:
+    """The server's one job registry (see atp_viz/jobs.py): every session submits to and reads from it."""
+    audit = os.environ.get(ENV_JOB_LOG)
+    return jobs.JobManager(alive=session_alive, audit=Path(audit) if audit else None)
 
 
-@st.cache_resource(show_spinner=False)
-def _jobs() -> dict[str, tuple[threading.Lock, list[str]]]:
-    return {}
+def session_id() -> str:
+    """This browser tab's Streamlit session (the owner of the jobs it queues)."""
+    ctx = get_script_run_ctx()
+    return ctx.session_id if ctx is not None else jobs.SERVER
 
 
-_JOBS_GUARD = threading.Lock()
-
-
-@contextlib.contextmanager
-def job(model: str, what: str) -> Iterator[bool]:
-    """Admit one heavy job per model (across sessions); yields False when another one is running."""
-    with _JOBS_GUARD:
-        lock, running = _jobs().setdefault(model, (threading.Lock(), []))
-    acquired = lock.acquire(blocking=False)
-    if acquired:
-        running[:] = [what]
-    try:
-        yield acquired
-    finally:
-        if acquired:
-            running.clear()
-            lock.release()
-
-
-def busy(model: str) -> str:
-    """A message naming the job that holds ``model`` ('' when none does)."""
-    entry = _jobs().get(model)
-    if entry is None or not entry[0].locked():
-        return ""
-    what = entry[1][0] if entry[1] else "a job"
-    return f"Busy: {what} is running on {model}. Wait for it to finish (its results appear here), then try again."
+def session_alive(owner: str) -> bool:
+    """Whether ``owner``'s tab is still open, from Streamlit's own session registry: the server removes a
+    session from its active sessions as soon as the tab's websocket closes. Without a server (AppTest
+    between runs, a bare script) no tab can close, so every owner counts as alive."""
+    if owner == jobs.SERVER or not Runtime.exists():
+        return True
+    return bool(Runtime.instance().is_active_session(owner))
 
 
 def base_setup(setup: Setup) -> Setup:
@@ -187,13 +203,50 @@ def base_setup(setup: Setup) -> Setup:
     return replace(setup, metrics=Setup.metrics, zeroshot=ZeroShotConfig(), calibration=Setup.calibration)
 
 
+def start_loading(setup: Setup) -> jobs.Job | None:
+    """Load ``setup``'s workbench in the background (a job on the model, owned by the server); None when
+    it is loaded already. The sidebar calls this on every page that uses the model, Home included, so
+    the model loads as the app opens."""
+    base = base_setup(setup)
+    if benches().get(base) is not None:
+        return None
+    key = ("load", base)
+    last = job_manager().last(key)
+    if last is not None and last.state == jobs.FAILED:
+        return last  # shown with a retry button, never retried by itself
+
+    manager, registry, store, shipped = job_manager(), benches(), get_store(store_path()), shipped_results()
+
+    def load(job: jobs.Job) -> None:
+        bench = Workbench(base, store, progress=job.report)
+        bench.rows.shipped = shipped  # read under the user's store; variants share it
+        registry.put(base, bench)
+        job.point_stored()
+        submit_dense(manager, bench)  # next, unless a session queued a job meanwhile
+
+    return manager.submit(jobs.SERVER, setup.model, key, f"loading {setup.model}", load)
+
+
 def load_workbench(setup: Setup) -> Workbench | None:
-    """The cached workbench for ``setup``: one loaded model per model setting, which other metrics and
-    the other calibration mode share as variants; shows st.error (and returns None) when it cannot be built."""
+    """The server's workbench for ``setup`` once it is loaded (other metrics share the loaded model);
+    until then says that it is loading (the page fills in by itself) and returns None; shows st.error
+    (and returns None) when it cannot be built."""
+    if (bench := benches().get(base_setup(setup))) is None:
+        job = start_loading(setup)
+        if job is not None and job.state == jobs.FAILED:
+            st.error(f"Cannot load the model with these settings: {job.error}")
+            if st.button("Try loading again", key="load_retry"):
+                job_manager().forget(job)
+                st.rerun()
+            return None
+        st.info(
+            f"Loading {setup.model} and tokenizing {setup.corpus} (first time only, a few seconds): this page "
+            "fills in by itself when the model is ready."
+        )
+        return None
     try:
-        with st.spinner(f"Loading {setup.model} and tokenizing {setup.corpus} (first time only)..."):
-            return _workbench(base_setup(setup), store_path()).variant(setup)
-    except Exception as exc:  # a bad name, path, corpus or window setting: show it, keep the page usable
+        return bench.variant(setup)
+    except ValueError as exc:  # a window setting this corpus or model cannot hold
         st.error(f"Cannot load the model with these settings: {exc}")
         return None
 
@@ -206,16 +259,6 @@ def stored_count(path: str, model: str) -> int:
 def stored_points(bench: Workbench, specs: Sequence[ScheduleSpec]) -> list[PointResult | None]:
     """The stored result of each spec (None where not computed yet), without computing anything."""
     return [bench.stored(spec) for spec in specs]
-
-
-# ------------------------------------------------------------------ long jobs
-def progress_callback(label: str) -> Progress:
-    bar = st.progress(0.0, text=label)
-
-    def report(fraction: float, message: str) -> None:
-        bar.progress(min(max(float(fraction), 0.0), 1.0), text=f"{label}: {message}")
-
-    return report
 
 
 def stored_groups(
@@ -235,41 +278,99 @@ def stored_groups(
     return groups, missing
 
 
-def run_points(
-    bench: Workbench, specs: Sequence[ScheduleSpec], label: str, on_point: Callable[[PointResult], None] | None = None
-) -> list[PointResult] | None:
-    """Run ``specs`` (the bench's own seed) under the model's job lock with a progress bar; each point is
-    stored as it ends. Returns None (after showing why) when the model is busy or a point fails."""
-    jobs = [(bench.setup.calib.seed, spec) for spec in specs]
-    return run_jobs(bench, jobs, label, (lambda _seed, point: on_point(point)) if on_point else None)
-
-
-def run_jobs(
+# ------------------------------------------------------------------ long jobs (atp_viz/jobs.py runs them)
+def submit(
     bench: Workbench,
-    jobs: Sequence[tuple[int, ScheduleSpec]],
+    key: Hashable,
     label: str,
-    on_point: Callable[[int, PointResult], None] | None = None,
-) -> list[PointResult] | None:
-    """Run each (seed, spec) under the model's job lock with a progress bar; each point is stored as it
-    ends. Returns None (after showing why) when the model is busy or a point fails."""
-    model = bench.setup.model
-    with job(model, label) as admitted:
-        if not admitted:
-            st.warning(busy(model) or f"Busy: another job is running on {model}.")
-            return None
-        report = progress_callback(label)
-        done: list[PointResult] = []
-        try:
-            with contextlib.closing(make_executor(executor_config(), bench.setup)) as executor:
-                for finished, result in executor.points(bench, [Job(seed, spec) for seed, spec in jobs], report):
-                    done.append(result)
-                    if on_point:
-                        on_point(finished.seed, result)
-        except (ValueError, WorkerError) as exc:
-            st.error(str(exc))
-            return None
-        report(1.0, f"done ({len(done)} point{'s' * (len(done) != 1)})")
-        return done
+    work: Callable[[jobs.Job], object],
+    total: int = 0,
+    validate: Callable[[], object] | None = None,
+) -> jobs.Job | None:
+    """Run ``work`` on the bench's model in the background for this session: follow the job with ``key``
+    if one is queued or running, else start it (model free) or queue it. Invalid settings are refused
+    here with one st.error line (``validate`` raises ValueError); returns None then."""
+    try:
+        return job_manager().submit(session_id(), bench.setup.model, key, label, work, total=total, validate=validate)
+    except ValueError as exc:
+        st.error(str(exc))
+        return None
+
+
+def points_key(bench: Workbench, todo: Sequence[tuple[int, ScheduleSpec]]) -> tuple[object, ...]:
+    """A points job's identity: the model setting and the (seed, schedule) pairs it runs."""
+    return ("points", bench.setup, tuple(todo))
+
+
+def submit_points(bench: Workbench, todo: Sequence[tuple[int, ScheduleSpec]], label: str) -> jobs.Job | None:
+    """Run each (seed, spec) in the background, storing each point as it ends (points another job
+    stored meanwhile are read back, not redone). Every spec's rates are checked first (pure math for
+    the methods that need no statistics), so a bad one is refused before anything is queued."""
+    todo = list(todo)
+
+    def validate() -> None:
+        for _seed, spec in todo:
+            if not spec.entry.needs:
+                bench.schedule(spec)  # raises ValueError with what is allowed
+
+    config = executor_config()  # the sidebar's choice, read in the session: the job runs in a thread
+
+    def work(job: jobs.Job) -> int:
+        with contextlib.closing(make_executor(config, bench.setup)) as executor:
+            for _ in executor.points(bench, [PointJob(seed, spec) for seed, spec in todo], job.report):
+                job.point_stored()
+        return len(todo)
+
+    return submit(bench, points_key(bench, todo), label, work, total=len(todo), validate=validate)
+
+
+def last_job(key: Hashable) -> jobs.Job | None:
+    """The job with ``key`` (started by this session or another one): queued or running, else the last
+    one that ended (pages show its error when it failed)."""
+    return job_manager().last(key)
+
+
+def idle(job: jobs.Job | None) -> bool:
+    """No job to wait for: a page offers its Run button."""
+    return job is None or not job.active
+
+
+def follow(model: str, job: jobs.Job | None = None, compact: bool = False) -> None:
+    """While a job runs or waits on ``model``: what runs (progress), ``job``'s place in the queue with a
+    Cancel button for its owner, and a fragment that reruns the whole page (charts, captions, tables,
+    sidebar) each time a result is stored or a job starts or ends. Nothing polls while the model is idle."""
+    manager = job_manager()
+    if job is not None and job.state == jobs.FAILED:
+        st.error(f"{job.label} stopped: {job.error}")
+    if not manager.busy(model) and idle(job):
+        return
+    seen = manager.version(model)
+
+    @st.fragment(run_every=POLL_S)
+    def live() -> None:
+        if manager.version(model) != seen:
+            st.rerun()  # the whole page: every stored point and count is read again
+        running = manager.running(model)
+        if running is not None and compact:
+            waiting = len(manager.queue(model))
+            st.caption(f"Running: {running.label} ({running.fraction:.0%}); {waiting} job(s) queued on this model")
+        elif running is not None:
+            done = f" ({running.stored} of {running.total} stored)" if running.total else ""
+            whose = "" if job is None or running is job else " (another job; yours waits, see below)"
+            st.progress(running.fraction, text=f"Running: {running.label}{done}{whose}: {running.message}")
+        if job is not None and job.state == jobs.QUEUED:
+            place = manager.position(job)
+            ahead = f"after {running.label}" if running is not None else "next"
+            left, right = st.columns([4, 1])
+            left.info(
+                f"Queued (position {place} for {model}): {job.label} starts by itself {ahead}. Closing this tab "
+                "drops it from the queue."
+            )
+            if session_id() in job.owners and right.button("Cancel", key=f"job_cancel_{job.id}"):
+                manager.cancel(job, session_id())
+                st.rerun()
+
+    live()
 
 
 def shipped_note(bench: Workbench, specs: Sequence[ScheduleSpec], seeds: Sequence[int] = ()) -> None:
@@ -283,91 +384,123 @@ def shipped_note(bench: Workbench, specs: Sequence[ScheduleSpec], seeds: Sequenc
         )
 
 
-def run_speed(bench: Workbench, rows: Sequence[dict[str, Any]], label: str) -> bool:
-    """Measure the speedup of each row's chosen schedule on this machine under the model's job lock,
-    with a progress bar; each result is stored at once. False (after saying why) when busy or refused."""
+def speed_key(bench: Workbench, rows: Sequence[Mapping[str, Any]]) -> tuple[object, ...]:
+    """A speed job's identity: the model setting and the chosen schedule of each ``compare_rows`` row."""
     from atp_viz import speedup
 
-    model = bench.setup.model
-    with job(model, label) as admitted:
-        if not admitted:
-            st.warning(busy(model) or f"Busy: another job is running on {model}.")
-            return False
-        try:
-            speedup.measure_rows(bench, rows, progress=progress_callback(label))
-        except ValueError as exc:
-            st.error(str(exc))
-            return False
-        return True
+    return ("speed", bench.setup, tuple(dict.fromkeys(speedup.chosen_spec(row) for row in rows)))
 
 
-T = TypeVar("T")
+def submit_speed(bench: Workbench, rows: Sequence[Mapping[str, Any]], label: str) -> jobs.Job | None:
+    """Measure the speedup of each row's chosen schedule on this machine in the background; each result
+    is stored at once (``speedup.measure_rows``)."""
+    from atp_viz import speedup
 
+    rows = list(rows)
 
-def run_task(model: str, label: str, work: Callable[[Progress], T]) -> T | None:
-    """Run ``work`` (it gets a progress callback) under the model's job lock with a progress bar.
-    Returns None (after showing why) when the model is busy or the work rejects its input."""
-    with job(model, label) as admitted:
-        if not admitted:
-            st.warning(busy(model) or f"Busy: another job is running on {model}.")
-            return None
-        report = progress_callback(label)
-        try:
-            result = work(report)
-        except ValueError as exc:
-            st.error(str(exc))
-            return None
-        report(1.0, "done")
-        return result
+    def work(job: jobs.Job) -> None:
+        speedup.measure_rows(bench, rows, progress=job.report)
+        job.point_stored()
+
+    return submit(bench, speed_key(bench, rows), label, work, total=len(rows))
 
 
 def dense_perplexity(bench: Workbench) -> float | None:
-    """Stored or computed now (a few seconds, once per evaluation setting); None when busy."""
+    """The stored dense perplexity, or None while it is being measured: a background job (owned by the
+    server, after any job a session is waiting for) measures it once per evaluation setting."""
     if (known := bench.stored_dense_perplexity()) is not None:
-        return known  # no lock needed to read it: another session's job does not make this page wait
-    model = bench.setup.model
-    with job(model, "dense perplexity") as admitted:
-        if not admitted:
-            return None
-        with st.spinner("Measuring the dense model's perplexity (once)..."):
-            return bench.dense_perplexity()
+        return known
+    dense_metrics(bench)
+    return None
 
 
 def dense_metrics(bench: Workbench) -> dict[str, float] | None:
-    """Every metric of the dense model (stored, or measured now under the job lock); None when busy."""
+    """Every metric of the dense model once stored; None meanwhile (measuring in the background)."""
     found, missing = bench.rows.metrics_of(bench.rows.dense_key())
     if not missing:
         return found
-    model = bench.setup.model
-    with job(model, "dense metrics") as admitted:
-        if not admitted:
-            st.warning(busy(model) or f"Busy: another job is running on {model}.")
-            return None
-        with st.spinner("Measuring the dense model (once per setting)..."):
-            return bench.dense_metrics()
+    submit_dense(job_manager(), bench)
+    return None
 
 
-def schedule_or_error(bench: Workbench, spec: ScheduleSpec) -> np.ndarray | None:
-    """Per-block rates of ``spec`` (statistics such as OWL's dense pass run under the job lock)."""
-    model = bench.setup.model
-    needs_model = bool(spec.entry.needs)
-    with contextlib.ExitStack() as stack:
-        if needs_model:
-            admitted = stack.enter_context(job(model, f"{spec.method} statistics"))
-            if not admitted:
-                st.warning(busy(model) or f"Busy: another job is running on {model}.")
-                return None
-            stack.enter_context(st.spinner(f"Computing {spec.method} layer statistics (once per model)..."))
-        try:
-            with warnings.catch_warnings(record=True) as caught:
-                warnings.simplefilter("always")
-                rates = bench.schedule(spec)
-            for warning in caught:
-                st.warning(str(warning.message))
-            return rates
-        except ValueError as exc:
-            st.error(str(exc))
-            return None
+def submit_dense(manager: jobs.JobManager, bench: Workbench) -> None:
+    """Measure the dense model's metrics in the background (owned by the server, after every job a session
+    waits for); once per setting: a failed measurement is not retried by itself."""
+    key = ("dense", bench.setup)
+    if (last := manager.last(key)) is not None and last.state == jobs.FAILED:
+        return
+    if not bench.rows.metrics_of(bench.rows.dense_key())[1]:
+        return
+
+    def measure(job: jobs.Job) -> None:
+        key = bench.rows.dense_key()
+        missing = sorted(bench.rows.metrics_of(key)[1], key=lambda item: item[1] != EVALUATION)  # shown first
+        for name, split in missing:  # one (metric, split) at a time, each stored at once
+            if job.outranked():
+                return  # a session's job waits: it goes first, a later rerun queues the rest again
+            bench.dense.restore()
+            bench.measure(key, [(name, split)], {"method": "dense"}, job.report)
+            job.point_stored()
+
+    manager.submit(jobs.SERVER, bench.setup.model, key, "dense model metrics", measure, priority=jobs.BACKGROUND)
+
+
+def schedules(bench: Workbench | None, num_blocks: int, specs: Sequence[ScheduleSpec]) -> Schedules:
+    """Per-block rates of ``specs``: pure-math methods at once (no model needed), methods that need layer
+    statistics once a background job has computed them (this session owns that job)."""
+    found = Schedules({}, {}, [], None)
+    pending = []
+    for spec in specs:
+        if not spec.entry.needs:
+            try:
+                found.rates[spec] = methods.build_schedule(
+                    spec, num_blocks, None, bench.param_counts if bench else None
+                )
+            except ValueError as exc:
+                found.errors[spec] = str(exc)
+        elif bench is not None and (known := _statistics_rates().get((bench.setup, spec))) is not None:
+            if isinstance(known, str):
+                found.errors[spec] = known
+            else:
+                found.rates[spec], warned = known
+                found.warnings.extend(warned)
+        else:
+            pending.append(spec)
+    if pending and bench is not None:
+        memo = _statistics_rates()
+
+        def compute(job: jobs.Job) -> None:
+            for index, spec in enumerate(pending):
+                try:
+                    with warnings.catch_warnings(record=True) as caught:
+                        warnings.simplefilter("always")
+                        rates = bench.schedule(spec, scaled(job.report, index / len(pending), 1 / len(pending)))
+                    memo[(bench.setup, spec)] = (rates, [str(w.message) for w in caught])
+                except ValueError as exc:
+                    memo[(bench.setup, spec)] = str(exc)
+                job.point_stored()
+
+        labels = ", ".join(spec.entry.label for spec in pending)
+        found.job = submit(bench, ("statistics", bench.setup, tuple(pending)), f"{labels} statistics", compute)
+    found.pending = pending
+    return found
+
+
+@dataclass
+class Schedules:
+    """What ``schedules`` found: rates and errors by spec, warnings, and the job computing the rest."""
+
+    rates: dict[ScheduleSpec, np.ndarray]
+    errors: dict[ScheduleSpec, str]
+    warnings: list[str]
+    job: jobs.Job | None
+    pending: list[ScheduleSpec] = field(default_factory=list)
+
+
+@st.cache_resource(show_spinner=False)
+def _statistics_rates() -> dict[tuple[Setup, ScheduleSpec], tuple[np.ndarray, list[str]] | str]:
+    """Rates of statistics-driven schedules computed by background jobs (per model setting and spec)."""
+    return {}
 
 
 def executor_config() -> ExecutorConfig:
@@ -460,10 +593,15 @@ def sidebar(load_model: bool = True) -> Context:
     if not SPARSITY_RANGE[0] <= sparsity <= SPARSITY_RANGE[1]:
         bar.error(f"Target sparsity must be in [{SPARSITY_RANGE[0]}, {SPARSITY_RANGE[1]}], got {sparsity:g}")
         sparsity = float(DEFAULTS["sparsity"])  # type: ignore[arg-type]
+    # Pages that use the model start loading it (Home does, so it loads as the app opens); the
+    # Theory sandbox does not: it never needs the model.
+    load = start_loading(setup) if (setup is not None and load_model) else None
+    loading = load is not None and load.active
     bench = load_workbench(setup) if (setup is not None and load_model) else None
-    status_box(setup, bench)
+    status_box(setup)
     first, count = int(values["seed"]), min(max(int(values["seed_count"]), 1), MAX_SEEDS)
-    return Context(setup, sparsity, tuple(range(first, first + count)), bench)
+    blocks = bench.num_blocks if bench is not None else (block_count(setup.model) if setup is not None else None)
+    return Context(setup, sparsity, tuple(range(first, first + count)), bench, blocks, loading)
 
 
 def setup_of(values: Mapping[str, Any]) -> Setup:
@@ -480,30 +618,55 @@ def setup_of(values: Mapping[str, Any]) -> Setup:
     )
 
 
-def status_box(setup: Setup | None, bench: Workbench | None) -> None:
+def status_box(setup: Setup | None) -> None:
+    """Model, dense perplexity and stored results of the sidebar's setting; refreshed while a job runs."""
     box = st.sidebar.container(border=True)
     box.markdown("**Status**")
     if setup is None:
         box.caption("Fix the settings above.")
         return
-    if bench is None:
-        loaded = base_setup(setup) in _loaded()
-        box.caption(f"Model: {'loaded' if loaded else 'not loaded'} ({setup.model})")
+    loaded = benches().get(base_setup(setup))
+    if loaded is None:
+        load = job_manager().last(("load", base_setup(setup)))
+        if load is not None and load.state == jobs.FAILED:
+            state = f"not loaded ({load.error})"
+        else:
+            state = "loading..." if load is not None and load.active else "not loaded (pages that use it load it)"
+        box.caption(f"Model: {state} ({setup.model})")
     else:
-        total = int(sum(bench.param_counts))
-        box.caption(f"Model: loaded, {bench.num_blocks} blocks, {total / 1e6:.1f} M prunable weights")
-        ppl = dense_perplexity(bench)
+        total = int(sum(loaded.param_counts))
+        box.caption(f"Model: loaded, {loaded.num_blocks} blocks, {total / 1e6:.1f} M prunable weights")
+        try:
+            ppl = dense_perplexity(loaded.variant(replace(setup, metrics=Setup.metrics, zeroshot=ZeroShotConfig())))
+        except ValueError:
+            ppl = None
         box.caption(
-            f"Dense perplexity: {ppl:.4f}" if ppl is not None else f"Dense perplexity: {busy(setup.model) or 'busy'}"
+            f"Dense perplexity: {perplexity_text(ppl)}" if ppl is not None else "Dense perplexity: measuring...",
+            help=f"Full value: {full_text(ppl)}"
+            if ppl is not None
+            else "Measured once per evaluation setting, in the background, after any job a session is waiting for.",
         )
     box.caption(f"Stored results for this model: {stored_count(store_path(), setup.model)}")
     if shipped := shipped_results().count(setup.model):
         box.caption(f"Shipped results: {shipped} rows, used where the settings match ({REGENERATE})")
+    with box:
+        follow(setup.model, compact=True)
 
 
 # ------------------------------------------------------------------ drawing helpers
 def chart(fig: object, key: str | None = None) -> None:
     st.plotly_chart(fig, config=PLOTLY_CONFIG, key=key)
+
+
+def perplexity_frame(frame: Any, columns: Sequence[str] | None = None, **kwargs: Any) -> None:
+    """``st.dataframe`` with perplexities printed short (``display.perplexity_text``); each such column's
+    header tooltip says so, and the CSV downloads keep the full values."""
+    chosen = perplexity_columns(frame, columns)
+    config = {
+        c: st.column_config.Column(help="3 significant digits (1 decimal from 100); full value in the CSV download")
+        for c in chosen
+    }
+    st.dataframe(perplexity_table(frame, chosen), column_config=config, **kwargs)
 
 
 def schedule_json(named: dict[str, np.ndarray], meta: dict[str, object]) -> str:

@@ -11,8 +11,10 @@ from atp_viz.pruners import PRUNERS
 st.set_page_config(page_title="Schedules - atp-viz", layout="wide")
 ctx = ui.sidebar()
 st.title("Schedules")
-setup, bench = ui.require(ctx)
-S, L = ctx.sparsity, bench.num_blocks
+if ctx.setup is None or ctx.num_blocks is None or (ctx.workbench is None and not ctx.loading):
+    st.stop()  # the sidebar (or the loading notice above) says why
+setup, bench = ctx.setup, ctx.workbench  # bench: None while the model loads; uniform, ATP and custom need none
+S, L = ctx.sparsity, ctx.num_blocks
 bound = schedules.beta_max(L, S)
 st.markdown(
     f"Per-block sparsity for **{setup.model}** ({L} blocks) at average sparsity **S = {S:g}**. ATP's slope is "
@@ -33,20 +35,32 @@ if custom:
         )
         rates = [float(x) for x in edited["sparsity"].fillna(-1)]
 specs = ui.method_specs(show, L, S, "sched", custom_rates=rates)
-named = {}
-for name, spec in specs.items():
-    values = ui.schedule_or_error(bench, spec)
-    if values is not None:
-        named[ui.spec_label(spec)] = values
+found = ui.schedules(bench, L, list(specs.values()))
+for spec, problem in found.errors.items():
+    st.error(f"{spec.entry.label}: {problem}")
+for warning in found.warnings:
+    st.warning(warning)
+if found.pending:
+    waiting = ", ".join(spec.entry.label for spec in found.pending)
+    st.info(
+        f"{waiting}: drawn here as soon as {'the model is loaded and ' if bench is None else ''}their layer "
+        "statistics are computed (once per model setting, in the background); the other schedules need no model."
+    )
+    ui.follow(setup.model, found.job)
+named = {ui.spec_label(spec): found.rates[spec] for spec in specs.values() if spec in found.rates}
 if not named:
-    st.info("Choose at least one valid schedule.")
+    if not found.pending:
+        st.info("Choose at least one valid schedule.")
     st.stop()
 
 ui.chart(figures.schedule_figure(named, f"Per-block sparsity, {setup.model}, S = {S:g}"), key="sched_figure")
+weights = bench.param_counts if bench is not None else None  # equal-sized blocks until the model is loaded
 means = pd.DataFrame(
     {
         "schedule": list(named),
-        "parameter-weighted mean sparsity": [schedules.weighted_mean(r, bench.param_counts) for r in named.values()],
+        "parameter-weighted mean sparsity" if weights is not None else "mean sparsity": [
+            schedules.weighted_mean(r, weights) for r in named.values()
+        ],
         "min": [r.min() for r in named.values()],
         "max": [r.max() for r in named.values()],
     }
@@ -55,7 +69,9 @@ st.dataframe(means, hide_index=True, key="sched_means")
 table = pd.DataFrame({"block": range(L), **named})
 st.dataframe(table, hide_index=True, key="sched_table")
 
-meta = {"model": setup.model, "num_blocks": L, "sparsity": S, "param_counts": [int(c) for c in bench.param_counts]}
+meta = {"model": setup.model, "num_blocks": L, "sparsity": S}
+if bench is not None:
+    meta["param_counts"] = [int(c) for c in bench.param_counts]
 d1, d2 = st.columns(2)
 d1.download_button(
     "Download JSON",
@@ -67,6 +83,9 @@ d1.download_button(
 d2.download_button(
     "Download CSV", table.to_csv(index=False), file_name="schedules.csv", mime="text/csv", key="sched_csv"
 )
+if bench is None:
+    st.caption("The llm-compressor recipe (it names the model's block path) appears here when the model is loaded.")
+    st.stop()
 pick = st.selectbox("Recipe for", list(named), key="sched_recipe")
 st.caption("llm-compressor oneshot recipe with one sparsity per decoder block (copy button at the top right):")
 pruner = PRUNERS[setup.prune.pruner]

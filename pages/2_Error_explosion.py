@@ -38,15 +38,19 @@ chosen = [specs[name] for name in show]
 points = dict(zip(show, ui.stored_points(bench, chosen)))
 missing = [specs[name] for name, point in points.items() if point is None]
 ui.shipped_note(bench, chosen)
+todo = [(setup.calib.seed, spec) for spec in chosen]
+job = ui.last_job(ui.points_key(bench, todo))
 if missing:
     names = ", ".join(methods.label(name) for name, point in points.items() if point is None)
     st.info(
         f"Not measured yet at S = {S:g}: {names}. Each takes one prune + evaluation pass (about 20 s for "
-        "smollm2-135m on 2 CPU cores); results are stored as they finish."
+        "smollm2-135m on 2 CPU cores); its error curve appears here as soon as it is stored."
     )
-    if st.button(f"Measure {len(missing)} schedule{'s' * (len(missing) != 1)}", key="err_run", type="primary"):
-        if ui.run_points(bench, missing, f"error explosion at S = {S:g}") is not None:
-            st.rerun()
+    if ui.idle(job) and st.button(
+        f"Measure {len(missing)} schedule{'s' * (len(missing) != 1)}", key="err_run", type="primary"
+    ):
+        job = ui.submit_points(bench, todo, f"error explosion at S = {S:g}")
+    ui.follow(setup.model, job)
 
 done = {name: p for name, p in points.items() if p is not None}
 if done:
@@ -66,7 +70,7 @@ if done:
             y_title=y_title,
         )
     )
-    st.dataframe(
+    ui.perplexity_frame(
         pd.DataFrame(
             {
                 "schedule": list(curves),
@@ -75,5 +79,6 @@ if done:
                 "total error (sum over blocks)": [float(c.sum()) for c in curves.values()],
             }
         ),
+        ["perplexity"],
         hide_index=True,
     )

@@ -4,10 +4,11 @@ import pandas as pd
 import streamlit as st
 
 from atp_viz import figures, findbest, schedules, ui
+from atp_viz.display import metric_text
 from atp_viz.experiment import summarize_sweep, sweep_specs
 from atp_viz.metrics import METRICS
 from atp_viz.predict import predict_for, stored_prediction
-from atp_viz.results import PointResult, seed_spread
+from atp_viz.results import seed_spread
 
 st.set_page_config(page_title="Beta tuning - atp-viz", layout="wide")
 ctx = ui.sidebar()
@@ -39,7 +40,8 @@ if len(specs) == 1:
     st.stop()
 
 seeds = ctx.seeds
-job_id = (setup, S, step, seeds)
+todo = [(seed, spec) for seed in seeds for spec in specs]
+job = ui.last_job(ui.points_key(bench, todo))  # the same sweep started by any session: followed, not rerun
 groups, missing = ui.stored_groups(bench, specs, seeds)
 total = len(specs) * len(seeds)
 st.caption(
@@ -49,29 +51,58 @@ st.caption(
 )
 ui.shipped_note(bench, specs, seeds)
 
+measured = [name for name in setup.metrics if name in METRICS]
+metric = measured[0]
+if len(measured) > 1:
+    metric = st.radio(
+        "Curve and best beta by",
+        measured,
+        format_func=lambda name: METRICS[name].label,
+        horizontal=True,
+        **ui.state("tune_metric", measured[0]),
+    )
 c1, c3, c2 = st.columns([1, 1, 3])
 if c1.button(
     f"Run sweep ({len(missing)} missing)" if missing else "Sweep complete",
     key="tune_run",
     type="primary",
-    disabled=not missing,
+    disabled=not missing or not ui.idle(job),
 ):
-    st.session_state["tune_job"] = job_id
-if st.session_state.get("tune_job") is not None and c2.button("Stop (finished points are kept)", key="tune_stop"):
-    st.session_state["tune_job"] = None
-chart_slot = st.empty()
-find_slot = st.container()
+    job = ui.submit_points(bench, todo, f"beta sweep at S = {S:g}")
+
+# -- find best beta: a Fibonacci (golden-section) search over the grid instead of all of it (atp_viz.findbest)
+find_key = ("find best", bench.setup, tuple(specs[1:]), tuple(seeds), metric)
+find_job = ui.last_job(find_key)
+if c3.button("Find best beta", key="tune_find", help=findbest.BUTTON_HELP, disabled=not ui.idle(find_job)):
+    find_job = ui.submit(
+        bench,
+        find_key,
+        f"find best beta at S = {S:g}",
+        lambda job: findbest.find_best(
+            bench, specs[1:], seeds, metric, job.report, on_point=lambda *_: job.point_stored()
+        ),
+    )
 
 # -- Predict beta without a sweep (atp_viz.predict: the error-propagation model of Thm 3.2) ----------
-if st.button("Predict beta", key="tune_predict", help="From the dense model alone (about one sweep point of work)"):
-    with ui.job(setup.model, f"beta prediction at S = {S:g}") as admitted:
-        if not admitted:
-            st.warning(ui.busy(setup.model))
-        else:
-            try:
-                predict_for(bench, S, step, progress=ui.progress_callback("Predicting beta"))
-            except ValueError as exc:
-                st.error(str(exc))
+predict_key = ("predict beta", bench.setup, S, step)
+predict_job = ui.last_job(predict_key)
+if c2.button(
+    "Predict beta",
+    key="tune_predict",
+    help="From the dense model alone (about one sweep point of work)",
+    disabled=not ui.idle(predict_job),
+):
+    predict_job = ui.submit(
+        bench,
+        predict_key,
+        f"beta prediction at S = {S:g}",
+        lambda job: predict_for(bench, S, step, progress=job.report),
+    )
+ui.follow(setup.model, next((j for j in (job, find_job, predict_job) if not ui.idle(j)), job))
+
+if (found := findbest.find_best(bench, specs[1:], seeds, metric, compute=False)) is not None:
+    st.success(findbest.found_text(found))
+    ui.perplexity_frame(pd.DataFrame(findbest.probe_table(found)), hide_index=True, key="tune_find_table")
 prediction = stored_prediction(bench, S, step) if step > 0 else None
 if prediction is not None:
     st.caption(
@@ -87,66 +118,38 @@ if prediction is not None:
         )
 
 
-measured = [name for name in setup.metrics if name in METRICS]
-metric = measured[0]
-if len(measured) > 1:
-    metric = st.radio(
-        "Curve and best beta by",
-        measured,
-        format_func=lambda name: METRICS[name].label,
-        horizontal=True,
-        **ui.state("tune_metric", measured[0]),
-    )
-
-
-def draw() -> None:
-    summary = summarize_sweep(specs, groups, metric=metric)
-    uniform = seed_spread(summary.uniform, metric) if summary.uniform else None
-    fig = figures.beta_curve_figure(
-        summary.betas,
-        [v.mean for v in summary.evaluation],
-        sparsity=S,
-        uniform_ppl=uniform.mean if uniform else None,
-        best_beta=summary.betas[summary.best] if summary.best is not None else None,
-        beta_max=bound,
-        selected=st.session_state.get("_tune_pick"),
-        validation=[v.mean for v in summary.validation],
-        spread=[v.std for v in summary.evaluation],
-        metric=metric,
-        predicted=prediction.beta if prediction is not None else None,
-    )
-    with chart_slot.container():
-        ui.chart(fig, key=f"tune_curve_{sum(len(g) for g in groups.values())}")
-
-
-draw()
-if missing and st.session_state.get("tune_job") == job_id:
-    st.caption("Changing a widget while the sweep runs restarts the point in progress (finished points are kept).")
-    keys = {(seed, bench.reseeded(seed).point_key(spec)): spec for seed, spec in missing}
-
-    def arrived(seed: int, point: PointResult) -> None:
-        groups[keys[(seed, point.key)]].append(point)
-        draw()
-
-    done = ui.run_jobs(bench, missing, f"beta sweep at S = {S:g}", on_point=arrived)
-    if done is not None:
-        st.session_state["tune_job"] = None
-        st.rerun()
-
-# -- find best beta: a Fibonacci (golden-section) search over the grid instead of all of it (atp_viz.findbest)
-if c3.button("Find best beta", key="tune_find", help=findbest.BUTTON_HELP):
-    ui.run_task(bench.setup.model, f"find best beta at S = {S:g}",
-                lambda progress: findbest.find_best(bench, specs[1:], seeds, metric, progress))  # fmt: skip
-    st.rerun()
-if (found := findbest.find_best(bench, specs[1:], seeds, metric, compute=False)) is not None:
-    with find_slot:
-        st.success(findbest.found_text(found))
-        st.dataframe(findbest.probe_table(found), hide_index=True, key="tune_find_table")
-
 summary = summarize_sweep(specs, groups, metric=metric)
 if summary.best is None:
-    st.info("No ATP point stored yet for these settings: press Run sweep.")
+    st.info(
+        f"The U-curve (evaluation {metric} against beta, one marker per grid point) appears here as soon as the "
+        "first ATP point is stored"
+        + (
+            ": the sweep is running, each point takes about 20 s on smollm2-135m."
+            if not ui.idle(job)
+            else ": press Run sweep (points are stored as they finish; other sessions see them too)."
+        )
+    )
+    if prediction is not None:  # the predicted beta on the still empty grid: the one thing known so far
+        predicted_only = figures.beta_curve_figure(
+            [], [], sparsity=S, beta_max=bound, metric=metric, predicted=prediction.beta
+        )
+        ui.chart(predicted_only, key="tune_curve_predicted")
     st.stop()
+uniform_mean = seed_spread(summary.uniform, metric).mean if summary.uniform else None
+fig = figures.beta_curve_figure(
+    summary.betas,
+    [v.mean for v in summary.evaluation],
+    sparsity=S,
+    uniform_ppl=uniform_mean,
+    best_beta=summary.betas[summary.best],
+    beta_max=bound,
+    selected=st.session_state.get("_tune_pick"),
+    validation=[v.mean for v in summary.validation],
+    spread=[v.std for v in summary.evaluation],
+    metric=metric,
+    predicted=prediction.beta if prediction is not None else None,
+)
+ui.chart(fig, key=f"tune_curve_{sum(len(g) for g in groups.values())}")
 best_beta, best_eval, best_val = (
     summary.betas[summary.best],
     summary.evaluation[summary.best],
@@ -156,9 +159,9 @@ noise = f" +- {best_eval.std:.3g} (std over {best_eval.n} seeds)" if best_eval.n
 if summary.uniform:
     uniform = seed_spread(summary.uniform, metric)
     st.success(
-        f"Best beta = {best_beta:.4g} (chosen on validation {metric} {best_val.mean:.4g}): evaluation {metric} "
-        f"{best_eval.mean:.4f}{noise} vs uniform {uniform.mean:.4f} "
-        f"({(best_eval.mean / uniform.mean - 1) * 100:+.2f} %)."
+        f"Best beta = {best_beta:.4g} (chosen on validation {metric} {metric_text(metric, best_val.mean)}): "
+        f"evaluation {metric} {metric_text(metric, best_eval.mean)}{noise} vs uniform "
+        f"{metric_text(metric, uniform.mean)} ({(best_eval.mean / uniform.mean - 1) * 100:+.2f} %)."
     )
 if summary.within_noise and summary.runner_up is not None:
     st.warning(
@@ -191,4 +194,10 @@ with right:
         **({"uniform": base.cumulative_error} if base else {}),
     }
     ui.chart(figures.error_figure(errors, log_y=True, title=f"Cumulative error at beta = {chosen.beta:.4g}"))
-st.dataframe(pd.DataFrame(summary.table()), hide_index=True)
+sweep_table = pd.DataFrame(summary.table())
+ui.perplexity_frame(
+    sweep_table, [c for c in sweep_table.columns if c.startswith(("perplexity", "std ("))], hide_index=True
+)
+st.download_button(
+    "Download CSV", sweep_table.to_csv(index=False), file_name="sweep.csv", mime="text/csv", key="tune_csv"
+)

@@ -6,7 +6,6 @@ import streamlit as st
 from atp_viz import figures, findbest, methods, schedules, speedup, ui
 from atp_viz.experiment import compare_cells, compare_rows, zeroshot_table
 from atp_viz.metrics import EVALUATION, VALIDATION
-from atp_viz.results import PointResult
 
 st.set_page_config(page_title="Compare strategies - atp-viz", layout="wide")
 ctx = ui.sidebar()
@@ -65,52 +64,46 @@ else:
     stored, missing = ui.stored_groups(bench, everything, ctx.seeds)
     pending = []
 runs = len(everything) * len(ctx.seeds)
+todo = [(seed, spec) for seed in ctx.seeds for spec in everything]
+job = ui.last_job(ui.points_key(bench, todo))  # the same comparison started by any session: followed
 dense = ui.dense_perplexity(bench)
-slot = st.empty()
-
-
-def draw() -> None:
-    with slot.container():
-        ui.chart(
-            figures.compare_figure(compare_rows(cells, stored), dense, log_y),
-            key=f"cmp_chart_{sum(len(points) for points in stored.values())}",
-        )
-
-
-draw()
+follow_slot = st.container()  # progress and queue place of this page's job, filled at the end
 ui.shipped_note(work if fast else bench, everything, ctx.seeds)
+fast_key = ("fast comparison", bench.setup, tuple(everything), ctx.seeds)
+fast_job = ui.last_job(fast_key) if fast else None
 if pending:
     st.info(f"{len(pending)} of {len(cells)} cells are not finished. Finished points are kept if you leave.")
-    if st.button(f"Run {len(pending)} cells", key="cmp_run", type="primary"):
-
-        def refresh(_seed: int, _spec: methods.ScheduleSpec, _point: PointResult) -> None:
-            before = sum(len(points) for points in stored.values())  # the chart's key counts points
-            stored.clear()
-            stored.update(findbest.fast_compare(work, cells, ctx.seeds, compute=False).found)
-            if sum(len(points) for points in stored.values()) != before:
-                draw()
-
-        label = "strategy comparison (find best beta)"
-        run = ui.run_task(setup.model, label, lambda p: findbest.fast_compare(work, cells, ctx.seeds, p, refresh))
-        if run is not None:
-            st.rerun()
+    if ui.idle(fast_job) and st.button(f"Run {len(pending)} cells", key="cmp_run", type="primary"):
+        fast_job = ui.submit(
+            work,
+            fast_key,
+            "strategy comparison (find best beta)",
+            lambda job: findbest.fast_compare(work, cells, ctx.seeds, job.report, lambda *_: job.point_stored()),
+        )
 if missing:
     st.info(
         f"{len(missing)} of {runs} runs are not stored yet (about 20 s each for smollm2-135m on 2 CPU "
-        "cores). Finished runs are kept if you leave."
+        "cores). Each bar appears as soon as its runs are stored; finished runs are kept if you leave."
     )
-    if st.button(f"Run {len(missing)} missing", key="cmp_run", type="primary"):
-        keys = {(seed, bench.reseeded(seed).point_key(spec)): spec for seed, spec in missing}
-
-        def arrived(seed: int, point: PointResult) -> None:
-            stored[keys[(seed, point.key)]].append(point)
-            draw()
-
-        if ui.run_jobs(bench, missing, "strategy comparison", on_point=arrived) is not None:
-            st.rerun()
+    if ui.idle(job) and st.button(f"Run {len(missing)} missing", key="cmp_run", type="primary"):
+        job = ui.submit_points(bench, todo, "strategy comparison")
+rows = compare_rows(cells, stored)
+if rows:
+    ui.chart(
+        figures.compare_figure(rows, dense, log_y),
+        key=f"cmp_chart_{sum(len(points) for points in stored.values())}",
+    )
+else:
+    st.info(
+        "The bar chart (evaluation perplexity per method and sparsity, dense model as a line) appears here as "
+        "soon as the first run is stored."
+    )
 
 table = pd.DataFrame(speedup.speed_columns(bench, compare_rows(cells, stored)))
+speed_job = None
 if table.empty:
+    with follow_slot:
+        ui.follow(setup.model, next((j for j in (job, fast_job) if not ui.idle(j)), job))
     st.stop()
 wide = table.pivot(index="label", columns="sparsity", values="perplexity").reindex(
     [methods.label(m) for m in chosen if methods.label(m) in set(table["label"])]
@@ -125,23 +118,30 @@ for phase in ("prefill", "decode"):  # columns appear once something is measured
     timed = table.pivot(index="label", columns="sparsity", values=f"{phase}_speedup")
     if timed.notna().any().any():
         wide = wide.join(timed.rename(columns=lambda s: f"S = {s:g} {phase} speedup"))
-st.dataframe(wide, key="cmp_table")
-unmeasured = table[table["prefill_speedup"].isna()]
+ui.perplexity_frame(wide, [c for c in wide.columns if not c.endswith("speedup")], key="cmp_table")
+unmeasured = table[table["prefill_speedup"].isna()].to_dict("records")
 shapes = speedup.DASHBOARD_SPEED
 st.caption(
     f"{speed_column}: dense-kernel forward time / PyTorch CSR time of the same pruned model (the chosen schedule), "
     f"prefill {shapes.prefill_tokens} tokens and one decoded token after {shapes.decode_context}; > 1 is faster. "
     "`atp-viz speed` measures one model from the command line."
 )
-if not unmeasured.empty and st.button(
-    f"Measure speedup on this machine ({len(unmeasured)} pruned model{'s' * (len(unmeasured) != 1)})", key="cmp_speed"
+speed_job = ui.last_job(ui.speed_key(bench, unmeasured)) if unmeasured else None
+if (
+    unmeasured
+    and ui.idle(speed_job)
+    and st.button(
+        f"Measure speedup on this machine ({len(unmeasured)} pruned model{'s' * (len(unmeasured) != 1)})",
+        key="cmp_speed",
+    )
 ):
-    if ui.run_speed(bench, unmeasured.to_dict("records"), "speedup on this machine"):
-        st.rerun()
+    speed_job = ui.submit_speed(bench, unmeasured, "speedup on this machine")
 if "zeroshot" in setup.metrics:
     st.subheader("Zero-shot accuracy (the paper's Table 1)")
     dense_values = ui.dense_metrics(bench)
     rows = compare_rows(cells, stored, extra=("zeroshot",))
+    if dense_values is None:
+        st.info("The accuracy table appears here once the dense model is measured (in the background, once).")
     if dense_values is not None and rows:
         field = st.radio("Accuracy", ("acc", "acc_norm"), horizontal=True, **ui.state("cmp_zs_field", "acc"))
         accuracy = pd.DataFrame(zeroshot_table(rows, dense_values, setup.zeroshot.tasks, field))
@@ -161,6 +161,8 @@ if len(ctx.seeds) > 1:
     spread = table.pivot(index="label", columns="sparsity", values="perplexity_std")
     spread.columns = [f"S = {s:g}" for s in spread.columns]
     st.caption("Standard deviation over the seeds (the bars' error bars):")
-    st.dataframe(spread, key="cmp_spread")
+    ui.perplexity_frame(spread, key="cmp_spread")
 csv = table.drop(columns=["rates"]).assign(params=table["params"].map(str), dense_perplexity=dense)
 st.download_button("Download CSV", csv.to_csv(index=False), file_name="compare.csv", mime="text/csv", key="cmp_csv")
+with follow_slot:
+    ui.follow(setup.model, next((j for j in (job, fast_job, speed_job) if not ui.idle(j)), job))

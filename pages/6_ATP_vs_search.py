@@ -5,7 +5,7 @@ import dataclasses
 import pandas as pd
 import streamlit as st
 
-from atp_viz import experiment, figures, schedules, search, searching, ui
+from atp_viz import experiment, figures, jobs, schedules, search, searching, ui
 
 st.set_page_config(page_title="ATP vs search - atp-viz", layout="wide")
 ctx = ui.sidebar()
@@ -65,13 +65,17 @@ def stored(seed: int) -> searching.Comparison:
     return searching.stored_comparison(*args, seed=seed, step=step)
 
 
-job_id = (setup, S, tuple(samplers), int(trials), tuple(seeds), step)
+key = ("search", setup, S, tuple(samplers), int(trials), tuple(seeds), step)
+job = ui.last_job(key)  # the same comparison started by any session: followed, not rerun
+if ui.idle(job) and st.button("Run", key="search_run", type="primary"):
 
-c1, c2 = st.columns([1, 4])
-if c1.button("Run", key="search_run", type="primary"):
-    st.session_state["search_job"] = job_id
-if st.session_state.get("search_job") is not None and c2.button("Stop (finished trials are kept)", key="search_stop"):
-    st.session_state["search_job"] = None
+    def work(running: jobs.Job) -> None:
+        for index, seed in enumerate(seeds):
+            part = experiment.scaled(running.report, index / len(seeds), 1 / len(seeds))
+            searching.versus_atp(*args, seed=seed, step=step, progress=part, on_trial=lambda *_: running.point_stored())
+
+    job = ui.submit(bench, key, f"ATP vs {', '.join(samplers)} at S = {S:g}", work)
+ui.follow(setup.model, job)
 slot = st.empty()
 labels, colors = searching.labels(), searching.sampler_colors()
 drawn = [0]
@@ -83,6 +87,12 @@ def draw() -> None:
     comparison = stored(seeds[0])
     atp = comparison.methods[searching.ATP].winner()
     named = {labels[m]: c for m, c in colors.items()}
+    if not any(c[0] for c in searching.curves(comparison, "trial").values()):
+        slot.info(
+            "Best-so-far curves (validation perplexity against trials and seconds), the winners' schedules and "
+            "the table appear here as trials are stored: press Run."
+        )
+        return
     with slot.container():
         chart_left, chart_right = st.columns(2)
         for column, x, title in (
@@ -112,19 +122,3 @@ try:
 except ValueError as exc:
     st.error(str(exc))
     st.stop()
-if st.session_state.get("search_job") == job_id:
-    model = setup.model
-    with ui.job(model, f"ATP vs search at S = {S:g}") as admitted:
-        if not admitted:
-            st.warning(ui.busy(model) or f"Busy: another job is running on {model}.")
-        else:
-            report = ui.progress_callback(f"ATP vs {', '.join(samplers)} at S = {S:g}")
-            try:
-                for index, seed in enumerate(seeds):
-                    part = experiment.scaled(report, index / len(seeds), 1 / len(seeds))
-                    searching.versus_atp(*args, seed=seed, step=step, progress=part, on_trial=lambda _m, _t: draw())
-            except (ValueError, search.SearchBusyError) as exc:
-                st.error(str(exc))
-            else:
-                st.session_state["search_job"] = None
-                st.rerun()

@@ -4,7 +4,7 @@ import pandas as pd
 import streamlit as st
 
 from atp_viz import figures, profiles, schedules, sweep2d, ui
-from atp_viz.results import PointResult
+from atp_viz.display import perplexity_text
 
 st.set_page_config(page_title="Profile shapes - atp-viz", layout="wide")
 ctx = ui.sidebar()
@@ -45,45 +45,46 @@ except ValueError as exc:
 seeds = ctx.seeds
 specs = grid.specs()
 groups, missing = ui.stored_groups(bench, specs, seeds)
-job_id = (setup, S, axis.name, grid.betas, grid.values, seeds)
+todo = [(seed, spec) for seed in seeds for spec in specs]
+job = ui.last_job(ui.points_key(bench, todo))  # the same grid started by any session: followed, not rerun
 st.caption(
     f"{len(grid.betas)} betas x {len(grid.values)} values: {len(grid.cells)} cells that can be built, "
     f"{len(specs)} distinct schedules; {len(specs) * len(seeds) - len(missing)} of {len(specs) * len(seeds)} "
     "points stored."
 )
-if st.button(f"Run grid ({len(missing)} missing)" if missing else "Grid complete", key="p2d_run", type="primary",
-             disabled=not missing):  # fmt: skip
-    st.session_state["p2d_job"] = job_id
-if missing and st.session_state.get("p2d_job") == job_id:
-    keys = {(seed, bench.reseeded(seed).point_key(spec)): spec for seed, spec in missing}
-
-    def arrived(seed: int, point: PointResult) -> None:
-        groups[keys[(seed, point.key)]].append(point)
-
-    if ui.run_jobs(bench, missing, f"beta x {axis.label} at S = {S:g}", on_point=arrived) is not None:
-        st.session_state["p2d_job"] = None
-        st.rerun()
+if st.button(
+    f"Run grid ({len(missing)} missing)" if missing else "Grid complete",
+    key="p2d_run",
+    type="primary",
+    disabled=not missing or not ui.idle(job),
+):
+    job = ui.submit_points(bench, todo, f"beta x {axis.label} at S = {S:g}")
+ui.follow(setup.model, job)
 
 summary = sweep2d.summarize(grid, groups)
+if summary.best is None:
+    st.info(
+        "Two heatmaps (validation and evaluation perplexity over beta x "
+        f"{axis.label}, the paper's line outlined) appear here as soon as the first point is stored"
+        + (": the grid is running." if not ui.idle(job) else ": press Run grid.")
+    )
+    st.stop()
 left, right = st.columns(2)
 for column, split in ((left, "validation"), (right, "evaluation")):
     with column:
         fig = figures.sweep2d_figure(grid.betas, grid.values, summary.mean[split], axis.label, axis.neutral,
                                      summary.best, summary.line_best, title=f"{split} perplexity")  # fmt: skip
         ui.chart(fig)
-if summary.best is None:
-    st.info("No point of this grid is stored yet: press Run grid.")
-    st.stop()
 off, line = summary.cell(summary.off_best), summary.cell(summary.line_best)
 if off and line:
     noise = {True: " (within the seed noise)", False: " (outside the seed noise)", None: ""}[summary.within_noise]
     winner = "off" if summary.best == summary.off_best else "on"
     st.success(
         f"Best cell {winner} the paper's line (chosen on validation). Off the line: {off['schedule']}, evaluation "
-        f"perplexity {off['perplexity (evaluation)']:.4g}; on the line: {line['schedule']}, "
-        f"{line['perplexity (evaluation)']:.4g}{noise}."
+        f"perplexity {perplexity_text(off['perplexity (evaluation)'])}; on the line: {line['schedule']}, "
+        f"{perplexity_text(line['perplexity (evaluation)'])}{noise}."
     )
-st.dataframe(pd.DataFrame(summary.table()), hide_index=True)
+ui.perplexity_frame(pd.DataFrame(summary.table()), hide_index=True)
 
 cells = sorted(summary.points)
 pick = st.selectbox("Schedule", cells, format_func=lambda c: grid.cells[c].describe(), index=cells.index(summary.best),

@@ -43,6 +43,13 @@ def free_port() -> int:
 @contextlib.contextmanager
 def dashboard_server(env: dict[str, str], log_path: Path) -> Iterator[str]:
     """``streamlit run app.py`` on a free localhost port; yields its base URL, stops it by its handle."""
+    with dashboard_process(env, log_path) as (base, _proc):
+        yield base
+
+
+@contextlib.contextmanager
+def dashboard_process(env: dict[str, str], log_path: Path) -> Iterator[tuple[str, subprocess.Popen]]:
+    """``dashboard_server`` that also yields the server's process (to read its memory)."""
     port = free_port()
     command = [
         sys.executable,
@@ -75,7 +82,7 @@ def dashboard_server(env: dict[str, str], log_path: Path) -> Iterator[str]:
                 if proc.poll() is not None or time.monotonic() > deadline:
                     pytest.fail(f"streamlit did not start; log: {log_path.read_text()[-2000:]}")
                 time.sleep(0.3)
-            yield base
+            yield base, proc
         finally:
             proc.terminate()
             try:

@@ -105,7 +105,18 @@ def write_merged(merged: dict[tuple[str, str], Row]) -> None:
     total_times = sum(r.times for r in rows)
     total_lost = sum(r.lost for r in rows)
     lines += ["", f"Total: {len(rows)} cases, {total_times} injections, {total_lost} results lost.", ""]
-    REPORT.write_text("\n".join(lines))
+    kept = kept_sections()
+    REPORT.write_text("\n".join(lines) + ("\n" + kept if kept else ""))
+
+
+def kept_sections() -> str:
+    """Hand-written sections after the generated table (from the first '## ' heading after it): kept."""
+    if not REPORT.is_file():
+        return ""
+    text = REPORT.read_text()
+    table_end = text.find("\nTotal: ")
+    start = text.find("\n## ", table_end) if table_end >= 0 else -1
+    return "" if start < 0 else text[start + 1 :]
 
 
 # ----------------------------------------------------------------------------- running the CLI

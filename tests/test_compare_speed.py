@@ -15,7 +15,7 @@ PAGE = str(ROOT / "pages" / "4_Compare_strategies.py")
 
 
 @pytest.fixture(scope="module", autouse=True)
-def tiny_dashboard(dashboard_env: dict[str, str]):
+def tiny_dashboard(dashboard_env: dict[str, str], settle_jobs: None):
     with pytest.MonkeyPatch.context() as mp:
         for name, value in dashboard_env.items():
             mp.setenv(name, value)

@@ -183,7 +183,7 @@ def test_ray_search_asks_in_batches_like_a_local_batched_search(tmp_path) -> Non
         assert (mine.validation, mine.evaluation) == (theirs.validation, theirs.evaluation)
 
 
-def test_dashboard_sidebar_offers_the_executors(dashboard_env, monkeypatch) -> None:
+def test_dashboard_sidebar_offers_the_executors(dashboard_env, monkeypatch, settle_jobs) -> None:
     from streamlit.testing.v1 import AppTest
 
     from atp_viz import ui

@@ -197,7 +197,7 @@ def test_cli_find_best_bad_input_is_one_line_and_writes_nothing(capsys, tmp_path
 
 # -- pages ----------------------------------------------------------------------------------------
 @pytest.fixture()
-def tiny_dashboard(dashboard_env: dict[str, str], tmp_path, monkeypatch) -> None:
+def tiny_dashboard(dashboard_env: dict[str, str], tmp_path, monkeypatch, settle_jobs: None) -> None:
     for name, value in dashboard_env.items():
         monkeypatch.setenv(name, value)
     monkeypatch.setenv("ATP_VIZ_STORE", str(tmp_path / "results.sqlite"))

@@ -13,7 +13,7 @@ TIMEOUT = 120
 
 
 @pytest.fixture(scope="module", autouse=True)
-def tiny_dashboard(dashboard_env: dict[str, str]):
+def tiny_dashboard(dashboard_env: dict[str, str], settle_jobs: None):
     with pytest.MonkeyPatch.context() as mp:
         for name, value in dashboard_env.items():
             mp.setenv(name, value)
@@ -130,17 +130,6 @@ def test_error_explosion_measures_then_reads_back() -> None:
     again = page("pages/2_Error_explosion.py", _sparsity=0.6)  # a revisit reads the store, no button needed
     ok(again)
     assert len(figures(again)[0]["data"]) == 2 and not again.button
-
-
-def test_error_explosion_says_busy_while_another_job_runs(tiny_assets) -> None:
-    from atp_viz import ui
-
-    at = page("pages/2_Error_explosion.py", _sparsity=0.55)
-    with ui.job(str(tiny_assets["model"]), "a test job"):
-        at.button(key="err_run").click().run()
-    ok(at)
-    assert any("Busy: a test job" in w.value for w in at.warning)
-    assert not figures(at)
 
 
 def test_beta_tuning_sweeps_point_by_point_and_shows_them_on_revisit() -> None:

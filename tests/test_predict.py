@@ -147,7 +147,7 @@ def test_cli_prints_the_prediction_and_its_curve(capsys, tmp_path) -> None:
 
 # -- the Beta tuning page -------------------------------------------------------------------------------
 @pytest.fixture()
-def dashboard(dashboard_env: dict[str, str]):
+def dashboard(dashboard_env: dict[str, str], settle_jobs: None):
     with pytest.MonkeyPatch.context() as mp:
         for name, value in dashboard_env.items():
             mp.setenv(name, value)
@@ -162,8 +162,8 @@ def test_beta_tuning_predict_button_draws_the_prediction(dashboard) -> None:
     assert not at.exception, [e.value for e in at.exception]
     at.button(key="tune_predict").click().run()
     assert not at.exception, [e.value for e in at.exception]
-    curve = json.loads(at.get("plotly_chart")[0].proto.spec)
-    names = [trace["name"] for trace in curve["data"]]
-    assert any(name.startswith("predicted (no sweep): beta = ") for name in names)
+    charts = [json.loads(chart.proto.spec) for chart in at.get("plotly_chart")]
+    # the U-curve before any sweep point: the predicted beta is the one thing drawn on it
+    curve = next(c for c in charts if any(t.get("name", "").startswith("predicted (no sweep)") for t in c["data"]))
     assert any(shape["x0"] == shape["x1"] for shape in curve["layout"]["shapes"])  # the vertical line
     assert any("Predicted beta = " in c.value for c in at.caption)

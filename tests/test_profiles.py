@@ -295,7 +295,7 @@ def test_linear_targets_follow_model_order() -> None:
 
 # -- page --------------------------------------------------------------------------------------------
 @pytest.fixture
-def dashboard(dashboard_env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> None:
+def dashboard(dashboard_env: dict[str, str], monkeypatch: pytest.MonkeyPatch, settle_jobs: None) -> None:
     for name, value in dashboard_env.items():
         monkeypatch.setenv(name, value)
 

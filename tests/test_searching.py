@@ -281,7 +281,7 @@ def test_cli_search_killed_mid_run_resumes_with_nothing_lost(tmp_path: Path) -> 
 
 
 @pytest.fixture()
-def tiny_dashboard(dashboard_env: dict[str, str], tmp_path: Path):
+def tiny_dashboard(dashboard_env: dict[str, str], tmp_path: Path, settle_jobs: None):
     with pytest.MonkeyPatch.context() as mp:
         for name, value in dashboard_env.items():
             mp.setenv(name, value)
