@@ -9,7 +9,10 @@ inversions). Writes ``docs/results/search-s<S>.json`` per sparsity, with the dat
     HF_HUB_OFFLINE=1 .venv/bin/python bench/search_vs_atp.py --sparsities 0.7,0.6 --seeds 0 \\
         --store /tmp/atp-search-bench/results.sqlite
 
-``--report-only`` writes the JSON from what is stored (a run cut short) without computing anything.
+``--report-only`` writes the JSON from what is stored (a run cut short) without running trials.
+``--budgets 11,110`` adds budget-matched views of the same run: each search cut to its first N
+trials (ATP's grid whole), the winners' evaluation perplexity measured where missing; a budget
+larger than the shortest stored search is cut to it (the JSON says which budget was used).
 """
 
 from __future__ import annotations
@@ -81,6 +84,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--val-windows", type=int, default=None, help="validation windows (default: --windows)")
     parser.add_argument("--seqlen", type=int, default=EVALUATION.seqlen, help="window length (%(default)s)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    parser.add_argument("--budgets", default="", help="comma-separated budget-matched views, e.g. 11,110")
     parser.add_argument("--tag", default="", help="suffix of the JSON file name, e.g. x10")
     parser.add_argument("--out-dir", default=str(OUT_DIR))
     args = parser.parse_args(argv)
@@ -120,7 +124,13 @@ def main(argv: list[str] | None = None) -> int:
                 f"({time.monotonic() - started:.0f} s this run)\n{table(comparison)}\n",
                 flush=True,
             )
-            runs.append({"search_seed": seed, **comparison.summary(), "table": table(comparison)})
+            views = {}
+            shortest = min(len(r.trials) for name, r in comparison.methods.items() if name != searching.ATP)
+            for asked in [int(b) for b in args.budgets.split(",") if b.strip()]:
+                view = searching.completed(wb, comparison.at_budget(min(asked, shortest)))
+                print(f"budget {view.budget} (asked {asked})\n{table(view)}\n", flush=True)
+                views[str(asked)] = {**view.summary(), "table": table(view)}
+            runs.append({"search_seed": seed, **comparison.summary(), "table": table(comparison), "budgets": views})
         out = {
             "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
             "command": command,
