@@ -687,14 +687,7 @@ def cmd_sweep2d(args: argparse.Namespace) -> dict[str, Any]:
         "seeds": list(seeds),
         "selected_on": setup.select_split,
         "reported_on": EVALUATION,
-        "betas": list(grid.betas),
-        "values": list(grid.values),
-        "best": summary.cell(summary.best),
-        "best_on_paper_line": summary.cell(summary.line_best),
-        "best_off_paper_line": summary.cell(summary.off_best),
-        "within_noise": summary.within_noise,
-        "table": summary.table(),
-    }
+    } | summary.report()
 
 
 def cmd_predict_beta(args: argparse.Namespace) -> dict[str, Any]:

@@ -190,6 +190,18 @@ class Summary2D:
             "seeds": reported[self.select].n,
         }
 
+    def report(self) -> dict[str, Any]:
+        """The JSON view the CLI and bench/profiles.py print: the grid, the three chosen cells, the table."""
+        return {
+            "betas": list(self.grid.betas),
+            "values": list(self.grid.values),
+            "best": self.cell(self.best),
+            "best_on_paper_line": self.cell(self.line_best),
+            "best_off_paper_line": self.cell(self.off_best),
+            "within_noise": self.within_noise,
+            "table": self.table(),
+        }
+
 
 def summarize(
     grid: Grid2D,

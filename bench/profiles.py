@@ -111,16 +111,7 @@ def main(argv: list[str] | None = None) -> int:
     }
     for name, grid in grids.items():
         summary = sweep2d.summarize(grid, sweep2d.stored_groups(wb, grid.specs(), seeds))
-        out["grids"][name] = {
-            "axis": grid.axis.label,
-            "betas": list(grid.betas),
-            "values": list(grid.values),
-            "best": summary.cell(summary.best),
-            "best_on_paper_line": summary.cell(summary.line_best),
-            "best_off_paper_line": summary.cell(summary.off_best),
-            "within_noise": summary.within_noise,
-            "table": summary.table(),
-        }
+        out["grids"][name] = {"axis": grid.axis.label} | summary.report()
         print(f"\n{grid.axis.label}: best {summary.cell(summary.best)}\n  line {summary.cell(summary.line_best)}"
               f"\n  off line {summary.cell(summary.off_best)}\n  within noise: {summary.within_noise}",
               flush=True)  # fmt: skip
