@@ -99,7 +99,7 @@ else:
         "soon as the first run is stored."
     )
 
-table = pd.DataFrame(speedup.speed_columns(bench, compare_rows(cells, stored)))
+table = pd.DataFrame(speedup.speed_columns(bench, rows))
 speed_job = None
 if table.empty:
     with follow_slot:
