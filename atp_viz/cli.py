@@ -166,9 +166,11 @@ def add_setup_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=int, default=8, help="windows per forward call (memory only)")
     p.add_argument(
         "--offload",
-        action="store_true",
-        help="models larger than the device: weights stay in their safetensors files and one decoder block at a "
-        "time moves to the device (same results; perplexity only)",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="weights stay in their safetensors files and one decoder block at a time moves to the device (same "
+        "results; perplexity only). Default: only when the model does not fit the device whole; --no-offload "
+        "refuses such a model instead",
     )
     p.add_argument("--store", default=None, help=f"results store (default {default_store_path()})")
     p.add_argument("--no-store", action="store_true", help="neither read nor write the results store")
@@ -432,7 +434,8 @@ def setup_from(args: argparse.Namespace) -> Setup:
         batch_size=args.batch_size,
         trust_remote_code=args.trust_remote_code,
         allow_pickle=args.allow_pickle,
-        offload=args.offload,
+        offload=args.offload is True,
+        auto_offload=args.offload is not False,
     )
 
 
@@ -568,7 +571,13 @@ def cmd_prune(args: argparse.Namespace) -> dict[str, Any]:
         raise CliError("--save needs the whole pruned model in memory and --offload never holds it; drop one of them")
     if args.save:
         check_target(Path(args.save).expanduser(), args.force)
-    wb = attach_store(load_workbench(setup), args, [spec])
+    wb = load_workbench(setup)
+    if args.save and wb.setup.offload:
+        raise CliError(
+            f"--save needs the whole pruned model in memory, and {setup.model} does not fit {setup.device} whole "
+            "(it was offloaded); free memory, use --dtype bfloat16, or drop --save"
+        )
+    wb = attach_store(wb, args, [spec])
     progress = tqdm_progress()
     dense = wb.dense_perplexity(progress)
     point = wb.run(spec, progress)

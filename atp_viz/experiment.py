@@ -39,12 +39,22 @@ from .evaluate import perplexity
 from .layer_stats import block_alphas, block_param_counts, prunable_linears
 from .methods import ScheduleSpec
 from .metrics import EVALUATION, METRICS, SPLITS, VALIDATION, metric_key
-from .models import DEFAULT_MODEL, LoadedModel, cache_dir, load_model
+from .models import (
+    DEFAULT_MODEL,
+    LoadedModel,
+    cache_dir,
+    load_model,
+    memory_shortfall,
+    resolve_device,
+    resolve_source,
+    torch_dtype,
+)
 from .offload import (
     CALIBRATION_COPIES,
     EVALUATION_COPIES,
     STREAMED_MODES,
     FileWeights,
+    OffloadedModel,
     StreamedPerplexity,
     load_offloaded,
 )
@@ -92,6 +102,7 @@ class Setup:
     trust_remote_code: bool = False  # load options: they decide what may run, not the results
     allow_pickle: bool = False
     offload: bool = False  # blocks stream from their files through the device one at a time (same results)
+    auto_offload: bool = True  # offload when the whole model does not fit the device (and offload can run)
 
     def __post_init__(self) -> None:
         check_choice("calibration mode", self.calibration, tuple(CALIBRATION_MODES))
@@ -241,10 +252,26 @@ class DenseWeights:
                     lin.weight.copy_(self.weights[(i, name)])
 
 
+def offload_needed(setup: Setup, report: Callable[[str], None] | None = None) -> bool:
+    """Whether ``auto_offload`` streams this model: it is a local safetensors folder that does not fit the device
+    whole, and the setup can run offloaded (perplexity only, no pickle). Otherwise the in-memory load decides
+    (and refuses a model that does not fit with its own line)."""
+    if setup.offload or not setup.auto_offload or setup.allow_pickle or set(setup.metrics) - set(OFFLOAD_METRICS):
+        return False
+    source = resolve_source(setup.model, report)
+    if not isinstance(source, Path):
+        return False
+    shortfall = memory_shortfall(source, torch_dtype(setup.dtype), resolve_device(setup.device))
+    if shortfall is not None and report:
+        report(f"{shortfall}: its blocks stream from the weight files instead (as --offload; --no-offload refuses)")
+    return shortfall is not None
+
+
 def load_for(setup: Setup, progress: Progress | None = None) -> LoadedModel:
-    """The model of ``setup`` on its device and dtype, with its load options."""
+    """The model of ``setup`` on its device and dtype, with its load options; offloaded when the setup asks for
+    it or when it does not fit whole (``offload_needed``)."""
     report = (lambda message: progress(0.0, message)) if progress else None
-    if setup.offload:  # the budget counts the calibration batch and the windows measured (when their number is set)
+    if setup.offload or offload_needed(setup, report):  # its budget counts the calibration and evaluation tokens
         ev = setup.evaluation
         tokens = setup.calib.samples * setup.calib.seqlen * CALIBRATION_COPIES
         tokens += sum(ev.windows_of(split) for split in setup.splits) * ev.seqlen * EVALUATION_COPIES
@@ -474,8 +501,10 @@ class Workbench:
     ) -> None:
         """``windows``: pre-cut token windows to use instead of the corpus (see ``given_windows``);
         ``dense``: the dense weights of ``loaded`` when another Workbench holds them already."""
-        self.setup = setup
         self.loaded = loaded or load_for(setup, progress)
+        if isinstance(self.loaded, OffloadedModel) and not setup.offload:  # offloaded automatically
+            setup = replace(setup, offload=True)
+        self.setup = setup
         check_lengths(self.loaded, setup)
         if windows is None:
             self.corpus = load_corpus(setup.corpus)
@@ -528,6 +557,13 @@ class Workbench:
     def variant(self, setup: Setup) -> Workbench:
         """A Workbench for ``setup`` that shares this one's model and dense weights (kept for reuse):
         another seed, other metrics, other windows; the model, device and dtype must be the same."""
+        if self.setup.offload and not setup.offload and setup.auto_offload:  # this model was offloaded automatically
+            if set(setup.metrics) - set(OFFLOAD_METRICS):
+                raise ValueError(
+                    f"{setup.model} does not fit {setup.device} whole, so its blocks stream from its files, which "
+                    f"measures {', '.join(OFFLOAD_METRICS)} only; drop zero-shot or free memory"
+                )
+            setup = replace(setup, offload=True)
         if setup == self.setup:
             return self
         same = ("model", "device", "dtype", "trust_remote_code", "allow_pickle", "offload")

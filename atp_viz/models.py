@@ -472,19 +472,25 @@ def available_bytes(device: torch.device) -> int:
     return 1 << 62
 
 
-def check_memory(source: Path | str, dtype: torch.dtype, device: torch.device) -> None:
-    """Refuse a model that cannot fit instead of being killed half-way through loading."""
+def memory_shortfall(source: Path | str, dtype: torch.dtype, device: torch.device) -> str | None:
+    """Why the model cannot be loaded whole on ``device`` (one sentence), or None when it fits or its size is
+    unknown (a hub id)."""
     need = estimated_bytes(source, dtype)
     if need is None:
-        return
+        return None
     have = available_bytes(device)
-    if need * MEMORY_FACTOR > have:
-        raise ModelLoadError(
-            f"model needs about {human_bytes(need * MEMORY_FACTOR)} in {str(dtype).removeprefix('torch.')} "
-            "(weights, their "
-            f"dense copy and working room) but only {human_bytes(have)} is free on {device}; use a smaller model, "
-            "--dtype bfloat16 or --offload"
-        )
+    if need * MEMORY_FACTOR <= have:
+        return None
+    return (
+        f"model needs about {human_bytes(need * MEMORY_FACTOR)} in {str(dtype).removeprefix('torch.')} (weights, "
+        f"their dense copy and working room) but only {human_bytes(have)} is free on {device}"
+    )
+
+
+def check_memory(source: Path | str, dtype: torch.dtype, device: torch.device) -> None:
+    """Refuse a model that cannot fit instead of being killed half-way through loading."""
+    if (shortfall := memory_shortfall(source, dtype, device)) is not None:
+        raise ModelLoadError(f"{shortfall}; use a smaller model, --dtype bfloat16 or --offload")
 
 
 def human_bytes(size: float) -> str:

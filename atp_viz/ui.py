@@ -635,7 +635,8 @@ def status_box(setup: Setup | None) -> None:
         box.caption(f"Model: {state} ({setup.model})")
     else:
         total = int(sum(loaded.param_counts))
-        box.caption(f"Model: loaded, {loaded.num_blocks} blocks, {total / 1e6:.1f} M prunable weights")
+        streamed = ", blocks streamed from its files (too large to hold whole)" if loaded.setup.offload else ""
+        box.caption(f"Model: loaded, {loaded.num_blocks} blocks, {total / 1e6:.1f} M prunable weights{streamed}")
         try:
             ppl = dense_perplexity(loaded.variant(replace(setup, metrics=Setup.metrics, zeroshot=ZeroShotConfig())))
         except ValueError:

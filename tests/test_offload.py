@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from reliability import record
 from tiny import shared_corpus_file, shared_tiny_model
 
 from atp_viz import offload
@@ -118,6 +119,7 @@ def test_embedded_model_identical(mode: str, monkeypatch: pytest.MonkeyPatch) ->
             calibration=mode,
             batch_size=2,
             offload=offloaded,
+            auto_offload=False,  # the reference stays in memory however little is free
         )
 
     specs = (ScheduleSpec("atp", 0.5, beta=0.01),)
@@ -219,3 +221,63 @@ def test_70b_benchmark_runs_at_a_tiny_shape(tmp_path: Path) -> None:
     assert report["shape"]["layers"] == 4 and math.isfinite(report["point"]["perplexity"])
     assert report["point"]["seconds"] > 0 and report["floor"]["seconds"] > 0
     assert report["projection"]["gpus"] == 8 and report["projection"]["points"] == 9
+
+
+# -- automatic offload: a model that does not fit whole streams by itself ---------------------------------
+def too_small_for_the_whole_model(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Free memory below the tiny model's whole-model estimate (~0.4 MB) but above its one-block budget."""
+    monkeypatch.setattr("atp_viz.models.available_bytes", lambda device: 100_000)
+
+
+def test_a_model_that_does_not_fit_is_offloaded_automatically(monkeypatch: pytest.MonkeyPatch) -> None:
+    memory = points(Workbench(tiny_setup("llama", "sequential", False)))
+    too_small_for_the_whole_model(monkeypatch)
+    messages: list[str] = []
+    wb = Workbench(tiny_setup("llama", "sequential", False), progress=lambda _f, message: messages.append(message))
+    assert isinstance(wb.loaded, offload.OffloadedModel) and wb.setup.offload
+    assert any("is free on cpu: its blocks stream from the weight files" in m for m in messages), messages
+    assert_same(memory, points(wb))
+    no_weights_left(wb)
+    assert wb.reseeded(1).setup.offload  # variants of an offloaded model stream too
+    with pytest.raises(ValueError, match="does not fit cpu whole, so its blocks stream"):
+        wb.variant(tiny_setup("llama", "sequential", False, metrics=("perplexity", "zeroshot")))
+
+
+def test_auto_offload_off_refuses_and_zero_shot_is_never_offloaded(monkeypatch: pytest.MonkeyPatch) -> None:
+    from atp_viz.models import ModelLoadError
+
+    too_small_for_the_whole_model(monkeypatch)
+    for setup in (
+        tiny_setup("llama", "cached", False, auto_offload=False),
+        tiny_setup("llama", "cached", False, metrics=("perplexity", "zeroshot")),
+    ):
+        with pytest.raises(ModelLoadError, match=r"is free on cpu; use a smaller model, --dtype bfloat16 or --offload"):
+            Workbench(setup)
+
+
+def test_cli_offloads_by_itself_refuses_with_no_offload_and_fits_nowhere_is_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assert main(cli(tmp_path, "--json", "--no-store")) == 0
+    whole = json.loads(capsys.readouterr().out)
+    too_small_for_the_whole_model(monkeypatch)
+    assert main(cli(tmp_path, "--json", "--no-store")) == 0
+    captured = capsys.readouterr()
+    assert json.loads(captured.out)["metrics"] == whole["metrics"]
+    assert "its blocks stream from the weight files instead (as --offload; --no-offload refuses)" in captured.err
+    record("memory", "model larger than free memory (faked to 100 kB): offloaded automatically", 1, 0,
+           "same metrics as the whole model; stderr says it streams and that --no-offload refuses")  # fmt: skip
+    for extra, start in (
+        (("--no-offload",), "atp-viz: error: model needs about"),
+        (("--save", str(tmp_path / "out")), "atp-viz: error: --save needs the whole pruned model in memory, and"),
+    ):
+        assert main(cli(tmp_path, *extra)) == 2
+        err = [line for line in capsys.readouterr().err.splitlines() if "error:" in line]
+        assert len(err) == 1 and err[0].startswith(start), err
+    monkeypatch.setattr(offload, "available_bytes", lambda device: 100_000)  # not even one block fits
+    assert main(cli(tmp_path)) == 2
+    err = [line for line in capsys.readouterr().err.splitlines() if "error:" in line]
+    assert len(err) == 1 and err[0].startswith("atp-viz: error: the model does not fit cpu even with --offload"), err
+    assert not (tmp_path / "out").exists() and not (tmp_path / "store.sqlite").exists()
+    record("memory", "model that fits nowhere, not even one block at a time (automatic offload)", 1, 0,
+           f"one line: `{err[0].split('error: ', 1)[1][:90]}`")  # fmt: skip

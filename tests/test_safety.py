@@ -238,6 +238,7 @@ def test_memory_check_refuses_before_loading(assets, tmp_path: Path, monkeypatch
         "0.5",
         "--store",
         str(store),
+        "--no-offload",  # without it the model streams from its files instead (tests/test_offload.py)
     ]
     code, _, stderr = run_main(argv)
     errors = [ln for ln in stderr.splitlines() if "error:" in ln]
@@ -245,7 +246,7 @@ def test_memory_check_refuses_before_loading(assets, tmp_path: Path, monkeypatch
     assert loads == [] and not store.parent.exists()
     record(
         "memory",
-        "model larger than free memory (free memory faked to 100 kB)",
+        "model larger than free memory, --no-offload (free memory faked to 100 kB)",
         2,
         0,
         f"refused before loading: `{errors[0].split('error: ', 1)[1][:100]}`",
