@@ -15,6 +15,7 @@ import plotly.graph_objects as go
 from numpy.typing import ArrayLike
 
 from . import methods
+from .display import metric_text, perplexity_text
 from .metrics import METRICS
 
 PLOTLY_CONFIG = {
@@ -143,7 +144,7 @@ def beta_curve_figure(
                 x=[0.0, right],
                 y=[uniform_ppl, uniform_ppl],
                 mode="lines",
-                name=f"uniform (beta = 0): {uniform_ppl:.4f}",
+                name=f"uniform (beta = 0): {metric_text(metric, uniform_ppl)}",
                 line=dict(color=color_for("uniform"), dash="dash"),
                 hovertemplate=f"uniform baseline<br>{metric} {uniform_ppl:.6g}<extra></extra>",
             )
@@ -181,7 +182,7 @@ def beta_curve_figure(
                 x=[beta],
                 y=[value],
                 mode="markers",
-                name=f"{label}: beta = {beta:.4g}, {metric} {value:.4f}",
+                name=f"{label}: beta = {beta:.4g}, {metric} {metric_text(metric, value)}",
                 marker=dict(symbol=symbol, size=size, color="#ff7f0e", line=dict(width=2, color="#ff7f0e")),
                 hovertemplate=f"{label}<br>beta %{{x:.6g}}<br>{metric} %{{y:.6g}}<extra></extra>",
             )
@@ -263,7 +264,7 @@ def compare_figure(
                 x=categories,
                 y=[dense_ppl] * len(categories),
                 mode="lines+markers",
-                name=f"dense: {dense_ppl:.4f}",
+                name=f"dense: {perplexity_text(dense_ppl)}",
                 line=dict(color=COLORS["dense"], dash="dot"),
                 hovertemplate="dense model<br>perplexity %{y:.6g}<extra></extra>",
             )
@@ -354,7 +355,7 @@ def search_curve_figure(
                 x=[None],
                 y=[None],
                 mode="lines",
-                name=f"ATP grid best: {atp_best:.4f}",
+                name=f"ATP grid best: {perplexity_text(atp_best)}",
                 line=dict(color=color_for("atp"), dash="dash"),
             )
         )

@@ -28,6 +28,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from . import methods, schedules
+from .display import metric_text
 from .experiment import Cell, Progress, Setup, Workbench, scaled
 from .methods import ScheduleSpec
 from .metrics import EVALUATION, check_metric
@@ -348,8 +349,8 @@ def found_text(search: FindBest) -> str:
     return (
         f"Find best: beta = {summary['chosen']:.4g} after {summary['evaluations']} of {summary['grid_points']} grid "
         f"points{' (the probes were not U-shaped: scanned between their minima)' if search.trace.scanned else ''}; "
-        f"chosen on {search.select} {search.metric} {search.selected():.4g}, evaluation {search.metric} "
-        f"{search.reported():.4f}."
+        f"chosen on {search.select} {search.metric} {metric_text(search.metric, search.selected())}, evaluation "
+        f"{search.metric} {metric_text(search.metric, search.reported())}."
     )
 
 
