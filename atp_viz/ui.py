@@ -513,8 +513,21 @@ def executor_config() -> ExecutorConfig:
 
 
 # ------------------------------------------------------------------ sidebar
+def one_navigation() -> None:
+    """Run every page through app.py's ``st.navigation``. Until some session has run app.py, Streamlit runs a
+    page file by itself in its legacy ``pages/`` directory mode (the page list then says "app", not "Home"):
+    that happens to a server's first visitor who opens a page's own URL. Leave that mode and rerun; the page
+    keeps its URL path (the same in both modes), so the visitor stays on it."""
+    from streamlit.runtime.pages_manager import PagesManager
+
+    if PagesManager.uses_pages_directory:
+        PagesManager.uses_pages_directory = False
+        st.rerun()
+
+
 def sidebar(load_model: bool = True) -> Context:
     """Global settings (shared by all pages), a status box, and the workbench when asked for."""
+    one_navigation()
     initial = defaults()
     bar = st.sidebar
     bar.header("Settings")

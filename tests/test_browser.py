@@ -1,7 +1,8 @@
 """The dashboard in a real browser: headless Chromium (system build) drives every page.
 
 Starts ``streamlit run app.py`` on a free localhost port with the tiny model (or, with
-ATP_VIZ_BROWSER_REAL=1, the real default model), walks Home -> Schedules -> Error explosion ->
+ATP_VIZ_BROWSER_REAL=1, the real default model), opens Schedules by its URL first (the page list must be
+app.py's, with Home), then walks Home -> Schedules -> Error explosion ->
 Beta tuning -> Compare strategies -> Theory sandbox through the sidebar navigation (one session,
 so settings carry over), asserts a Plotly chart is drawn on each page, and saves one screenshot per
 page to artifacts/screenshots (and to docs/screenshots when ATP_VIZ_SCREENSHOTS is set).
@@ -98,6 +99,12 @@ def legend(page) -> str:
 
 def test_every_page_draws_a_plotly_chart(server: str, browser_page) -> None:
     page = browser_page
+    # the server's first visitor opens a page's own URL: that page, listed under app.py's navigation
+    page.goto(f"{server}/Schedules", wait_until="domcontentloaded")
+    page.locator("h1", has_text="Schedules").wait_for()
+    page.locator('[data-testid="stSidebarNav"] a', has_text=re.compile("^Home$")).wait_for()
+    assert page.locator('[data-testid="stSidebarNav"] a', has_text=re.compile("^app$")).count() == 0
+
     page.goto(server, wait_until="domcontentloaded")
     page.locator(CHART).first.wait_for(state="visible")
     wait_idle(page)
