@@ -17,7 +17,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from . import experiment, methods, schedules
+from . import methods, schedules
 from .config import DTYPES, CalibConfig, EvalConfig, check_sparsity, parse_nm, parse_seeds
 from .data import DEFAULT_CORPUS, HUB_CORPORA
 from .executors import EXECUTORS, Executor, ExecutorConfig, WorkerError, make_executor, run_seeds
@@ -282,6 +282,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("sweep2d", help="2-D sweep around ATP's line: beta x attention-MLP offset or beta x curvature p")
     add_setup_args(p)
+    add_executor_args(p)
     p.add_argument(
         "--axes", default="beta,offset", help="beta,offset (rates per linear type) or beta,power (curved profiles)"
     )
@@ -677,18 +678,19 @@ def cmd_sweep2d(args: argparse.Namespace) -> dict[str, Any]:
     if any(not (math.isfinite(b) and b >= 0) for b in args.betas or ()):
         raise CliError(f"--betas must each be a number >= 0 (and <= beta_max), got {args.betas}")
     seeds = seeds_of(args)
-    wb = load_workbench(setup)
-    grid = sweep2d.build_grid(axis, wb.num_blocks, sparsity, args.betas, values, args.step)
-    attach_store(wb, args, grid.specs())
-    progress = tqdm_progress()
-    dense = wb.dense_perplexity(progress)
-    splits = (setup.select_split,) if args.evaluate == "best" else None
-    found = sweep2d.run_grid(wb, grid, seeds, progress, splits, log_point(len(seeds)))
-    summary = sweep2d.summarize(grid, found, select=setup.select_split)
-    if args.evaluate == "best":
-        chosen = list(dict.fromkeys(grid.cells[c] for c in (summary.line_best, summary.off_best) if c is not None))
-        experiment.run_seeds(wb, seeds, chosen, progress, log_point(len(seeds)))
-        summary = sweep2d.summarize(grid, sweep2d.stored_groups(wb, grid.specs(), seeds), select=setup.select_split)
+    with contextlib.closing(executor_from(args, setup)) as executor:
+        wb = load_workbench(setup)
+        grid = sweep2d.build_grid(axis, wb.num_blocks, sparsity, args.betas, values, args.step)
+        attach_store(wb, args, grid.specs())
+        progress = tqdm_progress()
+        dense = wb.dense_perplexity(progress)
+        splits = (setup.select_split,) if args.evaluate == "best" else None
+        found = sweep2d.run_grid(wb, grid, seeds, progress, splits, log_point(len(seeds)), executor)
+        summary = sweep2d.summarize(grid, found, select=setup.select_split)
+        if args.evaluate == "best":
+            chosen = list(dict.fromkeys(grid.cells[c] for c in (summary.line_best, summary.off_best) if c is not None))
+            run_seeds(wb, seeds, chosen, executor, progress, log_point(len(seeds)))
+            summary = sweep2d.summarize(grid, sweep2d.stored_groups(wb, grid.specs(), seeds), select=setup.select_split)
     return {
         "axes": f"beta,{axis.name}",
         "sparsity": sparsity,

@@ -398,14 +398,18 @@ def run_seeds(
     wb: Workbench,
     seeds: Sequence[int],
     specs: Sequence[ScheduleSpec],
-    executor: Executor,
+    executor: Executor | None = None,
     progress: Progress | None = None,
     on_point: Callable[[int, ScheduleSpec, PointResult], None] | None = None,
+    splits: Sequence[str] | None = None,
 ) -> dict[ScheduleSpec, list[PointResult]]:
-    """``experiment.run_seeds`` on an executor: every spec under every seed (seed-major), each point
-    stored as it finishes; ``on_point`` sees points in the order they finish. Returns spec -> its
-    points in the order of ``seeds``."""
-    jobs = [Job(seed, spec) for seed in seeds for spec in specs]
+    """Every spec under every calibration seed (seed-major) on ``executor`` (default: this process), each
+    point stored as it finishes (finished ones read back); ``on_point`` sees points in the order they
+    finish; ``splits``: measure only these (``Workbench.run``). Returns spec -> its points in the order
+    of ``seeds``."""
+    executor = executor or LocalExecutor(ExecutorConfig())
+    measured = tuple(splits) if splits is not None else None
+    jobs = [Job(seed, spec, measured) for seed in seeds for spec in specs]
     found = {(job.seed, job.spec): point for job, point in _each(executor.points(wb, jobs, progress), on_point)}
     return {spec: [found[(seed, spec)] for seed in seeds] for spec in specs}
 

@@ -678,32 +678,6 @@ class Workbench:
         return self.run_many(sweep_specs(self.num_blocks, sparsity, step), progress)
 
 
-def run_seeds(
-    wb: Workbench,
-    seeds: Sequence[int],
-    specs: Sequence[ScheduleSpec],
-    progress: Progress | None = None,
-    on_point: Callable[[int, ScheduleSpec, PointResult], None] | None = None,
-    splits: Sequence[str] | None = None,
-) -> dict[ScheduleSpec, list[PointResult]]:
-    """Every spec under every calibration seed (seed-major: all points of one seed, then the next);
-    each point is stored as it finishes. Returns spec -> its points in the order of ``seeds``.
-    ``splits``: measure only these (``Workbench.run``)."""
-    found: dict[ScheduleSpec, list[PointResult]] = {spec: [] for spec in specs}
-    for index, seed in enumerate(seeds):
-        bench = wb.reseeded(seed)
-        sub = (
-            labelled(scaled(progress, index / len(seeds), 1 / len(seeds)), f"seed {seed}")
-            if len(seeds) > 1
-            else progress
-        )
-        for spec, point in zip(specs, bench.run_many(specs, sub, splits)):
-            found[spec].append(point)
-            if on_point:
-                on_point(seed, spec, point)
-    return found
-
-
 def sweep_specs(num_blocks: int, sparsity: float, step: float = schedules.GRID_STEP) -> list[ScheduleSpec]:
     """Uniform (beta = 0, stored as a uniform point so other jobs share it) plus the ATP grid."""
     return [ScheduleSpec("uniform", sparsity), *methods.sweep_grid("atp", num_blocks, sparsity, step)]

@@ -23,7 +23,8 @@ from typing import Any
 import numpy as np
 
 from . import methods, schedules
-from .experiment import Progress, Workbench, run_seeds
+from .executors import Executor, run_seeds
+from .experiment import Progress, Workbench
 from .methods import ScheduleSpec
 from .metrics import EVALUATION, VALIDATION
 from .results import PointResult, Spread, best_group, seed_spread, within_noise
@@ -245,10 +246,12 @@ def run_grid(
     progress: Progress | None = None,
     splits: Sequence[str] | None = None,
     on_point: Callable[[int, ScheduleSpec, PointResult], None] | None = None,
+    executor: Executor | None = None,
 ) -> dict[ScheduleSpec, list[PointResult]]:
-    """Every distinct spec of ``grid`` under every seed, each point stored as it finishes (finished
-    ones read back); ``splits``: measure only these (validation alone to choose, evaluation later)."""
-    return run_seeds(wb, seeds, grid.specs(), progress, on_point, splits)
+    """Every distinct spec of ``grid`` under every seed on ``executor`` (default: this process), each
+    point stored as it finishes (finished ones read back); ``splits``: measure only these (validation
+    alone to choose, evaluation later)."""
+    return run_seeds(wb, seeds, grid.specs(), executor, progress, on_point, splits)
 
 
 def stored_groups(

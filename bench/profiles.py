@@ -32,7 +32,8 @@ if str(ROOT) not in sys.path:
 
 from atp_viz import sweep2d  # noqa: E402
 from atp_viz.config import CalibConfig, EvalConfig  # noqa: E402
-from atp_viz.experiment import Setup, Workbench, run_seeds  # noqa: E402
+from atp_viz.executors import run_seeds  # noqa: E402
+from atp_viz.experiment import Setup, Workbench  # noqa: E402
 from atp_viz.metrics import VALIDATION  # noqa: E402
 from atp_viz.models import DEFAULT_MODEL  # noqa: E402
 from atp_viz.pruners import PruneConfig  # noqa: E402

@@ -95,6 +95,27 @@ def test_ray_sweep_equals_local_sweep_and_stores_each_point_once(capsys, tmp_pat
     assert len(puts) == len(set(puts))
 
 
+def test_ray_2d_sweep_measuring_validation_first_equals_local(capsys, tmp_path) -> None:
+    """sweep2d --evaluate best: the grid on validation only, then the evaluation split of the chosen cells;
+    the splits travel with each job, so Ray stores the same rows as a local run."""
+    grid = ("sweep2d", "--axes", "beta,offset", "--sparsity", "0.5", "--betas", "0,0.1", "--values=-0.1,0",
+            "--evaluate", "best", "--json")  # fmt: skip
+    local, remote = tmp_path / "local.sqlite", tmp_path / "ray.sqlite"
+    code, expected, err = run_cli(capsys, *grid, *tiny_args(local))
+    assert code == 0, err
+    code, got, err = run_cli(capsys, *grid, *tiny_args(remote), "--executor", "ray", "--workers", "2")
+    assert code == 0, err
+    assert got == expected
+
+    def configs(path: Path, kind: str) -> list[str]:  # the rows, in whatever order they finished
+        return sorted(json.dumps(row["config"], sort_keys=True) for row in rows_of(path, kind))
+
+    for kind in (POINT_KIND, METRIC_KIND):
+        assert configs(remote, kind) == configs(local, kind)
+    splits = [row["config"]["split"] for row in rows_of(remote, METRIC_KIND)]
+    assert 0 < splits.count("evaluation") < splits.count("validation")  # evaluation for the chosen cells only
+
+
 def test_worker_killed_mid_point_is_replaced_and_every_point_stored_once(tmp_path) -> None:
     setup = Setup(model=str(shared_tiny_model("llama")), corpus=str(shared_corpus_file()),
                   calib=CalibConfig(4, 32, 0), evaluation=EvalConfig(4, 32))  # fmt: skip
