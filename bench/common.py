@@ -32,6 +32,23 @@ from atp_viz.layer_stats import prunable_linears  # noqa: E402
 from atp_viz.pruners import Pruner, recorder  # noqa: E402
 
 
+def llama_config(shape: dict[str, Any]) -> Any:
+    """A LLaMA config from a bench shape (``hidden``, ``layers``, ``heads``, optional ``kv_heads`` for GQA,
+    ``mlp``, ``vocab``), with untied embeddings as in LLaMA-2."""
+    from transformers import LlamaConfig
+
+    return LlamaConfig(
+        hidden_size=shape["hidden"],
+        num_hidden_layers=shape["layers"],
+        num_attention_heads=shape["heads"],
+        num_key_value_heads=shape.get("kv_heads", shape["heads"]),
+        intermediate_size=shape["mlp"],
+        vocab_size=shape["vocab"],
+        max_position_embeddings=4096,
+        tie_word_embeddings=False,
+    )
+
+
 def sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)

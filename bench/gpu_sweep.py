@@ -27,7 +27,7 @@ from typing import Any
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import capture_block_calls, floor_passes, floors, peak_rss_mb, timed  # noqa: E402
+from common import capture_block_calls, floor_passes, floors, llama_config, peak_rss_mb, timed  # noqa: E402
 
 from atp_viz.config import CalibConfig, EvalConfig  # noqa: E402
 from atp_viz.experiment import Setup, Workbench, sweep_specs  # noqa: E402
@@ -65,18 +65,9 @@ TINY: dict[str, Any] = dict(
 
 def build_model(shape: dict, device: torch.device, dtype: torch.dtype) -> LoadedModel:
     """Random weights created on ``device`` directly (no slow CPU init, no copy)."""
-    from transformers import LlamaConfig, LlamaForCausalLM
+    from transformers import LlamaForCausalLM
 
-    config = LlamaConfig(
-        hidden_size=shape["hidden"],
-        num_hidden_layers=shape["layers"],
-        num_attention_heads=shape["heads"],
-        num_key_value_heads=shape["heads"],
-        intermediate_size=shape["mlp"],
-        vocab_size=shape["vocab"],
-        max_position_embeddings=4096,
-        tie_word_embeddings=False,
-    )
+    config = llama_config(shape)
     torch.manual_seed(0)
     with torch.device(device):
         model = LlamaForCausalLM._from_config(config, dtype=dtype)

@@ -45,6 +45,9 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import llama_config  # noqa: E402
+
 from atp_viz import methods, offload, schedules  # noqa: E402
 from atp_viz.calibration import run_block  # noqa: E402
 from atp_viz.config import CalibConfig, EvalConfig  # noqa: E402
@@ -95,19 +98,7 @@ def random_tensor(name: str, shape: tuple[int, ...], dtype: torch.dtype, device:
 
 def build(shape: dict[str, Any], device: torch.device, dtype: torch.dtype) -> offload.OffloadedModel:
     """A LLaMA skeleton on meta; the rest random on ``device``; blocks generated when streamed."""
-    from transformers import LlamaConfig
-
-    config = LlamaConfig(
-        hidden_size=shape["hidden"],
-        num_hidden_layers=shape["layers"],
-        num_attention_heads=shape["heads"],
-        num_key_value_heads=shape["kv_heads"],
-        intermediate_size=shape["mlp"],
-        vocab_size=shape["vocab"],
-        max_position_embeddings=4096,
-        tie_word_embeddings=False,
-    )
-    model, blocks, prefix = offload.skeleton(config, dtype)
+    model, blocks, prefix = offload.skeleton(llama_config(shape), dtype)
     shapes = {name: tuple(t.shape) for name, t in model.state_dict(keep_vars=True).items()}
 
     def rest(wanted: Mapping[str, torch.dtype]) -> dict[str, torch.Tensor]:
