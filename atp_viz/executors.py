@@ -28,7 +28,7 @@ import os
 import re
 import socket
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Generator, Sequence
 from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
@@ -54,6 +54,8 @@ class Job:
     splits: tuple[str, ...] | None = None
 
 
+# finished points as they are stored; closing it stops the executor (what is in flight is not stored)
+Points = Generator[tuple[Job, PointResult], None, None]
 # (key, kind, config, record) exactly as ``Ledger.put`` receives them
 Row = tuple[str, str, dict[str, Any], dict[str, Any]]
 
@@ -81,9 +83,7 @@ class ExecutorConfig:
 class Executor(Protocol):
     """Runs jobs on a driver Workbench's setup and yields (job, point) as each point is stored."""
 
-    def points(
-        self, wb: Workbench, jobs: Sequence[Job], progress: Progress | None = None
-    ) -> Iterator[tuple[Job, PointResult]]: ...
+    def points(self, wb: Workbench, jobs: Sequence[Job], progress: Progress | None = None) -> Points: ...
 
     def close(self) -> None: ...
 
@@ -94,9 +94,7 @@ class LocalExecutor:
     def __init__(self, config: ExecutorConfig) -> None:
         self.config = config
 
-    def points(
-        self, wb: Workbench, jobs: Sequence[Job], progress: Progress | None = None
-    ) -> Iterator[tuple[Job, PointResult]]:
+    def points(self, wb: Workbench, jobs: Sequence[Job], progress: Progress | None = None) -> Points:
         for index, job in enumerate(jobs):
             label = f"[{index + 1}/{len(jobs)}] seed {job.seed} {job.spec.describe()}"
             sub = labelled(scaled(progress, index / len(jobs), 1 / len(jobs)), label)
@@ -269,9 +267,7 @@ class RayExecutor:
         running = sorted(self._running.values(), key=lambda item: item[2])
         return [(self.pids[slot], job) for slot, job, _ in running]
 
-    def points(
-        self, wb: Workbench, jobs: Sequence[Job], progress: Progress | None = None
-    ) -> Iterator[tuple[Job, PointResult]]:
+    def points(self, wb: Workbench, jobs: Sequence[Job], progress: Progress | None = None) -> Points:
         todo: list[tuple[Job, int]] = []  # (job, tries so far)
         done = 0
         for job in jobs:  # stored points are read here and never sent out
@@ -414,9 +410,7 @@ def run_seeds(
     return {spec: [found[(seed, spec)] for seed in seeds] for spec in specs}
 
 
-def _each(
-    stream: Iterator[tuple[Job, PointResult]], on_point: Callable[[int, ScheduleSpec, PointResult], None] | None
-) -> Iterator[tuple[Job, PointResult]]:
+def _each(stream: Points, on_point: Callable[[int, ScheduleSpec, PointResult], None] | None) -> Points:
     for job, point in stream:
         if on_point:
             on_point(job.seed, job.spec, point)

@@ -25,6 +25,7 @@ as in ``atp-viz sweep``); a search's winner is its trial with the best validatio
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import math
@@ -39,7 +40,7 @@ import numpy as np
 
 from . import schedules, search
 from .config import check_sparsity
-from .executors import Executor, Job
+from .executors import Executor, ExecutorConfig, Job, LocalExecutor
 from .experiment import MEASURES, Progress, Workbench, labelled, scaled, sweep_specs
 from .methods import ScheduleSpec
 from .metrics import EVALUATION, VALIDATION, metric_key
@@ -493,7 +494,8 @@ def versus_atp(
     bounds each search's wall clock; ``should_stop()`` is checked between points and trials.
     ``every_split=False``: every point is measured on validation only (what selection reads) and
     each winner's evaluation perplexity at the end; seconds then count validation only, for all.
-    ``executor``: ATP's grid runs on it in one go, and each search asks ``batch`` trials at a time.
+    ``executor`` (default: this process): ATP's grid runs on it in one go, and each search asks ``batch``
+    trials at a time.
     """
     _check_setup(wb)
     specs = atp_specs(wb.num_blocks, sparsity, step)
@@ -502,25 +504,19 @@ def versus_atp(
     parts = 1 + len(configs)
     points: list[PointResult | None] = []
     started = time.monotonic()
-    if executor is not None:
-        splits = measured_splits(every_split)
-        jobs = [Job(wb.setup.calib.seed, spec, splits) for spec in specs]
-        found: dict[Job, PointResult] = {}
-        for job, point in executor.points(wb, jobs, labelled(scaled(progress, 0.0, 1 / parts), "ATP")):
+    jobs = [Job(wb.setup.calib.seed, spec, measured_splits(every_split)) for spec in specs]
+    found: dict[Job, PointResult] = {}
+    stop = should_stop or (lambda: False)
+    pool = executor or LocalExecutor(ExecutorConfig())
+    with contextlib.closing(pool.points(wb, jobs, labelled(scaled(progress, 0.0, 1 / parts), "ATP"))) as stream:
+        for job, point in () if stop() else stream:
             found[job] = point
             while len(points) < len(jobs) and jobs[len(points)] in found:  # reported in grid order
                 points.append(found[jobs[len(points)]])
                 if on_trial is not None:
                     on_trial(ATP, _atp_result(points)[0].trials[-1])
-    for index, spec in enumerate(specs if executor is None else ()):
-        if should_stop is not None and should_stop():
-            break
-        report = labelled(
-            scaled(progress, index / len(specs) / parts, 1 / len(specs) / parts), f"ATP {spec.describe()}"
-        )
-        points.append(wb.run(spec, report, measured_splits(every_split)))
-        if on_trial is not None:
-            on_trial(ATP, _atp_result(points)[0].trials[-1])
+            if len(points) < len(jobs) and stop():
+                break  # closing the stream stops the executor (a point in flight is not stored)
     atp, uniform = _atp_result(points)
     if not every_split:
         atp = complete_winner(wb, atp, lambda trial: specs[trial.number])

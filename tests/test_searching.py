@@ -124,6 +124,24 @@ def test_versus_atp_returns_both_and_chooses_atp_on_validation(loaded, tmp_path:
     assert searching.stored_comparison(wb, SPARSITY, ["tpe", "evo"], step=STEP).summary() == again.summary()
 
 
+def test_stop_between_atp_points_keeps_what_finished(loaded, tmp_path: Path) -> None:
+    """``should_stop`` is read between ATP's points (the Compare page's Stop): two finished, two never run."""
+    wb = bench_with(loaded, tmp_path / "r.sqlite")
+    seen: list[str] = []
+    comparison = searching.versus_atp(
+        wb,
+        SPARSITY,
+        ["tpe"],
+        step=STEP,
+        on_trial=lambda name, trial: seen.append(name),
+        should_stop=lambda: len(seen) >= 2,
+    )
+    assert len(comparison.methods["atp"].trials) == 2 and seen == ["atp", "atp"]
+    assert not comparison.methods["tpe"].trials  # stopped before the search
+    assert len(wb.store.query(kind="point")) == 2  # type: ignore[union-attr]
+    assert searching.versus_atp(wb, SPARSITY, ["tpe"], step=STEP, should_stop=lambda: True).methods["atp"].trials == ()
+
+
 def test_validation_only_trials_measure_the_evaluation_of_winners_only(loaded, tmp_path: Path) -> None:
     wb = bench_with(loaded, tmp_path / "r.sqlite")
     comparison = searching.versus_atp(wb, SPARSITY, ["evo"], 3, step=STEP, every_split=False)
