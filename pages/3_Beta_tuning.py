@@ -135,26 +135,25 @@ if summary.best is None:
         )
         ui.chart(predicted_only, key="tune_curve_predicted")
     st.stop()
+betas, best_beta = summary.betas, summary.betas[summary.best]
+if st.session_state.get("_tune_pick") not in betas:  # none yet, or a grid point of other settings
+    ui.set_state("tune_pick", best_beta)
 uniform_mean = seed_spread(summary.uniform, metric).mean if summary.uniform else None
 fig = figures.beta_curve_figure(
     summary.betas,
     [v.mean for v in summary.evaluation],
     sparsity=S,
     uniform_ppl=uniform_mean,
-    best_beta=summary.betas[summary.best],
+    best_beta=best_beta,
     beta_max=bound,
-    selected=st.session_state.get("_tune_pick"),
+    selected=st.session_state["_tune_pick"],
     validation=[v.mean for v in summary.validation],
     spread=[v.std for v in summary.evaluation],
     metric=metric,
     predicted=prediction.beta if prediction is not None else None,
 )
 ui.chart(fig, key=f"tune_curve_{sum(len(g) for g in groups.values())}")
-best_beta, best_eval, best_val = (
-    summary.betas[summary.best],
-    summary.evaluation[summary.best],
-    summary.validation[summary.best],
-)
+best_eval, best_val = summary.evaluation[summary.best], summary.validation[summary.best]
 noise = f" +- {best_eval.std:.3g} (std over {best_eval.n} seeds)" if best_eval.n > 1 else ""
 if summary.uniform:
     uniform = seed_spread(summary.uniform, metric)
@@ -173,15 +172,9 @@ elif summary.within_noise is None and len(seeds) == 1:
         "One calibration seed: raise 'Seeds per point' in the sidebar to see whether the best beta is within noise."
     )
 
-betas = summary.betas
-if st.session_state.get("_tune_pick") not in betas:
-    ui.set_state("tune_pick", best_beta)
-pick = st.selectbox(
-    "Show point",
-    betas,
-    format_func=lambda b: f"beta = {b:.4g}" + (" (best)" if b == best_beta else ""),
-    **ui.state("tune_pick", best_beta),
-)
+# the labels must not change while points arrive: the browser sends a label back, and one that no longer
+# names an option comes back as that string, not a beta (a moving "(best)" mark did that to other viewers)
+pick = st.selectbox("Show point", betas, format_func=lambda b: f"beta = {b:.4g}", **ui.state("tune_pick", best_beta))
 chosen = summary.points[betas.index(pick)][0]  # the first seed's point
 base = summary.uniform[0] if summary.uniform else None
 left, right = st.columns(2)
