@@ -448,16 +448,20 @@ def first_line(exc: BaseException) -> str:
 
 
 def estimated_bytes(source: Path | str, dtype: torch.dtype) -> int | None:
-    """Size of the model in ``dtype`` estimated from its weight files (None for a hub id)."""
+    """Size of the model in ``dtype`` estimated from its weight files (None for a hub id, or when a header
+    cannot be read: the load itself then says what is wrong with the folder)."""
     if not isinstance(source, Path):
         return None
-    from safetensors import safe_open
+    from safetensors import SafetensorError, safe_open
 
     numel = 0
     for path in source.glob("*.safetensors"):
-        with safe_open(str(path), framework="pt") as handle:
-            for key in handle.keys():
-                numel += int(np.prod(handle.get_slice(key).get_shape()))
+        try:
+            with safe_open(str(path), framework="pt") as handle:
+                for key in handle.keys():
+                    numel += int(np.prod(handle.get_slice(key).get_shape()))
+        except (SafetensorError, OSError):
+            return None
     return numel * torch.finfo(dtype).bits // 8 if numel else None
 
 
