@@ -525,7 +525,7 @@ def versus_atp(
     results = {ATP: atp}
     for index, config in enumerate(configs):
         runner = Search(wb, config)
-        if should_stop is not None and should_stop():
+        if stop():
             results[config.sampler] = runner.stored()
             continue
         sub = scaled(progress, (1 + index) / parts, 1 / parts)
