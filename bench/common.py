@@ -26,10 +26,12 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from atp_viz.calibration import BlockCalls, capture_block_calls, run_block  # noqa: E402
+from atp_viz.config import CalibConfig, EvalConfig  # noqa: E402
 from atp_viz.evaluate import perplexity  # noqa: E402
+from atp_viz.experiment import Setup  # noqa: E402
 from atp_viz.hooks import input_hooks  # noqa: E402
 from atp_viz.layer_stats import prunable_linears  # noqa: E402
-from atp_viz.pruners import Pruner, recorder  # noqa: E402
+from atp_viz.pruners import PruneConfig, Pruner, recorder  # noqa: E402
 
 
 def llama_config(shape: dict[str, Any]) -> Any:
@@ -46,6 +48,31 @@ def llama_config(shape: dict[str, Any]) -> Any:
         vocab_size=shape["vocab"],
         max_position_embeddings=4096,
         tie_word_embeddings=False,
+    )
+
+
+def random_ids(shape: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Calibration and evaluation token ids of a bench shape (``calib``, ``eval``: windows x tokens), uniform
+    over its vocabulary, seed 0."""
+    gen = torch.Generator().manual_seed(0)
+    calib_ids = torch.randint(0, shape["vocab"], shape["calib"], generator=gen)
+    return calib_ids, torch.randint(0, shape["vocab"], shape["eval"], generator=gen)
+
+
+def shape_setup(name: str, shape: dict[str, Any], calibration: str, **extra: Any) -> Setup:
+    """The Setup of a bench shape on random ids: Wanda, the evaluation split only (one pass per point)."""
+    return Setup(
+        model=name,
+        corpus="random-ids",
+        calib=CalibConfig(samples=shape["calib"][0], seqlen=shape["calib"][1]),
+        evaluation=EvalConfig(windows=shape["eval"][0], seqlen=shape["eval"][1], batch_size=shape["eval_batch"]),
+        prune=PruneConfig("wanda"),
+        calibration=calibration,
+        device=shape["device"],
+        dtype=shape["dtype"],
+        batch_size=shape["batch"],
+        splits=("evaluation",),
+        **extra,
     )
 
 

@@ -27,12 +27,19 @@ from typing import Any
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import capture_block_calls, floor_passes, floors, llama_config, peak_rss_mb, timed  # noqa: E402
+from common import (  # noqa: E402
+    capture_block_calls,
+    floor_passes,
+    floors,
+    llama_config,
+    peak_rss_mb,
+    random_ids,
+    shape_setup,
+    timed,
+)
 
-from atp_viz.config import CalibConfig, EvalConfig  # noqa: E402
-from atp_viz.experiment import Setup, Workbench, sweep_specs  # noqa: E402
+from atp_viz.experiment import Workbench, sweep_specs  # noqa: E402
 from atp_viz.models import LoadedModel, find_blocks  # noqa: E402
-from atp_viz.pruners import PruneConfig  # noqa: E402
 
 SPARSITY = 0.7
 FULL: dict[str, Any] = dict(
@@ -108,11 +115,7 @@ def main() -> int:
         return 2
     started = time.perf_counter()
     build_s, loaded = timed(lambda: build_model(shape, device, dtype), device)
-    gen = torch.Generator().manual_seed(0)
-    calib_ids = torch.randint(0, shape["vocab"], shape["calib"], generator=gen)
-    eval_ids = torch.randint(0, shape["vocab"], shape["eval"], generator=gen)
-    calib = CalibConfig(samples=shape["calib"][0], seqlen=shape["calib"][1])
-    evaluation = EvalConfig(windows=shape["eval"][0], seqlen=shape["eval"][1], batch_size=shape["eval_batch"])
+    calib_ids, eval_ids = random_ids(shape)
     specs = sweep_specs(loaded.num_blocks, SPARSITY)[1:]  # the paper's grid: beta = 0.002 .. 0.018 (9 points)
     # floor: one dense evaluation pass and one dense calibration pass, measured before and after
     calls = capture_block_calls(loaded.model, loaded.blocks, calib_ids, shape["batch"])
@@ -131,18 +134,7 @@ def main() -> int:
     for mode in modes:
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
-        setup = Setup(
-            model=loaded.name,
-            corpus="random-ids",
-            calib=calib,
-            evaluation=evaluation,
-            prune=PruneConfig("wanda"),
-            calibration=mode,
-            device=shape["device"],
-            dtype=shape["dtype"],
-            batch_size=shape["batch"],
-            splits=("evaluation",),
-        )  # one evaluation pass per point, as the paper
+        setup = shape_setup(loaded.name, shape, mode)  # one evaluation pass per point, as the paper
         t0 = time.perf_counter()
         wb = Workbench(setup, store=None, loaded=loaded, windows=(calib_ids, eval_ids))
         results = []

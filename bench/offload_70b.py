@@ -46,14 +46,12 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import llama_config  # noqa: E402
+from common import llama_config, random_ids, shape_setup  # noqa: E402
 
 from atp_viz import methods, offload, schedules  # noqa: E402
 from atp_viz.calibration import run_block  # noqa: E402
-from atp_viz.config import CalibConfig, EvalConfig  # noqa: E402
-from atp_viz.experiment import Setup, Workbench  # noqa: E402
+from atp_viz.experiment import Workbench  # noqa: E402
 from atp_viz.methods import ScheduleSpec  # noqa: E402
-from atp_viz.pruners import PruneConfig  # noqa: E402
 
 SPARSITY, SWEEP_POINTS, GPUS = 0.7, 9, 8
 FULL: dict[str, Any] = dict(
@@ -168,22 +166,8 @@ def main() -> int:
         return 2
     started = time.perf_counter()
     build_s, loaded = timed(lambda: build(TINY if args.tiny else FULL, device, dtype), device)
-    gen = torch.Generator().manual_seed(0)
-    calib_ids = torch.randint(0, shape["vocab"], shape["calib"], generator=gen)
-    eval_ids = torch.randint(0, shape["vocab"], shape["eval"], generator=gen)
-    setup = Setup(
-        model=loaded.name,
-        corpus="random-ids",
-        calib=CalibConfig(samples=shape["calib"][0], seqlen=shape["calib"][1]),
-        evaluation=EvalConfig(windows=shape["eval"][0], seqlen=shape["eval"][1], batch_size=shape["eval_batch"]),
-        prune=PruneConfig("wanda"),
-        calibration=args.calibration,
-        device=shape["device"],
-        dtype=shape["dtype"],
-        batch_size=shape["batch"],
-        splits=("evaluation",),
-        offload=True,
-    )
+    calib_ids, eval_ids = random_ids(shape)
+    setup = shape_setup(loaded.name, shape, args.calibration, offload=True)
     wb = Workbench(setup, store=None, loaded=loaded, windows=(calib_ids, eval_ids))
     # floor: a dense streamed evaluation pass and a dense streamed calibration pass
     reset_peak(device)
