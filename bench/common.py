@@ -13,6 +13,7 @@ then the pruned re-run); that is reported separately as ``two_pass_floor`` and i
 
 from __future__ import annotations
 
+import json
 import resource
 import sys
 import time
@@ -32,6 +33,7 @@ from atp_viz.experiment import Setup  # noqa: E402
 from atp_viz.hooks import input_hooks  # noqa: E402
 from atp_viz.layer_stats import prunable_linears  # noqa: E402
 from atp_viz.pruners import PruneConfig, Pruner, recorder  # noqa: E402
+from atp_viz.store import to_jsonable  # noqa: E402
 
 
 def llama_config(shape: dict[str, Any]) -> Any:
@@ -74,6 +76,13 @@ def shape_setup(name: str, shape: dict[str, Any], calibration: str, **extra: Any
         splits=("evaluation",),
         **extra,
     )
+
+
+def write_results(path: Path, out: Any) -> None:
+    """A result file: JSON (numpy values converted, NaN kept), its folder made, its path printed."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(to_jsonable(out), indent=1, allow_nan=True) + "\n")
+    print(f"wrote {path}", flush=True)
 
 
 def sync(device: torch.device) -> None:

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import json
 import shlex
 import sys
 import time
@@ -29,6 +28,9 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from common import write_results  # noqa: E402
 
 from atp_viz import sweep2d  # noqa: E402
 from atp_viz.config import CalibConfig, EvalConfig  # noqa: E402
@@ -38,7 +40,7 @@ from atp_viz.metrics import VALIDATION  # noqa: E402
 from atp_viz.models import DEFAULT_MODEL  # noqa: E402
 from atp_viz.pruners import PruneConfig  # noqa: E402
 from atp_viz.results import seed_spread  # noqa: E402
-from atp_viz.store import ResultStore, to_jsonable  # noqa: E402
+from atp_viz.store import ResultStore  # noqa: E402
 
 OUT_DIR = ROOT / "docs" / "results"
 THREADS = 2
@@ -126,10 +128,7 @@ def main(argv: list[str] | None = None) -> int:
          "linear_rates": points[0].linear_rates if points else {}, "rates": points[0].rates if points else []}
         for spec, points in found.items()
     ]  # fmt: skip
-    path = Path(args.out_dir) / f"profiles-s{args.sparsity:g}.json"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(to_jsonable(out), indent=1, allow_nan=True) + "\n")
-    print(f"wrote {path}", flush=True)
+    write_results(Path(args.out_dir) / f"profiles-s{args.sparsity:g}.json", out)
     return 0
 
 

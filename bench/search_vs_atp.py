@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import json
 import math
 import shlex
 import sys
@@ -32,13 +31,16 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from common import write_results  # noqa: E402
 
 from atp_viz import schedules, search, searching  # noqa: E402
 from atp_viz.config import CalibConfig, EvalConfig  # noqa: E402
 from atp_viz.experiment import Setup, Workbench  # noqa: E402
 from atp_viz.models import DEFAULT_MODEL  # noqa: E402
 from atp_viz.pruners import PruneConfig  # noqa: E402
-from atp_viz.store import ResultStore, to_jsonable  # noqa: E402
+from atp_viz.store import ResultStore  # noqa: E402
 
 OUT_DIR = ROOT / "docs" / "results"
 CALIB = CalibConfig(samples=16, seqlen=256, seed=0)
@@ -143,10 +145,7 @@ def main(argv: list[str] | None = None) -> int:
             "runs": runs,
         }
         tag = f"-{args.tag}" if args.tag else ""
-        path = Path(args.out_dir) / f"search-s{sparsity:g}{tag}.json"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(to_jsonable(out), indent=1, allow_nan=True) + "\n")
-        print(f"wrote {path}", flush=True)
+        write_results(Path(args.out_dir) / f"search-s{sparsity:g}{tag}.json", out)
     return 0
 
 
