@@ -191,6 +191,18 @@ def add_executor_args(p: argparse.ArgumentParser) -> None:
     )
 
 
+def check_step(step: float) -> None:
+    """A grid step (``--step``) is a fraction strictly inside (0, 1)."""
+    if not (math.isfinite(step) and 0 < step < 1):
+        raise CliError(f"--step must be in (0, 1), got {step}")
+
+
+def check_find_best(args: argparse.Namespace) -> None:
+    """``--find-best`` runs its probes in this process: it cannot be spread over an executor."""
+    if args.find_best and args.executor != "local":
+        raise CliError("--find-best runs its probes one after another in this process; drop --executor ray")
+
+
 def executor_from(args: argparse.Namespace, setup: Setup) -> Executor:
     """Validate the executor options and, for Ray, connect and check resources (before any load or write)."""
     workers = 1 if args.workers is None else args.workers
@@ -628,11 +640,9 @@ def cmd_errors(args: argparse.Namespace) -> dict[str, Any]:
 def cmd_sweep(args: argparse.Namespace) -> dict[str, Any]:
     setup = setup_from(args)
     sparsity = check_sparsity(args.sparsity)
-    if not (math.isfinite(args.step) and 0 < args.step < 1):
-        raise CliError(f"--step must be in (0, 1), got {args.step}")
+    check_step(args.step)
     seeds = seeds_of(args)
-    if args.find_best and args.executor != "local":
-        raise CliError("--find-best runs its probes one after another in this process; drop --executor ray")
+    check_find_best(args)
     with contextlib.closing(executor_from(args, setup)) as executor:
         wb = load_workbench(setup)
         specs = sweep_specs(wb.num_blocks, sparsity, args.step)
@@ -669,8 +679,7 @@ def cmd_sweep2d(args: argparse.Namespace) -> dict[str, Any]:
 
     setup = setup_from(args)
     sparsity = check_sparsity(args.sparsity)
-    if not (math.isfinite(args.step) and 0 < args.step < 1):
-        raise CliError(f"--step must be in (0, 1), got {args.step}")
+    check_step(args.step)
     axis = sweep2d.axis_pair(args.axes)
     values = sweep2d.check_values(axis, axis.values if args.values is None else args.values)
     if args.betas is not None and not args.betas:
@@ -704,8 +713,7 @@ def cmd_sweep2d(args: argparse.Namespace) -> dict[str, Any]:
 def cmd_predict_beta(args: argparse.Namespace) -> dict[str, Any]:
     setup = setup_from(args)
     sparsity = check_sparsity(args.sparsity)
-    if not (math.isfinite(args.step) and 0 < args.step < 1):
-        raise CliError(f"--step must be in (0, 1), got {args.step}")
+    check_step(args.step)
     config = PredictConfig(args.predict_windows, args.amplification, args.anchors)
     wb = load_workbench(setup)
     check_request(wb.num_blocks, sparsity, args.step)
@@ -772,16 +780,14 @@ def log_point(seeds: int) -> Callable[[int, ScheduleSpec, PointResult], None]:
 def cmd_compare(args: argparse.Namespace) -> dict[str, Any]:
     setup = setup_from(args)
     sparsities = [check_sparsity(s) for s in args.sparsities]
-    if not (math.isfinite(args.step) and 0 < args.step < 1):
-        raise CliError(f"--step must be in (0, 1), got {args.step}")
+    check_step(args.step)
     for name in args.methods:
         if name not in methods.method_names(comparable=True):
             raise CliError(f"unknown method {name!r}; allowed: {', '.join(methods.method_names(comparable=True))}")
     fixed = {name: given_params(args, name) for name in args.methods}
     # a method with a grid is searched unless its grid parameter is given (e.g. --beta)
     fixed = {name: values for name, values in fixed.items() if values}
-    if args.find_best and args.executor != "local":
-        raise CliError("--find-best runs its probes one after another in this process; drop --executor ray")
+    check_find_best(args)
     with contextlib.closing(executor_from(args, setup)) as executor:
         wb = load_workbench(setup)
         cells = compare_cells(wb.num_blocks, args.methods, sparsities, args.step, fixed)
@@ -828,8 +834,7 @@ def cmd_search(args: argparse.Namespace) -> dict[str, Any]:
         raise CliError(f"--sampler needs at least one of {', '.join(search.SAMPLERS)}")
     if args.trials is None and not args.versus_atp:
         raise CliError("give --trials N (N >= 1), or --versus-atp for ATP's sweep size")
-    if not (math.isfinite(args.step) and 0 < args.step < 1):
-        raise CliError(f"--step must be in (0, 1), got {args.step}")
+    check_step(args.step)
     budget = 1 if args.trials is None else args.trials
     configs = [
         searching.SearchConfig(name, budget, args.sparsity, args.search_seed, args.timeout, args.max_delta)
