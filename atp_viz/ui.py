@@ -56,6 +56,7 @@ MAX_ITEMS = 500  # zero-shot items per task the sidebar offers
 EVAL_BATCH = 4  # evaluation windows per forward pass (memory only)
 MAX_BENCHES = 2  # model settings kept loaded at once by the server (each holds the model and its dense copy)
 POLL_S = 1.0  # seconds between looks for a newly stored result while a job runs or waits on the model
+RUN_EPOCH = "_jobs_epoch_at_run_start"  # session key: the job manager's epoch when the page run began
 # Small dashboard defaults: the first sweep point on smollm2-135m takes ~20 s on 2 CPU cores.
 DEFAULTS = {
     "sparsity": 0.7,
@@ -338,13 +339,17 @@ def idle(job: jobs.Job | None) -> bool:
 def follow(model: str, job: jobs.Job | None = None, compact: bool = False) -> None:
     """While a job runs or waits on ``model``: what runs (progress), ``job``'s place in the queue with a
     Cancel button for its owner, and a fragment that reruns the whole page (charts, captions, tables,
-    sidebar) each time a result is stored or a job starts or ends. Nothing polls while the model is idle."""
+    sidebar) each time a result is stored or a job starts or ends. Nothing polls while the model is idle, except
+    once when something changed after this page run began (its drawing may be stale)."""
     manager = job_manager()
     if job is not None and job.state == jobs.FAILED:
         st.error(f"{job.label} stopped: {job.error}")
-    if not manager.busy(model) and idle(job):
+    # a result stored or a job ended after this run began reading: what it drew may be stale, so look again
+    # once even if the model is idle now (the last point of a sweep can land between the read and this call)
+    stale = manager.epoch() != st.session_state.get(RUN_EPOCH, manager.epoch())
+    if not manager.busy(model) and idle(job) and not stale:
         return
-    seen = manager.version(model)
+    seen = -1 if stale else manager.version(model)
 
     @st.fragment(run_every=POLL_S)
     def live() -> None:
@@ -528,6 +533,7 @@ def one_navigation() -> None:
 def sidebar(load_model: bool = True) -> Context:
     """Global settings (shared by all pages), a status box, and the workbench when asked for."""
     one_navigation()
+    st.session_state[RUN_EPOCH] = job_manager().epoch()  # before this run reads any result (see ``follow``)
     initial = defaults()
     bar = st.sidebar
     bar.header("Settings")
