@@ -3,7 +3,8 @@ model's uniform vs ATP schedule."""
 
 import streamlit as st
 
-from atp_viz import figures, schedules, ui
+from atp_viz.dashboard import figures, ui
+from atp_viz.schedules import published
 
 st.set_page_config(page_title="atp-viz", layout="wide")
 ctx = ui.sidebar()
@@ -23,12 +24,12 @@ statistics-driven alternatives compared here.
 
 if ctx.setup is not None and ctx.num_blocks is not None and (ctx.workbench is not None or ctx.loading):
     L = ctx.num_blocks  # from the model's config while it is still loading: the schedules are pure math
-    bound = schedules.beta_max(L, ctx.sparsity)
+    bound = published.beta_max(L, ctx.sparsity)
     beta = bound / 2
     fig = figures.schedule_figure(
         {
-            f"uniform (S = {ctx.sparsity:g})": schedules.uniform(L, ctx.sparsity),
-            f"ATP (beta = {beta:.4g} = beta_max / 2)": schedules.atp(L, ctx.sparsity, beta),
+            f"uniform (S = {ctx.sparsity:g})": published.uniform(L, ctx.sparsity),
+            f"ATP (beta = {beta:.4g} = beta_max / 2)": published.atp(L, ctx.sparsity, beta),
         },
         title=f"Uniform vs ATP schedule for {ctx.setup.model} ({L} blocks)",
     )

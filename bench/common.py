@@ -26,13 +26,13 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from atp_viz.calibration import BlockCalls, capture_block_calls, run_block  # noqa: E402
 from atp_viz.config import CalibConfig, EvalConfig  # noqa: E402
-from atp_viz.evaluate import perplexity  # noqa: E402
-from atp_viz.experiment import Setup  # noqa: E402
-from atp_viz.hooks import input_hooks  # noqa: E402
-from atp_viz.layer_stats import prunable_linears  # noqa: E402
-from atp_viz.pruners import PruneConfig, Pruner, recorder  # noqa: E402
+from atp_viz.experiment.workbench import Setup  # noqa: E402
+from atp_viz.measure.perplexity import perplexity  # noqa: E402
+from atp_viz.models.hooks import input_hooks  # noqa: E402
+from atp_viz.pruning.calibration import BlockCalls, capture_block_calls, run_block  # noqa: E402
+from atp_viz.pruning.layer_stats import prunable_linears  # noqa: E402
+from atp_viz.pruning.pruners import PruneConfig, Pruner, recorder  # noqa: E402
 from atp_viz.store import to_jsonable  # noqa: E402
 
 

@@ -31,8 +31,8 @@ HERE = Path(__file__).resolve().parent
 
 def make_setup(args: argparse.Namespace, mode: str):
     from atp_viz.config import CalibConfig, EvalConfig
-    from atp_viz.experiment import Setup
-    from atp_viz.pruners import PruneConfig
+    from atp_viz.experiment.workbench import Setup
+    from atp_viz.pruning.pruners import PruneConfig
 
     return Setup(
         model=args.model,
@@ -47,7 +47,7 @@ def make_setup(args: argparse.Namespace, mode: str):
 
 
 def specs_for(args: argparse.Namespace, num_blocks: int):
-    from atp_viz.experiment import sweep_specs
+    from atp_viz.experiment.workbench import sweep_specs
 
     return sweep_specs(num_blocks, args.sparsity, args.step)
 
@@ -55,7 +55,7 @@ def specs_for(args: argparse.Namespace, num_blocks: int):
 def worker_floor(args: argparse.Namespace) -> dict:
     import torch
 
-    from atp_viz.experiment import Workbench
+    from atp_viz.experiment.workbench import Workbench
 
     wb = Workbench(make_setup(args, "sequential"))
     passes = common.floor_passes(
@@ -76,8 +76,8 @@ def worker_floor(args: argparse.Namespace) -> dict:
 
 
 def worker_sweep(args: argparse.Namespace, mode: str) -> dict:
-    from atp_viz.experiment import Workbench
-    from atp_viz.results import best_point
+    from atp_viz.experiment.workbench import Workbench
+    from atp_viz.measure.points import best_point
 
     t0 = time.perf_counter()
     wb = Workbench(make_setup(args, mode))
@@ -111,12 +111,12 @@ def tokens(tokenizer: Any, text: str) -> Any:
 def worker_baseline(args: argparse.Namespace) -> dict:
     """The paper's structure: per beta a fresh model load, fresh tokenization, calibration, prune, eval."""
 
-    from atp_viz import data
-    from atp_viz.data import calibration_windows, evaluation_windows, load_corpus
-    from atp_viz.evaluate import perplexity
-    from atp_viz.methods import build_schedule
-    from atp_viz.models import load_model
-    from atp_viz.pruners import get_pruner
+    from atp_viz.measure.perplexity import perplexity
+    from atp_viz.models import data
+    from atp_viz.models.data import calibration_windows, evaluation_windows, load_corpus
+    from atp_viz.models.loading import load_model
+    from atp_viz.pruning.pruners import get_pruner
+    from atp_viz.schedules.methods import build_schedule
 
     setup = make_setup(args, "sequential")
     t0 = time.perf_counter()

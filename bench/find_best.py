@@ -40,8 +40,8 @@ COMPARE_SPARSITIES = (0.5, 0.6, 0.7, 0.8)  # the Compare page's default
 
 def make_setup(args: argparse.Namespace, mode: str, splits: tuple[str, ...] = ("validation", "evaluation")) -> Any:
     from atp_viz.config import CalibConfig, EvalConfig
-    from atp_viz.experiment import Setup
-    from atp_viz.pruners import PruneConfig
+    from atp_viz.experiment.workbench import Setup
+    from atp_viz.pruning.pruners import PruneConfig
 
     return Setup(
         model=args.model,
@@ -58,9 +58,9 @@ def make_setup(args: argparse.Namespace, mode: str, splits: tuple[str, ...] = ("
 def worker_findbest(args: argparse.Namespace) -> dict:
     import torch
 
-    from atp_viz.experiment import Workbench
-    from atp_viz.findbest import atp_grid, find_best
+    from atp_viz.experiment.workbench import Workbench
     from atp_viz.store import ResultStore
+    from atp_viz.tuning.findbest import atp_grid, find_best
 
     torch.set_num_threads(args.threads)
     with tempfile.TemporaryDirectory() as folder:
@@ -83,10 +83,11 @@ def worker_findbest(args: argparse.Namespace) -> dict:
 def worker_compare(args: argparse.Namespace) -> dict:
     import torch
 
-    from atp_viz import methods, ui
-    from atp_viz.experiment import Workbench, compare_cells, compare_rows
-    from atp_viz.findbest import fast_compare, fast_setup
+    from atp_viz.dashboard import ui
+    from atp_viz.experiment.workbench import Workbench, compare_cells, compare_rows
+    from atp_viz.schedules import methods
     from atp_viz.store import ResultStore
+    from atp_viz.tuning.findbest import fast_compare, fast_setup
 
     torch.set_num_threads(args.threads)
     # the sidebar's defaults, as a first visit sees them
@@ -125,13 +126,13 @@ def worker_baseline(args: argparse.Namespace) -> dict:
     import cpu_sweep
     import torch
 
-    from atp_viz import data
-    from atp_viz.data import calibration_windows, evaluation_windows, load_corpus
-    from atp_viz.evaluate import perplexity
-    from atp_viz.findbest import atp_grid
-    from atp_viz.methods import build_schedule
-    from atp_viz.models import load_model
-    from atp_viz.pruners import get_pruner
+    from atp_viz.measure.perplexity import perplexity
+    from atp_viz.models import data
+    from atp_viz.models.data import calibration_windows, evaluation_windows, load_corpus
+    from atp_viz.models.loading import load_model
+    from atp_viz.pruning.pruners import get_pruner
+    from atp_viz.schedules.methods import build_schedule
+    from atp_viz.tuning.findbest import atp_grid
 
     torch.set_num_threads(args.threads)
     setup = make_setup(args, "sequential", ("evaluation",))

@@ -13,7 +13,7 @@ default (library only): the clock starts before ``import atp_viz`` and stops whe
 ``Workbench.beta_sweep`` is back, after the dense perplexity (the order the dashboard used before it
 loaded in the background).
 
-Dashboard settings (atp_viz/ui.py defaults): smollm2-135m, calibration 8 x 256, evaluation 8 x 256
+Dashboard settings (atp_viz/dashboard/ui.py defaults): smollm2-135m, calibration 8 x 256, evaluation 8 x 256
 tokens, Wanda, S = 0.7, grid step 0.002, an empty results store. The corpus token ids come from the
 disk cache after the first run on a machine; pass --cold-tokens to time a fresh tokenization too
 (library mode).
@@ -52,9 +52,9 @@ def library(args: argparse.Namespace) -> dict[str, object]:
 
     torch.set_num_threads(args.threads)
     marks: dict[str, float] = {}
-    from atp_viz import data
     from atp_viz.config import CalibConfig, EvalConfig
-    from atp_viz.experiment import Setup, Workbench
+    from atp_viz.experiment.workbench import Setup, Workbench
+    from atp_viz.models import data
     from atp_viz.store import ResultStore
 
     if args.cold_tokens:

@@ -38,8 +38,8 @@ from common import (  # noqa: E402
     timed,
 )
 
-from atp_viz.experiment import Workbench, sweep_specs  # noqa: E402
-from atp_viz.models import LoadedModel, find_blocks  # noqa: E402
+from atp_viz.experiment.workbench import Workbench, sweep_specs  # noqa: E402
+from atp_viz.models.loading import LoadedModel, find_blocks  # noqa: E402
 
 SPARSITY = 0.7
 FULL: dict[str, Any] = dict(

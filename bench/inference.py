@@ -41,19 +41,19 @@ for path in (ROOT, ROOT / "bench"):
     if str(path) not in sys.path:
         sys.path.insert(0, str(path))
 
-from atp_viz import speed  # noqa: E402
-from atp_viz.layer_stats import prunable_linears  # noqa: E402
-from atp_viz.models import DEFAULT_MODEL, LoadedModel, load_model  # noqa: E402
+from atp_viz.models.loading import DEFAULT_MODEL, LoadedModel, load_model  # noqa: E402
+from atp_viz.pruning.layer_stats import prunable_linears  # noqa: E402
+from atp_viz.speed import kernels  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results"
 PATTERNS: dict[str, tuple[float, tuple[int, int] | None]] = {  # label: (uniform rate, N:M)
     "uniform 0.5": (0.5, None),
     "uniform 0.7": (0.7, None),
-    "2:4": (speed.SEMI_STRUCTURED_RATE, speed.SEMI_STRUCTURED),
+    "2:4": (kernels.SEMI_STRUCTURED_RATE, kernels.SEMI_STRUCTURED),
 }
 CPU = {"prefill_tokens": 512, "decode_context": 512, "batch": 1, "repeats": 5, "warmup": 1}
 TINY = {"prefill_tokens": 32, "decode_context": 32, "batch": 1, "repeats": 1, "warmup": 0}
-GPU = speed.SpeedConfig(prefill_tokens=2048, decode_context=2048, batch=1, repeats=10, warmup=3)
+GPU = kernels.SpeedConfig(prefill_tokens=2048, decode_context=2048, batch=1, repeats=10, warmup=3)
 LINEAR_REPEATS = {"cpu": 5, "tiny": 1}  # timed calls per point of the per-linear sweep
 GPU_LINEAR_TOKENS = (1, 16, 2048, 8192)  # decode, small batch, prefill, long prefill
 LLAMA2_7B = {"hidden": 4096, "layers": 32, "heads": 32, "mlp": 11008, "vocab": 32000}
@@ -95,18 +95,18 @@ def tiny_model() -> LoadedModel:
     return load_model(str(shared_tiny_model()))
 
 
-def cpu_run(loaded: LoadedModel, config: speed.SpeedConfig, linear_repeats: int, vocab: int) -> dict[str, Any]:
+def cpu_run(loaded: LoadedModel, config: kernels.SpeedConfig, linear_repeats: int, vocab: int) -> dict[str, Any]:
     dense = {k: v.detach().clone() for k, v in loaded.model.state_dict().items()}
-    report: dict[str, Any] = {"dense_storage": speed.storage_bytes(loaded.blocks), "patterns": {}}
+    report: dict[str, Any] = {"dense_storage": kernels.storage_bytes(loaded.blocks), "patterns": {}}
     for label, (rate, nm) in PATTERNS.items():
         loaded.model.load_state_dict(dense)
-        speed.magnitude_prune_(loaded.blocks, rate, nm)
+        kernels.magnitude_prune_(loaded.blocks, rate, nm)
         started = time.perf_counter()
-        measured = speed.measure_speed(loaded.model, loaded.blocks, "csr", config, vocab)
+        measured = kernels.measure_speed(loaded.model, loaded.blocks, "csr", config, vocab)
         report["patterns"][label] = {
             "kernel": "csr",
             **measured,
-            "storage": speed.storage_bytes(loaded.blocks),
+            "storage": kernels.storage_bytes(loaded.blocks),
             "seconds": time.perf_counter() - started,
         }
         print(
@@ -125,7 +125,7 @@ def cpu_run(loaded: LoadedModel, config: speed.SpeedConfig, linear_repeats: int,
     sweeps = []
     for kernel in SWEEP_KERNELS:
         for tokens in (config.prefill_tokens, 1):
-            sweep = speed.crossover_sweep(shape, tokens, kernel, repeats=linear_repeats, clock=config.clock)
+            sweep = kernels.crossover_sweep(shape, tokens, kernel, repeats=linear_repeats, clock=config.clock)
             sweeps.append(sweep)
             print(
                 f"linear {shape} {kernel} x {tokens:4d} tokens: speedup "
@@ -152,21 +152,21 @@ def gpu_run() -> dict[str, Any]:
     from gpu_sweep import build_model
 
     device, dtype = torch.device("cuda"), torch.bfloat16
-    linears = speed.semi_structured_linear_speed(speed.LLAMA2_7B_LINEARS, GPU_LINEAR_TOKENS, dtype)
+    linears = kernels.semi_structured_linear_speed(kernels.LLAMA2_7B_LINEARS, GPU_LINEAR_TOKENS, dtype)
     for row in linears:
         print(row, flush=True)
     loaded = build_model(LLAMA2_7B, device, dtype)
     config = GPU
-    speed.magnitude_prune_(loaded.blocks, speed.SEMI_STRUCTURED_RATE, speed.SEMI_STRUCTURED)
-    dense = speed.forward_times(loaded.model, config, LLAMA2_7B["vocab"])
-    report: dict[str, Any] = {"linears": linears, "dense": {**dense, **speed.tokens_per_second(dense, config)}}
-    report["swapped"] = speed.semi_structured_model(loaded.blocks)
+    kernels.magnitude_prune_(loaded.blocks, kernels.SEMI_STRUCTURED_RATE, kernels.SEMI_STRUCTURED)
+    dense = kernels.forward_times(loaded.model, config, LLAMA2_7B["vocab"])
+    report: dict[str, Any] = {"linears": linears, "dense": {**dense, **kernels.tokens_per_second(dense, config)}}
+    report["swapped"] = kernels.semi_structured_model(loaded.blocks)
     try:
-        sparse = speed.forward_times(loaded.model, config, LLAMA2_7B["vocab"])
+        sparse = kernels.forward_times(loaded.model, config, LLAMA2_7B["vocab"])
     except (RuntimeError, NotImplementedError) as exc:
         report["sparse_error"] = str(exc).splitlines()[0]
     else:
-        report["sparse"] = {**sparse, **speed.tokens_per_second(sparse, config)}
+        report["sparse"] = {**sparse, **kernels.tokens_per_second(sparse, config)}
         report["prefill_speedup"] = dense["prefill_s"] / sparse["prefill_s"]
         report["decode_speedup"] = dense["decode_s"] / sparse["decode_s"]
     report["config"] = {
@@ -191,7 +191,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=1, help="CPU mode: torch threads (1: a fair kernel comparison)")
     parser.add_argument(
         "--clock",
-        choices=tuple(speed.CLOCKS),
+        choices=tuple(kernels.CLOCKS),
         default="cpu",
         help="CPU mode: cpu = process CPU time (robust on a shared machine)",
     )
@@ -200,7 +200,7 @@ def main(argv: list[str] | None = None) -> int:
     env = environment()  # load average at the start; the end value is added after the run
 
     if args.gpu:
-        reason = speed.cuda_unavailable_reason(torch.bfloat16)
+        reason = kernels.cuda_unavailable_reason(torch.bfloat16)
         if reason:
             print(f"inference --gpu: {reason}", file=sys.stderr)
             return 2
@@ -213,7 +213,7 @@ def main(argv: list[str] | None = None) -> int:
         model_config: Any = loaded.model.config
         vocab = int(model_config.vocab_size)
         kind = "tiny" if args.tiny else "cpu"
-        config = speed.SpeedConfig(**(TINY if args.tiny else CPU), clock=args.clock)
+        config = kernels.SpeedConfig(**(TINY if args.tiny else CPU), clock=args.clock)
         report = cpu_run(loaded, config, LINEAR_REPEATS[kind], vocab)
         report["model"] = "tiny random llama" if args.tiny else args.model
         out = args.out if (args.out or args.tiny) else RESULTS / "inference.json"

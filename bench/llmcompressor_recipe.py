@@ -1,4 +1,4 @@
-"""Prove that the recipes ``atp_viz.export.recipe_snippet`` emits run in llm-compressor itself.
+"""Prove that the recipes ``atp_viz.speed.export.recipe_snippet`` emits run in llm-compressor itself.
 
 llm-compressor pins a transformers release other than the project's, so it runs in its own virtual
 environment (created on first use, ``--venv``). This script, run with the project's interpreter:
@@ -30,9 +30,9 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from atp_viz.export import LLMCOMPRESSOR_VERSION, recipe_snippet  # noqa: E402
-from atp_viz.models import DEFAULT_MODEL, find_blocks, resolve_source  # noqa: E402
-from atp_viz.schedules import atp  # noqa: E402
+from atp_viz.models.loading import DEFAULT_MODEL, find_blocks, resolve_source  # noqa: E402
+from atp_viz.schedules.published import atp  # noqa: E402
+from atp_viz.speed.export import LLMCOMPRESSOR_VERSION, recipe_snippet  # noqa: E402
 
 MODIFIER = "WandaPruningModifier"
 INSTALL_TIMEOUT_S = 1200
@@ -119,7 +119,7 @@ def model_layout(folder: Path) -> tuple[int, str, str]:
 
 
 def calibration_texts(samples: int) -> list[str]:
-    from atp_viz.data import load_corpus
+    from atp_viz.models.data import load_corpus
 
     documents = [d for d in load_corpus().calibration_text.split("\n\n") if d.strip()]
     return documents[:samples]

@@ -48,10 +48,11 @@ if str(ROOT) not in sys.path:
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import llama_config, random_ids, shape_setup  # noqa: E402
 
-from atp_viz import methods, offload, schedules  # noqa: E402
-from atp_viz.calibration import run_block  # noqa: E402
-from atp_viz.experiment import Workbench  # noqa: E402
-from atp_viz.methods import ScheduleSpec  # noqa: E402
+from atp_viz.experiment.workbench import Workbench  # noqa: E402
+from atp_viz.pruning import offload  # noqa: E402
+from atp_viz.pruning.calibration import run_block  # noqa: E402
+from atp_viz.schedules import methods, published  # noqa: E402
+from atp_viz.schedules.methods import ScheduleSpec  # noqa: E402
 
 SPARSITY, SWEEP_POINTS, GPUS = 0.7, 9, 8
 FULL: dict[str, Any] = dict(
@@ -182,7 +183,7 @@ def main() -> int:
 
     calib_s, _ = timed(calibration_pass, device)
     floor_peak = peak_gib(device)
-    grid = methods.sweep_grid("atp", loaded.num_blocks, SPARSITY, schedules.GRID_STEP)
+    grid = methods.sweep_grid("atp", loaded.num_blocks, SPARSITY, published.GRID_STEP)
     spec = grid[len(grid) // 2] if grid else ScheduleSpec("uniform", SPARSITY)
     reset_peak(device)
     point_s, point = timed(lambda: wb.run(spec), device)

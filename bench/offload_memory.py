@@ -42,8 +42,8 @@ def child(args: argparse.Namespace) -> dict[str, Any]:
 
     torch.set_num_threads(args.threads)
     from atp_viz.config import CalibConfig, EvalConfig
-    from atp_viz.experiment import Setup, Workbench
-    from atp_viz.methods import ScheduleSpec
+    from atp_viz.experiment.workbench import Setup, Workbench
+    from atp_viz.schedules.methods import ScheduleSpec
 
     def rss() -> float:
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # MiB (Linux reports KiB)
@@ -107,7 +107,7 @@ def main() -> int:
         return 0
     # every child gets a fresh cache (the cached mode's statistics file is recomputed, not read from a
     # sibling run) that reuses the dequantized model folder
-    from atp_viz.models import cache_dir
+    from atp_viz.models.loading import cache_dir
 
     runs: list[dict[str, Any]] = []
     for mode in [m.strip() for m in args.modes.split(",") if m.strip()]:

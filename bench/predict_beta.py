@@ -1,7 +1,7 @@
 """Predicted beta (no sweep) against the swept best beta, on the embedded models.
 
 For each (model, S): the full ATP beta grid is swept in cached mode and every point's validation
-perplexity is stored (the swept best is chosen there); ``atp_viz.predict.predict_beta`` predicts
+perplexity is stored (the swept best is chosen there); ``atp_viz.tuning.predict.predict_beta`` predicts
 beta from the dense statistics alone; the evaluation perplexity of the swept best and of the
 predicted beta is measured (that is what is reported). Every point is a results-store row, so a
 rerun reads the sweep back (its seconds are the stored ones) and only re-times the prediction.
@@ -60,8 +60,8 @@ def past_minimum(values: list[float], patience: int, margin: float) -> bool:
 
 def make_setup(args: argparse.Namespace, model: str) -> Any:
     from atp_viz.config import CalibConfig, EvalConfig
-    from atp_viz.experiment import Setup
-    from atp_viz.pruners import PruneConfig
+    from atp_viz.experiment.workbench import Setup
+    from atp_viz.pruning.pruners import PruneConfig
 
     return Setup(
         model=model,
@@ -75,7 +75,7 @@ def make_setup(args: argparse.Namespace, model: str) -> Any:
 def point_of(wb: Any, spec: Any, splits: list[str] | None, stored_only: bool) -> Any:
     """The point of ``spec`` measured on ``splits`` (all when None): computed and stored, or with
     ``stored_only`` read back as far as it is stored (None when its row is missing)."""
-    from atp_viz.results import PointResult
+    from atp_viz.measure.points import PointResult
 
     if not stored_only:
         return wb.run(spec, splits=splits)
@@ -86,11 +86,11 @@ def point_of(wb: Any, spec: Any, splits: list[str] | None, stored_only: bool) ->
 def run_case(wb: Any, sparsity: float, args: argparse.Namespace) -> dict[str, Any]:
     import math
 
-    from atp_viz import methods
-    from atp_viz.methods import ScheduleSpec
-    from atp_viz.metrics import EVALUATION, VALIDATION
-    from atp_viz.predict import AMPLIFICATIONS, predict_for, predict_from_profile, stored_prediction
-    from atp_viz.results import best_point
+    from atp_viz.measure.metrics import EVALUATION, VALIDATION
+    from atp_viz.measure.points import best_point
+    from atp_viz.schedules import methods
+    from atp_viz.schedules.methods import ScheduleSpec
+    from atp_viz.tuning.predict import AMPLIFICATIONS, predict_for, predict_from_profile, stored_prediction
 
     specs = methods.sweep_grid("atp", wb.num_blocks, sparsity, args.step)
     points, complete = [], False
@@ -201,7 +201,7 @@ def main() -> None:
 
     import torch
 
-    from atp_viz.experiment import Workbench
+    from atp_viz.experiment.workbench import Workbench
     from atp_viz.store import ResultStore
 
     torch.set_num_threads(args.threads)

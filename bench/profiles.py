@@ -32,15 +32,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import write_results  # noqa: E402
 
-from atp_viz import sweep2d  # noqa: E402
 from atp_viz.config import CalibConfig, EvalConfig  # noqa: E402
-from atp_viz.executors import run_seeds  # noqa: E402
-from atp_viz.experiment import Setup, Workbench  # noqa: E402
-from atp_viz.metrics import VALIDATION  # noqa: E402
-from atp_viz.models import DEFAULT_MODEL  # noqa: E402
-from atp_viz.pruners import PruneConfig  # noqa: E402
-from atp_viz.results import seed_spread  # noqa: E402
+from atp_viz.experiment.executors import run_seeds  # noqa: E402
+from atp_viz.experiment.workbench import Setup, Workbench  # noqa: E402
+from atp_viz.measure.metrics import VALIDATION  # noqa: E402
+from atp_viz.measure.points import seed_spread  # noqa: E402
+from atp_viz.models.loading import DEFAULT_MODEL  # noqa: E402
+from atp_viz.pruning.pruners import PruneConfig  # noqa: E402
 from atp_viz.store import ResultStore  # noqa: E402
+from atp_viz.tuning import sweep2d  # noqa: E402
 
 OUT_DIR = ROOT / "docs" / "results"
 THREADS = 2

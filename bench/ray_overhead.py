@@ -38,8 +38,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from atp_viz.config import CalibConfig, EvalConfig  # noqa: E402
-from atp_viz.executors import ExecutorConfig, Job, LocalExecutor, RayExecutor, WorkerError  # noqa: E402
-from atp_viz.experiment import Setup, Workbench, sweep_specs  # noqa: E402
+from atp_viz.experiment.executors import ExecutorConfig, Job, LocalExecutor, RayExecutor, WorkerError  # noqa: E402
+from atp_viz.experiment.workbench import Setup, Workbench, sweep_specs  # noqa: E402
 from atp_viz.store import ResultStore  # noqa: E402
 
 THREADS = 2  # the local run's torch threads; each Ray actor gets THREADS // WORKERS

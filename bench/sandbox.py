@@ -10,7 +10,7 @@ import statistics
 import time
 from pathlib import Path
 
-from atp_viz import toy
+from atp_viz.schedules import toy
 
 BUDGET_S = 1.0
 REPEATS = 5

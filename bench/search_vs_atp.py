@@ -35,11 +35,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import write_results  # noqa: E402
 
-from atp_viz import schedules, search, searching  # noqa: E402
 from atp_viz.config import CalibConfig, EvalConfig  # noqa: E402
-from atp_viz.experiment import Setup, Workbench  # noqa: E402
-from atp_viz.models import DEFAULT_MODEL  # noqa: E402
-from atp_viz.pruners import PruneConfig  # noqa: E402
+from atp_viz.experiment.workbench import Setup, Workbench  # noqa: E402
+from atp_viz.models.loading import DEFAULT_MODEL  # noqa: E402
+from atp_viz.pruning.pruners import PruneConfig  # noqa: E402
+from atp_viz.schedules import published  # noqa: E402
+from atp_viz.search import space, study  # noqa: E402
 from atp_viz.store import ResultStore  # noqa: E402
 
 OUT_DIR = ROOT / "docs" / "results"
@@ -51,7 +52,7 @@ def setup_for(model: str, evaluation: EvalConfig = EVALUATION) -> Setup:
     return Setup(model=model, calib=CALIB, evaluation=evaluation, prune=PruneConfig("wanda"), calibration="cached")
 
 
-def table(comparison: searching.Comparison) -> str:
+def table(comparison: study.Comparison) -> str:
     """Markdown rows: method, winner's validation / evaluation perplexity, seconds, Spearman, inversions."""
     lines = [
         "| method | trials | validation ppl | evaluation ppl | seconds | Spearman | inversions |",
@@ -70,9 +71,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default=DEFAULT_MODEL)
     parser.add_argument("--sparsities", default="0.7,0.6", help="comma-separated (default %(default)s)")
-    parser.add_argument("--samplers", default=",".join(search.SAMPLERS), help="comma-separated (default: all)")
+    parser.add_argument("--samplers", default=",".join(space.SAMPLERS), help="comma-separated (default: all)")
     parser.add_argument("--trials", type=int, default=None, help="points per search (default: ATP's sweep size)")
-    parser.add_argument("--step", type=float, default=schedules.GRID_STEP, help="ATP grid step (default %(default)s)")
+    parser.add_argument("--step", type=float, default=published.GRID_STEP, help="ATP grid step (default %(default)s)")
     parser.add_argument("--seeds", default="0", help="comma-separated search seeds (default %(default)s)")
     parser.add_argument(
         "--evaluate",
@@ -94,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
     evaluation = EvalConfig(windows=args.windows, seqlen=args.seqlen, validation_windows=args.val_windows)
     sparsities = [float(s) for s in args.sparsities.split(",") if s.strip()]
-    samplers = [search.check_sampler(s.strip()) for s in args.samplers.split(",") if s.strip()]
+    samplers = [space.check_sampler(s.strip()) for s in args.samplers.split(",") if s.strip()]
     seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
     command = "HF_HUB_OFFLINE=1 .venv/bin/python " + shlex.join(["bench/search_vs_atp.py", *(argv or sys.argv[1:])])
 
@@ -105,9 +106,9 @@ def main(argv: list[str] | None = None) -> int:
         for seed in seeds:
             started = time.monotonic()
             if args.report_only:
-                comparison = searching.stored_comparison(wb, sparsity, samplers, args.trials, seed=seed, step=args.step)
+                comparison = study.stored_comparison(wb, sparsity, samplers, args.trials, seed=seed, step=args.step)
             else:
-                comparison = searching.versus_atp(
+                comparison = study.versus_atp(
                     wb,
                     sparsity,
                     samplers,
@@ -127,9 +128,9 @@ def main(argv: list[str] | None = None) -> int:
                 flush=True,
             )
             views = {}
-            shortest = min(len(r.trials) for name, r in comparison.methods.items() if name != searching.ATP)
+            shortest = min(len(r.trials) for name, r in comparison.methods.items() if name != study.ATP)
             for asked in [int(b) for b in args.budgets.split(",") if b.strip()]:
-                view = searching.completed(wb, comparison.at_budget(min(asked, shortest)))
+                view = study.completed(wb, comparison.at_budget(min(asked, shortest)))
                 print(f"budget {view.budget} (asked {asked})\n{table(view)}\n", flush=True)
                 views[str(asked)] = {**view.summary(), "table": table(view)}
             runs.append({"search_seed": seed, **comparison.summary(), "table": table(comparison), "budgets": views})

@@ -38,9 +38,9 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from atp_viz import zeroshot  # noqa: E402
-from atp_viz.evaluate import perplexity  # noqa: E402
-from atp_viz.models import load_model  # noqa: E402
+from atp_viz.measure import zeroshot  # noqa: E402
+from atp_viz.measure.perplexity import perplexity  # noqa: E402
+from atp_viz.models.loading import load_model  # noqa: E402
 
 FLOOR_WINDOW = 1024  # tokens per window of the floor (the notes' reference forward measurement)
 FLOOR_BATCH = 4  # perplexity()'s default batch

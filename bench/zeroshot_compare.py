@@ -20,10 +20,10 @@ from pathlib import Path
 import common  # noqa: F401  (puts the repository on sys.path)
 
 from atp_viz.config import CalibConfig, EvalConfig
-from atp_viz.experiment import Cell, Setup, Workbench, compare_rows, zeroshot_table
-from atp_viz.methods import ScheduleSpec
+from atp_viz.experiment.workbench import Cell, Setup, Workbench, compare_rows, zeroshot_table
+from atp_viz.measure.zeroshot import DEFAULT_TASKS, ZeroShotConfig
+from atp_viz.schedules.methods import ScheduleSpec
 from atp_viz.store import ResultStore
-from atp_viz.zeroshot import DEFAULT_TASKS, ZeroShotConfig
 
 HERE = Path(__file__).resolve().parent
 

@@ -3,10 +3,11 @@
 import pandas as pd
 import streamlit as st
 
-from atp_viz import figures, methods, schedules, ui
-from atp_viz.export import linear_targets, recipe_snippet
-from atp_viz.models import blocks_path
-from atp_viz.pruners import PRUNERS
+from atp_viz.dashboard import figures, ui
+from atp_viz.models.loading import blocks_path
+from atp_viz.pruning.pruners import PRUNERS
+from atp_viz.schedules import methods, published
+from atp_viz.speed.export import linear_targets, recipe_snippet
 
 st.set_page_config(page_title="Schedules - atp-viz", layout="wide")
 ctx = ui.sidebar()
@@ -15,7 +16,7 @@ if ctx.setup is None or ctx.num_blocks is None or (ctx.workbench is None and not
     st.stop()  # the sidebar (or the loading notice above) says why
 setup, bench = ctx.setup, ctx.workbench  # bench: None while the model loads; uniform, ATP and custom need none
 S, L = ctx.sparsity, ctx.num_blocks
-bound = schedules.beta_max(L, S)
+bound = published.beta_max(L, S)
 st.markdown(
     f"Per-block sparsity for **{setup.model}** ({L} blocks) at average sparsity **S = {S:g}**. ATP's slope is "
     f"bounded by **beta_max = {bound:.5g}** (first block at 0 or last at 1)."
@@ -29,7 +30,7 @@ custom = [name for name in show if not methods.get_method(name).takes_sparsity]
 rates = None
 if custom:
     with st.expander("Custom schedule (edit the rates; each in [0, 1])", expanded=False):
-        start = pd.DataFrame({"block": range(L), "sparsity": schedules.uniform(L, S)})
+        start = pd.DataFrame({"block": range(L), "sparsity": published.uniform(L, S)})
         edited = st.data_editor(
             start, key=f"sched_custom_{L}_{S:g}", disabled=["block"], hide_index=True, height=min(35 * (L + 1) + 3, 400)
         )
@@ -59,7 +60,7 @@ means = pd.DataFrame(
     {
         "schedule": list(named),
         "parameter-weighted mean sparsity" if weights is not None else "mean sparsity": [
-            schedules.weighted_mean(r, weights) for r in named.values()
+            published.weighted_mean(r, weights) for r in named.values()
         ],
         "min": [r.min() for r in named.values()],
         "max": [r.max() for r in named.values()],

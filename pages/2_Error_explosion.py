@@ -3,7 +3,8 @@
 import pandas as pd
 import streamlit as st
 
-from atp_viz import figures, methods, ui
+from atp_viz.dashboard import figures, ui
+from atp_viz.schedules import methods
 
 st.set_page_config(page_title="Error explosion - atp-viz", layout="wide")
 ctx = ui.sidebar()

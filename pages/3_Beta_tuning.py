@@ -3,12 +3,14 @@
 import pandas as pd
 import streamlit as st
 
-from atp_viz import figures, findbest, schedules, ui
+from atp_viz.dashboard import figures, ui
 from atp_viz.display import metric_text
-from atp_viz.experiment import summarize_sweep, sweep_specs
-from atp_viz.metrics import METRICS
-from atp_viz.predict import predict_for, stored_prediction
-from atp_viz.results import seed_spread
+from atp_viz.experiment.workbench import summarize_sweep, sweep_specs
+from atp_viz.measure.metrics import METRICS
+from atp_viz.measure.points import seed_spread
+from atp_viz.schedules import published
+from atp_viz.tuning import findbest
+from atp_viz.tuning.predict import predict_for, stored_prediction
 
 st.set_page_config(page_title="Beta tuning - atp-viz", layout="wide")
 ctx = ui.sidebar()
@@ -22,10 +24,10 @@ st.markdown(
 )
 setup, bench = ui.require(ctx)
 S, L = ctx.sparsity, bench.num_blocks
-bound = schedules.beta_max(L, S)
+bound = published.beta_max(L, S)
 
 step = st.number_input(
-    "Grid step (> 0)", min_value=0.0, step=0.001, format="%.4f", **ui.state("tune_step", schedules.GRID_STEP)
+    "Grid step (> 0)", min_value=0.0, step=0.001, format="%.4f", **ui.state("tune_step", published.GRID_STEP)
 )
 try:
     specs = sweep_specs(L, S, step)
@@ -70,7 +72,7 @@ if c1.button(
 ):
     job = ui.submit_points(bench, todo, f"beta sweep at S = {S:g}")
 
-# -- find best beta: a Fibonacci (golden-section) search over the grid instead of all of it (atp_viz.findbest)
+# -- find best beta: a Fibonacci (golden-section) search over the grid instead of all of it (atp_viz.tuning.findbest)
 find_key = ("find best", bench.setup, tuple(specs[1:]), tuple(seeds), metric)
 find_job = ui.last_job(find_key)
 if c3.button("Find best beta", key="tune_find", help=findbest.BUTTON_HELP, disabled=not ui.idle(find_job)):
@@ -83,7 +85,7 @@ if c3.button("Find best beta", key="tune_find", help=findbest.BUTTON_HELP, disab
         ),
     )
 
-# -- Predict beta without a sweep (atp_viz.predict: the error-propagation model of Thm 3.2) ----------
+# -- Predict beta without a sweep (atp_viz.tuning.predict: the error-propagation model of Thm 3.2) ----------
 predict_key = ("predict beta", bench.setup, S, step)
 predict_job = ui.last_job(predict_key)
 if c2.button(

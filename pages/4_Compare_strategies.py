@@ -3,9 +3,12 @@
 import pandas as pd
 import streamlit as st
 
-from atp_viz import figures, findbest, methods, schedules, speedup, ui
-from atp_viz.experiment import compare_cells, compare_rows, zeroshot_table
-from atp_viz.metrics import EVALUATION, VALIDATION
+from atp_viz.dashboard import figures, ui
+from atp_viz.experiment.workbench import compare_cells, compare_rows, zeroshot_table
+from atp_viz.measure.metrics import EVALUATION, VALIDATION
+from atp_viz.schedules import methods, published
+from atp_viz.speed import speedup
+from atp_viz.tuning import findbest
 
 st.set_page_config(page_title="Compare strategies - atp-viz", layout="wide")
 ctx = ui.sidebar()
@@ -38,14 +41,14 @@ step = c3.number_input(
     step=0.001,
     format="%.4f",
     help="ATP's beta grid; shared with the Beta tuning page.",
-    **ui.state("tune_step", schedules.GRID_STEP),
+    **ui.state("tune_step", published.GRID_STEP),
 )
 log_y = c4.toggle("Log y axis", **ui.state("cmp_log", True))
 fast = st.toggle(
     "Fast: find best beta, cached calibration", help=findbest.FAST_COMPARE_NOTE, **ui.state("cmp_fast", True)
 )
 if step <= 0:
-    st.error(f"Grid step must be > 0 (paper: {schedules.GRID_STEP}), got {step:g}.")
+    st.error(f"Grid step must be > 0 (paper: {published.GRID_STEP}), got {step:g}.")
     st.stop()
 try:
     cells = compare_cells(L, chosen, sparsities, step)
@@ -54,7 +57,7 @@ except ValueError as exc:
     st.stop()
 
 everything = list(dict.fromkeys(spec for cell in cells for spec in cell.specs))
-if fast:  # the default: a grid is searched (atp_viz.findbest), statistics come from one dense pass
+if fast:  # the default: a grid is searched (atp_viz.tuning.findbest), statistics come from one dense pass
     st.caption(findbest.FAST_COMPARE_NOTE)
     work = bench.variant(findbest.fast_setup(setup))
     view = findbest.fast_compare(work, cells, ctx.seeds, compute=False)  # stored points only

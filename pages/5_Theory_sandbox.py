@@ -2,7 +2,8 @@
 
 import streamlit as st
 
-from atp_viz import figures, schedules, toy, ui
+from atp_viz.dashboard import figures, ui
+from atp_viz.schedules import published, toy
 
 st.set_page_config(page_title="Theory sandbox - atp-viz", layout="wide")
 ui.sidebar(load_model=False)
@@ -21,7 +22,7 @@ gives the lowest total error; decreasing order gives the highest.
 left, right = st.columns(2)
 depth = left.slider("Depth (layers)", 2, toy.MAX_DEPTH, **ui.state("toy_depth", 16))
 sparsity = left.slider("Average sparsity S", 0.05, 0.95, step=0.01, **ui.state("toy_sparsity", 0.7))
-bound = schedules.beta_max(depth, sparsity)
+bound = published.beta_max(depth, sparsity)
 ui.set_state("toy_beta", min(float(st.session_state.get("_toy_beta", 0.02)), bound))
 beta = right.slider(
     f"beta (0 .. beta_max = {bound:.4g})",

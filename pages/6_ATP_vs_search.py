@@ -5,7 +5,10 @@ import dataclasses
 import pandas as pd
 import streamlit as st
 
-from atp_viz import experiment, figures, jobs, schedules, search, searching, ui
+from atp_viz.dashboard import figures, jobs, ui
+from atp_viz.experiment import workbench
+from atp_viz.schedules import published
+from atp_viz.search import space, study
 
 st.set_page_config(page_title="ATP vs search - atp-viz", layout="wide")
 ctx = ui.sidebar()
@@ -31,12 +34,12 @@ S, L = ctx.sparsity, bench.num_blocks
 
 left, middle, right = st.columns(3)
 step = left.number_input(
-    "ATP grid step (> 0)", min_value=0.0, step=0.001, format="%.4f", **ui.state("search_step", schedules.GRID_STEP)
+    "ATP grid step (> 0)", min_value=0.0, step=0.001, format="%.4f", **ui.state("search_step", published.GRID_STEP)
 )
 try:
-    budget = searching.grid_budget(L, S, step)
+    budget = study.grid_budget(L, S, step)
 except ValueError as exc:
-    st.error(f"{exc} (allowed: 0 < step <= beta_max = {schedules.beta_max(L, S):.5g})")
+    st.error(f"{exc} (allowed: 0 < step <= beta_max = {published.beta_max(L, S):.5g})")
     st.stop()
 trials = middle.number_input(
     f"Points per method (ATP's sweep: {budget})", min_value=1, step=1, **ui.state("search_trials", budget)
@@ -46,9 +49,9 @@ seeds = right.multiselect(
 )
 samplers = st.multiselect(
     "Searches",
-    tuple(search.SAMPLERS),
-    format_func=lambda n: search.SAMPLERS[n].label,
-    **ui.state("search_samplers", list(search.SAMPLERS)),
+    tuple(space.SAMPLERS),
+    format_func=lambda n: space.SAMPLERS[n].label,
+    **ui.state("search_samplers", list(space.SAMPLERS)),
 )
 if not samplers or not seeds:
     st.info("Choose at least one search and one search seed.")
@@ -61,8 +64,8 @@ st.caption(
 args = (bench, S, samplers, int(trials))
 
 
-def stored(seed: int) -> searching.Comparison:
-    return searching.stored_comparison(*args, seed=seed, step=step)
+def stored(seed: int) -> study.Comparison:
+    return study.stored_comparison(*args, seed=seed, step=step)
 
 
 key = ("search", setup, S, tuple(samplers), int(trials), tuple(seeds), step)
@@ -71,13 +74,13 @@ if ui.idle(job) and st.button("Run", key="search_run", type="primary"):
 
     def work(running: jobs.Job) -> None:
         for index, seed in enumerate(seeds):
-            part = experiment.scaled(running.report, index / len(seeds), 1 / len(seeds))
-            searching.versus_atp(*args, seed=seed, step=step, progress=part, on_trial=lambda *_: running.point_stored())
+            part = workbench.scaled(running.report, index / len(seeds), 1 / len(seeds))
+            study.versus_atp(*args, seed=seed, step=step, progress=part, on_trial=lambda *_: running.point_stored())
 
     job = ui.submit(bench, key, f"ATP vs {', '.join(samplers)} at S = {S:g}", work)
 ui.follow(setup.model, job)
 slot = st.empty()
-labels, colors = searching.labels(), searching.sampler_colors()
+labels, colors = study.labels(), study.sampler_colors()
 drawn = [0]
 
 
@@ -85,9 +88,9 @@ def draw() -> None:
     """Best-so-far curves (trials, seconds), the winners over ATP's line, and the tables."""
     drawn[0] += 1
     comparison = stored(seeds[0])
-    atp = comparison.methods[searching.ATP].winner()
+    atp = comparison.methods[study.ATP].winner()
     named = {labels[m]: c for m, c in colors.items()}
-    if not any(c[0] for c in searching.curves(comparison, "trial").values()):
+    if not any(c[0] for c in study.curves(comparison, "trial").values()):
         slot.info(
             "Best-so-far curves (validation perplexity against trials and seconds), the winners' schedules and "
             "the table appear here as trials are stored: press Run."
@@ -99,21 +102,21 @@ def draw() -> None:
             (chart_left, "trial", "trial (points evaluated)"),
             (chart_right, "seconds", "wall time (s)"),
         ):
-            curves = {labels[m]: c for m, c in searching.curves(comparison, x).items() if c[0]}
+            curves = {labels[m]: c for m, c in study.curves(comparison, x).items() if c[0]}
             with column:
                 fig = figures.search_curve_figure(
                     curves, x_title=title, atp_best=atp.validation if atp else None, colors=named
                 )
                 ui.chart(fig, key=f"search_{x}_{drawn[0]}")
-        found = searching.winners(comparison)
-        atp_rates = found.pop(searching.ATP, None)
+        found = study.winners(comparison)
+        atp_rates = found.pop(study.ATP, None)
         overlay = figures.winners_figure({labels[m]: r for m, r in found.items()}, atp_rates, named)
         ui.chart(overlay, key=f"search_winners_{drawn[0]}")
         table = pd.DataFrame(comparison.rows()).drop(columns="method")
         st.dataframe(table, hide_index=True, key=f"search_table_{drawn[0]}")
         if len(seeds) > 1:
             st.markdown(f"**Winners over search seeds {', '.join(map(str, seeds))}** (mean and standard deviation)")
-            spread = pd.DataFrame(searching.seed_rows([stored(s) for s in seeds])).drop(columns="method")
+            spread = pd.DataFrame(study.seed_rows([stored(s) for s in seeds])).drop(columns="method")
             st.dataframe(spread, hide_index=True, key=f"search_spread_{drawn[0]}")
 
 

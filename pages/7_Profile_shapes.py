@@ -3,8 +3,10 @@
 import pandas as pd
 import streamlit as st
 
-from atp_viz import figures, profiles, schedules, sweep2d, ui
+from atp_viz.dashboard import figures, ui
 from atp_viz.display import perplexity_text
+from atp_viz.schedules import profiles, published
+from atp_viz.tuning import sweep2d
 
 st.set_page_config(page_title="Profile shapes - atp-viz", layout="wide")
 ctx = ui.sidebar()
@@ -98,5 +100,5 @@ with left:
 with right:
     beta = grid.betas[pick[0]]
     curved = profiles.curved_family(L, S, beta)
-    ui.chart(figures.profiles_figure(curved, schedules.atp(L, S, beta), f"ATP (beta = {beta:g})",
+    ui.chart(figures.profiles_figure(curved, published.atp(L, S, beta), f"ATP (beta = {beta:g})",
                                      f"Curved profiles with the same mean S = {S:g}"))  # fmt: skip

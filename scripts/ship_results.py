@@ -1,7 +1,7 @@
-"""Regenerate the shipped results (``atp_viz/shipped/results.json``) through the project's own pipeline.
+"""Regenerate the shipped results (``atp_viz/experiment/shipped/results.json``) through the project's own pipeline.
 
-At the dashboard's default settings (``atp_viz.ui.defaults()`` turned into a ``Setup`` by
-``atp_viz.ui.setup_of``, exactly as the sidebar does; the ``ATP_VIZ_DEFAULT_*`` variables are
+At the dashboard's default settings (``atp_viz.dashboard.ui.defaults()`` turned into a ``Setup`` by
+``atp_viz.dashboard.ui.setup_of``, exactly as the sidebar does; the ``ATP_VIZ_DEFAULT_*`` variables are
 ignored) on the embedded model, it runs, in this order, each point stored in a working store as it
 finishes (an interrupted run resumes):
 
@@ -36,11 +36,11 @@ if str(ROOT) not in sys.path:
 
 import torch  # noqa: E402
 
-from atp_viz import methods, schedules  # noqa: E402
-from atp_viz.experiment import Setup, Workbench, compare_cells, sweep_specs  # noqa: E402
-from atp_viz.methods import ScheduleSpec  # noqa: E402
-from atp_viz.models import cache_dir  # noqa: E402
-from atp_viz.shipped import SHIPPED_PATH, write_shipped  # noqa: E402
+from atp_viz.experiment.shipped import SHIPPED_PATH, write_shipped  # noqa: E402
+from atp_viz.experiment.workbench import Setup, Workbench, compare_cells, sweep_specs  # noqa: E402
+from atp_viz.models.loading import cache_dir  # noqa: E402
+from atp_viz.schedules import methods, published  # noqa: E402
+from atp_viz.schedules.methods import ScheduleSpec  # noqa: E402
 from atp_viz.store import CODE_VERSION, ResultStore  # noqa: E402
 
 VIEWS = ("dense", "errors", "sweep", "compare")
@@ -51,7 +51,7 @@ COMPARE_SPARSITIES = (0.5, 0.6, 0.7, 0.8)
 
 def dashboard_setup() -> tuple[Setup, float]:
     """The sidebar's default ``Setup`` and target sparsity, without the test-only environment overrides."""
-    from atp_viz import ui
+    from atp_viz.dashboard import ui
 
     for name in (ui.ENV_MODEL, ui.ENV_CORPUS, ui.ENV_WINDOWS):
         os.environ.pop(name, None)
@@ -77,7 +77,7 @@ def error_specs(num_blocks: int, sparsity: float) -> list[ScheduleSpec]:
 def compare_groups(num_blocks: int, sparsity: float) -> list[list[ScheduleSpec]]:
     """The Compare page's default cells, the default sparsity's first; each cell's specs."""
     order = sorted(COMPARE_SPARSITIES, key=lambda s: (s != sparsity, s))
-    cells = compare_cells(num_blocks, methods.method_names(comparable=True), order, schedules.GRID_STEP)
+    cells = compare_cells(num_blocks, methods.method_names(comparable=True), order, published.GRID_STEP)
     return [list(cell.specs) for cell in cells]
 
 

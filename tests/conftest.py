@@ -60,7 +60,7 @@ def settle_jobs():
     wait for, as the fragment would have rerun the page. Tests of the queue itself do not use this."""
     from streamlit.testing.v1 import AppTest
 
-    from atp_viz import ui
+    from atp_viz.dashboard import ui
 
     original = AppTest._run  # every run goes through it: at.run() and widget.set_value(...).run()
 

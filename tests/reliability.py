@@ -92,7 +92,7 @@ def write_merged(merged: dict[tuple[str, str], Row]) -> None:
         "```",
         "",
         "Fault tests run real `python -m atp_viz` processes on tiny random models (SIGKILL, concurrent",
-        "writers, damaged files); bad-input rows run `atp_viz.cli.main` in-process and the Python API.",
+        "writers, damaged files); bad-input rows run `atp_viz.cli.main.main` in-process and the Python API.",
         "`dashboard:` rows drive the Streamlit pages: AppTest for every control, a real `streamlit run`",
         "server with headless Chromium for the closed tab, an audit hook on file opens for the paths.",
         "*Lost* counts finished results missing afterwards (for bad input: files written); every test",
@@ -141,8 +141,8 @@ def run_cli(args: Sequence[str], timeout: float = 120, **env: str) -> subprocess
 
 
 def run_main(args: Sequence[str]) -> tuple[int, str, str]:
-    """Run ``atp_viz.cli.main(ARGS)`` in this process: (exit code, stdout, stderr)."""
-    from atp_viz.cli import main
+    """Run ``atp_viz.cli.main.main(ARGS)`` in this process: (exit code, stdout, stderr)."""
+    from atp_viz.cli.main import main
 
     out, err = io.StringIO(), io.StringIO()
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):

@@ -1,6 +1,6 @@
 """Bad input through the CLI and the Python API: one line naming the allowed range, nothing written.
 
-CLI cases run ``atp_viz.cli.main`` in-process (argument parsing and validation are the same code a
+CLI cases run ``atp_viz.cli.main.main`` in-process (argument parsing and validation are the same code a
 real process runs) against a tiny 4-block model; each gets a fresh store path that must stay absent.
 """
 
@@ -18,13 +18,13 @@ from hypothesis import strategies as st
 from reliability import record, run_main
 from tiny import make_bad_inputs, make_corpus_file, make_tiny_model
 
-from atp_viz import schedules
 from atp_viz.config import CalibConfig, EvalConfig, parse_nm
-from atp_viz.data import CorpusError
-from atp_viz.experiment import Setup, Workbench
-from atp_viz.methods import ScheduleSpec, build_schedule
-from atp_viz.models import ModelLoadError
-from atp_viz.pruners import PruneConfig
+from atp_viz.experiment.workbench import Setup, Workbench
+from atp_viz.models.data import CorpusError
+from atp_viz.models.loading import ModelLoadError
+from atp_viz.pruning.pruners import PruneConfig
+from atp_viz.schedules import published
+from atp_viz.schedules.methods import ScheduleSpec, build_schedule
 from atp_viz.store import ResultStore
 
 HYPOTHESIS = settings(
@@ -154,24 +154,24 @@ def test_cli_edge_layers_accepted() -> None:
 # ------------------------------------------------------------------------------------ Python API
 
 API_CASES = [
-    ("S = 0", lambda: schedules.uniform(4, 0.0), "(0, 1)"),
+    ("S = 0", lambda: published.uniform(4, 0.0), "(0, 1)"),
     ("S = 1", lambda: ScheduleSpec("uniform", 1.0), "(0, 1)"),
-    ("S = nan", lambda: schedules.atp(4, math.nan, 0.0), "(0, 1)"),
-    ("beta negative", lambda: schedules.atp(4, 0.5, -0.01), "[0, 0.3333]"),
-    ("beta = nan", lambda: schedules.atp(4, 0.5, math.nan), "[0, 0.3333]"),
-    ("beta above beta_max", lambda: schedules.atp(4, 0.5, 0.34), "[0, 0.3333]"),
+    ("S = nan", lambda: published.atp(4, math.nan, 0.0), "(0, 1)"),
+    ("beta negative", lambda: published.atp(4, 0.5, -0.01), "[0, 0.3333]"),
+    ("beta = nan", lambda: published.atp(4, 0.5, math.nan), "[0, 0.3333]"),
+    ("beta above beta_max", lambda: published.atp(4, 0.5, 0.34), "[0, 0.3333]"),
     ("beta negative (spec)", lambda: ScheduleSpec("atp", 0.5, beta=-1.0), "in [0, beta_max"),
     ("OWL lambda above 1 (spec)", lambda: ScheduleSpec("owl", 0.5, lam=3), "in [0, 1]"),
     ("parameter of another method (spec)", lambda: ScheduleSpec("uniform", 0.5, beta=0.1), "allowed: none"),
     ("validation windows negative", lambda: EvalConfig(validation_windows=-1), ">= 0"),
-    ("num_layers = 1, beta > 0", lambda: schedules.atp(1, 0.5, 1e-6), "[0, 0]"),
-    ("num_layers = 0", lambda: schedules.beta_max(0, 0.5), ">= 1"),
+    ("num_layers = 1, beta > 0", lambda: published.atp(1, 0.5, 1e-6), "[0, 0]"),
+    ("num_layers = 0", lambda: published.beta_max(0, 0.5), ">= 1"),
     (
         "custom rates of the wrong length",
         lambda: build_schedule(ScheduleSpec("custom", rates=(0.5,) * 3), 4),
         "4 rates",
     ),
-    ("custom rate above 1", lambda: schedules.custom([0.2, 1.5]), "[0, 1]"),
+    ("custom rate above 1", lambda: published.custom([0.2, 1.5]), "[0, 1]"),
     ("N:M with N >= M", lambda: PruneConfig("wanda", (4, 4)), "0 < N < M"),
     ("N:M text malformed", lambda: parse_nm("2-4"), "'2:4'"),
     ("calibration samples = 0", lambda: CalibConfig(samples=0), ">= 1"),
@@ -310,12 +310,12 @@ def test_property_cli_prune_nm_never_reaches_io(tmp_path: Path, nm: str, sparsit
 @given(layers=st.integers(1, 200), sparsity=st.floats(1e-6, 1 - 1e-6), frac=st.floats(0, 1))
 def test_property_atp_inside_range(layers: int, sparsity: float, frac: float) -> None:
     """Any beta in [0, beta_max] gives rates in [0, 1] with mean S; beyond it, a ValueError."""
-    bound = schedules.beta_max(layers, sparsity)
-    rates = schedules.atp(layers, sparsity, frac * bound)
+    bound = published.beta_max(layers, sparsity)
+    rates = published.atp(layers, sparsity, frac * bound)
     assert rates.shape == (layers,) and np.all((rates >= 0) & (rates <= 1))
     assert abs(rates.mean() - sparsity) < 1e-9
     with pytest.raises(ValueError, match=r"beta must be in \[0, "):
-        schedules.atp(layers, sparsity, bound * (1 + 1e-6) + 1e-9)
+        published.atp(layers, sparsity, bound * (1 + 1e-6) + 1e-9)
     count("API atp/beta_max: random L, S, beta")
 
 

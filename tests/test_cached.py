@@ -13,12 +13,12 @@ import torch
 from tiny import shared_corpus_file, shared_tiny_model
 
 from atp_viz.config import CalibConfig, EvalConfig
-from atp_viz.experiment import Setup, Workbench
-from atp_viz.layer_stats import prunable_linears
-from atp_viz.methods import ScheduleSpec
-from atp_viz.pruners import PruneConfig, mask_from_order, order_by_score, wanda
-from atp_viz.results import PointResult
-from atp_viz.stats_cache import compact_index, load_stats, zero_prefix_
+from atp_viz.experiment.workbench import Setup, Workbench
+from atp_viz.measure.points import PointResult
+from atp_viz.pruning.cached import compact_index, load_stats, zero_prefix_
+from atp_viz.pruning.layer_stats import prunable_linears
+from atp_viz.pruning.pruners import PruneConfig, mask_from_order, order_by_score, wanda
+from atp_viz.schedules.methods import ScheduleSpec
 from atp_viz.store import ResultStore
 
 ROOT = Path(__file__).resolve().parents[1]

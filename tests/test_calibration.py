@@ -8,12 +8,12 @@ import torch
 from tiny import shared_tiny_model
 from torch import nn
 
-from atp_viz.calibration import DenseTrajectory, capture_block_calls, prune_sequential, run_block
-from atp_viz.layer_stats import prunable_linears
-from atp_viz.models import load_model
-from atp_viz.pruners import get_pruner
-from atp_viz.schedules import atp
-from atp_viz.stats_cache import collect_dense_stats
+from atp_viz.models.loading import load_model
+from atp_viz.pruning.cached import collect_dense_stats
+from atp_viz.pruning.calibration import DenseTrajectory, capture_block_calls, prune_sequential, run_block
+from atp_viz.pruning.layer_stats import prunable_linears
+from atp_viz.pruning.pruners import get_pruner
+from atp_viz.schedules.published import atp
 
 ERRORS = ("cumulative_error", "local_error", "cumulative_error_abs", "local_error_abs", "layer_sparsity")
 
@@ -119,10 +119,10 @@ def test_hooks_removed_when_the_loop_raises() -> None:
 
 def test_owl_outlier_ratios_from_dense_stats() -> None:
     """OWL's D_i from the stored dense statistics equals a direct dense pass with Wanda scores."""
-    from atp_viz.hooks import input_hooks
-    from atp_viz.layer_stats import outlier_ratio
-    from atp_viz.pruners import ColumnNorms
-    from atp_viz.stats_cache import outlier_ratios_from_stats
+    from atp_viz.models.hooks import input_hooks
+    from atp_viz.pruning.cached import outlier_ratios_from_stats
+    from atp_viz.pruning.layer_stats import outlier_ratio
+    from atp_viz.pruning.pruners import ColumnNorms
 
     loaded = load_model(str(shared_tiny_model()))
     calls = capture_block_calls(loaded.model, loaded.blocks, torch.randint(0, 300, (4, 16)), batch_size=2)
@@ -143,8 +143,8 @@ def test_owl_outlier_ratios_from_dense_stats() -> None:
 def test_rate_maps_give_bit_identical_pruning(mode: str) -> None:
     """A per-block schedule, the same rates as BlockRates, and every linear listed in LinearRates at its
     block's rate prune to identical weights and errors (the loops ask rate(block, linear))."""
-    from atp_viz.schedules import BlockRates, LinearRates
-    from atp_viz.stats_cache import prune_cached, score_orders
+    from atp_viz.pruning.cached import prune_cached, score_orders
+    from atp_viz.schedules.published import BlockRates, LinearRates
 
     loaded = load_model(str(shared_tiny_model()))
     calls = capture_block_calls(loaded.model, loaded.blocks, torch.randint(0, 300, (4, 16)), batch_size=2)

@@ -1,6 +1,6 @@
 """The dashboard as a shared classroom server: the job manager, sessions that follow or queue, and a load test.
 
-1. ``atp_viz.jobs.JobManager`` alone (no model, no Streamlit): one running job per model, a second
+1. ``atp_viz.dashboard.jobs.JobManager`` alone (no model, no Streamlit): one running job per model, a second
    submission of the same key follows it, another key queues and starts by itself, cancel, a closed
    session's queued job dropped while a running one finishes, invalid settings refused at queue time.
 2. AppTest, two sessions on one server process: a queued job shows its position and a Cancel button;
@@ -24,7 +24,7 @@ from browser_support import CHROMIUM, CHROMIUM_FLAGS, NO_CHROMIUM, ROOT, dashboa
 from reliability import integrity, record
 from streamlit.testing.v1 import AppTest
 
-from atp_viz import jobs
+from atp_viz.dashboard import jobs
 from atp_viz.store import ResultStore
 
 TIMEOUT = 120
@@ -165,7 +165,7 @@ def test_invalid_settings_are_refused_at_queue_time_and_failures_are_one_line() 
 @pytest.fixture(scope="module")
 def classroom(dashboard_env: dict[str, str]):
     """The dashboard defaults pointed at the tiny model; the model loaded once (the server's workbench)."""
-    from atp_viz import ui
+    from atp_viz.dashboard import ui
 
     with pytest.MonkeyPatch.context() as mp:
         for name, value in dashboard_env.items():

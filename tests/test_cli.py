@@ -12,8 +12,8 @@ import pytest
 import torch
 from tiny import shared_corpus_file, shared_tiny_model
 
-from atp_viz.cli import main
-from atp_viz.schedules import beta_grid
+from atp_viz.cli.main import main
+from atp_viz.schedules.published import beta_grid
 from atp_viz.store import ResultStore
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -134,7 +134,7 @@ def test_compare_and_errors(capsys, tmp_path) -> None:
 
 
 def test_export_roundtrip(capsys, tmp_path) -> None:
-    from atp_viz.models import load_model
+    from atp_viz.models.loading import load_model
 
     target = tmp_path / "pruned"
     code, out, _ = run_cli(
@@ -171,7 +171,7 @@ def test_export_roundtrip(capsys, tmp_path) -> None:
     argv = ("prune", *tiny_args(tmp_path / "r.sqlite"), "--method", "uniform", "--sparsity", "0.5")
     code, out, _ = run_cli(capsys, *argv, "--save", str(compact), "--save-format", "compressed-tensors", "--json")
     assert code == 0 and out["cached"]  # read back from the store, pruned again for the export
-    from atp_viz.export import load_compressed
+    from atp_viz.speed.export import load_compressed
 
     weight = load_compressed(compact).model.layers[0].self_attn.q_proj.weight  # type: ignore[union-attr]
     assert torch.equal(weight, reloaded.blocks[0].self_attn.q_proj.weight)

@@ -29,7 +29,7 @@ from reliability import TMP_PATH, integrity, point_rows, record
 from streamlit.testing.v1 import AppTest
 from tiny import make_bad_inputs, make_corpus_file, shared_corpus_file, shared_tiny_model
 
-from atp_viz import schedules
+from atp_viz.schedules import published
 from atp_viz.store import ResultStore
 
 TIMEOUT = 120
@@ -194,7 +194,7 @@ def test_schedules_page_controls(store: Path, home: int) -> None:
     assert not at.exception and charts(at) == 1
     before = rows(store)
     L, S = 4, 0.7
-    bound = schedules.beta_max(L, S)
+    bound = published.beta_max(L, S)
     bounded("Schedules: ATP beta negative or above beta_max", at.slider(key="sched_atp_beta"), 0.0, bound)
     for key, value, allowed, what in (
         ("sched_owl_lam", -0.1, "lam must be in [0, 1]", "Schedules: OWL lambda negative"),
@@ -234,7 +234,7 @@ def test_error_explosion_controls(store: Path, home: int) -> None:
         "Error explosion: ATP beta negative or above beta_max",
         at.slider(key="err_atp_beta"),
         0.0,
-        schedules.beta_max(4, 0.7),
+        published.beta_max(4, 0.7),
     )
     before = rows(store)
     at.multiselect(key="err_show").set_value([]).run()
@@ -246,7 +246,7 @@ def test_beta_tuning_controls(store: Path, home: int) -> None:
     assert not at.exception
     bounded("Beta tuning: grid step negative", at.number_input(key="tune_step"), 0.0)
     before = rows(store)
-    bound = schedules.beta_max(4, 0.7)
+    bound = published.beta_max(4, 0.7)
     at.number_input(key="tune_step").set_value(0.0).run()
     refused(at, "0 < step <=", store, before, "Beta tuning: grid step = 0", "Beta tuning")
     at.number_input(key="tune_step").set_value(0.5).run()
@@ -266,7 +266,7 @@ def test_compare_controls(store: Path, home: int) -> None:
     at.number_input(key="tune_step").set_value(0.25).run()  # beta_max = 1/3 at S = 0.5 but 0.2 at S = 0.7
     refused(
         at,
-        f"0 < step <= {schedules.beta_max(4, 0.7):.5g}",
+        f"0 < step <= {published.beta_max(4, 0.7):.5g}",
         store,
         before,
         "Compare: ATP grid step above beta_max",
@@ -278,14 +278,14 @@ def test_compare_controls(store: Path, home: int) -> None:
 
 
 def test_theory_sandbox_bounds(store: Path) -> None:
-    from atp_viz import toy
+    from atp_viz.schedules import toy
 
     at = page("pages/5_Theory_sandbox.py")
     assert not at.exception and charts(at) == 2
     bounded("Theory sandbox: depth outside [2, max]", at.slider(key="toy_depth"), 2, toy.MAX_DEPTH)
     bounded("Theory sandbox: S outside [0.05, 0.95]", at.slider(key="toy_sparsity"), 0.05, 0.95)
     bounded(
-        "Theory sandbox: beta negative or above beta_max", at.slider(key="toy_beta"), 0.0, schedules.beta_max(16, 0.7)
+        "Theory sandbox: beta negative or above beta_max", at.slider(key="toy_beta"), 0.0, published.beta_max(16, 0.7)
     )
     bounded("Theory sandbox: seed negative", at.number_input(key="toy_seed"), 0)
 
@@ -324,7 +324,9 @@ def test_closed_tab_mid_sweep_keeps_finished_points(tmp_path: Path) -> None:
             closed_keys = set(point_rows(store_path))
             assert len(closed_keys) < total, "the sweep finished before the tab was closed"
 
-            settled = wait_for(points, total)  # a running job always finishes (atp_viz/jobs.py); nothing is undone
+            settled = wait_for(
+                points, total
+            )  # a running job always finishes (atp_viz/dashboard/jobs.py); nothing is undone
             lost = len(closed_keys - set(point_rows(store_path)))
             assert lost == 0 and settled >= len(closed_keys) and integrity(store_path) == "ok"
 
@@ -390,7 +392,7 @@ PROBE = textwrap.dedent(
             opened.add(os.path.abspath(path))
     sys.addaudithook(hook)
     from streamlit.testing.v1 import AppTest
-    from atp_viz import ui
+    from atp_viz.dashboard import ui
     root = sys.argv[1]
     pages = ["app.py", *sorted("pages/" + p for p in os.listdir(os.path.join(root, "pages")) if p.endswith(".py"))]
     failures = []

@@ -15,10 +15,10 @@ import numpy as np
 import pytest
 from tiny import shared_corpus_file, shared_tiny_model
 
-from atp_viz.cli import main
+from atp_viz.cli.main import main
 from atp_viz.config import CalibConfig, EvalConfig
-from atp_viz.executors import EXECUTORS, ExecutorConfig, Job, RayExecutor, make_executor
-from atp_viz.experiment import METRIC_KIND, POINT_KIND, Setup, Workbench, sweep_specs
+from atp_viz.experiment.executors import EXECUTORS, ExecutorConfig, Job, RayExecutor, make_executor
+from atp_viz.experiment.workbench import METRIC_KIND, POINT_KIND, Setup, Workbench, sweep_specs
 from atp_viz.store import ResultStore
 
 ray = pytest.importorskip("ray")
@@ -53,7 +53,7 @@ def rows_of(path: Path, kind: str) -> list[dict]:
 
 
 def test_registry_feeds_the_cli_choices() -> None:
-    from atp_viz.cli import build_parser
+    from atp_viz.cli.main import build_parser
 
     help_text = build_parser()._subparsers._group_actions[0].choices["sweep"].format_help()  # type: ignore[union-attr]
     for name in EXECUTORS:
@@ -179,12 +179,12 @@ def test_missing_ray_names_the_extra(capsys, tmp_path, monkeypatch) -> None:
 
 
 def test_ray_search_asks_in_batches_like_a_local_batched_search(tmp_path) -> None:
-    from atp_viz import searching
-    from atp_viz.executors import LocalExecutor
+    from atp_viz.experiment.executors import LocalExecutor
+    from atp_viz.search import study
 
     setup = Setup(model=str(shared_tiny_model("llama")), corpus=str(shared_corpus_file()),
                   calib=CalibConfig(4, 32, 0), evaluation=EvalConfig(4, 32), calibration="cached")  # fmt: skip
-    config = searching.SearchConfig("tpe", 4, 0.5)
+    config = study.SearchConfig("tpe", 4, 0.5)
     results = {}
     for name in ("local", "ray"):
         wb = Workbench(setup, ResultStore(tmp_path / f"{name}.sqlite"))
@@ -192,7 +192,7 @@ def test_ray_search_asks_in_batches_like_a_local_batched_search(tmp_path) -> Non
             LocalExecutor(ExecutorConfig()) if name == "local" else make_executor(ExecutorConfig("ray", 2), setup)
         )
         try:
-            results[name] = searching.run_one(wb, config, executor=executor, batch=2)
+            results[name] = study.run_one(wb, config, executor=executor, batch=2)
         finally:
             executor.close()
         assert len(rows_of(tmp_path / f"{name}.sqlite", "trial")) == 4
@@ -207,7 +207,7 @@ def test_ray_search_asks_in_batches_like_a_local_batched_search(tmp_path) -> Non
 def test_dashboard_sidebar_offers_the_executors(dashboard_env, monkeypatch, settle_jobs) -> None:
     from streamlit.testing.v1 import AppTest
 
-    from atp_viz import ui
+    from atp_viz.dashboard import ui
 
     for name, value in dashboard_env.items():
         monkeypatch.setenv(name, value)

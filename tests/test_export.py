@@ -15,7 +15,10 @@ import yaml
 sys.path.insert(0, str(Path(__file__).parent))
 from tiny import shared_tiny_model
 
-from atp_viz.export import (
+from atp_viz.models.loading import LoadedModel, load_model
+from atp_viz.pruning.layer_stats import prunable_linears
+from atp_viz.pruning.pruners import magnitude
+from atp_viz.speed.export import (
     EXPORT_FORMATS,
     bitmask_compress,
     bitmask_decompress,
@@ -25,9 +28,6 @@ from atp_viz.export import (
     sparse_targets,
     sparsity_structure,
 )
-from atp_viz.layer_stats import prunable_linears
-from atp_viz.models import LoadedModel, load_model
-from atp_viz.pruners import magnitude
 
 HALF = 0.5
 

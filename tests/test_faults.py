@@ -297,7 +297,7 @@ def cache_states():
 
 @pytest.mark.parametrize("label, damage", cache_states())
 def test_damaged_model_cache_is_rebuilt(tiny_gguf: Path, tmp_path: Path, monkeypatch, label: str, damage) -> None:
-    from atp_viz import models
+    from atp_viz.models import loading as models
 
     monkeypatch.setenv("ATP_VIZ_CACHE", str(tmp_path / "cache"))
     folder = models.dequantize_gguf_to_cache(tiny_gguf)
@@ -319,7 +319,7 @@ def test_damaged_model_cache_is_rebuilt(tiny_gguf: Path, tmp_path: Path, monkeyp
 
 def test_half_built_cache_through_cli(tiny_gguf: Path, assets, tmp_path: Path) -> None:
     """A real process finds the leftovers of one killed while dequantizing, and rebuilds."""
-    from atp_viz import models
+    from atp_viz.models import loading as models
 
     cache = tmp_path / "cache"
     os.environ["ATP_VIZ_CACHE"] = str(cache)

@@ -7,7 +7,8 @@ import math
 import plotly.graph_objects as go
 import pytest
 
-from atp_viz import figures, schedules
+from atp_viz.dashboard import figures
+from atp_viz.schedules import published
 
 
 def axis_titles(fig: go.Figure) -> tuple[str, str]:
@@ -23,7 +24,7 @@ def assert_readable(fig: go.Figure) -> None:
 
 
 def test_schedule_figure_has_one_exact_line_per_schedule() -> None:
-    rates = {"uniform": schedules.uniform(8, 0.6), "ATP (beta = 0.02)": schedules.atp(8, 0.6, 0.02)}
+    rates = {"uniform": published.uniform(8, 0.6), "ATP (beta = 0.02)": published.atp(8, 0.6, 0.02)}
     fig = figures.schedule_figure(rates)
     assert_readable(fig)
     assert [t.name for t in fig.data] == list(rates)

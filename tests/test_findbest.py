@@ -11,12 +11,12 @@ import pytest
 from streamlit.testing.v1 import AppTest
 from tiny import shared_corpus_file, shared_tiny_model
 
-from atp_viz import experiment
-from atp_viz.cli import main
+from atp_viz.cli.main import main
 from atp_viz.config import CalibConfig, EvalConfig
-from atp_viz.experiment import Setup, Workbench, compare_cells, compare_rows, sweep_specs
-from atp_viz.findbest import atp_grid, fast_compare, fast_setup, find_best, find_min, max_evaluations, walk_down
+from atp_viz.experiment import workbench
+from atp_viz.experiment.workbench import Setup, Workbench, compare_cells, compare_rows, sweep_specs
 from atp_viz.store import ResultStore
+from atp_viz.tuning.findbest import atp_grid, fast_compare, fast_setup, find_best, find_min, max_evaluations, walk_down
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -83,12 +83,12 @@ def tiny_setup(**kw) -> Setup:
 
 def test_probes_are_stored_and_reused_by_a_full_sweep(tmp_path, monkeypatch) -> None:
     measured: list[str] = []
-    original = experiment.MEASURES["perplexity"]
-    counted = experiment.Measure(
+    original = workbench.MEASURES["perplexity"]
+    counted = workbench.Measure(
         "perplexity", lambda wb, split, progress: measured.append(split) or original.run(wb, split, progress),
         original.config,
     )  # fmt: skip
-    monkeypatch.setitem(experiment.MEASURES, "perplexity", counted)
+    monkeypatch.setitem(workbench.MEASURES, "perplexity", counted)
     store = ResultStore(tmp_path / "r.sqlite")
     wb = Workbench(tiny_setup(), store)
     grid = atp_grid(wb.num_blocks, 0.5, 0.02)  # 16 betas

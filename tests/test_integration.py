@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from atp_viz.cli import main
+from atp_viz.cli.main import main
 
 pytestmark = pytest.mark.integration
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch import nn
 
-from atp_viz.layer_stats import (
+from atp_viz.pruning.layer_stats import (
     alpha_hill,
     alpha_hill_official,
     block_alphas,

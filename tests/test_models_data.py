@@ -8,7 +8,7 @@ import pytest
 import torch
 from tiny import FAMILIES, shared_tiny_model
 
-from atp_viz.data import (
+from atp_viz.models.data import (
     HUB_CORPORA,
     SPLIT_EVERY,
     VALIDATION_OFFSET,
@@ -19,7 +19,7 @@ from atp_viz.data import (
     load_corpus,
     split_documents,
 )
-from atp_viz.models import ModelLoadError, find_blocks, load_model, resolve_device
+from atp_viz.models.loading import ModelLoadError, find_blocks, load_model, resolve_device
 
 
 @pytest.mark.parametrize("family", FAMILIES)

@@ -15,12 +15,12 @@ import torch
 from reliability import record
 from tiny import shared_corpus_file, shared_tiny_model
 
-from atp_viz import offload
-from atp_viz.cli import main
+from atp_viz.cli.main import main
 from atp_viz.config import CalibConfig, EvalConfig
-from atp_viz.experiment import Setup, Workbench
-from atp_viz.methods import ScheduleSpec
-from atp_viz.models import EMBEDDED_MODELS, package_dir
+from atp_viz.experiment.workbench import Setup, Workbench
+from atp_viz.models.loading import EMBEDDED_MODELS, package_dir
+from atp_viz.pruning import offload
+from atp_viz.schedules.methods import ScheduleSpec
 
 ROOT = Path(__file__).resolve().parents[1]
 SPECS = (
@@ -110,7 +110,7 @@ def test_validation_only_points_stream_one_split_and_refuse_the_other() -> None:
 @pytest.mark.parametrize("mode", ["sequential", "cached"])
 def test_embedded_model_identical(mode: str, monkeypatch: pytest.MonkeyPatch) -> None:
     # the in-memory reference refuses to load when the (shared) machine has under ~1.2 GiB free
-    monkeypatch.setattr("atp_viz.models.check_memory", lambda *args: None)
+    monkeypatch.setattr("atp_viz.models.loading.check_memory", lambda *args: None)
 
     def setup(offloaded: bool) -> Setup:
         return Setup(
@@ -226,7 +226,7 @@ def test_70b_benchmark_runs_at_a_tiny_shape(tmp_path: Path) -> None:
 # -- automatic offload: a model that does not fit whole streams by itself ---------------------------------
 def too_small_for_the_whole_model(monkeypatch: pytest.MonkeyPatch) -> None:
     """Free memory below the tiny model's whole-model estimate (~0.4 MB) but above its one-block budget."""
-    monkeypatch.setattr("atp_viz.models.available_bytes", lambda device: 100_000)
+    monkeypatch.setattr("atp_viz.models.loading.available_bytes", lambda device: 100_000)
 
 
 def test_a_model_that_does_not_fit_is_offloaded_automatically(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -244,7 +244,7 @@ def test_a_model_that_does_not_fit_is_offloaded_automatically(monkeypatch: pytes
 
 
 def test_auto_offload_off_refuses_and_zero_shot_is_never_offloaded(monkeypatch: pytest.MonkeyPatch) -> None:
-    from atp_viz.models import ModelLoadError
+    from atp_viz.models.loading import ModelLoadError
 
     too_small_for_the_whole_model(monkeypatch)
     for setup in (

@@ -93,8 +93,8 @@ def test_a_registered_method_appears_on_the_pages() -> None:
     """A method is one registry entry: the pages offer it, draw its parameter widget and colour it."""
     import numpy as np
 
-    from atp_viz.methods import Method, Param, registered
-    from atp_viz.schedules import atp
+    from atp_viz.schedules.methods import Method, Param, registered
+    from atp_viz.schedules.published import atp
 
     def reverse_atp(n: int, s: float, p: dict, stats: dict, w: object) -> np.ndarray:
         return atp(n, s, float(p["slope"]))[::-1].copy()

@@ -7,16 +7,16 @@ import pytest
 import torch
 from tiny import FAMILIES, shared_corpus_file, shared_tiny_model
 
-from atp_viz.calibration import capture_block_calls, prune_sequential, run_block
 from atp_viz.config import CalibConfig, EvalConfig
-from atp_viz.evaluate import perplexity
-from atp_viz.experiment import Setup, Workbench, sweep_specs
-from atp_viz.layer_stats import prunable_linears
-from atp_viz.methods import ScheduleSpec
-from atp_viz.models import load_model
-from atp_viz.pruners import PruneConfig, get_pruner
-from atp_viz.results import best_point
-from atp_viz.schedules import atp, beta_grid
+from atp_viz.experiment.workbench import Setup, Workbench, sweep_specs
+from atp_viz.measure.perplexity import perplexity
+from atp_viz.measure.points import best_point
+from atp_viz.models.loading import load_model
+from atp_viz.pruning.calibration import capture_block_calls, prune_sequential, run_block
+from atp_viz.pruning.layer_stats import prunable_linears
+from atp_viz.pruning.pruners import PruneConfig, get_pruner
+from atp_viz.schedules.methods import ScheduleSpec
+from atp_viz.schedules.published import atp, beta_grid
 from atp_viz.store import ResultStore
 
 TINY_CALIB = CalibConfig(samples=4, seqlen=32, seed=0)
@@ -166,8 +166,8 @@ def test_nm_pruning_keeps_the_pattern() -> None:
 
 def test_records_written_before_metrics_were_a_mapping_still_read(tmp_path) -> None:
     """A store written by the previous code (perplexity as a field, beta in the record) reads back."""
-    from atp_viz.metrics import upgrade_metrics
-    from atp_viz.results import PointResult
+    from atp_viz.measure.metrics import upgrade_metrics
+    from atp_viz.measure.points import PointResult
 
     legacy = {  # the exact field set PointResult.to_record wrote before this change
         "method": "atp", "sparsity": 0.7, "beta": 0.01, "rates": [0.55, 0.7, 0.85], "perplexity": 246.3,

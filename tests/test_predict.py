@@ -11,11 +11,12 @@ import torch
 from streamlit.testing.v1 import AppTest
 from tiny import shared_corpus_file, shared_tiny_model
 
-from atp_viz import schedules
-from atp_viz.cli import main
+from atp_viz.cli.main import main
 from atp_viz.config import CalibConfig, EvalConfig
-from atp_viz.experiment import Setup, Workbench
-from atp_viz.predict import (
+from atp_viz.experiment.workbench import Setup, Workbench
+from atp_viz.schedules import published
+from atp_viz.store import ResultStore
+from atp_viz.tuning.predict import (
     PredictConfig,
     Profile,
     anchored_amplification,
@@ -28,7 +29,6 @@ from atp_viz.predict import (
     predicted_error,
     stored_prediction,
 )
-from atp_viz.store import ResultStore
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -62,10 +62,10 @@ def test_predicted_error_is_lowest_where_the_model_says(a: float, k: float, expe
     profile = profile_of(errors, rates, np.full(layers, np.exp(a)))
     prediction = predict_from_profile(profile, sparsity, step, "chain")
     assert prediction.beta == pytest.approx(expected)
-    assert prediction.betas == pytest.approx(schedules.beta_grid(layers, sparsity, step))
+    assert prediction.betas == pytest.approx(published.beta_grid(layers, sparsity, step))
     # the same curve by brute force from the formula
     amp = np.exp(-a * np.arange(layers))
-    brute = [amp @ np.exp(k * schedules.atp(layers, sparsity, b)) for b in prediction.betas]
+    brute = [amp @ np.exp(k * published.atp(layers, sparsity, b)) for b in prediction.betas]
     assert prediction.predicted_error / prediction.predicted_error[0] == pytest.approx(np.array(brute) / brute[0])
     # without amplification the flattest schedule wins
     assert predict_from_profile(profile, sparsity, step, "residual").index == 0
@@ -102,7 +102,7 @@ def test_tiny_model_prediction_is_stored_and_leaves_the_model_dense(tmp_path) ->
     config = PredictConfig(windows=2, anchors=2)
     assert stored_prediction(wb, 0.7, 0.02, config) is None
     prediction = predict_for(wb, 0.7, 0.02, config)
-    grid = schedules.beta_grid(4, 0.7, 0.02)
+    grid = published.beta_grid(4, 0.7, 0.02)
     assert prediction.betas == pytest.approx(grid) and prediction.beta == pytest.approx(grid[prediction.index])
     assert np.all(np.isfinite(prediction.predicted_error)) and np.all(prediction.profile.local > 0)
     rates = prediction.profile.rates.size

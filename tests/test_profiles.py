@@ -11,15 +11,16 @@ import pytest
 from streamlit.testing.v1 import AppTest
 from tiny import shared_corpus_file, shared_tiny_model
 
-from atp_viz import methods, profiles, schedules, sweep2d
-from atp_viz.cli import main
+from atp_viz.cli.main import main
 from atp_viz.config import CalibConfig, EvalConfig
-from atp_viz.experiment import Setup, Workbench
-from atp_viz.export import linear_targets, recipe_snippet
-from atp_viz.layer_stats import prunable_linears
-from atp_viz.methods import ScheduleSpec
-from atp_viz.pruners import PruneConfig
+from atp_viz.experiment.workbench import Setup, Workbench
+from atp_viz.pruning.layer_stats import prunable_linears
+from atp_viz.pruning.pruners import PruneConfig
+from atp_viz.schedules import methods, profiles, published
+from atp_viz.schedules.methods import ScheduleSpec
+from atp_viz.speed.export import linear_targets, recipe_snippet
 from atp_viz.store import ResultStore
+from atp_viz.tuning import sweep2d
 
 ROOT = Path(__file__).resolve().parents[1]
 SMOLLM_COUNTS = np.tile([884_736.0, 2_654_208.0], (30, 1))  # SmolLM2-135M: attention, MLP weights per block
@@ -29,7 +30,7 @@ SMOLLM_COUNTS = np.tile([884_736.0, 2_654_208.0], (30, 1))  # SmolLM2-135M: atte
 @pytest.mark.parametrize("offset", [-0.5, -0.2, -0.05, 0.05, 0.2, 0.5])
 @pytest.mark.parametrize("sparsity", [0.1, 0.5, 0.7, 0.95])
 def test_split_keeps_each_block_mean_and_stays_in_range(offset: float, sparsity: float) -> None:
-    rates = schedules.atp(30, sparsity, schedules.beta_max(30, sparsity))  # the steepest line: ends at 0 or 1
+    rates = published.atp(30, sparsity, published.beta_max(30, sparsity))  # the steepest line: ends at 0 or 1
     split = profiles.split_rates(rates, offset, SMOLLM_COUNTS)
     means = (split * SMOLLM_COUNTS).sum(axis=1) / SMOLLM_COUNTS.sum(axis=1)
     np.testing.assert_allclose(means, rates, atol=1e-12)
@@ -52,7 +53,7 @@ def test_clipping_moves_the_excess_to_the_other_type() -> None:
 
 
 def test_zero_offset_and_single_type_blocks_keep_the_block_rate_exactly() -> None:
-    rates = schedules.atp(30, 0.7, 0.01)
+    rates = published.atp(30, 0.7, 0.01)
     split = profiles.split_rates(rates, 0.0, SMOLLM_COUNTS)
     assert np.array_equal(split[:, 0], rates) and np.array_equal(split[:, 1], rates)
     only_mlp = profiles.split_rates([0.3, 0.6], 0.3, np.array([[0.0, 5.0], [2.0, 2.0]]))
@@ -100,11 +101,11 @@ def test_power_profiles_keep_the_mean_and_increase(power: float, layers: int, sp
 
 
 def test_power_one_is_atp_bit_for_bit_and_curvature_changes_the_shape() -> None:
-    for beta in schedules.beta_grid(30, 0.7):
-        assert np.array_equal(profiles.power_profile(30, 0.7, beta, 1.0), schedules.atp(30, 0.7, beta))
-    assert profiles.power_beta_max(30, 0.7, 1.0) == schedules.beta_max(30, 0.7)
+    for beta in published.beta_grid(30, 0.7):
+        assert np.array_equal(profiles.power_profile(30, 0.7, beta, 1.0), published.atp(30, 0.7, beta))
+    assert profiles.power_beta_max(30, 0.7, 1.0) == published.beta_max(30, 0.7)
     convex = profiles.power_profile(30, 0.7, 0.01, 2.0)
-    line = schedules.atp(30, 0.7, 0.01)
+    line = published.atp(30, 0.7, 0.01)
     assert convex[0] > line[0] and convex[15] < line[15]  # p > 1: flatter early, steeper late
     with pytest.raises(ValueError, match=r"power p must be in \[0.1, 10\]"):
         profiles.power_profile(30, 0.7, 0.01, 0.0)
@@ -119,7 +120,7 @@ def test_prefix_profile_protects_the_first_blocks(prefix: int) -> None:
     if prefix >= 1:
         assert np.all(rates[:prefix] == rates[0]) and rates[prefix] == pytest.approx(rates[0] + bound)
     if prefix <= 1:
-        np.testing.assert_allclose(profiles.prefix_profile(30, 0.7, 0.01, prefix), schedules.atp(30, 0.7, 0.01))
+        np.testing.assert_allclose(profiles.prefix_profile(30, 0.7, 0.01, prefix), published.atp(30, 0.7, 0.01))
     for bad in (-1, 30, 2.5):
         with pytest.raises(ValueError, match=r"prefix must be a whole number of blocks in \[0, 29\]"):
             profiles.prefix_profile(30, 0.7, 0.0, bad)
@@ -129,8 +130,8 @@ def test_offset_zero_leaves_atp_as_it_was() -> None:
     spec = ScheduleSpec("atp", 0.7, beta=0.01)
     assert spec.params() == {"method": "atp", "sparsity": 0.7, "beta": 0.01}  # stored keys unchanged
     assert spec == ScheduleSpec("atp", 0.7, beta=0.01, offset=0.0) and spec.describe() == "atp S=0.7 beta=0.01"
-    assert np.array_equal(methods.build_schedule(spec, 30), schedules.atp(30, 0.7, 0.01))
-    assert methods.linear_split(spec, schedules.atp(30, 0.7, 0.01), SMOLLM_COUNTS) is None
+    assert np.array_equal(methods.build_schedule(spec, 30), published.atp(30, 0.7, 0.01))
+    assert methods.linear_split(spec, published.atp(30, 0.7, 0.01), SMOLLM_COUNTS) is None
     shifted = ScheduleSpec("atp", 0.7, beta=0.01, offset=-0.1)
     assert shifted.params()["offset"] == -0.1 and "offset=-0.1" in shifted.describe()
     with pytest.raises(ValueError, match=r"atp offset must be in \[-0.5, 0.5\], got 0.8"):
@@ -192,8 +193,8 @@ def test_offset_zero_prunes_exactly_as_block_rates(private_cache: Path) -> None:
     wb = bench()
     wb.apply(ScheduleSpec("atp", 0.5, beta=0.1))
     block = [lin.weight.clone() for b in wb.loaded.blocks for lin in prunable_linears(b).values()]
-    rates = schedules.atp(4, 0.5, 0.1)
-    wb.mode.prune(schedules.LinearRates(rates, profiles.linear_table(np.stack([rates, rates], 1), wb.linear_names)))
+    rates = published.atp(4, 0.5, 0.1)
+    wb.mode.prune(published.LinearRates(rates, profiles.linear_table(np.stack([rates, rates], 1), wb.linear_names)))
     linear = [lin.weight for b in wb.loaded.blocks for lin in prunable_linears(b).values()]
     assert all(bool((a == b).all()) for a, b in zip(block, linear))
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from atp_viz.pruners import (
+from atp_viz.pruning.pruners import (
     ColumnNorms,
     Hessian,
     MagnitudePruner,
@@ -258,7 +258,7 @@ def test_strategy_checks_stats_and_rate() -> None:
 @pytest.mark.parametrize("seed", range(5))
 def test_lowest_mask_equals_the_stable_order_prefix_with_many_ties(seed: int) -> None:
     """Quantized weights tie often: the top-k shortcut must break ties exactly like the stable sort."""
-    from atp_viz.pruners import lowest_mask
+    from atp_viz.pruning.pruners import lowest_mask
 
     g = torch.Generator().manual_seed(seed)
     for _ in range(40):

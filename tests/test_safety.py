@@ -12,10 +12,10 @@ import tomllib
 from reliability import REPO_ROOT, record, run_main
 from tiny import make_corpus_file, make_tiny_model
 
-from atp_viz import models
-from atp_viz.cli import build_parser
-from atp_viz.experiment import Setup
-from atp_viz.models import ModelLoadError, load_model
+from atp_viz.cli.main import build_parser
+from atp_viz.experiment.workbench import Setup
+from atp_viz.models import loading
+from atp_viz.models.loading import ModelLoadError, load_model
 
 
 @pytest.fixture(scope="module")
@@ -131,7 +131,7 @@ def test_trust_remote_code_is_off_unless_asked(assets, tmp_path: Path) -> None:
         args = build_parser().parse_args([command])
         assert args.trust_remote_code is False and args.allow_pickle is False
     # nowhere in the library or the dashboard is it switched on by a literal
-    sources = [*(REPO_ROOT / "atp_viz").glob("*.py"), *(REPO_ROOT / "pages").glob("*.py"), REPO_ROOT / "app.py"]
+    sources = [*(REPO_ROOT / "atp_viz").rglob("*.py"), *(REPO_ROOT / "pages").glob("*.py"), REPO_ROOT / "app.py"]
     for path in sources:
         if path.is_file():
             assert not re.search(r"trust_remote_code\s*=\s*True", path.read_text()), path
@@ -217,7 +217,7 @@ def test_dashboard_binds_localhost_only() -> None:
 def test_memory_check_refuses_before_loading(assets, tmp_path: Path, monkeypatch) -> None:
     from transformers import AutoModelForCausalLM
 
-    monkeypatch.setattr(models, "available_bytes", lambda device: 100_000)  # the tiny model needs ~0.4 MB
+    monkeypatch.setattr(loading, "available_bytes", lambda device: 100_000)  # the tiny model needs ~0.4 MB
     loads = []
     real = AutoModelForCausalLM.from_pretrained
     monkeypatch.setattr(AutoModelForCausalLM, "from_pretrained", lambda *a, **k: loads.append(a) or real(*a, **k))
@@ -254,5 +254,5 @@ def test_memory_check_refuses_before_loading(assets, tmp_path: Path, monkeypatch
 
 
 def test_memory_check_passes_when_it_fits(assets, monkeypatch) -> None:
-    monkeypatch.setattr(models, "available_bytes", lambda device: 1 << 40)
+    monkeypatch.setattr(loading, "available_bytes", lambda device: 1 << 40)
     assert load_model(str(assets["model"])).num_blocks == 4

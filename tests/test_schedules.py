@@ -11,8 +11,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from atp_viz.methods import ScheduleSpec, build_schedule
-from atp_viz.schedules import (
+from atp_viz.schedules.methods import ScheduleSpec, build_schedule
+from atp_viz.schedules.published import (
     ScheduleClipWarning,
     alphapruning,
     atp,
@@ -369,9 +369,9 @@ def test_spec_defaults_equality_and_fingerprint_parts() -> None:
 def test_a_registered_method_is_everywhere() -> None:
     """Adding a method is one registry entry plus its pure function: the CLI offers it, builds it and
     checks its parameter; the figures colour it."""
-    from atp_viz import figures
-    from atp_viz.cli import build_parser, main
-    from atp_viz.methods import Method, Param, method_names, registered
+    from atp_viz.cli.main import build_parser, main
+    from atp_viz.dashboard import figures
+    from atp_viz.schedules.methods import Method, Param, method_names, registered
 
     def reverse_atp(n: int, s: float, p: dict, stats: dict, w: object) -> np.ndarray:
         return atp(n, s, float(p["slope"]))[::-1].copy()
@@ -394,7 +394,7 @@ def test_a_registered_method_is_everywhere() -> None:
 
 
 def test_rate_maps() -> None:
-    from atp_viz.schedules import BlockRates, LinearRates, as_rate_map
+    from atp_viz.schedules.published import BlockRates, LinearRates, as_rate_map
 
     block = as_rate_map([0.1, 0.2])
     assert isinstance(block, BlockRates) and block.num_blocks == 2 and block.rate(1, "mlp.up_proj") == 0.2
@@ -405,7 +405,7 @@ def test_rate_maps() -> None:
 
 def test_seed_spread_and_best_group() -> None:
     from atp_viz.config import parse_seeds
-    from atp_viz.results import PointResult, best_group, spread
+    from atp_viz.measure.points import PointResult, best_group, spread
 
     assert parse_seeds("0, 1,2") == (0, 1, 2)
     for bad in ("", "1,1", "-1", "a"):
@@ -445,7 +445,7 @@ def dlp_reference(scores: list[float], sparsity: float, alpha: float) -> list[fl
 @given(st.lists(st.floats(0.01, 10.0), min_size=3, max_size=40), st.floats(0.3, 0.8), st.floats(0.0, 0.3))
 @settings(max_examples=60, deadline=None)
 def test_dlp_matches_its_code_and_keeps_the_mean(scores: list[float], sparsity: float, alpha: float) -> None:
-    from atp_viz.schedules import dlp
+    from atp_viz.schedules.published import dlp
 
     if max(scores) - min(scores) < 1e-6:
         return
@@ -461,7 +461,7 @@ def test_dlp_matches_its_code_and_keeps_the_mean(scores: list[float], sparsity: 
 
 
 def test_dlp_edges_and_registry() -> None:
-    from atp_viz.schedules import dlp
+    from atp_viz.schedules.published import dlp
 
     np.testing.assert_array_equal(dlp([2.0, 2.0, 2.0], 0.7), uniform(3, 0.7))
     with pytest.raises(ValueError, match=r"alpha must be in \[0, 1\]"):

@@ -16,8 +16,8 @@ import optuna
 import pytest
 from optuna.distributions import FloatDistribution
 
-from atp_viz import search
-from atp_viz.search import SAMPLERS, RateSpace, Trial, best_so_far, monotonicity, run_search
+from atp_viz.search import space as search
+from atp_viz.search.space import SAMPLERS, RateSpace, Trial, best_so_far, monotonicity, run_search
 
 REPO = Path(__file__).resolve().parents[1]
 MEAN_TOL = 1e-12  # weighted mean of every trial equals S to this
@@ -200,7 +200,7 @@ _CHILD = textwrap.dedent(
     import sys, time
     from pathlib import Path
     import numpy as np
-    from atp_viz.search import run_search
+    from atp_viz.search.space import run_search
 
     log = Path(sys.argv[1])
     weights = np.array([1.0, 2.0, 3.0, 1.5, 0.5])

@@ -17,10 +17,10 @@ from reliability import cli_command, cli_env, record, run_main
 from streamlit.testing.v1 import AppTest
 from tiny import shared_corpus_file, shared_tiny_model
 
-from atp_viz import searching
 from atp_viz.config import CalibConfig, EvalConfig
-from atp_viz.experiment import Setup, Workbench
-from atp_viz.metrics import EVALUATION, VALIDATION
+from atp_viz.experiment.workbench import Setup, Workbench
+from atp_viz.measure.metrics import EVALUATION, VALIDATION
+from atp_viz.search import study
 from atp_viz.store import ResultStore
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -67,11 +67,11 @@ def counting(monkeypatch: pytest.MonkeyPatch) -> list[tuple[float, ...]]:
 def test_search_stores_trials_and_points_and_resumes(loaded, tmp_path: Path, monkeypatch) -> None:
     wb = bench_with(loaded, tmp_path / "r.sqlite")
     calls = counting(monkeypatch)
-    first = searching.Search(wb, searching.SearchConfig("evo", 3, SPARSITY)).run()
+    first = study.Search(wb, study.SearchConfig("evo", 3, SPARSITY)).run()
     assert len(first.trials) == 3 and len(calls) == 3
     store = wb.store
     assert store is not None
-    rows = store.query(kind=searching.TRIAL_KIND, study=first.study)
+    rows = store.query(kind=study.TRIAL_KIND, study=first.study)
     assert sorted(r["record"]["number"] for r in rows) == [t.number for t in first.trials]
     for trial in first.trials:
         point = store.get(trial.point_key)
@@ -81,20 +81,20 @@ def test_search_stores_trials_and_points_and_resumes(loaded, tmp_path: Path, mon
     journal = tmp_path / "r.sqlite.optuna" / f"{first.study}.log"
     assert journal.is_file()
 
-    again = searching.Search(wb, searching.SearchConfig("evo", 5, SPARSITY)).run()
+    again = study.Search(wb, study.SearchConfig("evo", 5, SPARSITY)).run()
     assert len(again.trials) == 5 and len(calls) == 5  # the 3 finished trials were not evaluated again
     assert again.trials[:3] == first.trials  # kept as they were (dataclass equality skips rates)
     for old, new in zip(first.trials, again.trials):
         np.testing.assert_array_equal(old.rates, new.rates)
-    assert len(store.query(kind=searching.TRIAL_KIND, study=first.study)) == 5
+    assert len(store.query(kind=study.TRIAL_KIND, study=first.study)) == 5
     # another process (a dashboard) reads the same trials without computing anything
-    assert searching.Search(wb, searching.SearchConfig("evo", 5, SPARSITY)).stored().trials == again.trials
+    assert study.Search(wb, study.SearchConfig("evo", 5, SPARSITY)).stored().trials == again.trials
     assert len(calls) == 5
 
 
 def test_versus_atp_returns_both_and_chooses_atp_on_validation(loaded, tmp_path: Path, monkeypatch) -> None:
     wb = bench_with(loaded, tmp_path / "r.sqlite")
-    comparison = searching.versus_atp(wb, SPARSITY, ["tpe", "evo"], step=STEP)
+    comparison = study.versus_atp(wb, SPARSITY, ["tpe", "evo"], step=STEP)
     assert list(comparison.methods) == ["atp", "tpe", "evo"] and comparison.budget == 4
     atp = comparison.methods["atp"]
     assert len(atp.trials) == 4 and comparison.uniform == atp.trials[0]
@@ -119,16 +119,16 @@ def test_versus_atp_returns_both_and_chooses_atp_on_validation(loaded, tmp_path:
         raise AssertionError("a stored point was pruned again")
 
     monkeypatch.setattr(wb, "apply", must_not_prune)  # a rerun reads every point and trial back
-    again = searching.versus_atp(wb, SPARSITY, ["tpe", "evo"], step=STEP)
+    again = study.versus_atp(wb, SPARSITY, ["tpe", "evo"], step=STEP)
     assert again.summary()["methods"] == summary["methods"]
-    assert searching.stored_comparison(wb, SPARSITY, ["tpe", "evo"], step=STEP).summary() == again.summary()
+    assert study.stored_comparison(wb, SPARSITY, ["tpe", "evo"], step=STEP).summary() == again.summary()
 
 
 def test_stop_between_atp_points_keeps_what_finished(loaded, tmp_path: Path) -> None:
     """``should_stop`` is read between ATP's points (the Compare page's Stop): two finished, two never run."""
     wb = bench_with(loaded, tmp_path / "r.sqlite")
     seen: list[str] = []
-    comparison = searching.versus_atp(
+    comparison = study.versus_atp(
         wb,
         SPARSITY,
         ["tpe"],
@@ -139,12 +139,12 @@ def test_stop_between_atp_points_keeps_what_finished(loaded, tmp_path: Path) -> 
     assert len(comparison.methods["atp"].trials) == 2 and seen == ["atp", "atp"]
     assert not comparison.methods["tpe"].trials  # stopped before the search
     assert len(wb.store.query(kind="point")) == 2  # type: ignore[union-attr]
-    assert searching.versus_atp(wb, SPARSITY, ["tpe"], step=STEP, should_stop=lambda: True).methods["atp"].trials == ()
+    assert study.versus_atp(wb, SPARSITY, ["tpe"], step=STEP, should_stop=lambda: True).methods["atp"].trials == ()
 
 
 def test_validation_only_trials_measure_the_evaluation_of_winners_only(loaded, tmp_path: Path) -> None:
     wb = bench_with(loaded, tmp_path / "r.sqlite")
-    comparison = searching.versus_atp(wb, SPARSITY, ["evo"], 3, step=STEP, every_split=False)
+    comparison = study.versus_atp(wb, SPARSITY, ["evo"], 3, step=STEP, every_split=False)
     for name, result in comparison.methods.items():
         best = result.winner()
         assert best is not None and math.isfinite(best.evaluation), name
@@ -155,8 +155,8 @@ def test_validation_only_trials_measure_the_evaluation_of_winners_only(loaded, t
 
 def test_a_long_run_gives_budget_matched_views_and_seed_spread(loaded, tmp_path: Path) -> None:
     wb = bench_with(loaded, tmp_path / "r.sqlite")
-    runs = [searching.versus_atp(wb, SPARSITY, ["evo"], 6, seed=s, step=STEP, every_split=False) for s in (0, 1)]
-    short = searching.completed(wb, runs[0].at_budget(4))
+    runs = [study.versus_atp(wb, SPARSITY, ["evo"], 6, seed=s, step=STEP, every_split=False) for s in (0, 1)]
+    short = study.completed(wb, runs[0].at_budget(4))
     evo_long, evo_short = runs[0].methods["evo"], short.methods["evo"]
     assert short.budget == 4 and short.methods["atp"] == runs[0].methods["atp"]
     assert [t.number for t in evo_short.trials] == [t.number for t in evo_long.trials[:4]]
@@ -165,7 +165,7 @@ def test_a_long_run_gives_budget_matched_views_and_seed_spread(loaded, tmp_path:
     assert best.validation == min(t.validation for t in evo_long.trials[:4])
     with pytest.raises(ValueError, match="not comparable"):
         runs[0].at_budget(3)  # below ATP's 4-point sweep
-    rows = {r["method"]: r for r in searching.seed_rows(runs)}
+    rows = {r["method"]: r for r in study.seed_rows(runs)}
     evo = [r.methods["evo"].winner() for r in runs]
     assert rows["evo"]["seeds"] == 2
     assert rows["evo"]["evaluation_perplexity"] == pytest.approx(np.mean([t.evaluation for t in evo if t]))
@@ -183,11 +183,11 @@ def test_bad_search_settings_raise_before_anything_is_written(loaded, tmp_path: 
     ):
         settings: dict[str, Any] = {"sampler": "tpe", "trials": 2, "sparsity": SPARSITY, **kwargs}
         with pytest.raises(ValueError) as info:
-            searching.SearchConfig(**settings)
+            study.SearchConfig(**settings)
         assert needle in str(info.value)
     wb = bench_with(loaded, tmp_path / "r.sqlite")
     with pytest.raises(ValueError, match="no ATP grid point fits"):
-        searching.versus_atp(wb, SPARSITY, ["tpe"], step=0.5)
+        study.versus_atp(wb, SPARSITY, ["tpe"], step=0.5)
     assert not (tmp_path / "r.sqlite.optuna").exists()
 
 
@@ -273,7 +273,7 @@ def test_cli_search_killed_mid_run_resumes_with_nothing_lost(tmp_path: Path) -> 
             proc.kill()
     reader.join(timeout=10)
     assert proc.returncode == -signal.SIGKILL
-    before = {r["record"]["number"]: r["record"] for r in ResultStore(store).query(kind=searching.TRIAL_KIND)}
+    before = {r["record"]["number"]: r["record"] for r in ResultStore(store).query(kind=study.TRIAL_KIND)}
     assert len(before) >= len(finished) >= 2
 
     rerun = subprocess.run(cli_command(args), capture_output=True, text=True, env=cli_env(), timeout=300)
@@ -282,7 +282,7 @@ def test_cli_search_killed_mid_run_resumes_with_nothing_lost(tmp_path: Path) -> 
     assert result["trials"] == total
     computed = [line for line in rerun.stderr.splitlines() if "evo trial" in line and "validation ppl" in line]
     assert len(computed) == total - len(before)  # finished trials were read back, not recomputed
-    after = {r["record"]["number"]: r["record"] for r in ResultStore(store).query(kind=searching.TRIAL_KIND)}
+    after = {r["record"]["number"]: r["record"] for r in ResultStore(store).query(kind=study.TRIAL_KIND)}
     assert len(after) == total
     lost = sum(after.get(number) != row for number, row in before.items())
     assert lost == 0
@@ -355,5 +355,5 @@ def test_page_shares_the_loaded_model_and_spreads_over_search_seeds(tiny_dashboa
 
 def test_journal_lives_beside_the_store(tmp_path: Path) -> None:
     store = ResultStore(tmp_path / "x.sqlite")
-    assert searching.journal_dir(store) == tmp_path / "x.sqlite.optuna"
-    assert searching.journal_dir(None) == searching.journal_dir(None) and os.path.isdir(searching.journal_dir(None))
+    assert study.journal_dir(store) == tmp_path / "x.sqlite.optuna"
+    assert study.journal_dir(None) == study.journal_dir(None) and os.path.isdir(study.journal_dir(None))

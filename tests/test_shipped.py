@@ -14,11 +14,11 @@ import tomllib
 from tiny import shared_corpus_file, shared_tiny_model
 
 from atp_viz.config import CalibConfig, EvalConfig
-from atp_viz.experiment import Setup, Workbench
-from atp_viz.methods import ScheduleSpec
-from atp_viz.metrics import EVALUATION, metric_key
-from atp_viz.models import DEFAULT_MODEL, EMBEDDED_MODELS, package_dir
-from atp_viz.shipped import FORMAT, SHIPPED_PATH, ShippedResults, write_shipped
+from atp_viz.experiment.shipped import FORMAT, SHIPPED_PATH, ShippedResults, write_shipped
+from atp_viz.experiment.workbench import Setup, Workbench
+from atp_viz.measure.metrics import EVALUATION, metric_key
+from atp_viz.models.loading import DEFAULT_MODEL, EMBEDDED_MODELS, package_dir
+from atp_viz.schedules.methods import ScheduleSpec
 from atp_viz.store import ResultStore
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -101,11 +101,11 @@ def test_shipped_file_reading(tmp_path: Path) -> None:
 
 
 def test_the_package_ships_a_small_file_at_the_dashboard_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
-    from atp_viz import ui
+    from atp_viz.dashboard import ui
 
     assert SHIPPED_PATH.is_file() and SHIPPED_PATH.stat().st_size < 1_000_000
     package_data = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]
-    assert "shipped/*.json" in package_data["atp_viz"]
+    assert "experiment/shipped/*.json" in package_data["atp_viz"]
     for name in (ui.ENV_MODEL, ui.ENV_CORPUS, ui.ENV_WINDOWS):
         monkeypatch.delenv(name, raising=False)
     shipped = ShippedResults()
@@ -123,7 +123,7 @@ def embedded_installed() -> bool:
 @pytest.mark.skipif(not embedded_installed(), reason="the embedded model is not installed")
 def test_recomputing_a_shipped_point_gives_the_same_number(monkeypatch: pytest.MonkeyPatch) -> None:
     """The uniform point at the default S (shared by Error explosion and Beta tuning), evaluation split."""
-    from atp_viz import ui
+    from atp_viz.dashboard import ui
 
     for name in (ui.ENV_MODEL, ui.ENV_CORPUS, ui.ENV_WINDOWS):
         monkeypatch.delenv(name, raising=False)

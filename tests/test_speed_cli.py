@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from tiny import shared_corpus_file, shared_tiny_model
 
-from atp_viz.cli import main
+from atp_viz.cli.main import main
 from atp_viz.store import ResultStore
 
 TIMING = ["--prefill-tokens", "16", "--decode-context", "8", "--repeats", "1", "--warmup", "0"]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from atp_viz import schedules, toy
+from atp_viz.schedules import published, toy
 
 
 def test_prune_magnitude_zeroes_the_smallest_of_each_row() -> None:
@@ -20,7 +20,7 @@ def test_prune_magnitude_zeroes_the_smallest_of_each_row() -> None:
 def test_dense_network_has_no_error_and_errors_grow_with_depth() -> None:
     weights, inputs = toy.make_network(12, seed=1), toy.make_inputs(seed=1)
     assert toy.propagate(weights, np.zeros(12), inputs).total == 0.0
-    result = toy.propagate(weights, schedules.uniform(12, 0.6), inputs)
+    result = toy.propagate(weights, published.uniform(12, 0.6), inputs)
     assert result.relative[-1] > 3 * result.relative[0]  # Thm 3.2: errors propagate and grow
     assert np.all(result.local <= result.cumulative * 10)  # local part is a piece of the whole
 
@@ -28,7 +28,7 @@ def test_dense_network_has_no_error_and_errors_grow_with_depth() -> None:
 @pytest.mark.parametrize("seed", range(4))
 @pytest.mark.parametrize(("depth", "sparsity"), [(8, 0.5), (24, 0.7)])
 def test_increasing_order_has_the_lowest_total_error(seed: int, depth: int, sparsity: float) -> None:
-    results = toy.sandbox(depth, sparsity, schedules.beta_max(depth, sparsity) / 2, seed)
+    results = toy.sandbox(depth, sparsity, published.beta_max(depth, sparsity) / 2, seed)
     totals = {name: r.total for name, r in results.items()}
     assert totals["increasing (ATP)"] < totals["random order"] < totals["decreasing"]
     assert totals["increasing (ATP)"] < totals["uniform"]

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).parent))
 from tiny import shared_tiny_model
 
-from atp_viz import zeroshot
+from atp_viz.measure import zeroshot
 
 PROMPT_ROWS = 200  # rows per task whose prompts are compared with lm-eval's
 CROSS_ITEMS = 3  # items per task scored through lm-eval's HFLM

@@ -1,0 +1,1 @@
+"""The ``atp-viz`` command (``atp_viz.cli.main:main``)."""

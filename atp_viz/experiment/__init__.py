@@ -1,0 +1,1 @@
+"""Experiments: setup, workbench (schedule -> prune -> measure -> store), ledger, tables, executors, shipped results."""

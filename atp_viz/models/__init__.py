@@ -1,0 +1,1 @@
+"""Models and their text: loading, decoder-block structure, corpora and windows, hooks."""

@@ -1,0 +1,598 @@
+"""Searches over per-block rates on a Workbench, and ATP's grid against them at equal budgets.
+
+``space.py`` is the algorithm library (samplers, journal storage, resume, monotonicity); this
+module ties it to real models. A trial's objective is the validation perplexity of the schedule the
+sampler proposes, evaluated as a normal point,
+
+    f(r) = ppl_validation( prune(W, ScheduleSpec("custom", rates=r)) ),
+
+so every trial is a stored ``point`` with its ``metric`` rows (a repeated schedule is read back, not
+recomputed), and one ``trial`` row per finished trial (key = fingerprint(study, trial number);
+record: trial number, point key, validation and evaluation perplexity, search seconds) is committed
+right after it ends, so a dashboard and a resumed search see it. Winners are chosen on validation and
+reported on evaluation.
+
+Optuna's journal lives beside the results store: ``<store>.optuna/<study>.log`` (a temporary folder
+without a store). The study name is a fingerprint of what decides a trial's value: the Workbench's
+prune identity (model, calibration text and settings, pruner, mode, dtype), the objective's split
+text and windows, S, the sampler, its seed and ``max_delta``.
+
+Budget-matched comparison (``versus_atp``): ATP's grid (beta = step, 2 step, ... <= beta_max) and
+the uniform schedule (beta = 0) cost ``B = len(sweep_specs)`` points; each sampler gets B trials by
+default. ATP's winner is the grid beta with the best validation perplexity (uniform is the baseline,
+as in ``atp-viz sweep``); a search's winner is its trial with the best validation perplexity.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import functools
+import math
+import tempfile
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from atp_viz.config import check_sparsity
+from atp_viz.experiment.executors import Executor, ExecutorConfig, Job, LocalExecutor
+from atp_viz.experiment.workbench import MEASURES, Progress, Workbench, labelled, scaled, sweep_specs
+from atp_viz.measure.metrics import EVALUATION, VALIDATION, metric_key
+from atp_viz.measure.points import PointResult, spread
+from atp_viz.schedules import published
+from atp_viz.schedules.methods import ScheduleSpec
+from atp_viz.search import space
+from atp_viz.store import ResultStore, fingerprint
+
+TRIAL_KIND = "trial"
+SEARCH_KIND = "search"
+JOURNAL_SUFFIX = ".optuna"  # <store path>.optuna/ holds one journal file per study
+JOURNAL_EXT = ".log"
+METRIC = "perplexity"  # the objective: this metric on the validation split (lower is better)
+ATP, UNIFORM = "atp", "uniform"
+
+# (method name, the trial that just finished) -> None: live curves, progress lines
+OnTrial = Callable[[str, "TrialRecord"], None]
+
+
+@dataclass(frozen=True)
+class SearchConfig:
+    """One search: sampler, budget and the space it searches (validated here, before any I/O)."""
+
+    sampler: str  # key of search.SAMPLERS
+    trials: int  # COMPLETE trials wanted in the study (those stored earlier count)
+    sparsity: float  # S: the parameter-weighted mean of every trial's rates
+    seed: int = 0  # the sampler's seed (part of the study name)
+    timeout_s: float | None = None  # this call's wall clock, checked between trials
+    max_delta: float | None = None  # |r_i - S| <= max_delta (None: only 0 <= r_i <= 1)
+
+    def __post_init__(self) -> None:
+        space.check_sampler(self.sampler)
+        space.check_budget(self.trials, self.timeout_s)
+        check_sparsity(self.sparsity)
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
+            raise ValueError(f"search seed must be an integer >= 0, got {self.seed!r}")
+        if self.max_delta is not None and not (math.isfinite(self.max_delta) and 0.0 < self.max_delta <= 1.0):
+            raise ValueError(f"max_delta must be None or a number in (0, 1], got {self.max_delta:g}")
+
+
+@dataclass(frozen=True)
+class TrialRecord:
+    """One evaluated schedule of a method (a search trial, or a point of ATP's sweep)."""
+
+    number: int  # trial number (Optuna's; ATP: index in the sweep)
+    point_key: str  # the stored point
+    validation: float  # validation perplexity: what selects
+    evaluation: float  # evaluation perplexity: what is reported
+    seconds: float  # the method's wall clock when this trial finished (cumulated over resumed runs)
+    rates: np.ndarray = field(repr=False, compare=False)  # (L,) the schedule
+
+    def to_record(self) -> dict[str, Any]:
+        return {"number": self.number, "point": self.point_key, "validation_perplexity": self.validation,
+                "evaluation_perplexity": self.evaluation, "seconds": self.seconds}  # fmt: skip
+
+
+@dataclass(frozen=True)
+class MethodResult:
+    """Every trial of one method, in order, and what the comparison reports about it."""
+
+    method: str  # "atp" or a sampler name
+    label: str
+    trials: tuple[TrialRecord, ...]  # in the order they were run
+    candidates: tuple[int, ...] = ()  # indices of ``trials`` the winner is chosen from (empty: all)
+    study: str = ""  # the Optuna study (searches)
+
+    def winner(self) -> TrialRecord | None:
+        """The candidate with the lowest validation perplexity (ties: the earliest); None without trials."""
+        pool = [self.trials[i] for i in self.candidates] if self.candidates else list(self.trials)
+        finite = [t for t in pool if math.isfinite(t.validation)]
+        return min(finite or pool, key=lambda t: t.validation) if pool else None
+
+    def best_so_far(self) -> np.ndarray:
+        """b_k = min_{j <= k} validation_j over the trials in order."""
+        return np.minimum.accumulate(np.array([t.validation for t in self.trials], dtype=np.float64))
+
+    @property
+    def seconds(self) -> float:
+        """Wall time of the method: the clock when its last trial finished."""
+        return self.trials[-1].seconds if self.trials else 0.0
+
+    def summary(self) -> dict[str, Any]:
+        """JSON-able: winner's validation / evaluation perplexity, wall time, monotonicity, rates, curves."""
+        best = self.winner()
+        mono = space.monotonicity(best.rates) if best is not None else None
+        return {
+            "method": self.method,
+            "label": self.label,
+            "study": self.study,
+            "trials": len(self.trials),
+            "validation_perplexity": best.validation if best else math.nan,
+            "evaluation_perplexity": best.evaluation if best else math.nan,
+            "seconds": self.seconds,
+            "winner_trial": best.number if best else None,
+            "spearman": mono["spearman"] if mono else math.nan,
+            "inversions": mono["inversions"] if mono else 0,
+            "inversion_fraction": mono["inversion_fraction"] if mono else 0.0,
+            "rates": best.rates.tolist() if best else [],
+            "best_so_far": {
+                "trial": list(range(1, len(self.trials) + 1)),
+                "seconds": [t.seconds for t in self.trials],
+                "validation_perplexity": self.best_so_far().tolist(),
+            },
+        }
+
+
+# ------------------------------------------------------------------------------ where things live
+
+
+@functools.cache
+def _temporary_journals() -> Path:
+    """One temporary folder per process for searches without a store (nothing to resume from)."""
+    return Path(tempfile.mkdtemp(prefix="atp-viz-search-"))
+
+
+def journal_dir(store: ResultStore | None) -> Path:
+    """``<store path>.optuna/`` beside the results store; this process's temporary folder without one."""
+    return _temporary_journals() if store is None else store.path.with_name(store.path.name + JOURNAL_SUFFIX)
+
+
+def study_name(wb: Workbench, config: SearchConfig) -> str:
+    """Fingerprint of what decides the trials' values and draws (module docstring)."""
+    objective = MEASURES[METRIC].config(wb.setup, wb.corpus, wb.windows, VALIDATION)
+    return fingerprint(kind=SEARCH_KIND, **wb.rows.prune_identity(), objective=objective, metric=METRIC,
+                       sparsity=config.sparsity, sampler=config.sampler, seed=config.seed,
+                       max_delta=config.max_delta)  # fmt: skip
+
+
+def trial_key(study: str, number: int) -> str:
+    return fingerprint(kind=TRIAL_KIND, study=study, number=number)
+
+
+def _check_setup(wb: Workbench) -> None:
+    if VALIDATION not in wb.setup.splits:
+        raise ValueError(
+            f"a search selects on the {VALIDATION} split: measure it (splits allowed: validation, evaluation)"
+        )
+
+
+def _record(point: PointResult, number: int, seconds: float) -> TrialRecord:
+    return TrialRecord(number, point.key, point.value(METRIC, VALIDATION), point.value(METRIC, EVALUATION), seconds,
+                       np.asarray(point.rates, dtype=np.float64))  # fmt: skip
+
+
+def _custom(rates: np.ndarray) -> ScheduleSpec:
+    return ScheduleSpec("custom", rates=tuple(float(r) for r in rates))
+
+
+def stored_point(wb: Workbench, spec: ScheduleSpec) -> PointResult | None:
+    """The stored point if its row and its validation value are stored (evaluation may be missing:
+    NaN); never computes."""
+    key, record, found, _missing = wb.rows.point(spec)
+    if record is None or metric_key(METRIC, VALIDATION) not in found:
+        return None
+    return PointResult.from_record({**record, "metrics": found}, key)
+
+
+def measured_splits(every_split: bool) -> tuple[str, ...] | None:
+    """What ``Workbench.run`` measures for a trial: every split, or only what selection reads (the
+    point row and its validation rows; ``complete_winner`` adds the winner's evaluation rows later)."""
+    return None if every_split else (VALIDATION,)
+
+
+def complete_winner(
+    wb: Workbench, result: MethodResult, spec_of: Callable[[TrialRecord], ScheduleSpec]
+) -> MethodResult:
+    """``result`` with its winner's evaluation perplexity measured (and stored) if it is missing."""
+    best = result.winner()
+    if best is None or not math.isnan(best.evaluation):
+        return result
+    point = wb.run(spec_of(best))
+    done = dataclasses.replace(best, evaluation=point.value(METRIC, EVALUATION))
+    return dataclasses.replace(result, trials=tuple(done if t is best else t for t in result.trials))
+
+
+# ------------------------------------------------------------------------------ one search
+
+
+class Search:
+    """A resumable search of one ``SearchConfig`` on a Workbench (study, journal and trial rows)."""
+
+    def __init__(self, wb: Workbench, config: SearchConfig, journal: Path | None = None) -> None:
+        _check_setup(wb)
+        self.wb, self.config = wb, config
+        self.study = study_name(wb, config)
+        self.journal = (journal or journal_dir(wb.store)) / f"{self.study}{JOURNAL_EXT}"
+
+    @property
+    def label(self) -> str:
+        return space.SAMPLERS[self.config.sampler].label
+
+    def _put(self, record: TrialRecord) -> None:
+        about = {"study": self.study, "sampler": self.config.sampler, "sparsity": self.config.sparsity,
+                 "search_seed": self.config.seed, "number": record.number}  # fmt: skip
+        self.wb.rows.put(trial_key(self.study, record.number), TRIAL_KIND, about, record.to_record())
+
+    def _from_trial(self, trial: space.Trial) -> TrialRecord | None:
+        """A finished trial's row, or rebuilt from its stored point (a process killed between the
+        journal's commit and the row's); None when neither is stored (the store was emptied)."""
+        row = self.wb.rows.get(trial_key(self.study, trial.number))
+        if row is not None:
+            evaluation = float(row["evaluation_perplexity"])
+            if math.isnan(evaluation):  # measured later, for a winner
+                found = self.wb.rows.metrics_of(str(row["point"]))[0]
+                evaluation = found.get(metric_key(METRIC, EVALUATION), math.nan)
+            return TrialRecord(int(row["number"]), str(row["point"]), float(row["validation_perplexity"]),
+                               evaluation, float(row["seconds"]), trial.rates)  # fmt: skip
+        point = stored_point(self.wb, _custom(trial.rates))
+        if point is None:
+            return None
+        record = _record(point, trial.number, trial.seconds)
+        self._put(record)
+        return record
+
+    def stored(self) -> MethodResult:
+        """The finished trials (from the journal and the store); never computes. Safe while another
+        process searches this study."""
+        found = [self._from_trial(t) for t in space.load_trials(self.journal, self.study)]
+        trials = tuple(t for t in found if t is not None)
+        return MethodResult(self.config.sampler, self.label, trials, study=self.study)
+
+    def run(
+        self,
+        progress: Progress | None = None,
+        on_trial: OnTrial | None = None,
+        should_stop: Callable[[], bool] | None = None,
+        every_split: bool = True,
+        executor: Executor | None = None,
+        batch: int = 1,
+    ) -> MethodResult:
+        """Run trials until the study has ``config.trials`` COMPLETE ones (finished ones are kept and
+        never recomputed), each stored as a point and a trial row as soon as it ends.
+
+        ``every_split=False``: trials are measured on validation only and the winner's evaluation
+        perplexity is measured at the end (``complete_winner``). ``executor``: trials are asked
+        ``batch`` at a time and their points run together on it (``search.run_search``'s batches)."""
+        budget = self.config.trials
+        latest: dict[str, PointResult] = {}
+        done = [len(self.stored().trials)]  # also writes rows a killed process finished but did not record
+
+        def objective(rates: np.ndarray) -> float:
+            start = min(done[0], budget - 1) / budget
+            report = labelled(scaled(progress, start, 1 / budget), f"{self.config.sampler} trial {done[0] + 1}")
+            latest["point"] = point = self.wb.run(_custom(rates), report, measured_splits(every_split))
+            return point.value(METRIC, VALIDATION)
+
+        def finished(trial: space.Trial) -> None:
+            record = _record(latest.pop("point"), trial.number, trial.seconds)
+            self._put(record)
+            done[0] += 1
+            if on_trial is not None:
+                on_trial(self.config.sampler, record)
+
+        points: dict[bytes, PointResult] = {}  # a batch's finished points by their rates
+        splits = measured_splits(every_split)
+
+        def evaluate(batch_rates: Sequence[np.ndarray]) -> Iterator[tuple[int, float]]:
+            assert executor is not None
+            jobs = [Job(self.wb.setup.calib.seed, _custom(rates), splits) for rates in batch_rates]
+            where: dict[Job, list[int]] = {}
+            for index, job in enumerate(jobs):
+                where.setdefault(job, []).append(index)
+            for job, point in executor.points(self.wb, jobs, labelled(progress, f"{self.config.sampler} batch")):
+                index = where[job].pop(0)
+                points[batch_rates[index].tobytes()] = point
+                yield index, point.value(METRIC, VALIDATION)
+
+        def told(trial: space.Trial) -> None:
+            latest["point"] = points[trial.rates.tobytes()]
+            finished(trial)
+
+        space.run_search(
+            objective,
+            self.wb.param_counts,
+            self.config.sparsity,
+            self.config.sampler,
+            budget,
+            storage_path=self.journal,
+            study_name=self.study,
+            seed=self.config.seed,
+            timeout_s=self.config.timeout_s,
+            max_delta=self.config.max_delta,
+            on_trial=finished if executor is None else told,
+            should_stop=should_stop,
+            batch=batch,
+            evaluate=None if executor is None else evaluate,
+        )
+        result = self.stored()
+        return result if every_split else complete_winner(self.wb, result, lambda trial: _custom(trial.rates))
+
+
+# ------------------------------------------------------------------------------ ATP vs searches
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """ATP's grid, the uniform baseline and each search at one sparsity."""
+
+    sparsity: float
+    budget: int  # points each method may evaluate (ATP: its whole sweep, uniform included)
+    methods: dict[str, MethodResult]  # "atp" first, then the samplers in the order asked
+    uniform: TrialRecord | None = None  # the baseline (beta = 0), None until stored
+
+    def rows(self) -> list[dict[str, Any]]:
+        """The table: method, label, validation / evaluation perplexity of the winner, seconds,
+        Spearman and inversions of the winner, trials; the uniform baseline last."""
+        rows = []
+        for result in self.methods.values():
+            s = result.summary()
+            rows.append({k: s[k] for k in ("method", "label", "validation_perplexity", "evaluation_perplexity",
+                                           "seconds", "spearman", "inversions", "trials")})  # fmt: skip
+        if self.uniform is not None:
+            u = self.uniform
+            rows.append({"method": UNIFORM, "label": "uniform (baseline)", "validation_perplexity": u.validation,
+                         "evaluation_perplexity": u.evaluation, "seconds": u.seconds, "spearman": math.nan,
+                         "inversions": 0, "trials": 1})  # fmt: skip
+        return rows
+
+    def at_budget(self, points: int) -> Comparison:
+        """The comparison as it stood when each search had run its first ``points`` trials (ATP's sweep
+        is kept whole; ``points`` must be at least its size): a budget-matched view of a longer run.
+        Winners of the shortened searches may lack their evaluation value (``completed`` adds it)."""
+        atp = self.methods[ATP]
+        if points < len(atp.trials):
+            raise ValueError(f"a budget below ATP's sweep ({len(atp.trials)} points) is not comparable, got {points}")
+        cut = {
+            name: r if name == ATP else dataclasses.replace(r, trials=r.trials[:points])
+            for name, r in self.methods.items()
+        }
+        return Comparison(self.sparsity, points, cut, self.uniform)
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "sparsity": self.sparsity,
+            "budget": self.budget,
+            "selected_on": VALIDATION,
+            "reported_on": EVALUATION,
+            "uniform": self.uniform.to_record() if self.uniform else None,
+            "methods": {name: result.summary() for name, result in self.methods.items()},
+        }
+
+
+def completed(wb: Workbench, comparison: Comparison) -> Comparison:
+    """``comparison`` with every search winner's evaluation perplexity measured (and stored) if missing."""
+    methods = {
+        name: r if name == ATP else complete_winner(wb, r, lambda trial: _custom(trial.rates))
+        for name, r in comparison.methods.items()
+    }
+    return dataclasses.replace(comparison, methods=methods)
+
+
+def seed_rows(comparisons: Sequence[Comparison]) -> list[dict[str, Any]]:
+    """Per method, over the comparisons of several search seeds (same sparsity and budget): mean and
+    standard deviation of the winner's validation and evaluation perplexity, and the seeds counted."""
+    found: dict[str, list[dict[str, Any]]] = {}
+    for comparison in comparisons:
+        for row in comparison.rows():
+            found.setdefault(row["method"], []).append(row)
+    out = []
+    for method, rows in found.items():
+        val = spread([r["validation_perplexity"] for r in rows])
+        ev = spread([r["evaluation_perplexity"] for r in rows])
+        out.append({"method": method, "label": rows[0]["label"], "seeds": ev.n,
+                    "validation_perplexity": val.mean, "validation_std": val.std,
+                    "evaluation_perplexity": ev.mean, "evaluation_std": ev.std})  # fmt: skip
+    return out
+
+
+def atp_specs(num_blocks: int, sparsity: float, step: float = published.GRID_STEP) -> list[ScheduleSpec]:
+    """ATP's sweep: uniform (beta = 0) first, then the grid betas (``experiment.sweep_specs``)."""
+    specs = sweep_specs(num_blocks, sparsity, step)
+    if len(specs) < 2:
+        bound = published.beta_max(num_blocks, sparsity)
+        raise ValueError(
+            f"no ATP grid point fits: step {step:g} > beta_max = {bound:.5g} (allowed: 0 < step <= {bound:.5g})"
+        )
+    return specs
+
+
+def grid_budget(num_blocks: int, sparsity: float, step: float = published.GRID_STEP) -> int:
+    """Points ATP's sweep costs: the grid betas plus uniform."""
+    return len(atp_specs(num_blocks, sparsity, step))
+
+
+def _atp_result(points: Sequence[PointResult | None]) -> tuple[MethodResult, TrialRecord | None]:
+    """ATP's trials (the stored prefix of its sweep, seconds = cumulative point wall time) and uniform."""
+    trials: list[TrialRecord] = []
+    clock = 0.0
+    for index, point in enumerate(points):
+        if point is None:
+            break
+        clock += point.wall_time
+        trials.append(_record(point, index, clock))
+    uniform = trials[0] if trials else None
+    result = MethodResult(ATP, "ATP grid (beta)", tuple(trials), candidates=tuple(range(1, len(trials))))
+    return result, uniform
+
+
+def _configs(
+    sparsity: float,
+    samplers: Sequence[str],
+    trials: int,
+    seed: int,
+    timeout_s: float | None,
+    max_delta: float | None,
+) -> list[SearchConfig]:
+    if not samplers:
+        raise ValueError(f"choose at least one sampler; allowed: {', '.join(space.SAMPLERS)}")
+    return [SearchConfig(name, trials, sparsity, seed, timeout_s, max_delta) for name in dict.fromkeys(samplers)]
+
+
+def stored_comparison(
+    wb: Workbench,
+    sparsity: float,
+    samplers: Sequence[str],
+    trials: int | None = None,
+    *,
+    seed: int = 0,
+    max_delta: float | None = None,
+    step: float = published.GRID_STEP,
+) -> Comparison:
+    """What is stored of ``versus_atp`` with these arguments; never computes (a dashboard revisit)."""
+    _check_setup(wb)
+    specs = atp_specs(wb.num_blocks, sparsity, step)
+    budget = trials or len(specs)
+    atp, uniform = _atp_result([stored_point(wb, spec) for spec in specs])
+    results = {ATP: atp}
+    for config in _configs(sparsity, samplers, budget, seed, None, max_delta):
+        results[config.sampler] = Search(wb, config).stored()
+    return Comparison(sparsity, budget, results, uniform)
+
+
+def versus_atp(
+    wb: Workbench,
+    sparsity: float,
+    samplers: Sequence[str],
+    trials: int | None = None,
+    *,
+    seed: int = 0,
+    timeout_s: float | None = None,
+    max_delta: float | None = None,
+    step: float = published.GRID_STEP,
+    progress: Progress | None = None,
+    on_trial: OnTrial | None = None,
+    should_stop: Callable[[], bool] | None = None,
+    every_split: bool = True,
+    executor: Executor | None = None,
+    batch: int = 1,
+) -> Comparison:
+    """ATP's sweep, then each sampler with ``trials`` trials (default: the sweep's size), all stored.
+
+    Stored points and trials are read back, so a rerun computes only what is missing. ``timeout_s``
+    bounds each search's wall clock; ``should_stop()`` is checked between points and trials.
+    ``every_split=False``: every point is measured on validation only (what selection reads) and
+    each winner's evaluation perplexity at the end; seconds then count validation only, for all.
+    ``executor`` (default: this process): ATP's grid runs on it in one go, and each search asks ``batch``
+    trials at a time.
+    """
+    _check_setup(wb)
+    specs = atp_specs(wb.num_blocks, sparsity, step)
+    budget = trials or len(specs)
+    configs = _configs(sparsity, samplers, budget, seed, timeout_s, max_delta)
+    parts = 1 + len(configs)
+    points: list[PointResult | None] = []
+    started = time.monotonic()
+    jobs = [Job(wb.setup.calib.seed, spec, measured_splits(every_split)) for spec in specs]
+    found: dict[Job, PointResult] = {}
+    stop = should_stop or (lambda: False)
+    pool = executor or LocalExecutor(ExecutorConfig())
+    with contextlib.closing(pool.points(wb, jobs, labelled(scaled(progress, 0.0, 1 / parts), "ATP"))) as stream:
+        for job, point in () if stop() else stream:
+            found[job] = point
+            while len(points) < len(jobs) and jobs[len(points)] in found:  # reported in grid order
+                points.append(found[jobs[len(points)]])
+                if on_trial is not None:
+                    on_trial(ATP, _atp_result(points)[0].trials[-1])
+            if len(points) < len(jobs) and stop():
+                break  # closing the stream stops the executor (a point in flight is not stored)
+    atp, uniform = _atp_result(points)
+    if not every_split:
+        atp = complete_winner(wb, atp, lambda trial: specs[trial.number])
+        if uniform is not None and math.isnan(uniform.evaluation):
+            uniform = dataclasses.replace(uniform, evaluation=wb.run(specs[0]).value(METRIC, EVALUATION))
+    results = {ATP: atp}
+    for index, config in enumerate(configs):
+        runner = Search(wb, config)
+        if stop():
+            results[config.sampler] = runner.stored()
+            continue
+        sub = scaled(progress, (1 + index) / parts, 1 / parts)
+        results[config.sampler] = runner.run(sub, on_trial, should_stop, every_split, executor, batch)
+    if progress is not None:
+        progress(1.0, f"done in {time.monotonic() - started:.0f} s")
+    return Comparison(sparsity, budget, results, uniform)
+
+
+def run_one(
+    wb: Workbench,
+    config: SearchConfig,
+    progress: Progress | None = None,
+    on_trial: OnTrial | None = None,
+    should_stop: Callable[[], bool] | None = None,
+    every_split: bool = True,
+    executor: Executor | None = None,
+    batch: int = 1,
+) -> MethodResult:
+    """One search without ATP (``atp-viz search`` without ``--versus-atp``)."""
+    return Search(wb, config).run(progress, on_trial, should_stop, every_split, executor, batch)
+
+
+def sampler_colors() -> dict[str, str]:
+    """Figure colours: ATP's from the method registry, each sampler's from ``search.SAMPLERS``."""
+    from atp_viz.schedules.methods import colors
+
+    return {ATP: colors()[ATP], UNIFORM: colors()[UNIFORM], **{n: e.color for n, e in space.SAMPLERS.items()}}
+
+
+def labels() -> dict[str, str]:
+    return {ATP: "ATP grid (beta)", UNIFORM: "uniform", **{n: e.label for n, e in space.SAMPLERS.items()}}
+
+
+def curves(comparison: Comparison, x: str = "trial") -> dict[str, tuple[list[float], list[float]]]:
+    """method -> (x, best-so-far validation perplexity), x = trial number (1-based) or seconds."""
+    if x not in ("trial", "seconds"):
+        raise ValueError(f"x must be trial or seconds, got {x!r}")
+    out = {}
+    for name, result in comparison.methods.items():
+        curve = result.summary()["best_so_far"]
+        out[name] = ([float(v) for v in curve[x]], curve["validation_perplexity"])
+    return out
+
+
+def winners(comparison: Comparison) -> dict[str, np.ndarray]:
+    """method -> the winner's rates (methods without a trial left out)."""
+    return {name: best.rates for name, result in comparison.methods.items() if (best := result.winner()) is not None}
+
+
+__all__ = [
+    "Comparison",
+    "MethodResult",
+    "Search",
+    "SearchConfig",
+    "TrialRecord",
+    "atp_specs",
+    "curves",
+    "grid_budget",
+    "journal_dir",
+    "labels",
+    "run_one",
+    "sampler_colors",
+    "stored_comparison",
+    "study_name",
+    "trial_key",
+    "versus_atp",
+    "winners",
+]
