@@ -166,7 +166,7 @@ def test_a_held_queue_accepts_and_follows_but_starts_no_user_job() -> None:
     manager.pause()
     first = manager.submit("A", "m", "sweep", "sweep", lambda job: order.append("sweep"))
     again = manager.submit("B", "m", "sweep", "sweep", lambda job: order.append("twice"))
-    warmup = manager.submit(jobs.SERVER, "m", "w", "warm-up", lambda job: order.append("warm-up"), priority=1)
+    warmup = manager.submit(jobs.SERVER, "m", "w", "warm-up", lambda job: order.append("warm-up"))
     assert again is first and first.owners == {"A", "B"} and manager.paused
     assert manager.wait_idle(0.3) is False and first.state == jobs.QUEUED and warmup.state == jobs.DONE
     seen = manager.version("m")

@@ -13,8 +13,8 @@ with no owner left is cancelled. A running job always finishes: its work functio
 result as it ends, and reports each stored one through ``Job.point_stored`` so viewers redraw.
 
 An operator can put the queue on hold (``pause``/``resume``; the dashboard does it while the file named by
-``$ATP_VIZ_HOLD_JOBS`` exists): sessions still submit, follow and cancel, but no user job starts until
-``resume``; background warm-up jobs (loading the model, the dense model's metrics) still run.
+``$ATP_VIZ_HOLD_JOBS`` exists): sessions still submit, follow and cancel, but no session's job starts until
+``resume``; the server's own jobs (loading the model, the dense model's metrics) still run.
 
 The manager knows nothing about Streamlit or models: a job's work is any ``Callable[[Job], object]``.
 """
@@ -161,7 +161,8 @@ class JobManager:
             return dropped
 
     def pause(self) -> None:
-        """Hold the queue: user jobs are still accepted (and followed), but none starts until ``resume``."""
+        """Hold the queue: sessions' jobs are still accepted (and followed), but none starts until ``resume``; the
+        server's own jobs (owner ``SERVER``) still do."""
         with self._cond:
             if not self._paused:
                 self._paused = True
@@ -288,7 +289,7 @@ class JobManager:
         if model in self._running:
             return
         self._prune_locked(model)
-        queue = [j for j in self._queues.get(model, []) if not self._paused or j.priority > USER]
+        queue = [j for j in self._queues.get(model, []) if not self._paused or SERVER in j.owners]
         if not queue:
             return
         job = min(queue, key=lambda j: (j.priority, j.id))
