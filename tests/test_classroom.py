@@ -325,7 +325,8 @@ def evidence(tabs, folder: Path) -> str:
 @pytest.mark.skipif(not CHROMIUM.exists(), reason=NO_CHROMIUM)
 def test_browsers_share_one_server(size: str, tiny_assets, tmp_path: Path) -> None:
     """Sessions on one server (six: four on one sweep, two at another sparsity; two: both on one sweep) press Run
-    while the queue is on hold; once every press is in, the hold is lifted and each session must reach "N of N
+    while the queue is on hold (a page whose sweep is already queued offers a disabled button and follows it); once
+    every tab shows its sweep queued, the hold is lifted and each session must reach "N of N
     points stored" and the best beta without a reload. One job per sweep, one model load, no overlap, no point lost
     or stored twice. On a failed wait every tab's screenshot and text are saved and the stale tab is named."""
     pytest.importorskip("playwright")
@@ -345,9 +346,10 @@ def test_browsers_share_one_server(size: str, tiny_assets, tmp_path: Path) -> No
     with dashboard_process(env, tmp_path / "streamlit.log") as (base, server), sync_playwright() as p:
         browser = p.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_FLAGS)
         tabs = [open_session(browser, base, s) for s in sessions]
-        for tab in tabs:
-            tab.get_by_role("button", name=re.compile("^Run sweep")).click()
-        for i, tab in enumerate(tabs):  # every press is in: each tab waits in the queue or follows a queued sweep
+        for tab in tabs:  # a page whose sweep another session queued meanwhile offers a disabled button: it follows
+            with contextlib.suppress(PlaywrightError):
+                tab.get_by_role("button", name=re.compile("^Run sweep")).click(timeout=10_000)
+        for i, tab in enumerate(tabs):  # every press is in: each tab waits in the queue, as owner or follower
             try:
                 tab.get_by_text(re.compile(r"Queued \(position \d")).first.wait_for()
             except PlaywrightError:
@@ -382,7 +384,7 @@ def test_browsers_share_one_server(size: str, tiny_assets, tmp_path: Path) -> No
     expected = sorted(f"beta sweep at S = {s:g}" for s in set(sessions))
     # one job per sweep: the sessions that pressed Run on the same sweep all follow it
     assert sorted(job["label"] for job in sweeps) == expected, sweeps
-    assert sorted(job["owners"] for job in sweeps) == sorted(sessions.count(s) for s in set(sessions)), sweeps
+    assert all(1 <= job["owners"] <= sessions.count(float(job["label"].split()[-1])) for job in sweeps), sweeps
     assert len(loads) == 1 and not overlaps, (loads, overlaps)
     points = sum(SWEEPS[s] for s in set(sessions))
     assert len(keys) == len(set(keys)) == points and integrity(store_path) == "ok"
