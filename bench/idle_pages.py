@@ -27,7 +27,8 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 CHROMIUM = "/usr/lib/chromium/chromium"
 FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-background-networking",
-         "--disable-component-update", "--disable-sync", "--disable-extensions", "--no-first-run", "--disable-quic"]  # fmt: skip
+         "--disable-component-update", "--disable-sync", "--disable-extensions", "--no-first-run",
+         "--disable-quic"]  # fmt: skip
 
 
 def cpu_seconds(pid: int) -> float:

@@ -427,8 +427,8 @@ def test_an_idle_page_shows_points_another_process_stores(tiny_assets, tmp_path:
     pytest.importorskip("playwright")
     from playwright.sync_api import sync_playwright
 
-    from atp_viz import ui
-    from atp_viz.experiment import Workbench, sweep_specs
+    from atp_viz.dashboard import ui
+    from atp_viz.experiment.workbench import Workbench, sweep_specs
 
     store_path = tmp_path / "results.sqlite"
     env = {
