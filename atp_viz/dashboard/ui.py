@@ -408,10 +408,15 @@ def watch(model: str | None) -> None:
     reruns the whole page (charts, captions, tables, sidebar) once it moved since the page run began; it also
     says what runs on ``model``. The sidebar draws it on every page."""
     manager = job_manager()
+    full_run = [True]  # the first call is this page run's own: the fragment's timer makes the later ones
 
     @st.fragment(run_every=POLL_S)
     def live() -> None:
-        if stale():
+        if full_run[0]:
+            # never rerun from inside a page run: a button pressed in this run would be lost (Streamlit reruns
+            # without it); what changed since the run began is seen by the next timed look, a second later
+            full_run[0] = False
+        elif stale():
             st.rerun()  # the whole page: it reads every stored point and job again, and records the new signal
         if manager.paused:
             st.caption("Jobs on hold: queued jobs start when the operator releases the queue.")
