@@ -11,6 +11,9 @@ Design:
 - WAL journal, ``synchronous=FULL``: a committed result survives a killed process and a power
   loss. (Results arrive minutes apart, so the extra fsync costs nothing that matters.)
 - ``put`` is INSERT OR IGNORE: the first writer of a key wins, later writers change nothing.
+- ``changes()`` is the one exception to short-lived connections: a read-only connection kept open for
+  ``PRAGMA data_version``, a number that moves whenever any other connection (in this process or
+  another) commits. Dashboard pages poll it to know that what they drew may be stale.
 - A file that is not a healthy store of a schema this code knows is moved aside to
   ``<name>.corrupt-<timestamp>`` (with its ``-wal``/``-shm``), one ``StoreRecoveredWarning`` names
   it, and a fresh store starts. A healthy SQLite file that is not an atp-viz store is never
@@ -32,6 +35,7 @@ import math
 import os
 import random
 import sqlite3
+import threading
 import time
 import warnings
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -216,6 +220,8 @@ class ResultStore:
             raise StoreError(f"store path {self.path} exists and is not a file")
         if not os.access(self.path.parent, os.W_OK | os.X_OK):
             raise StoreError(f"store directory {self.path.parent} is not writable")
+        self._watch: sqlite3.Connection | None = None  # ``changes()``'s own connection, opened on first use
+        self._watch_lock = threading.Lock()
         self._open()
 
     def __repr__(self) -> str:
@@ -437,6 +443,23 @@ class ResultStore:
 
     def __len__(self) -> int:
         return self.count()
+
+    def changes(self) -> int:
+        """A number that moves whenever a result is committed to this store by any connection, in this process or
+        another (never for reads): SQLite's ``PRAGMA data_version`` on one connection kept open for it, which
+        never writes, so every commit counts. Cheap enough to poll every second: it reads no table. Compare
+        two values for equality only; when that connection fails it is reopened (one spurious change)."""
+        with self._watch_lock:
+            for _attempt in range(2):
+                try:
+                    if self._watch is None:
+                        self._watch = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+                    return int(self._watch.execute("PRAGMA data_version").fetchone()[0])
+                except sqlite3.Error:
+                    if self._watch is not None:
+                        self._watch.close()
+                    self._watch = None
+            return -1
 
     def __contains__(self, key: object) -> bool:
         return isinstance(key, str) and bool(self.keys_done([key]))

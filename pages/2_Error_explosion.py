@@ -40,17 +40,20 @@ points = dict(zip(show, ui.stored_points(bench, chosen)))
 missing = [specs[name] for name, point in points.items() if point is None]
 ui.shipped_note(bench, chosen)
 todo = [(setup.calib.seed, spec) for spec in chosen]
-job = ui.last_job(ui.points_key(bench, todo))
 if missing:
     names = ", ".join(methods.label(name) for name, point in points.items() if point is None)
     st.info(
         f"Not measured yet at S = {S:g}: {names}. Each takes one prune + evaluation pass (about 20 s for "
         "smollm2-135m on 2 CPU cores); its error curve appears here as soon as it is stored."
     )
-    if ui.idle(job) and st.button(
-        f"Measure {len(missing)} schedule{'s' * (len(missing) != 1)}", key="err_run", type="primary"
-    ):
-        job = ui.submit_points(bench, todo, f"error explosion at S = {S:g}")
+    job = ui.points_button(
+        f"Measure {len(missing)} schedule{'s' * (len(missing) != 1)}",
+        bench,
+        todo,
+        f"error explosion at S = {S:g}",
+        key="err_run",
+        type="primary",
+    )
     ui.follow(setup.model, job)
 
 done = {name: p for name, p in points.items() if p is not None}

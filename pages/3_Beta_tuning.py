@@ -43,7 +43,6 @@ if len(specs) == 1:
 
 seeds = ctx.seeds
 todo = [(seed, spec) for seed in seeds for spec in specs]
-job = ui.last_job(ui.points_key(bench, todo))  # the same sweep started by any session: followed, not rerun
 groups, missing = ui.stored_groups(bench, specs, seeds)
 total = len(specs) * len(seeds)
 st.caption(
@@ -64,43 +63,51 @@ if len(measured) > 1:
         **ui.state("tune_metric", measured[0]),
     )
 c1, c3, c2 = st.columns([1, 1, 3])
-if c1.button(
+job = ui.points_button(  # the same sweep started by any session: followed, not rerun
     f"Run sweep ({len(missing)} missing)" if missing else "Sweep complete",
+    bench,
+    todo,
+    f"beta sweep at S = {S:g}",
     key="tune_run",
     type="primary",
-    disabled=not missing or not ui.idle(job),
-):
-    job = ui.submit_points(bench, todo, f"beta sweep at S = {S:g}")
+    container=c1,
+    disabled=not missing,
+)
 
 # -- find best beta: a Fibonacci (golden-section) search over the grid instead of all of it (atp_viz.tuning.findbest)
 find_key = ("find best", bench.setup, tuple(specs[1:]), tuple(seeds), metric)
-find_job = ui.last_job(find_key)
-if c3.button("Find best beta", key="tune_find", help=findbest.BUTTON_HELP, disabled=not ui.idle(find_job)):
-    find_job = ui.submit(
+find_job = ui.job_button(
+    "Find best beta",
+    find_key,
+    lambda: ui.submit(
         bench,
         find_key,
         f"find best beta at S = {S:g}",
         lambda job: findbest.find_best(
             bench, specs[1:], seeds, metric, job.report, on_point=lambda *_: job.point_stored()
         ),
-    )
+    ),
+    key="tune_find",
+    container=c3,
+    help=findbest.BUTTON_HELP,
+)
 
 # -- Predict beta without a sweep (atp_viz.tuning.predict: the error-propagation model of Thm 3.2) ----------
 predict_key = ("predict beta", bench.setup, S, step)
-predict_job = ui.last_job(predict_key)
-if c2.button(
+predict_job = ui.job_button(
     "Predict beta",
-    key="tune_predict",
-    help="From the dense model alone (about one sweep point of work)",
-    disabled=not ui.idle(predict_job),
-):
-    predict_job = ui.submit(
+    predict_key,
+    lambda: ui.submit(
         bench,
         predict_key,
         f"beta prediction at S = {S:g}",
         lambda job: predict_for(bench, S, step, progress=job.report),
-    )
-ui.follow(setup.model, next((j for j in (job, find_job, predict_job) if not ui.idle(j)), job))
+    ),
+    key="tune_predict",
+    container=c2,
+    help="From the dense model alone (about one sweep point of work)",
+)
+ui.follow(setup.model, job, find_job, predict_job)
 
 if (found := findbest.find_best(bench, specs[1:], seeds, metric, compute=False)) is not None:
     st.success(findbest.found_text(found))

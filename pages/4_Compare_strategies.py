@@ -68,28 +68,33 @@ else:
     pending = []
 runs = len(everything) * len(ctx.seeds)
 todo = [(seed, spec) for seed in ctx.seeds for spec in everything]
-job = ui.last_job(ui.points_key(bench, todo))  # the same comparison started by any session: followed
+job = fast_job = speed_job = None
 dense = ui.dense_perplexity(bench)
 follow_slot = st.container()  # progress and queue place of this page's job, filled at the end
 ui.shipped_note(work if fast else bench, everything, ctx.seeds)
 fast_key = ("fast comparison", bench.setup, tuple(everything), ctx.seeds)
-fast_job = ui.last_job(fast_key) if fast else None
 if pending:
     st.info(f"{len(pending)} of {len(cells)} cells are not finished. Finished points are kept if you leave.")
-    if ui.idle(fast_job) and st.button(f"Run {len(pending)} cells", key="cmp_run", type="primary"):
-        fast_job = ui.submit(
+    fast_job = ui.job_button(
+        f"Run {len(pending)} cells",
+        fast_key,
+        lambda: ui.submit(
             work,
             fast_key,
             "strategy comparison (find best beta)",
             lambda job: findbest.fast_compare(work, cells, ctx.seeds, job.report, lambda *_: job.point_stored()),
-        )
+        ),
+        key="cmp_run",
+        type="primary",
+    )
 if missing:
     st.info(
         f"{len(missing)} of {runs} runs are not stored yet (about 20 s each for smollm2-135m on 2 CPU "
         "cores). Each bar appears as soon as its runs are stored; finished runs are kept if you leave."
     )
-    if ui.idle(job) and st.button(f"Run {len(missing)} missing", key="cmp_run", type="primary"):
-        job = ui.submit_points(bench, todo, "strategy comparison")
+    job = ui.points_button(  # the same comparison started by any session: followed
+        f"Run {len(missing)} missing", bench, todo, "strategy comparison", key="cmp_run", type="primary"
+    )
 rows = compare_rows(cells, stored)
 if rows:
     ui.chart(
@@ -103,10 +108,9 @@ else:
     )
 
 table = pd.DataFrame(speedup.speed_columns(bench, rows))
-speed_job = None
 if table.empty:
     with follow_slot:
-        ui.follow(setup.model, next((j for j in (job, fast_job) if not ui.idle(j)), job))
+        ui.follow(setup.model, job, fast_job)
     st.stop()
 wide = table.pivot(index="label", columns="sparsity", values="perplexity").reindex(
     [methods.label(m) for m in chosen if methods.label(m) in set(table["label"])]
@@ -129,16 +133,13 @@ st.caption(
     f"prefill {shapes.prefill_tokens} tokens and one decoded token after {shapes.decode_context}; > 1 is faster. "
     "`atp-viz speed` measures one model from the command line."
 )
-speed_job = ui.last_job(ui.speed_key(bench, unmeasured)) if unmeasured else None
-if (
-    unmeasured
-    and ui.idle(speed_job)
-    and st.button(
+if unmeasured:
+    speed_job = ui.job_button(
         f"Measure speedup on this machine ({len(unmeasured)} pruned model{'s' * (len(unmeasured) != 1)})",
+        ui.speed_key(bench, unmeasured),
+        lambda: ui.submit_speed(bench, unmeasured, "speedup on this machine"),
         key="cmp_speed",
     )
-):
-    speed_job = ui.submit_speed(bench, unmeasured, "speedup on this machine")
 if "zeroshot" in setup.metrics:
     st.subheader("Zero-shot accuracy (the paper's Table 1)")
     dense_values = ui.dense_metrics(bench)
@@ -168,4 +169,4 @@ if len(ctx.seeds) > 1:
 csv = table.drop(columns=["rates"]).assign(params=table["params"].map(str), dense_perplexity=dense)
 st.download_button("Download CSV", csv.to_csv(index=False), file_name="compare.csv", mime="text/csv", key="cmp_csv")
 with follow_slot:
-    ui.follow(setup.model, next((j for j in (job, fast_job, speed_job) if not ui.idle(j)), job))
+    ui.follow(setup.model, job, fast_job, speed_job)

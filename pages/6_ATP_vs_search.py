@@ -69,15 +69,21 @@ def stored(seed: int) -> study.Comparison:
 
 
 key = ("search", setup, S, tuple(samplers), int(trials), tuple(seeds), step)
-job = ui.last_job(key)  # the same comparison started by any session: followed, not rerun
-if ui.idle(job) and st.button("Run", key="search_run", type="primary"):
 
-    def work(running: jobs.Job) -> None:
-        for index, seed in enumerate(seeds):
-            part = workbench.scaled(running.report, index / len(seeds), 1 / len(seeds))
-            study.versus_atp(*args, seed=seed, step=step, progress=part, on_trial=lambda *_: running.point_stored())
 
-    job = ui.submit(bench, key, f"ATP vs {', '.join(samplers)} at S = {S:g}", work)
+def work(running: jobs.Job) -> None:
+    for index, seed in enumerate(seeds):
+        part = workbench.scaled(running.report, index / len(seeds), 1 / len(seeds))
+        study.versus_atp(*args, seed=seed, step=step, progress=part, on_trial=lambda *_: running.point_stored())
+
+
+job = ui.job_button(  # the same comparison started by any session: followed, not rerun
+    "Run",
+    key,
+    lambda: ui.submit(bench, key, f"ATP vs {', '.join(samplers)} at S = {S:g}", work),
+    key="search_run",
+    type="primary",
+)
 ui.follow(setup.model, job)
 slot = st.empty()
 labels, colors = study.labels(), study.sampler_colors()

@@ -48,19 +48,20 @@ seeds = ctx.seeds
 specs = grid.specs()
 groups, missing = ui.stored_groups(bench, specs, seeds)
 todo = [(seed, spec) for seed in seeds for spec in specs]
-job = ui.last_job(ui.points_key(bench, todo))  # the same grid started by any session: followed, not rerun
 st.caption(
     f"{len(grid.betas)} betas x {len(grid.values)} values: {len(grid.cells)} cells that can be built, "
     f"{len(specs)} distinct schedules; {len(specs) * len(seeds) - len(missing)} of {len(specs) * len(seeds)} "
     "points stored."
 )
-if st.button(
+job = ui.points_button(  # the same grid started by any session: followed, not rerun
     f"Run grid ({len(missing)} missing)" if missing else "Grid complete",
+    bench,
+    todo,
+    f"beta x {axis.label} at S = {S:g}",
     key="p2d_run",
     type="primary",
-    disabled=not missing or not ui.idle(job),
-):
-    job = ui.submit_points(bench, todo, f"beta x {axis.label} at S = {S:g}")
+    disabled=not missing,
+)
 ui.follow(setup.model, job)
 
 summary = sweep2d.summarize(grid, groups)

@@ -54,10 +54,10 @@ def private_store(tmp_path_factory: pytest.TempPathFactory) -> None:
 
 @pytest.fixture(scope="module")
 def settle_jobs():
-    """AppTest has no browser, so a page's polling fragment (``st.fragment(run_every=...)``, see
-    ``ui.follow``) never fires. Stand in for it: after each run, wait for the server's background jobs
-    (model loading, dense perplexity, a sweep the run started) and rerun until nothing is left to
-    wait for, as the fragment would have rerun the page. Tests of the queue itself do not use this."""
+    """AppTest has no browser, so a page's watching fragment (``st.fragment(run_every=...)``, see
+    ``ui.watch``) never fires. Stand in for it: after each run, wait for the server's background jobs
+    (model loading, dense perplexity, a sweep the run started) and rerun until ``ui.signal()`` stays
+    put, as the fragment would have rerun the page. Tests of the queue itself do not use this."""
     from streamlit.testing.v1 import AppTest
 
     from atp_viz.dashboard import ui
@@ -66,13 +66,13 @@ def settle_jobs():
 
     def run(self: AppTest, widget_state: Any = None, timeout: float | None = None) -> AppTest:
         manager = ui.job_manager()
-        seen = manager.epoch()
+        seen = ui.signal()
         at = original(self, widget_state, timeout)
         while True:
             assert manager.wait_idle(timeout or self.default_timeout), "background jobs did not finish"
-            if manager.epoch() == seen:  # nothing started, stored or ended since the last run drew the page
+            if ui.signal() == seen:  # nothing started, stored or ended since the last run drew the page
                 return at
-            seen = manager.epoch()
+            seen = ui.signal()
             at = original(self, self._tree.get_widget_states(), timeout)
 
     with pytest.MonkeyPatch.context() as mp:

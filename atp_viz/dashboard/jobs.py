@@ -12,6 +12,10 @@ owner that is gone is dropped whenever the queue is looked at or the model frees
 with no owner left is cancelled. A running job always finishes: its work function stores every
 result as it ends, and reports each stored one through ``Job.point_stored`` so viewers redraw.
 
+An operator can put the queue on hold (``pause``/``resume``; the dashboard does it while the file named by
+``$ATP_VIZ_HOLD_JOBS`` exists): sessions still submit, follow and cancel, but no session's job starts until
+``resume``; the server's own jobs (loading the model, the dense model's metrics) still run.
+
 The manager knows nothing about Streamlit or models: a job's work is any ``Callable[[Job], object]``.
 """
 
@@ -94,6 +98,7 @@ class JobManager:
         self._finished: OrderedDict[Hashable, Job] = OrderedDict()
         self._versions: dict[str, int] = {}
         self._ids = itertools.count(1)
+        self._paused = False
         # (model, job id, started, ended) of the last KEEP_FINISHED jobs that ran: tests check no two overlapped
         self.history: deque[tuple[str, int, float, float]] = deque(maxlen=KEEP_FINISHED)
 
@@ -154,6 +159,29 @@ class JobManager:
                         self._drop_locked(job)
                         dropped += 1
             return dropped
+
+    def pause(self) -> None:
+        """Hold the queue: sessions' jobs are still accepted (and followed), but none starts until ``resume``; the
+        server's own jobs (owner ``SERVER``) still do."""
+        with self._cond:
+            if not self._paused:
+                self._paused = True
+                for model in list(self._queues):
+                    self._bump_locked(model)
+
+    def resume(self) -> None:
+        """Release the queue: every free model starts its next job."""
+        with self._cond:
+            if self._paused:
+                self._paused = False
+                for model in list(self._queues):
+                    self._bump_locked(model)
+                    self._start_next_locked(model)
+
+    @property
+    def paused(self) -> bool:
+        with self._cond:
+            return self._paused
 
     def forget(self, job: Job) -> None:
         """Drop a finished job from memory (a failed load is retried only after this)."""
@@ -261,11 +289,11 @@ class JobManager:
         if model in self._running:
             return
         self._prune_locked(model)
-        queue = self._queues.get(model, [])
+        queue = [j for j in self._queues.get(model, []) if not self._paused or SERVER in j.owners]
         if not queue:
             return
         job = min(queue, key=lambda j: (j.priority, j.id))
-        queue.remove(job)
+        self._queues[model].remove(job)
         job.state, job.message, job.started = RUNNING, "starting", time.monotonic()
         self._running[model] = job
         self._bump_locked(model)

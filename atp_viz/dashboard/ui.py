@@ -5,8 +5,13 @@ sparsity and (when the page needs the model, once it is loaded) the server's ``W
 setting, one per model setting for all sessions. The sidebar starts loading the model, then the
 dense perplexity, in the background as the app opens. Heavy jobs go to the server's ``JobManager``
 (``atp_viz/dashboard/jobs.py``): one running job per model, a session asking for a running job follows it, a
-different one is queued. While a job runs or waits on the model, ``follow`` reruns the page each
-time a result is stored, so every session draws every point as it lands.
+different one is queued.
+
+A page never shows a stale view: ``sidebar()`` records ``signal()`` (the store's commit counter and the
+job manager's epoch, both only moving forward) before the page reads anything, and a fragment in the
+status box compares it every ``POLL_S`` seconds while the page is open, idle or not, rerunning the whole
+page as soon as it differs. No page reasons about which events it may have missed. ``follow`` only
+draws what runs (progress, a queued job's place and its Cancel button).
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ import json
 import math
 import os
 import threading
+import time
 import warnings
 from collections import OrderedDict
 from collections.abc import Callable, Hashable, Mapping, Sequence
@@ -50,14 +56,16 @@ ENV_MODEL = "ATP_VIZ_DEFAULT_MODEL"  # default model name or path (tests use a t
 ENV_CORPUS = "ATP_VIZ_DEFAULT_CORPUS"  # default corpus
 ENV_WINDOWS = "ATP_VIZ_DEFAULT_WINDOWS"  # 'COUNTxTOKENS' for calibration and evaluation, e.g. '4x32'
 ENV_JOB_LOG = "ATP_VIZ_JOB_LOG"  # optional file: one JSON line per job the server ran (who waited, when)
+ENV_HOLD = "ATP_VIZ_HOLD_JOBS"  # optional file: while it exists no student's job starts (queued, followed, cancelled)
+HOLD_POLL_S = 0.2  # seconds between two looks at that file
 SPARSITY_RANGE = (0.05, 0.95)
 DEVICES = ("cpu", "auto", "cuda")
 MAX_SEEDS = 5  # seeds per point the sidebar offers (each one is a full run of the point)
 MAX_ITEMS = 500  # zero-shot items per task the sidebar offers
 EVAL_BATCH = 4  # evaluation windows per forward pass (memory only)
 MAX_BENCHES = 2  # model settings kept loaded at once by the server (each holds the model and its dense copy)
-POLL_S = 1.0  # seconds between looks for a newly stored result while a job runs or waits on the model
-RUN_EPOCH = "_jobs_epoch_at_run_start"  # session key: the job manager's epoch when the page run began
+POLL_S = 1.0  # seconds between two looks at ``signal()`` by an open page (and between progress redraws)
+RUN_SIGNAL = "_signal_at_run_start"  # session key: ``signal()`` when the page run began, before it read anything
 # Small dashboard defaults: the first sweep point on smollm2-135m takes ~20 s on 2 CPU cores.
 DEFAULTS = {
     "sparsity": 0.7,
@@ -182,7 +190,26 @@ def shipped_results() -> ShippedResults:
 def job_manager() -> jobs.JobManager:
     """The server's one job registry (see atp_viz/dashboard/jobs.py): every session submits to and reads from it."""
     audit = os.environ.get(ENV_JOB_LOG)
-    return jobs.JobManager(alive=session_alive, audit=Path(audit) if audit else None)
+    manager = jobs.JobManager(alive=session_alive, audit=Path(audit) if audit else None)
+    if hold := os.environ.get(ENV_HOLD):
+        hold_while_exists(manager, Path(hold))
+    return manager
+
+
+def hold_while_exists(manager: jobs.JobManager, path: Path) -> threading.Thread:
+    """Keep ``manager``'s queue on hold while ``path`` exists (an operator lines up a class's requests, or a test
+    holds every job until all its sessions have pressed Run); a daemon thread looks every ``HOLD_POLL_S``."""
+    if path.exists():
+        manager.pause()
+
+    def loop() -> None:
+        while True:
+            manager.pause() if path.exists() else manager.resume()
+            time.sleep(HOLD_POLL_S)
+
+    thread = threading.Thread(target=loop, name="atp-viz job hold", daemon=True)
+    thread.start()
+    return thread
 
 
 def session_id() -> str:
@@ -326,6 +353,33 @@ def submit_points(bench: Workbench, todo: Sequence[tuple[int, ScheduleSpec]], la
     return submit(bench, points_key(bench, todo), label, work, total=len(todo), validate=validate)
 
 
+def job_button(
+    label: str,
+    job_key: Hashable,
+    start: Callable[[], jobs.Job | None],
+    *,
+    key: str,
+    container: Any = st,
+    disabled: bool = False,
+    **options: Any,
+) -> jobs.Job | None:
+    """The one way a page offers a background job: a button (``options``: type, help) disabled while the job named
+    ``job_key`` is queued or running in any session, that calls ``start()`` (``submit`` or ``submit_points``) when
+    pressed. Returns the job with that key: the one just started, else the last one (``follow`` shows its progress,
+    its place in the queue or its error)."""
+    job = last_job(job_key)
+    if container.button(label, key=key, disabled=disabled or not idle(job), **options):
+        job = start()
+    return job
+
+
+def points_button(
+    label: str, bench: Workbench, todo: Sequence[tuple[int, ScheduleSpec]], job_label: str, **button: Any
+) -> jobs.Job | None:
+    """``job_button`` for a points job (``submit_points``): each (seed, spec) of ``todo`` run and stored."""
+    return job_button(label, points_key(bench, todo), lambda: submit_points(bench, todo, job_label), **button)
+
+
 def last_job(key: Hashable) -> jobs.Job | None:
     """The job with ``key`` (started by this session or another one): queued or running, else the last
     one that ended (pages show its error when it failed)."""
@@ -337,30 +391,59 @@ def idle(job: jobs.Job | None) -> bool:
     return job is None or not job.active
 
 
-def follow(model: str, job: jobs.Job | None = None, compact: bool = False) -> None:
-    """While a job runs or waits on ``model``: what runs (progress), ``job``'s place in the queue with a
-    Cancel button for its owner, and a fragment that reruns the whole page (charts, captions, tables,
-    sidebar) each time a result is stored or a job starts or ends. Nothing polls while the model is idle, except
-    once when something changed after this page run began (its drawing may be stale)."""
+def signal() -> tuple[int, int]:
+    """What a page shows of stored results and jobs can only change when this does: the store's commit counter
+    (any writer, in this process or another: ``ResultStore.changes``) and the job manager's epoch (a job queued,
+    started, ended or dropped, or a result it stored). Reading both costs microseconds."""
+    return get_store(store_path()).changes(), job_manager().epoch()
+
+
+def stale() -> bool:
+    """Whether something was stored, or a job changed, since this page run began (``sidebar`` records it)."""
+    return signal() != st.session_state.get(RUN_SIGNAL)
+
+
+def watch(model: str | None) -> None:
+    """A fragment that looks at ``signal()`` every ``POLL_S`` seconds while the page is open, idle or not, and
+    reruns the whole page (charts, captions, tables, sidebar) once it moved since the page run began; it also
+    says what runs on ``model``. The sidebar draws it on every page."""
     manager = job_manager()
-    if job is not None and job.state == jobs.FAILED:
-        st.error(f"{job.label} stopped: {job.error}")
-    # a result stored or a job ended after this run began reading: what it drew may be stale, so look again
-    # once even if the model is idle now (the last point of a sweep can land between the read and this call)
-    stale = manager.epoch() != st.session_state.get(RUN_EPOCH, manager.epoch())
-    if not manager.busy(model) and idle(job) and not stale:
-        return
-    seen = -1 if stale else manager.version(model)
+    full_run = [True]  # the first call is this page run's own: the fragment's timer makes the later ones
 
     @st.fragment(run_every=POLL_S)
     def live() -> None:
-        if manager.version(model) != seen:
-            st.rerun()  # the whole page: every stored point and count is read again
-        running = manager.running(model)
-        if running is not None and compact:
+        if full_run[0]:
+            # never rerun from inside a page run: a button pressed in this run would be lost (Streamlit reruns
+            # without it); what changed since the run began is seen by the next timed look, a second later
+            full_run[0] = False
+        elif stale():
+            st.rerun()  # the whole page: it reads every stored point and job again, and records the new signal
+        if manager.paused:
+            st.caption("Jobs on hold: queued jobs start when the operator releases the queue.")
+        running = manager.running(model) if model else None
+        if running is not None and model:
             waiting = len(manager.queue(model))
             st.caption(f"Running: {running.label} ({running.fraction:.0%}); {waiting} job(s) queued on this model")
-        elif running is not None:
+
+    live()
+
+
+def follow(model: str, *candidates: jobs.Job | None) -> None:
+    """What runs on ``model`` while it is busy: progress, the page's job's place in the queue with a Cancel button
+    for its owner, and its error once it failed. The page's job is the first of ``candidates`` (the jobs its
+    buttons returned) that is queued or running, else the first. Drawing only: the sidebar's ``watch`` reruns the
+    page whenever a result is stored or a job starts or ends."""
+    manager = job_manager()
+    job = next((j for j in candidates if not idle(j)), candidates[0] if candidates else None)
+    if job is not None and job.state == jobs.FAILED:
+        st.error(f"{job.label} stopped: {job.error}")
+    if not manager.busy(model) and idle(job):
+        return
+
+    @st.fragment(run_every=POLL_S)
+    def live() -> None:  # the progress of a running job moves without a stored result: redrawn on its own
+        running = manager.running(model)
+        if running is not None:
             done = f" ({running.stored} of {running.total} stored)" if running.total else ""
             whose = "" if job is None or running is job else " (another job; yours waits, see below)"
             st.progress(running.fraction, text=f"Running: {running.label}{done}{whose}: {running.message}")
@@ -534,7 +617,7 @@ def one_navigation() -> None:
 def sidebar(load_model: bool = True) -> Context:
     """Global settings (shared by all pages), a status box, and the workbench when asked for."""
     one_navigation()
-    st.session_state[RUN_EPOCH] = job_manager().epoch()  # before this run reads any result (see ``follow``)
+    st.session_state[RUN_SIGNAL] = signal()  # before this run reads any result or job (see ``watch``)
     initial = defaults()
     bar = st.sidebar
     bar.header("Settings")
@@ -644,6 +727,8 @@ def status_box(setup: Setup | None) -> None:
     box.markdown("**Status**")
     if setup is None:
         box.caption("Fix the settings above.")
+        with box:
+            watch(None)
         return
     loaded = benches().get(base_setup(setup))
     if loaded is None:
@@ -671,7 +756,7 @@ def status_box(setup: Setup | None) -> None:
     if shipped := shipped_results().count(setup.model):
         box.caption(f"Shipped results: {shipped} rows, used where the settings match ({REGENERATE})")
     with box:
-        follow(setup.model, compact=True)
+        watch(setup.model)
 
 
 # ------------------------------------------------------------------ drawing helpers
