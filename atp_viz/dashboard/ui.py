@@ -560,9 +560,9 @@ def sidebar(load_model: bool = True) -> Context:
         )
     else:  # classroom mode: the embedded names and the teacher's list, nothing typed
         bar.selectbox("Model", policy.models, help="The models this classroom server offers.",
-                      **choice("model", policy.models, initial["model"]))  # fmt: skip
+                      **choice("model", policy.models, initial["model"], "model"))  # fmt: skip
         bar.selectbox("Corpus", policy.corpora, help="The corpora this classroom server offers.",
-                      **choice("corpus", policy.corpora, initial["corpus"]))  # fmt: skip
+                      **choice("corpus", policy.corpora, initial["corpus"], "corpus"))  # fmt: skip
     bar.slider(
         "Target sparsity S",
         *SPARSITY_RANGE,
@@ -578,30 +578,37 @@ def sidebar(load_model: bool = True) -> Context:
         "Calibration windows",
         min_value=1,
         step=1,
-        **bounded("calib_samples", initial["calib_samples"], limits and limits.calib_windows),
+        **state("calib_samples", initial["calib_samples"]),
+        **limit_help(limits and limits.calib_windows),
     )
     right.number_input(
         "Calibration tokens",
         min_value=2,
         step=64,
-        **bounded("calib_seqlen", initial["calib_seqlen"], limits and limits.calib_tokens),
+        **state("calib_seqlen", initial["calib_seqlen"]),
+        **limit_help(limits and limits.calib_tokens),
     )
     left.number_input(
         "Evaluation windows",
         min_value=1,
         step=1,
-        **bounded("eval_windows", initial["eval_windows"], limits and limits.eval_windows),
+        **state("eval_windows", initial["eval_windows"]),
+        **limit_help(limits and limits.eval_windows),
     )
-    right.number_input("Evaluation tokens", min_value=2, step=64,
-                       **bounded("eval_seqlen", initial["eval_seqlen"], limits and limits.eval_tokens))  # fmt: skip
+    right.number_input("Evaluation tokens", min_value=2, step=64, **state("eval_seqlen", initial["eval_seqlen"]),
+                       **limit_help(limits and limits.eval_tokens))  # fmt: skip
     left.number_input("Seed", min_value=0, step=1, **state("seed", initial["seed"]))
     right.number_input(
         "Seeds per point",
         min_value=1,
+        max_value=MAX_SEEDS,
         step=1,
-        help="Run every point under this many calibration seeds (Seed, Seed + 1, ...): curves and tables show "
-        "the mean with a +-1 std band, and the best beta says when it is within that noise.",
-        **bounded("seed_count", 1, min(MAX_SEEDS, limits.seeds) if limits else MAX_SEEDS),
+        **limit_help(
+            limits and limits.seeds,
+            "Run every point under this many calibration seeds (Seed, Seed + 1, ...): curves and tables show "
+            "the mean with a +-1 std band, and the best beta says when it is within that noise.",
+        ),
+        **state("seed_count", 1),
     )
     if full:  # classroom mode: the CPU, points in this process (no device, executor or Ray address)
         left.selectbox("Device", DEVICES, **state("device", initial["device"]))
@@ -626,8 +633,10 @@ def sidebar(load_model: bool = True) -> Context:
         bar.number_input(
             "Zero-shot items per task",
             min_value=1,
+            max_value=MAX_ITEMS,
             step=1,
-            **bounded("zs_items", ZeroShotConfig.items, min(MAX_ITEMS, limits.zeroshot_items) if limits else MAX_ITEMS),
+            **limit_help(limits and limits.zeroshot_items),
+            **state("zs_items", ZeroShotConfig.items),
         )
     teacher_panel(bar)
 
@@ -686,20 +695,25 @@ def unlocked() -> bool:
     return not classroom.policy().classroom or bool(st.session_state.get(TEACHER, False))
 
 
-def choice(key: str, options: Sequence[str], default: object) -> WidgetState:
-    """``state`` for a select box of ``options``: a kept value that is not among them falls back to the default
-    (or the first option)."""
-    if st.session_state.get("_" + key, default) not in options:
+def choice(key: str, options: Sequence[str], default: object, what: str) -> WidgetState:
+    """``state`` for a select box of ``options``. A kept value not among them (a forged request, or the teacher's
+    choice before the tab was locked) is refused in one line and replaced by the default (or the first option)."""
+    kept = st.session_state.get("_" + key, default)
+    if kept not in options:
+        if kept != default:
+            try:
+                classroom.check_name(what, str(kept), tuple(options))
+            except ValueError as exc:
+                st.sidebar.error(f"Refused: {exc}")
         set_state(key, default if default in options else options[0])
     return state(key, default)
 
 
-def bounded(key: str, default: int, high: int | None) -> dict[str, Any]:
-    """``state`` for a number input capped at ``high`` (None: no cap); a kept value above it is lowered to it."""
-    if high is None:
-        return dict(state(key, default))
-    set_state(key, min(int(st.session_state.get("_" + key, default)), high))  # type: ignore[call-overload]
-    return {**state(key, default), "max_value": high}
+def limit_help(high: int | None, text: str = "") -> dict[str, str]:
+    """A widget's help with its classroom limit (``high``; None: no limit). The limit is checked by ``Setup``
+    itself, so a larger value that reaches the server is refused in one line."""
+    shown = " ".join(part for part in (text, f"Classroom limit: 1..{high}." if high else "") if part)
+    return {"help": shown} if shown else {}
 
 
 @st.cache_resource(show_spinner=False)

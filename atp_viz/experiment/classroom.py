@@ -231,15 +231,21 @@ class KeyGuard:
         """True when ``given`` is the key; raises ValueError (one line) when this session or the server is
         locked out, or when no key is configured."""
         if self._key is None:
-            raise ValueError(f"no teacher key is configured on this server; set {ENV_TEACHER_KEY} or '{SECRETS_KEY}'")
+            raise ValueError(
+                f"no teacher key is configured on this server; allowed: set {ENV_TEACHER_KEY} or '{SECRETS_KEY}' in "
+                "Streamlit's secrets file, then restart it"
+            )
         with self._lock:
             now = self._clock()
             while self._recent and now - self._recent[0] > 60:
                 self._recent.popleft()
             if self._wrong.get(session, 0) >= TRIES:
-                raise ValueError(f"{TRIES} wrong teacher keys: this tab is locked out; ask the teacher")
+                raise ValueError(f"{TRIES} wrong teacher keys: this tab is locked out (allowed: {TRIES} tries per tab)")
             if len(self._recent) >= SERVER_TRIES_PER_MINUTE:
-                raise ValueError("too many wrong teacher keys on this server in the last minute; try again later")
+                raise ValueError(
+                    f"too many wrong teacher keys on this server in the last minute (allowed: {SERVER_TRIES_PER_MINUTE} "
+                    "a minute); try again later"
+                )
             if hmac.compare_digest(given.encode(), self._key):
                 return True
             self._wrong[session] = self._wrong.get(session, 0) + 1
