@@ -28,7 +28,6 @@ from atp_viz.data import DEFAULT_CORPUS
 from atp_viz.executors import ExecutorConfig
 from atp_viz.experiment import Setup
 from atp_viz.models import DEFAULT_MODEL, EMBEDDED_MODELS
-from atp_viz.store import ResultStore
 from atp_viz.zeroshot import ZeroShotConfig
 
 SMALL = {"calib": CalibConfig(8, 256), "evaluation": EvalConfig(8, 256, 4)}  # the dashboard's defaults

@@ -741,7 +741,8 @@ def _try_key() -> None:
         return
     st.session_state[TEACHER] = right
     left = guard.tries_left(session_id())
-    st.session_state[TEACHER_NOTE] = None if right else f"Wrong teacher key ({left} tries left in this tab)"
+    wrong = f"Wrong teacher key ({left} tries left in this tab)" if left > 0 else classroom.LOCKED_OUT
+    st.session_state[TEACHER_NOTE] = None if right else wrong
 
 
 def teacher_panel(bar: Any) -> None:

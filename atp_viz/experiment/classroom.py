@@ -205,6 +205,7 @@ def policy() -> Policy:
 # ------------------------------------------------------------------------------------ the teacher key
 TRIES = 5  # wrong keys one session may enter; then it is locked out
 SERVER_TRIES_PER_MINUTE = 20  # wrong keys all sessions together may enter per minute (new tabs reset nothing here)
+LOCKED_OUT = f"{TRIES} wrong teacher keys: this tab is locked out (allowed: {TRIES} tries per tab)"
 
 
 class KeyGuard:
@@ -240,11 +241,11 @@ class KeyGuard:
             while self._recent and now - self._recent[0] > 60:
                 self._recent.popleft()
             if self._wrong.get(session, 0) >= TRIES:
-                raise ValueError(f"{TRIES} wrong teacher keys: this tab is locked out (allowed: {TRIES} tries per tab)")
+                raise ValueError(LOCKED_OUT)
             if len(self._recent) >= SERVER_TRIES_PER_MINUTE:
                 raise ValueError(
-                    f"too many wrong teacher keys on this server in the last minute (allowed: {SERVER_TRIES_PER_MINUTE} "
-                    "a minute); try again later"
+                    "too many wrong teacher keys on this server in the last minute "
+                    f"(allowed: {SERVER_TRIES_PER_MINUTE} a minute); try again later"
                 )
             if hmac.compare_digest(given.encode(), self._key):
                 return True
