@@ -579,32 +579,32 @@ def sidebar(load_model: bool = True) -> Context:
         min_value=1,
         step=1,
         **state("calib_samples", initial["calib_samples"]),
-        **limit_help(limits and limits.calib_windows),
+        help=limit_help(limits.calib_windows if limits else None),
     )
     right.number_input(
         "Calibration tokens",
         min_value=2,
         step=64,
         **state("calib_seqlen", initial["calib_seqlen"]),
-        **limit_help(limits and limits.calib_tokens),
+        help=limit_help(limits.calib_tokens if limits else None),
     )
     left.number_input(
         "Evaluation windows",
         min_value=1,
         step=1,
         **state("eval_windows", initial["eval_windows"]),
-        **limit_help(limits and limits.eval_windows),
+        help=limit_help(limits.eval_windows if limits else None),
     )
     right.number_input("Evaluation tokens", min_value=2, step=64, **state("eval_seqlen", initial["eval_seqlen"]),
-                       **limit_help(limits and limits.eval_tokens))  # fmt: skip
+                       help=limit_help(limits.eval_tokens if limits else None))  # fmt: skip
     left.number_input("Seed", min_value=0, step=1, **state("seed", initial["seed"]))
     right.number_input(
         "Seeds per point",
         min_value=1,
         max_value=MAX_SEEDS,
         step=1,
-        **limit_help(
-            limits and limits.seeds,
+        help=limit_help(
+            limits.seeds if limits else None,
             "Run every point under this many calibration seeds (Seed, Seed + 1, ...): curves and tables show "
             "the mean with a +-1 std band, and the best beta says when it is within that noise.",
         ),
@@ -635,7 +635,7 @@ def sidebar(load_model: bool = True) -> Context:
             min_value=1,
             max_value=MAX_ITEMS,
             step=1,
-            **limit_help(limits and limits.zeroshot_items),
+            help=limit_help(limits.zeroshot_items if limits else None),
             **state("zs_items", ZeroShotConfig.items),
         )
     teacher_panel(bar)
@@ -709,11 +709,10 @@ def choice(key: str, options: Sequence[str], default: object, what: str) -> Widg
     return state(key, default)
 
 
-def limit_help(high: int | None, text: str = "") -> dict[str, str]:
+def limit_help(high: int | None, text: str = "") -> str | None:
     """A widget's help with its classroom limit (``high``; None: no limit). The limit is checked by ``Setup``
     itself, so a larger value that reaches the server is refused in one line."""
-    shown = " ".join(part for part in (text, f"Classroom limit: 1..{high}." if high else "") if part)
-    return {"help": shown} if shown else {}
+    return " ".join(part for part in (text, f"Classroom limit: 1..{high}." if high else "") if part) or None
 
 
 @st.cache_resource(show_spinner=False)
