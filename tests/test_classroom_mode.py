@@ -390,3 +390,26 @@ def test_the_teacher_key_unlocks_full_controls_in_that_tab_only(classroom_app) -
     assert "Model" not in labels(teacher, "text_input") and teacher.sidebar.selectbox(key="model").value in (
         classroom.policy().models
     )
+
+
+@pytest.mark.slow
+def test_the_teacher_sees_every_sessions_jobs_and_cancels_a_queued_one(classroom_app) -> None:
+    from atp_viz import ui
+
+    manager, running = ui.job_manager(), Gate()
+    held = manager.submit("a student", "some model", ("hold",), "a student's sweep", running)
+    assert running.started.wait(30)
+    queued = manager.submit("another student", "some model", ("queued",), "another student's sweep", lambda job: None)
+    try:
+        teacher = page()
+        teacher.sidebar.text_input(key=ui.KEY_INPUT).input("open sesame").run()
+        captions = " ".join(c.value for c in teacher.sidebar.caption)
+        assert "running: a student's sweep" in captions and "queued: another student's sweep" in captions
+        assert "cannot be stopped" in captions
+        buttons = [b.key for b in teacher.sidebar.button if b.key and b.key.startswith("teacher_cancel_")]
+        assert buttons == [f"teacher_cancel_{queued.id}"]  # a running job has no Cancel
+        teacher.sidebar.button(key=f"teacher_cancel_{queued.id}").click().run()
+        assert queued.state == jobs.CANCELLED and held.state == jobs.RUNNING and not teacher.exception
+    finally:
+        running.open.set()
+    assert manager.wait_idle(30) and held.state == jobs.DONE
