@@ -200,6 +200,44 @@ def test_a_refused_cli_command_writes_nothing_and_opens_no_model(classroom_env, 
     assert not store.exists()
 
 
+PROBE = """
+import os, sys
+opened = []
+def hook(event, args):
+    if event in ("open", "os.listdir", "os.scandir") and args and isinstance(args[0], (str, bytes, os.PathLike)):
+        opened.append(os.path.abspath(os.fsdecode(args[0])))
+sys.addaudithook(hook)
+from atp_viz.cli import main
+code = main(sys.argv[2:])
+print("EXIT", code)
+print("OPENED", [path for path in opened if path.startswith(sys.argv[1])])
+"""
+
+
+@pytest.mark.slow
+def test_a_refused_path_is_never_opened_or_listed(tmp_path: Path) -> None:
+    """An audit hook on every open and directory listing of a real CLI process in classroom mode."""
+    import subprocess
+    import sys
+
+    folder = big_model_folder(tmp_path)
+    corpus = tmp_path / "secret.txt"
+    corpus.write_text("the answers to the exam\n\n" * 50)
+    env = {**os.environ, "PYTHONPATH": str(ROOT), classroom.ENV_CLASSROOM: "1", "HF_HUB_OFFLINE": "1"}
+    store = str(tmp_path / "r.sqlite")
+    for argv in (
+        ["prune", "--model", str(folder), "--corpus", DEFAULT_CORPUS],
+        ["prune", "--model", DEFAULT_MODEL, "--corpus", str(corpus)],
+        ["prune", "--model", str(folder / ".." / folder.name), "--corpus", DEFAULT_CORPUS],
+    ):
+        argv += ["--store", store, "--method", "atp", "--sparsity", "0.5", "--beta", "0.01", "--seqlen", "32"]
+        done = subprocess.run([sys.executable, "-c", PROBE, str(tmp_path), *argv], capture_output=True, text=True,
+                              env=env, cwd=ROOT, timeout=120)  # fmt: skip
+        assert "EXIT 2" in done.stdout and "OPENED []" in done.stdout, (done.stdout, done.stderr[-2000:])
+        assert "classroom mode" in done.stderr and len(done.stderr.strip().splitlines()) == 1, done.stderr
+    assert not (tmp_path / "r.sqlite").exists()
+
+
 # ------------------------------------------------------------------------------------ 2. job caps
 
 
