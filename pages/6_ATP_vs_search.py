@@ -77,7 +77,10 @@ if ui.idle(job) and st.button("Run", key="search_run", type="primary"):
             part = workbench.scaled(running.report, index / len(seeds), 1 / len(seeds))
             study.versus_atp(*args, seed=seed, step=step, progress=part, on_trial=lambda *_: running.point_stored())
 
-    job = ui.submit(bench, key, f"ATP vs {', '.join(samplers)} at S = {S:g}", work)
+    size = (budget, int(trials), len(seeds))  # classroom mode bounds them (ui.check_search)
+    job = ui.submit(
+        bench, key, f"ATP vs {', '.join(samplers)} at S = {S:g}", work, validate=lambda: ui.check_search(*size)
+    )
 ui.follow(setup.model, job)
 slot = st.empty()
 labels, colors = study.labels(), study.sampler_colors()

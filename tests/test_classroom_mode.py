@@ -451,3 +451,21 @@ def test_the_teacher_sees_every_sessions_jobs_and_cancels_a_queued_one(classroom
     finally:
         running.open.set()
     assert manager.wait_idle(30) and held.state == jobs.DONE
+
+
+@pytest.mark.slow
+def test_a_search_far_above_the_limits_is_refused_in_one_line(classroom_app) -> None:
+    from atp_viz import ui
+
+    at = page("pages/6_ATP_vs_search.py")
+    assert ui.job_manager().wait_idle(120)  # the model loads in the background
+    at.session_state["_search_trials"] = 1000
+    at.session_state["_search_step"] = 0.05
+    at.run()
+    assert ui.job_manager().wait_idle(120)
+    at.run()
+    at.button(key="search_run").click().run()
+    errors = [e.value for e in at.error]
+    assert not at.exception and len(errors) == 1, errors
+    assert "points per search 1000 is above the classroom limit; allowed: 1..40" in errors[0]
+    assert all(job.owners == {jobs.SERVER} for job in ui.job_manager().active())

@@ -695,6 +695,18 @@ def unlocked() -> bool:
     return not classroom.policy().classroom or bool(st.session_state.get(TEACHER, False))
 
 
+def check_search(grid: int, trials: int, seeds: int) -> None:
+    """A student's search job in classroom mode (its size is not known as points in advance): ATP's grid and each
+    search's trials within the points a job may hold, search seeds within the seeds per point. Raises ValueError
+    (one line); the teacher's tab and local mode have no limit."""
+    if unlocked():
+        return
+    policy = classroom.policy()
+    policy.check_points(grid, "ATP grid points")
+    policy.check_points(trials, "points per search")
+    policy.check_seeds(seeds)
+
+
 def choice(key: str, options: Sequence[str], default: object, what: str) -> WidgetState:
     """``state`` for a select box of ``options``. A kept value not among them (a forged request, or the teacher's
     choice before the tab was locked) is refused in one line and replaced by the default (or the first option)."""

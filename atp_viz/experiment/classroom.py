@@ -120,10 +120,10 @@ class Policy:
         if self.classroom:
             check_bound("seeds per point", count, self.limits.seeds)
 
-    def check_points(self, count: int) -> None:
+    def check_points(self, count: int, what: str = "points in one job") -> None:
         """A job that stores ``count`` results (0: not known in advance)."""
         if self.classroom:
-            check_bound("points in one job", count, self.limits.job_points)
+            check_bound(what, count, self.limits.job_points)
 
     @property
     def job_caps(self) -> tuple[int, int, int] | None:
