@@ -31,7 +31,7 @@ from browser_support import ROOT, dashboard_process
 from stsession import Session
 from test_classroom import rss_peak_mib
 
-from atp_viz import classroom
+from atp_viz.experiment import classroom
 from atp_viz.store import ResultStore
 
 WAIT_S = 120  # every wait is bounded by this

@@ -1,6 +1,6 @@
 """Classroom mode (issue 22): the policy, the job caps, the teacher key, the sidebar.
 
-1. ``atp_viz.classroom.Policy`` through the library's own validation (``Setup``, ``ExecutorConfig``): every
+1. ``atp_viz.experiment.classroom.Policy`` through the library's own validation (``Setup``, ``ExecutorConfig``): every
    refusal is one ValueError line that says what is allowed; local mode refuses none of them; a refused
    CLI command writes no store row and opens no model file.
 2. ``atp_viz.jobs.JobManager`` with caps: jobs per session, the whole queue, points per job; following
@@ -22,13 +22,14 @@ import pytest
 from browser_support import ROOT
 from tiny import shared_corpus_file, shared_tiny_model
 
-from atp_viz import classroom, jobs
 from atp_viz.config import CalibConfig, EvalConfig
-from atp_viz.data import DEFAULT_CORPUS
-from atp_viz.executors import ExecutorConfig
-from atp_viz.experiment import Setup
-from atp_viz.models import DEFAULT_MODEL, EMBEDDED_MODELS
-from atp_viz.zeroshot import ZeroShotConfig
+from atp_viz.dashboard import jobs
+from atp_viz.experiment import classroom
+from atp_viz.experiment.executors import ExecutorConfig
+from atp_viz.experiment.workbench import Setup
+from atp_viz.measure.zeroshot import ZeroShotConfig
+from atp_viz.models.data import DEFAULT_CORPUS
+from atp_viz.models.loading import DEFAULT_MODEL, EMBEDDED_MODELS
 
 SMALL = {"calib": CalibConfig(8, 256), "evaluation": EvalConfig(8, 256, 4)}  # the dashboard's defaults
 
@@ -64,7 +65,7 @@ def one_line_refusal(make, *words: str) -> str:
 
 def test_local_mode_is_the_default_and_refuses_nothing_it_did_not_refuse_before() -> None:
     policy = classroom.from_environment({})
-    assert not policy.classroom and policy.caps is None
+    assert not policy.classroom and policy.job_caps is None
     big = Setup(model="/any/folder", corpus="/any/file.txt", device="cuda", trust_remote_code=True,
                 calib=CalibConfig(100_000, 100_000), evaluation=EvalConfig(0, 100_000))  # fmt: skip
     policy.check_setup(big)
@@ -85,7 +86,7 @@ def test_the_environment_names_the_teachers_models_corpora_and_limits(tmp_path: 
     assert policy.classroom and policy.models == (*EMBEDDED_MODELS, f"{tmp_path}/tiny", "extra-model")
     assert policy.corpora == (DEFAULT_CORPUS, f"{tmp_path}/lesson.txt")
     assert policy.limits.calib_windows == 4 and policy.limits.session_jobs == 1 and policy.limits.eval_tokens == 512
-    assert policy.caps == jobs.Caps(1, 8, 40)
+    assert policy.job_caps == (1, 8, 40)
     assert "s3cret" not in repr(policy) and "s3cret" not in str(policy)
     for bad, words in (("calib_windws=4", ("unknown classroom limit", "calib_windows")),
                        ("seeds=many", ("must be an integer",)), ("seeds=0", (">= 1",))):  # fmt: skip
@@ -175,14 +176,15 @@ def test_no_ray_address_no_other_executor_no_workers(classroom_env) -> None:
 
 
 def test_a_refused_cli_command_writes_nothing_and_opens_no_model(classroom_env, capsys, monkeypatch, tmp_path) -> None:
-    from atp_viz import experiment, models
-    from atp_viz.cli import main
+    from atp_viz.cli.main import main
+    from atp_viz.experiment import workbench
+    from atp_viz.models import loading
 
     def never(*args, **kwargs):
         raise AssertionError("a refused setting opened a model")
 
-    monkeypatch.setattr(models, "load_model", never)
-    monkeypatch.setattr(experiment, "load_model", never)
+    monkeypatch.setattr(loading, "load_model", never)
+    monkeypatch.setattr(workbench, "load_model", never)
     folder = big_model_folder(tmp_path)
     classroom_env()
     store = tmp_path / "r.sqlite"
@@ -207,7 +209,7 @@ def hook(event, args):
     if event in ("open", "os.listdir", "os.scandir") and args and isinstance(args[0], (str, bytes, os.PathLike)):
         opened.append(os.path.abspath(os.fsdecode(args[0])))
 sys.addaudithook(hook)
-from atp_viz.cli import main
+from atp_viz.cli.main import main
 code = main(sys.argv[2:])
 print("EXIT", code)
 print("OPENED", [path for path in opened if path.startswith(sys.argv[1])])
@@ -337,7 +339,7 @@ def test_the_server_limits_wrong_keys_from_many_tabs() -> None:
 @pytest.fixture
 def classroom_app(classroom_env, dashboard_env, monkeypatch):
     """AppTest sessions of a classroom server on the tiny model (the server's caches rebuilt before and after)."""
-    from atp_viz import ui
+    from atp_viz.dashboard import ui
 
     for name, value in dashboard_env.items():
         monkeypatch.setenv(name, value)
@@ -384,7 +386,7 @@ def test_the_classroom_sidebar_offers_only_allowed_names_and_bounded_sizes(class
 
 @pytest.mark.slow
 def test_a_forged_value_is_refused_in_one_line_and_starts_nothing(classroom_app) -> None:
-    from atp_viz import ui
+    from atp_viz.dashboard import ui
 
     at = page()
     for key, value, words in (
@@ -406,7 +408,7 @@ def test_a_forged_value_is_refused_in_one_line_and_starts_nothing(classroom_app)
 
 @pytest.mark.slow
 def test_the_teacher_key_unlocks_full_controls_in_that_tab_only(classroom_app) -> None:
-    from atp_viz import ui
+    from atp_viz.dashboard import ui
 
     student, teacher = page(), page()
     key = teacher.sidebar.text_input(key=ui.KEY_INPUT)
@@ -432,7 +434,7 @@ def test_the_teacher_key_unlocks_full_controls_in_that_tab_only(classroom_app) -
 
 @pytest.mark.slow
 def test_the_teacher_sees_every_sessions_jobs_and_cancels_a_queued_one(classroom_app) -> None:
-    from atp_viz import ui
+    from atp_viz.dashboard import ui
 
     manager, running = ui.job_manager(), Gate()
     held = manager.submit("a student", "some model", ("hold",), "a student's sweep", running)
@@ -455,7 +457,7 @@ def test_the_teacher_sees_every_sessions_jobs_and_cancels_a_queued_one(classroom
 
 @pytest.mark.slow
 def test_a_search_far_above_the_limits_is_refused_in_one_line(classroom_app) -> None:
-    from atp_viz import ui
+    from atp_viz.dashboard import ui
 
     at = page("pages/6_ATP_vs_search.py")
     assert ui.job_manager().wait_idle(120)  # the model loads in the background

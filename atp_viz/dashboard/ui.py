@@ -645,7 +645,7 @@ def sidebar(load_model: bool = True) -> Context:
     try:
         if full:
             setup = setup_of(values.to_dict(), unrestricted=policy.classroom)
-        else:  # any value a forged request carries meets Setup's own classroom check (atp_viz/classroom.py)
+        else:  # any value a forged request carries meets Setup's own classroom check (atp_viz/experiment/classroom.py)
             policy.check_seeds(int(values["seed_count"]))
             setup = setup_of({**values.to_dict(), "device": "cpu"})
         if not setup.model or not setup.corpus:
@@ -684,7 +684,7 @@ def setup_of(values: Mapping[str, Any], unrestricted: bool = False) -> Setup:
     )
 
 
-# ------------------------------------------------------------------ classroom mode (atp_viz/classroom.py)
+# ------------------------------------------------------------------ classroom mode (atp_viz/experiment/classroom.py)
 TEACHER = "_classroom_teacher"  # session key: the teacher key was entered in this tab (never the key itself)
 TEACHER_NOTE = "_classroom_teacher_note"  # session key: the last key check's one-line outcome
 KEY_INPUT = "teacher_key_input"
