@@ -77,10 +77,13 @@ def work(running: jobs.Job) -> None:
         study.versus_atp(*args, seed=seed, step=step, progress=part, on_trial=lambda *_: running.point_stored())
 
 
+size = (budget, int(trials), len(seeds))  # classroom mode bounds them (ui.check_search)
 job = ui.job_button(  # the same comparison started by any session: followed, not rerun
     "Run",
     key,
-    lambda: ui.submit(bench, key, f"ATP vs {', '.join(samplers)} at S = {S:g}", work),
+    lambda: ui.submit(
+        bench, key, f"ATP vs {', '.join(samplers)} at S = {S:g}", work, validate=lambda: ui.check_search(*size)
+    ),
     key="search_run",
     type="primary",
 )

@@ -16,6 +16,11 @@ An operator can put the queue on hold (``pause``/``resume``; the dashboard does 
 ``$ATP_VIZ_HOLD_JOBS`` exists): sessions still submit, follow and cancel, but no session's job starts until
 ``resume``; the server's own jobs (loading the model, the dense model's metrics) still run.
 
+Caps (classroom mode, see atp_viz/experiment/classroom.py): a ``Caps`` bounds the jobs one session may have queued
+or running, the jobs waiting in the whole queue and the results one job may store. A submission over a
+cap is refused with one ValueError line before anything is queued; following a job is never refused,
+and no other job is touched.
+
 The manager knows nothing about Streamlit or models: a job's work is any ``Callable[[Job], object]``.
 """
 
@@ -28,6 +33,7 @@ import threading
 import time
 from collections import OrderedDict, deque
 from collections.abc import Callable, Hashable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +43,15 @@ SERVER = "server"  # owner of warm-up jobs (model loading, the dense perplexity)
 KEEP_FINISHED = 256  # finished jobs remembered by key (their result or error); oldest dropped first
 
 log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Caps:
+    """Bounds on what sessions may queue (None: no manager-wide bound, the local default)."""
+
+    session_jobs: int  # jobs one owner may have queued or running
+    queued_jobs: int  # jobs of sessions waiting in all queues together
+    job_points: int  # results one job may store (its ``total``)
 
 
 class Job:
@@ -86,11 +101,15 @@ class Job:
 class JobManager:
     """The registry: at most one running job per model, a queue per model, finished jobs by key."""
 
-    def __init__(self, alive: Callable[[str], bool] | None = None, audit: Path | None = None) -> None:
+    def __init__(
+        self, alive: Callable[[str], bool] | None = None, audit: Path | None = None, caps: Caps | None = None
+    ) -> None:
         """``alive(owner)``: whether a session is still there; ``audit``: a file that gets one JSON line per
-        job that ran (model, label, owners, start and end time, outcome) for operators and load tests."""
+        job that ran (model, label, owners, start and end time, outcome) for operators and load tests;
+        ``caps``: classroom bounds on what sessions may queue (None: none)."""
         self.alive = alive or (lambda _owner: True)
         self.audit = audit
+        self.caps = caps
         self._cond = threading.Condition()
         self._active: dict[Hashable, Job] = {}  # queued or running, by key
         self._running: dict[str, Job] = {}
@@ -114,20 +133,28 @@ class JobManager:
         priority: int = USER,
         total: int = 0,
         validate: Callable[[], object] | None = None,
+        capped: bool = True,
     ) -> Job:
         """Start ``work`` on ``model`` now if it is free, else queue it; a key already queued or running
         is followed instead (``owner`` joins its owners). ``validate`` runs first, in the caller's
-        thread: its ValueError (one line, what is wrong and what is allowed) refuses the job."""
+        thread: its ValueError (one line, what is wrong and what is allowed) refuses the job, and so does
+        a cap (``caps``; not for the server's own jobs nor when ``capped`` is False: the teacher)."""
         with self._cond:
             if (job := self._active.get(key)) is not None:
                 job.owners.add(owner)
                 return job
+        if self.caps is not None and capped and owner != SERVER and total > self.caps.job_points:
+            raise ValueError(
+                f"a job of {total} points is above the classroom limit; allowed: 1..{self.caps.job_points}"
+            )
         if validate is not None:
             validate()  # may raise ValueError: nothing is queued
         with self._cond:
             if (job := self._active.get(key)) is not None:  # submitted meanwhile by another session
                 job.owners.add(owner)
                 return job
+            if self.caps is not None and capped and owner != SERVER:
+                self._check_caps_locked(owner, self.caps)
             job = Job(next(self._ids), key, model, label, work, priority, owner, total, self._bump)
             job.outranked = lambda: self._outranked(job)
             self._active[key] = job
@@ -146,6 +173,15 @@ class JobManager:
             if job.owners:
                 return False
             self._drop_locked(job)
+            return True
+
+    def drop(self, job: Job) -> bool:
+        """Cancel a queued job whoever owns it (the teacher's Cancel); a running job is never stopped mid-point.
+        True when the job was dropped."""
+        with self._cond:
+            if job.state != QUEUED:
+                return False
+            self._drop_locked(job, "cancelled by the teacher")
             return True
 
     def leave(self, owner: str) -> int:
@@ -199,6 +235,13 @@ class JobManager:
         """The latest job with ``key``: active, or else finished (done, failed or cancelled)."""
         with self._cond:
             return self._active.get(key) or self._finished.get(key)
+
+    def active(self) -> list[Job]:
+        """Every running and queued job on every model (running first, then in submission order)."""
+        with self._cond:
+            for model in list(self._queues):
+                self._prune_locked(model)
+            return sorted(self._active.values(), key=lambda job: (job.state != RUNNING, job.id))
 
     def running(self, model: str) -> Job | None:
         with self._cond:
@@ -262,10 +305,26 @@ class JobManager:
             if not job.owners:
                 self._drop_locked(job)
 
-    def _drop_locked(self, job: Job) -> None:
+    def _check_caps_locked(self, owner: str, caps: Caps) -> None:
+        for model in list(self._queues):
+            self._prune_locked(model)
+        mine = sum(1 for job in self._active.values() if owner in job.owners)
+        if mine >= caps.session_jobs:
+            raise ValueError(
+                f"this session already has {mine} job(s) queued or running; allowed: {caps.session_jobs} at once "
+                "(wait for one to end or cancel a queued one)"
+            )
+        waiting = sum(1 for queue in self._queues.values() for job in queue if job.owners != {SERVER})
+        if waiting >= caps.queued_jobs:
+            raise ValueError(
+                f"the server's queue is full ({waiting} jobs waiting); allowed: {caps.queued_jobs} (try again when "
+                "one has started)"
+            )
+
+    def _drop_locked(self, job: Job, why: str = "cancelled: no session is waiting for it") -> None:
         self._queues[job.model].remove(job)
         del self._active[job.key]
-        job.state, job.message = CANCELLED, "cancelled: no session is waiting for it"
+        job.state, job.message = CANCELLED, why
         self._remember_locked(job)
 
     def _remember_locked(self, job: Job) -> None:

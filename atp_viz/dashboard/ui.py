@@ -38,6 +38,7 @@ from atp_viz.config import CalibConfig, EvalConfig
 from atp_viz.dashboard import jobs
 from atp_viz.dashboard.figures import PLOTLY_CONFIG
 from atp_viz.display import full_text, perplexity_columns, perplexity_table, perplexity_text
+from atp_viz.experiment import classroom
 from atp_viz.experiment.executors import EXECUTORS, ExecutorConfig, make_executor
 from atp_viz.experiment.executors import Job as PointJob
 from atp_viz.experiment.shipped import REGENERATE, ShippedResults
@@ -188,9 +189,12 @@ def shipped_results() -> ShippedResults:
 
 @st.cache_resource(show_spinner=False)
 def job_manager() -> jobs.JobManager:
-    """The server's one job registry (see atp_viz/dashboard/jobs.py): every session submits to and reads from it."""
-    audit = os.environ.get(ENV_JOB_LOG)
-    manager = jobs.JobManager(alive=session_alive, audit=Path(audit) if audit else None)
+    """The server's one job registry (see atp_viz/dashboard/jobs.py): every session submits to and reads from it;
+    in classroom mode it caps what sessions may queue (atp_viz/experiment/classroom.py)."""
+    audit, caps = os.environ.get(ENV_JOB_LOG), classroom.policy().job_caps
+    manager = jobs.JobManager(
+        alive=session_alive, audit=Path(audit) if audit else None, caps=jobs.Caps(*caps) if caps else None
+    )
     if hold := os.environ.get(ENV_HOLD):
         hold_while_exists(manager, Path(hold))
     return manager
@@ -204,7 +208,10 @@ def hold_while_exists(manager: jobs.JobManager, path: Path) -> threading.Thread:
 
     def loop() -> None:
         while True:
-            manager.pause() if path.exists() else manager.resume()
+            if path.exists():
+                manager.pause()
+            else:
+                manager.resume()
             time.sleep(HOLD_POLL_S)
 
     thread = threading.Thread(target=loop, name="atp-viz job hold", daemon=True)
@@ -320,7 +327,9 @@ def submit(
     if one is queued or running, else start it (model free) or queue it. Invalid settings are refused
     here with one st.error line (``validate`` raises ValueError); returns None then."""
     try:
-        return job_manager().submit(session_id(), bench.setup.model, key, label, work, total=total, validate=validate)
+        return job_manager().submit(
+            session_id(), bench.setup.model, key, label, work, total=total, validate=validate, capped=not unlocked()
+        )
     except ValueError as exc:
         st.error(str(exc))
         return None
@@ -593,12 +602,13 @@ def _statistics_rates() -> dict[tuple[Setup, ScheduleSpec], tuple[np.ndarray, li
 
 
 def executor_config() -> ExecutorConfig:
-    """Where the dashboard's jobs run (the sidebar's executor choice)."""
+    """Where the dashboard's jobs run (the sidebar's executor choice; in classroom mode, this process unless
+    the teacher unlocked this session)."""
     name = str(st.session_state.get("executor", "local"))
-    if name == "local":
+    if name == "local" or not unlocked():
         return ExecutorConfig()
     address = str(st.session_state.get("ray_address", "")).strip() or None
-    return ExecutorConfig(name, int(st.session_state.get("workers", 1)), address)
+    return ExecutorConfig(name, int(st.session_state.get("workers", 1)), address, unrestricted=True)
 
 
 # ------------------------------------------------------------------ sidebar
@@ -621,16 +631,24 @@ def sidebar(load_model: bool = True) -> Context:
     initial = defaults()
     bar = st.sidebar
     bar.header("Settings")
-    bar.text_input(
-        "Model",
-        help=f"Embedded: {', '.join(EMBEDDED_MODELS)}; or a local Hugging Face folder, a .gguf file, or a hub id.",
-        **state("model", initial["model"]),
-    )
-    bar.text_input(
-        "Corpus",
-        help=f"{DEFAULT_CORPUS} (embedded), wikitext2, c4, or a local .txt/.json/.jsonl/.parquet file.",
-        **state("corpus", initial["corpus"]),
-    )
+    policy, full = classroom.policy(), unlocked()  # full: local mode, or the teacher's unlocked tab
+    limits = None if full else policy.limits
+    if full:
+        bar.text_input(
+            "Model",
+            help=f"Embedded: {', '.join(EMBEDDED_MODELS)}; or a local Hugging Face folder, a .gguf file, or a hub id.",
+            **state("model", initial["model"]),
+        )
+        bar.text_input(
+            "Corpus",
+            help=f"{DEFAULT_CORPUS} (embedded), wikitext2, c4, or a local .txt/.json/.jsonl/.parquet file.",
+            **state("corpus", initial["corpus"]),
+        )
+    else:  # classroom mode: the embedded names and the teacher's list, nothing typed
+        bar.selectbox("Model", policy.models, help="The models this classroom server offers.",
+                      **choice("model", policy.models, initial["model"], "model"))  # fmt: skip
+        bar.selectbox("Corpus", policy.corpora, help="The corpora this classroom server offers.",
+                      **choice("corpus", policy.corpora, initial["corpus"], "corpus"))  # fmt: skip
     bar.slider(
         "Target sparsity S",
         *SPARSITY_RANGE,
@@ -642,29 +660,52 @@ def sidebar(load_model: bool = True) -> Context:
         "Pruner", tuple(PRUNERS), format_func=lambda name: PRUNERS[name].label, **state("pruner", initial["pruner"])
     )
     left, right = bar.columns(2)
-    left.number_input("Calibration windows", min_value=1, step=1, **state("calib_samples", initial["calib_samples"]))
-    right.number_input("Calibration tokens", min_value=2, step=64, **state("calib_seqlen", initial["calib_seqlen"]))
-    left.number_input("Evaluation windows", min_value=1, step=1, **state("eval_windows", initial["eval_windows"]))
-    right.number_input("Evaluation tokens", min_value=2, step=64, **state("eval_seqlen", initial["eval_seqlen"]))
+    left.number_input(
+        "Calibration windows",
+        min_value=1,
+        step=1,
+        **state("calib_samples", initial["calib_samples"]),
+        help=limit_help(limits.calib_windows if limits else None),
+    )
+    right.number_input(
+        "Calibration tokens",
+        min_value=2,
+        step=64,
+        **state("calib_seqlen", initial["calib_seqlen"]),
+        help=limit_help(limits.calib_tokens if limits else None),
+    )
+    left.number_input(
+        "Evaluation windows",
+        min_value=1,
+        step=1,
+        **state("eval_windows", initial["eval_windows"]),
+        help=limit_help(limits.eval_windows if limits else None),
+    )
+    right.number_input("Evaluation tokens", min_value=2, step=64, **state("eval_seqlen", initial["eval_seqlen"]),
+                       help=limit_help(limits.eval_tokens if limits else None))  # fmt: skip
     left.number_input("Seed", min_value=0, step=1, **state("seed", initial["seed"]))
     right.number_input(
         "Seeds per point",
         min_value=1,
         max_value=MAX_SEEDS,
         step=1,
-        help="Run every point under this many calibration seeds (Seed, Seed + 1, ...): curves and tables show "
-        "the mean with a +-1 std band, and the best beta says when it is within that noise.",
+        help=limit_help(
+            limits.seeds if limits else None,
+            "Run every point under this many calibration seeds (Seed, Seed + 1, ...): curves and tables show "
+            "the mean with a +-1 std band, and the best beta says when it is within that noise.",
+        ),
         **state("seed_count", 1),
     )
-    left.selectbox("Device", DEVICES, **state("device", initial["device"]))
-    right.selectbox(
-        "Run points on",
-        tuple(EXECUTORS),
-        format_func=lambda name: EXECUTORS[name].label,
-        help="; ".join(f"{e.label}: {e.help}" for e in EXECUTORS.values()),
-        **state("executor", "local"),
-    )
-    if st.session_state.get("executor", "local") != "local":
+    if full:  # classroom mode: the CPU, points in this process (no device, executor or Ray address)
+        left.selectbox("Device", DEVICES, **state("device", initial["device"]))
+        right.selectbox(
+            "Run points on",
+            tuple(EXECUTORS),
+            format_func=lambda name: EXECUTORS[name].label,
+            help="; ".join(f"{e.label}: {e.help}" for e in EXECUTORS.values()),
+            **state("executor", "local"),
+        )
+    if full and st.session_state.get("executor", "local") != "local":
         left.number_input("Workers", min_value=1, step=1, help="One model copy each", **state("workers", 1))
         right.text_input("Ray address", help="host:port of a Ray head node; empty starts a local Ray",
                          **state("ray_address", ""))  # fmt: skip
@@ -680,13 +721,19 @@ def sidebar(load_model: bool = True) -> Context:
             min_value=1,
             max_value=MAX_ITEMS,
             step=1,
+            help=limit_help(limits.zeroshot_items if limits else None),
             **state("zs_items", ZeroShotConfig.items),
         )
+    teacher_panel(bar)
 
     values = st.session_state
     setup: Setup | None = None
     try:
-        setup = setup_of(values.to_dict())
+        if full:
+            setup = setup_of(values.to_dict(), unrestricted=policy.classroom)
+        else:  # any value a forged request carries meets Setup's own classroom check (atp_viz/experiment/classroom.py)
+            policy.check_seeds(int(values["seed_count"]))
+            setup = setup_of({**values.to_dict(), "device": "cpu"})
         if not setup.model or not setup.corpus:
             raise ValueError("model and corpus must not be empty")
     except ValueError as exc:
@@ -707,18 +754,133 @@ def sidebar(load_model: bool = True) -> Context:
     return Context(setup, sparsity, tuple(range(first, first + count)), bench, blocks, loading)
 
 
-def setup_of(values: Mapping[str, Any]) -> Setup:
-    """The ``Setup`` that sidebar values describe (``scripts/ship_results.py`` applies it to ``defaults()``)."""
+def setup_of(values: Mapping[str, Any], unrestricted: bool = False) -> Setup:
+    """The ``Setup`` that sidebar values describe (``scripts/ship_results.py`` applies it to ``defaults()``);
+    ``unrestricted``: the teacher's unlocked session in classroom mode (the policy lets it through)."""
     return Setup(
         model=str(values["model"]).strip(),
         corpus=str(values["corpus"]).strip(),
         calib=CalibConfig(int(values["calib_samples"]), int(values["calib_seqlen"]), int(values["seed"])),
         evaluation=EvalConfig(int(values["eval_windows"]), int(values["eval_seqlen"]), EVAL_BATCH),
         prune=PruneConfig(str(values["pruner"])),
-        device=str(values["device"]),
+        device=str(values.get("device", "cpu")),
         metrics=("perplexity", "zeroshot") if values.get("zeroshot", False) else ("perplexity",),
         zeroshot=ZeroShotConfig(items=int(values.get("zs_items", ZeroShotConfig.items))),
+        unrestricted=unrestricted,
     )
+
+
+# ------------------------------------------------------------------ classroom mode (atp_viz/experiment/classroom.py)
+TEACHER = "_classroom_teacher"  # session key: the teacher key was entered in this tab (never the key itself)
+TEACHER_NOTE = "_classroom_teacher_note"  # session key: the last key check's one-line outcome
+KEY_INPUT = "teacher_key_input"
+
+
+def unlocked() -> bool:
+    """Full controls and no job caps: local mode, or a classroom session where the teacher key was entered."""
+    return not classroom.policy().classroom or bool(st.session_state.get(TEACHER, False))
+
+
+def check_search(grid: int, trials: int, seeds: int) -> None:
+    """A student's search job in classroom mode (its size is not known as points in advance): ATP's grid and each
+    search's trials within the points a job may hold, search seeds within the seeds per point. Raises ValueError
+    (one line); the teacher's tab and local mode have no limit."""
+    if unlocked():
+        return
+    policy = classroom.policy()
+    policy.check_points(grid, "ATP grid points")
+    policy.check_points(trials, "points per search")
+    policy.check_seeds(seeds)
+
+
+def choice(key: str, options: Sequence[str], default: object, what: str) -> WidgetState:
+    """``state`` for a select box of ``options``. A kept value not among them (a forged request, or the teacher's
+    choice before the tab was locked) is refused in one line and replaced by the default (or the first option)."""
+    kept = st.session_state.get("_" + key, default)
+    if kept not in options:
+        if kept != default:
+            try:
+                classroom.check_name(what, str(kept), tuple(options))
+            except ValueError as exc:
+                st.sidebar.error(f"Refused: {exc}")
+        set_state(key, default if default in options else options[0])
+    return state(key, default)
+
+
+def limit_help(high: int | None, text: str = "") -> str | None:
+    """A widget's help with its classroom limit (``high``; None: no limit). The limit is checked by ``Setup``
+    itself, so a larger value that reaches the server is refused in one line."""
+    return " ".join(part for part in (text, f"Classroom limit: 1..{high}." if high else "") if part) or None
+
+
+@st.cache_resource(show_spinner=False)
+def key_guard() -> classroom.KeyGuard:
+    """The server's teacher-key check: ``ATP_VIZ_TEACHER_KEY``, else ``teacher_key`` in Streamlit's secrets file."""
+    from streamlit.runtime.secrets import secrets_singleton
+
+    key = classroom.policy().teacher_key
+    if key is None and secrets_singleton.load_if_toml_exists():
+        key = secrets_singleton.get(classroom.SECRETS_KEY)
+    return classroom.KeyGuard(str(key) if key else None)
+
+
+def _try_key() -> None:
+    """The key field's callback: check what was typed, then clear the field (the key is not kept anywhere)."""
+    given = str(st.session_state.get(KEY_INPUT) or "")
+    st.session_state[KEY_INPUT] = ""
+    if not given:
+        return
+    guard = key_guard()
+    try:
+        right = guard.check(session_id(), given)
+    except ValueError as exc:
+        st.session_state[TEACHER_NOTE] = str(exc)
+        return
+    st.session_state[TEACHER] = right
+    left = guard.tries_left(session_id())
+    wrong = f"Wrong teacher key ({left} tries left in this tab)" if left > 0 else classroom.LOCKED_OUT
+    st.session_state[TEACHER_NOTE] = None if right else wrong
+
+
+def teacher_panel(bar: Any) -> None:
+    """Classroom mode only: the teacher key field, or (once entered) a Lock button and every session's jobs."""
+    if not classroom.policy().classroom:
+        return
+    teacher = bool(st.session_state.get(TEACHER, False))
+    box = bar.expander("Teacher", expanded=teacher)
+    if not teacher:
+        if note := st.session_state.get(TEACHER_NOTE):
+            box.error(note)
+        guard = key_guard()
+        box.text_input(
+            "Teacher key",
+            type="password",
+            key=KEY_INPUT,
+            on_change=_try_key,
+            disabled=not guard.configured or guard.tries_left(session_id()) <= 0,
+            help="Unlocks every control and every session's queue for this tab only"
+            if guard.configured
+            else f"No key set on this server ({classroom.ENV_TEACHER_KEY} or '{classroom.SECRETS_KEY}' in secrets).",
+        )
+        return
+    box.caption("Teacher controls unlocked in this tab: any model, size, device and executor; no job limit.")
+    if box.button("Lock", key="teacher_lock"):
+        st.session_state[TEACHER] = False
+        st.rerun()
+    manager = job_manager()
+    active = manager.active()
+    box.caption(
+        f"{len(active)} job(s) on the server. Queued ones can be cancelled; a running job cannot be stopped today "
+        "(it finishes and stores its points)."
+        if active
+        else "No job runs or waits on the server."
+    )
+    for job in active:
+        left, right = box.columns([3, 1])
+        left.caption(f"{job.state}: {job.label} ({len(job.owners)} session(s))")
+        if job.state == jobs.QUEUED and right.button("Cancel", key=f"teacher_cancel_{job.id}"):
+            manager.drop(job)
+            st.rerun()
 
 
 def status_box(setup: Setup | None) -> None:

@@ -29,10 +29,11 @@ import re
 import socket
 import time
 from collections.abc import Callable, Generator, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
 from atp_viz.config import check_choice, check_int
+from atp_viz.experiment import classroom
 from atp_viz.experiment.workbench import Ledger, Progress, Setup, Workbench, labelled, scaled
 from atp_viz.measure.points import PointResult
 from atp_viz.schedules.methods import ScheduleSpec
@@ -68,6 +69,7 @@ class ExecutorConfig:
     workers: int = 1  # Ray actors (each loads the model once)
     address: str | None = None  # Ray cluster address ("host:port", "auto"); None starts a local instance
     threads: int | None = None  # torch threads per CPU worker (None: the cluster's CPUs / workers, at least 1)
+    unrestricted: bool = field(default=False, compare=False, repr=False)  # code only: passes the classroom policy
 
     def __post_init__(self) -> None:
         check_choice("executor", self.name, tuple(EXECUTORS))
@@ -78,6 +80,7 @@ class ExecutorConfig:
             raise ValueError("--workers and --ray-address need --executor ray (local runs one point at a time)")
         if self.address is not None and not self.address.strip():
             raise ValueError("--ray-address must not be empty (omit it to start a local Ray instance)")
+        classroom.policy().check_executor(self)
 
 
 class Executor(Protocol):

@@ -32,6 +32,7 @@ import numpy as np
 import torch
 
 from atp_viz.config import CalibConfig, EvalConfig, check_choice, check_int
+from atp_viz.experiment import classroom
 from atp_viz.experiment.shipped import ShippedResults
 from atp_viz.measure.metrics import EVALUATION, METRICS, SPLITS, VALIDATION, metric_key
 from atp_viz.measure.perplexity import perplexity
@@ -103,6 +104,8 @@ class Setup:
     allow_pickle: bool = False
     offload: bool = False  # blocks stream from their files through the device one at a time (same results)
     auto_offload: bool = True  # offload when the whole model does not fit the device (and offload can run)
+    # set by code only (the teacher's unlocked dashboard session): the classroom policy lets it through
+    unrestricted: bool = field(default=False, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         check_choice("calibration mode", self.calibration, tuple(CALIBRATION_MODES))
@@ -122,6 +125,7 @@ class Setup:
             )
         if self.offload and self.allow_pickle:
             raise ValueError("--offload reads safetensors files only; drop --allow-pickle or --offload")
+        classroom.policy().check_setup(self)  # classroom mode: allowed names and bounds (local mode: nothing)
 
     @property
     def select_split(self) -> str:
