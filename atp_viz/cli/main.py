@@ -85,7 +85,9 @@ def add_method_params(p: argparse.ArgumentParser) -> None:
                 continue
             seen.add(param.name)
             owners = ", ".join(m.name for m in methods.METHODS.values() if param.name in m.param_names)
-            kind = {"choices": param.choices} if param.choices else {"type": float}
+            kind: dict[str, Any] = {"choices": param.choices} if param.choices else {"type": float}
+            if param.text is not None:
+                kind = {"type": str}
             default = "required" if param.required else f"default {param.default}"
             p.add_argument(
                 f"--{param.name}",

@@ -700,6 +700,9 @@ def param_widgets(name: str, num_blocks: int, sparsity: float, prefix: str, cont
     values: dict[str, Any] = {}
     for param in methods.get_method(name).params:
         key = f"{prefix}_{name}_{param.name}"
+        if param.text is not None:
+            values[param.name] = container.text_input(param.label, help=param.help, **state(key, param.default))
+            continue
         if param.choices:
             values[param.name] = container.selectbox(
                 param.label, param.choices, help=param.help, **state(key, param.default)

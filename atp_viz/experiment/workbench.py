@@ -53,6 +53,7 @@ from atp_viz.pruning.cached import (
     DenseStats,
     block_scores_from_stats,
     collect_dense_stats,
+    dsa_values_from_stats,
     load_stats,
     outlier_ratios_from_stats,
     save_stats,
@@ -211,6 +212,9 @@ STATISTICS: dict[str, Callable[[DenseStatistics, ScheduleSpec, Progress | None],
     "outlier_ratios": lambda stats, spec, progress: stats.outlier_ratios(float(spec.get("m")), progress),
     "alphas": lambda stats, spec, progress: stats.alphas(str(spec.get("estimator", "official"))),
     "block_scores": lambda stats, spec, progress: stats.block_scores(progress),
+    "dsa_values": lambda stats, spec, progress: stats.dsa_values(
+        str(spec.get("graph")), str(spec.get("nonfinite")), progress
+    ),
 }
 
 
@@ -383,6 +387,17 @@ class DenseStatistics:
             self.dense.restore()
             self._per_block[("scores", 0)] = block_scores_from_stats(self.dense.blocks, stats)
         return self._per_block[("scores", 0)]
+
+    def dsa_values(self, graph: str, nonfinite: str, progress: Progress | None = None) -> np.ndarray:
+        """DSA's raw graph value per block from the dense statistics (NaN / inf kept for the rate mapping)."""
+        if ("dsa", (graph, nonfinite)) not in self._per_block:
+            stats = self.linears(progress)
+            self.dense.restore()
+            sequences = int(self.calibration_ids.shape[0])
+            self._per_block[("dsa", (graph, nonfinite))] = dsa_values_from_stats(
+                self.dense.blocks, stats, graph, nonfinite, sequences
+            )
+        return self._per_block[("dsa", (graph, nonfinite))]
 
     def outlier_ratios(self, m: float, progress: Progress | None = None) -> np.ndarray:
         """OWL's D_i from the dense statistics (one dense pass, shared with the cached mode)."""

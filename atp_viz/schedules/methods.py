@@ -20,7 +20,7 @@ import numpy as np
 from numpy.typing import ArrayLike
 
 from atp_viz.config import check_choice, check_sparsity
-from atp_viz.schedules import profiles, published
+from atp_viz.schedules import dsa, profiles, published
 
 Value = float | str
 # statistic name -> one value per block (outlier ratios, alphas, ...), computed by the caller
@@ -47,9 +47,12 @@ class Param:
     # added to a method after points were stored: left out of ``ScheduleSpec.params`` (the stored key)
     # while at its default, so that earlier points keep their keys
     keyed_at_default: bool = True
+    text: Callable[[str], str] | None = None  # a text parameter checked (and normalised) by this function
 
     def check(self, value: Any, method: str) -> Value:
         """The value as the parameter's type, or ValueError naming the allowed range."""
+        if self.text is not None:
+            return self.text(str(value))
         if self.choices:
             check_choice(f"{method} {self.name}", str(value), self.choices)
             return str(value)
@@ -62,6 +65,8 @@ class Param:
         return number
 
     def allowed(self) -> str:
+        if self.text is not None:
+            return f"text such as {self.default}"
         if self.choices:
             return "one of " + ", ".join(self.choices)
         if self.upper_text:
@@ -374,6 +379,37 @@ register(
         ),
         needs=("block_scores",),
         description="larger mean Wanda score -> sparser block (Chen et al. 2025)",
+    )
+)
+register(
+    Method(
+        "dsa",
+        "DSA",
+        "#17becf",
+        lambda n, s, p, stats, w: dsa.dsa(
+            stats["dsa_values"], s, float(p["lam"]), str(p["nonfinite"]), str(p["graph"])
+        ),
+        params=(
+            Param(
+                "graph",
+                "DSA graph (stick)-(deform)-(post)",
+                dsa.DEFAULT_GRAPH,
+                text=dsa.check_graph,
+                help="the allocation function applied to each block's Wanda scores; default: the authors' "
+                "published function for LLaMA at 70 %; the last group (7) is parsed and unused, as in their code",
+            ),
+            Param("lam", "DSA Lamda (half-width of the band)", dsa.LAMBDA, 0.0, dsa.MAX_LAMBDA),
+            Param(
+                "nonfinite",
+                "DSA non-finite importance",
+                "authors",
+                choices=dsa.NONFINITE,
+                help="authors: NaN counts as 0 and inf as -1 (their code); clamp: ASIN/ACOS/LOG arguments kept in "
+                "their domain (a correction)",
+            ),
+        ),
+        needs=("dsa_values",),
+        description="a searched function of each block's Wanda scores -> importance -> OWL-style band (Li et al. 2024)",
     )
 )
 register(
