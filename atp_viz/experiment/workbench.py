@@ -210,7 +210,9 @@ MEASURES: dict[str, Measure] = {
 # statistic a schedule method needs -> its computation on the dense model
 STATISTICS: dict[str, Callable[[DenseStatistics, ScheduleSpec, Progress | None], np.ndarray]] = {
     "outlier_ratios": lambda stats, spec, progress: stats.outlier_ratios(float(spec.get("m")), progress),
-    "alphas": lambda stats, spec, progress: stats.alphas(str(spec.get("estimator", "official"))),
+    "alphas": lambda stats, spec, progress: stats.alphas(
+        str(spec.get("estimator", "official")), str(spec.get("precision", published.SPECTRA_PRECISION))
+    ),
     "block_scores": lambda stats, spec, progress: stats.block_scores(progress),
     "dsa_values": lambda stats, spec, progress: stats.dsa_values(
         str(spec.get("graph")), str(spec.get("nonfinite")), progress
@@ -373,12 +375,12 @@ class DenseStatistics:
             self._stats = stats
         return self._stats
 
-    def alphas(self, estimator: str = "official") -> np.ndarray:
-        """AlphaPruning's block metric from the dense weights."""
-        if ("alphas", estimator) not in self._per_block:
+    def alphas(self, estimator: str = "official", precision: str = published.SPECTRA_PRECISION) -> np.ndarray:
+        """AlphaPruning's block metric from the dense weights (``layer_stats.block_alphas``)."""
+        if ("alphas", (estimator, precision)) not in self._per_block:
             self.dense.restore()
-            self._per_block[("alphas", estimator)] = block_alphas(self.dense.blocks, estimator)
-        return self._per_block[("alphas", estimator)]
+            self._per_block[("alphas", (estimator, precision))] = block_alphas(self.dense.blocks, estimator, precision)
+        return self._per_block[("alphas", (estimator, precision))]
 
     def block_scores(self, progress: Progress | None = None) -> np.ndarray:
         """DLP's mean Wanda score per block, from the dense statistics."""

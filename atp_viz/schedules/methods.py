@@ -358,8 +358,17 @@ register(
                 "estimator",
                 "AlphaPruning alpha estimator",
                 "official",
-                choices=("official", "window"),
-                help="official: AlphaPruning's code; window: both xmin bounds applied, near-zero eigenvalues dropped",
+                choices=published.ALPHA_ESTIMATORS,
+                help="official: AlphaPruning's code; window: both xmin bounds applied, near-zero eigenvalues "
+                "dropped; farms: FARMS's spectra of square sub-matrices (its released configuration)",
+            ),
+            Param(
+                "precision",
+                "AlphaPruning spectra precision",
+                published.SPECTRA_PRECISION,
+                choices=published.SPECTRA_PRECISIONS,
+                help="float16: weights rounded to float16 before the spectra, as both official codes load them; "
+                "float32: the weights in float32",
             ),
         ),
         needs=("alphas",),
