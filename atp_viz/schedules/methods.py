@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import warnings
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -236,7 +237,25 @@ def build_schedule(
             )
     w = None if weights is None else np.asarray(weights, dtype=np.float64)
     params: dict[str, Any] = {**dict(spec.args), "rates": spec.rates}
-    return entry.build(num_layers, spec.sparsity, params, stats, w)
+    rates = entry.build(num_layers, spec.sparsity, params, stats, w)
+    whole = removed_blocks(rates)
+    if whole:
+        warnings.warn(
+            f"{spec.describe()} prunes {'blocks' if len(whole) > 1 else 'block'} {', '.join(map(str, whole))} whole "
+            "(rate 1: every weight of its linears set to zero, only the residual path is left)",
+            BlockRemovedWarning,
+            stacklevel=2,
+        )
+    return rates
+
+
+class BlockRemovedWarning(UserWarning):
+    """A schedule prunes some blocks whole (rate 1): the model loses those blocks."""
+
+
+def removed_blocks(rates: ArrayLike) -> list[int]:
+    """The blocks a schedule prunes whole: rate >= 1 (floor(columns * rate) = every column of every row)."""
+    return [int(i) for i in np.flatnonzero(np.asarray(rates, dtype=np.float64) >= 1.0 - schedules.CLIP_TOL)]
 
 
 def linear_split(spec: ScheduleSpec, rates: np.ndarray, counts: ArrayLike) -> np.ndarray | None:
