@@ -21,7 +21,7 @@ import numpy as np
 from numpy.typing import ArrayLike
 
 from atp_viz.config import check_choice, check_sparsity
-from atp_viz.schedules import dsa, profiles, published
+from atp_viz.schedules import dsa, lsa, profiles, published
 
 Value = float | str
 # statistic name -> one value per block (outlier ratios, alphas, ...), computed by the caller
@@ -92,6 +92,9 @@ class Method:
     grid: Callable[[int, float, float], list[dict[str, Any]]] | None = None
     description: str = ""
     peer: bool = True  # a published method, compared by default; False: this project's own profiles (opt-in)
+    # rates per (block, linear) in the order of each block's linears, or None where the spec keeps one rate per
+    # block: (sparsity, parameters, statistics) -> blocks x linears (LSA's projection granularity)
+    per_linear: Callable[[float, Mapping[str, Any], Stats], np.ndarray | None] | None = None
 
     def param(self, name: str) -> Param:
         for p in self.params:
@@ -230,10 +233,10 @@ def build_schedule(
     for need in entry.needs:
         if stats.get(need) is None:
             raise ValueError(f"{entry.label} needs {need.replace('_', ' ')}, one per block ({num_layers} blocks)")
-        if np.asarray(stats[need]).size != num_layers:
+        given = np.asarray(stats[need])
+        if (given.shape[0] if given.ndim == 2 else given.size) != num_layers:  # 2-D: one row per block
             raise ValueError(
-                f"{entry.label} needs {num_layers} {need.replace('_', ' ')} (one per block), got "
-                f"{np.asarray(stats[need]).size}"
+                f"{entry.label} needs {num_layers} {need.replace('_', ' ')} (one per block), got {given.shape}"
             )
     w = None if weights is None else np.asarray(weights, dtype=np.float64)
     params: dict[str, Any] = {**dict(spec.args), "rates": spec.rates}
@@ -255,7 +258,14 @@ class BlockRemovedWarning(UserWarning):
 
 def removed_blocks(rates: ArrayLike) -> list[int]:
     """The blocks a schedule prunes whole: rate >= 1 (floor(columns * rate) = every column of every row)."""
-    return [int(i) for i in np.flatnonzero(np.asarray(rates, dtype=np.float64) >= 1.0 - schedules.CLIP_TOL)]
+    return [int(i) for i in np.flatnonzero(np.asarray(rates, dtype=np.float64) >= 1.0 - published.CLIP_TOL)]
+
+
+def per_linear_rates(spec: ScheduleSpec, stats: Stats) -> np.ndarray | None:
+    """Rates per (block, linear) when ``spec`` gives each linear its own rate from statistics (LSA's projection
+    granularity), else None."""
+    entry = spec.entry
+    return None if entry.per_linear is None else entry.per_linear(spec.sparsity, dict(spec.args), stats)
 
 
 def linear_split(spec: ScheduleSpec, rates: np.ndarray, counts: ArrayLike) -> np.ndarray | None:
@@ -438,6 +448,41 @@ register(
         ),
         needs=("dsa_values",),
         description="a searched function of each block's Wanda scores -> importance -> OWL-style band (Li et al. 2024)",
+    )
+)
+LSA_PARAMS = (
+    Param(
+        "granularity",
+        "LSA granularity",
+        "layer",
+        choices=lsa.GRANULARITIES,
+        help="layer: one rate per block (the code's --layer lsa, spread from its table by S); projection: one rate "
+        "per linear (--layer lsac; --layer lsab runs the same code)",
+    ),
+    Param(
+        "lam",
+        "LSA Lamda (half-width, projection granularity; layer granularity below S = 0.1)",
+        lsa.LAMBDA,
+        0.0,
+        lsa.MAX_LAMBDA,
+    ),
+)
+
+
+def _lsa_table(sparsity: float, p: Mapping[str, Any], stats: Stats) -> np.ndarray:
+    return lsa.rates(stats["lsa_errors"], stats["linear_sizes"], sparsity, float(p["lam"]), str(p["granularity"]))
+
+
+register(
+    Method(
+        "lsa",
+        "LSA",
+        "#ff7f0e",
+        lambda n, s, p, stats, w: lsa.block_means(_lsa_table(s, p, stats), stats["linear_sizes"]),
+        params=LSA_PARAMS,
+        needs=("lsa_errors", "linear_sizes"),
+        description="larger minimal reconstruction error -> sparser block or linear (Yang et al. 2026)",
+        per_linear=lambda s, p, stats: _lsa_table(s, p, stats) if p["granularity"] == "projection" else None,
     )
 )
 register(
