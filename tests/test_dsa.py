@@ -9,10 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from tiny import shared_corpus_file, shared_tiny_model
+from tiny import tiny_workbench
 
-from atp_viz.config import CalibConfig, EvalConfig
-from atp_viz.experiment.workbench import Setup, Workbench
 from atp_viz.pruning.layer_stats import prunable_linears
 from atp_viz.pruning.pruners import wanda_scores
 from atp_viz.schedules import dsa
@@ -262,14 +260,7 @@ def test_bad_parameters_are_refused(call, says: str) -> None:
 # ------------------------------------------------------------------------------------------ on a model
 def test_statistic_is_the_graph_of_each_blocks_dense_wanda_scores(tmp_path: Path, monkeypatch) -> None:
     monkeypatch.setenv("ATP_VIZ_CACHE", str(tmp_path / "cache"))
-    setup = Setup(
-        model=str(shared_tiny_model("llama")),
-        corpus=str(shared_corpus_file()),
-        calib=CalibConfig(samples=4, seqlen=32, seed=0),
-        evaluation=EvalConfig(windows=2, seqlen=32),
-        batch_size=2,
-    )
-    wb = Workbench(setup, None)
+    wb = tiny_workbench()
     graph = "W:(ABSLOG)-(MEAN)-(ATAN)"  # not scale-free: the 1/sqrt(sequences) factor of the code shows
     values = wb.stats.dsa_values(graph, "authors")
     dense = wb.stats.linears()

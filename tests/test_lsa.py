@@ -8,11 +8,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from tiny import shared_corpus_file, shared_tiny_model
+from tiny import tiny_workbench
 
-from atp_viz.config import CalibConfig, EvalConfig
 from atp_viz.dashboard import figures
-from atp_viz.experiment.workbench import Setup, Workbench
 from atp_viz.pruning.layer_stats import prunable_linears
 from atp_viz.pruning.lsa_stats import reconstruction_error
 from atp_viz.schedules import lsa
@@ -130,15 +128,7 @@ def test_heatmap_has_one_row_per_projection() -> None:
 
 def test_projection_rates_reach_each_linear_on_a_model(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("ATP_VIZ_CACHE", str(tmp_path / "cache"))
-    setup = Setup(
-        model=str(shared_tiny_model("llama")),
-        corpus=str(shared_corpus_file()),
-        calib=CalibConfig(samples=4, seqlen=32, seed=0),
-        evaluation=EvalConfig(windows=2, seqlen=32),
-        calibration="cached",
-        batch_size=2,
-    )
-    wb = Workbench(setup, None)
+    wb = tiny_workbench("cached")
     spec = ScheduleSpec("lsa", 0.6, granularity="projection", lam=0.05)
     rates = wb.schedule(spec)
     table = wb.per_linear(spec)
