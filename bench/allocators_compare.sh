@@ -11,8 +11,9 @@
 #     MODELS=/tmp/atp-viz-tests/llama-4x64-v1 CORPUS=/tmp/atp-viz-tests/tiny-corpus-v1.txt SPARSITIES=0.6 SEEDS=0 \
 #     METRICS=perplexity SIZE="--calib-samples 2 --seqlen 32 --eval-windows 1" OUT=/tmp/alloc-compare \
 #     bash bench/allocators_compare.sh
-# Not covered: DSA's own evolutionary search over graphs (not in this branch) and ATP's best curved profile over
-# the curvature p (this runs the power profile at its default p; `atp-viz sweep2d --axes beta,power` searches p).
+# Not covered: DSA's own evolutionary search over graphs (`atp-viz search --space dsa --versus-atp`, per model,
+# sparsity and seed) and ATP's best curved profile over the curvature p (this runs the power profile at its
+# default p; `atp-viz sweep2d` searches p).
 set -euo pipefail
 PYTHON=${PYTHON:-python}
 MODELS=${MODELS:-"smollm2-135m gemma3-270m"}

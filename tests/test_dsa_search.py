@@ -102,3 +102,21 @@ def test_graph_search_on_a_model_stores_each_graph_as_a_dsa_point() -> None:
     wb.apply = lambda *a, **k: pruned.append(a)  # type: ignore[method-assign]
     assert [e.graph for e in dsa_graph_search(wb, 0.6, budget=3, seed=0)] == [e.graph for e in done]
     assert pruned == []  # every point read back
+
+
+def test_cli_search_space_dsa_prints_the_graphs_and_the_best(capsys: pytest.CaptureFixture[str]) -> None:
+    import json
+
+    from tiny import shared_corpus_file, shared_tiny_model
+
+    from atp_viz import cli
+
+    model, corpus = str(shared_tiny_model("llama")), str(shared_corpus_file())
+    argv = ["search", "--space", "dsa", "--model", model, "--corpus", corpus, "--calib-samples", "2", "--seqlen", "32",
+            "--eval-windows", "1", "--sparsity", "0.6", "--no-store", "--json", "--trials"]  # fmt: skip
+    assert cli.main([*argv, "0"]) == 2  # refused in one line
+    assert "--trials must be >= 1" in capsys.readouterr().err
+    assert cli.main([*argv, "2"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["budget"] == 2 and out["graphs"][0]["graph"] == DEFAULT_GRAPH
+    assert out["best"]["graph"] in {g["graph"] for g in out["graphs"]} and len(out["best"]["rates"]) == 4

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import json
 import math
 import sys
@@ -382,6 +383,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-delta", type=float, default=None, help="bound on |s_i - S| (default: only 0 <= s_i <= 1)")
     p.add_argument("--sparsity", type=float, default=0.7, help="target mean sparsity S in (0, 1) (default 0.7)")
     p.add_argument("--versus-atp", action="store_true", help="also run ATP's beta sweep; the same budget for each")
+    p.add_argument(
+        "--space",
+        default="rates",
+        choices=("rates", "dsa"),
+        help="rates: per-block rates (--sampler); dsa: DSA's evolutionary search over allocation graphs, each graph "
+        "a dsa point (default budget: ATP's sweep size)",
+    )
     p.add_argument(
         "--evaluate",
         default="all",
@@ -831,6 +839,8 @@ def cmd_search(args: argparse.Namespace) -> dict[str, Any]:
     from atp_viz.search import study as searching
 
     setup = setup_from(args)
+    if args.space == "dsa":
+        return dsa_search_with(args, setup)
     for name in args.sampler:
         search.check_sampler(name)
     if not args.sampler:
@@ -884,6 +894,48 @@ def search_with(
             f"{row['evaluation_perplexity']:.4f}, {row['seconds']:.0f} s, Spearman {row['spearman']:.3f}, "
             f"{row['inversions']} inversions")  # fmt: skip
     return {"dense_perplexity": dense, **out}
+
+
+def dsa_search_with(args: argparse.Namespace, setup: Setup) -> dict[str, Any]:
+    """``search --space dsa``: DSA's graph search (``searching.dsa_graph_search``), its best graph measured on
+    evaluation; with --versus-atp also ATP's sweep, the same number of points for each."""
+    from . import searching
+
+    check_sparsity(args.sparsity)
+    check_step(args.step)
+    if args.trials is not None and args.trials < 1:
+        raise CliError(f"--trials must be >= 1, got {args.trials}")
+    wb = load_workbench(setup)
+    wb.store = open_store(args)
+    progress = tqdm_progress()
+    dense = wb.dense_perplexity(progress)
+    done = searching.dsa_graph_search(wb, args.sparsity, args.trials, args.search_seed, args.step, progress)
+    for entry in done:
+        log(f"dsa graph {entry.index} (generation {entry.generation}): {entry.graph}: validation ppl "
+            f"{entry.fitness:.4f}")  # fmt: skip
+    best = searching.dsa_search.best(done)
+    point = wb.run(ScheduleSpec("dsa", args.sparsity, graph=best.graph))
+    out: dict[str, Any] = {
+        "dense_perplexity": dense,
+        "sparsity": args.sparsity,
+        "budget": len(done),
+        "graphs": [dataclasses.asdict(entry) for entry in done],
+        "best": {"graph": best.graph, "validation_perplexity": best.fitness,
+                 "evaluation_perplexity": point.value("perplexity", EVALUATION), "rates": point.rates.tolist()},
+    }  # fmt: skip
+    log(f"dsa best: {best.graph}: validation ppl {best.fitness:.4f}, evaluation ppl "
+        f"{out['best']['evaluation_perplexity']:.4f}")  # fmt: skip
+    if args.versus_atp:
+        specs = searching.atp_specs(wb.num_blocks, args.sparsity, args.step)
+        points = list(wb.run_many(specs, progress, splits=(VALIDATION,)))
+        pick = min(range(len(points)), key=lambda i: points[i].value("perplexity", VALIDATION))
+        winner = wb.run(specs[pick])
+        out["atp"] = {"points": len(points), "params": specs[pick].params(),
+                      "validation_perplexity": winner.value("perplexity", VALIDATION),
+                      "evaluation_perplexity": winner.value("perplexity", EVALUATION)}  # fmt: skip
+        log(f"atp best of {len(points)}: {specs[pick].describe()}: evaluation ppl "
+            f"{out['atp']['evaluation_perplexity']:.4f}")  # fmt: skip
+    return out
 
 
 def cmd_eval(args: argparse.Namespace) -> dict[str, Any]:
