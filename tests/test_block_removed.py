@@ -7,8 +7,10 @@ import warnings
 import numpy as np
 import pytest
 
-from atp_viz import cli, schedules, ui
-from atp_viz.methods import BlockRemovedWarning, ScheduleSpec, build_schedule, removed_blocks
+from atp_viz.cli import main as cli
+from atp_viz.dashboard import ui
+from atp_viz.schedules import published as schedules
+from atp_viz.schedules.methods import BlockRemovedWarning, ScheduleSpec, build_schedule, removed_blocks
 
 
 def test_alphapruning_clipped_to_one_names_the_block() -> None:

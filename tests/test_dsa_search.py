@@ -109,7 +109,7 @@ def test_cli_search_space_dsa_prints_the_graphs_and_the_best(capsys: pytest.Capt
 
     from tiny import shared_corpus_file, shared_tiny_model
 
-    from atp_viz import cli
+    from atp_viz.cli import main as cli
 
     model, corpus = str(shared_tiny_model("llama")), str(shared_corpus_file())
     argv = ["search", "--space", "dsa", "--model", model, "--corpus", corpus, "--calib-samples", "2", "--seqlen", "32",

@@ -899,7 +899,7 @@ def search_with(
 def dsa_search_with(args: argparse.Namespace, setup: Setup) -> dict[str, Any]:
     """``search --space dsa``: DSA's graph search (``searching.dsa_graph_search``), its best graph measured on
     evaluation; with --versus-atp also ATP's sweep, the same number of points for each."""
-    from . import searching
+    from atp_viz.search import study as searching
 
     check_sparsity(args.sparsity)
     check_step(args.step)
