@@ -91,7 +91,9 @@ pick = st.selectbox("Recipe for", list(named), key="sched_recipe")
 st.caption("llm-compressor oneshot recipe with one sparsity per decoder block (copy button at the top right):")
 pruner = PRUNERS[setup.prune.pruner]
 picked = next(spec for spec in specs.values() if ui.spec_label(spec) == pick)
-per_type = bench.linear_rates(picked, named[pick])  # {} unless ATP's attention-MLP offset is non-zero
+per_type = bench.linear_rates(picked, named[pick])  # {} unless rates differ within a block (offset, LSA projections)
+if per_type:
+    ui.chart(figures.linear_rates_figure(per_type, f"{pick}: rates per block and linear"), key="sched_linear")
 st.code(
     recipe_snippet(
         linear_targets(per_type, bench.linear_names, blocks_path(bench.loaded)) if per_type else named[pick].tolist(),

@@ -230,3 +230,14 @@ def test_beta_tuning_can_choose_beta_by_zero_shot_accuracy() -> None:
     ok(at)
     assert "zero-shot accuracy" in figures(at)[0]["layout"]["yaxis"]["title"]["text"]
     assert any("chosen on validation zeroshot" in s.value for s in at.success)
+
+
+def test_schedules_page_says_which_blocks_a_schedule_prunes_whole_and_where_dsa_is_not_finite() -> None:
+    at = page("pages/1_Schedules.py")
+    ok(at)
+    beta = at.slider(key="sched_atp_beta")
+    beta.set_value(beta.max).run()  # ATP at beta_max puts its last block at rate 1 (S > 0.5)
+    ok(at)
+    texts = [w.value for w in at.warning]
+    assert any("prunes block 3 whole" in t and t.startswith("atp S=") for t in texts), texts
+    assert any("the DSA graph W:(ABSLOG)-(VAR)-(ATAN,ASIN)-(7) is not finite for" in t for t in texts), texts

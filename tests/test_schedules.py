@@ -348,7 +348,7 @@ def test_build_schedule_errors(spec: ScheduleSpec, stats: dict, weights: list | 
         (lambda: ScheduleSpec("uniform", 1.0), r"sparsity must be in \(0, 1\)"),
         (
             lambda: ScheduleSpec("nope", 0.5),
-            "unknown method 'nope'; allowed: uniform, atp, owl, alphapruning, dlp, power, prefix, custom",
+            "unknown method 'nope'; allowed: uniform, atp, owl, alphapruning, dlp, dsa, lsa, power, prefix, custom",
         ),
         (lambda: ScheduleSpec("custom"), "needs rates"),
     ],

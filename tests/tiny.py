@@ -128,6 +128,22 @@ def shared_corpus_file() -> Path:
     return path
 
 
+def tiny_workbench(calibration: str = "sequential"):
+    """A Workbench on the shared tiny llama and corpus (4 calibration windows of 32 tokens, no store)."""
+    from atp_viz.config import CalibConfig, EvalConfig
+    from atp_viz.experiment.workbench import Setup, Workbench
+
+    setup = Setup(
+        model=str(shared_tiny_model("llama")),
+        corpus=str(shared_corpus_file()),
+        calib=CalibConfig(samples=4, seqlen=32, seed=0),
+        evaluation=EvalConfig(windows=2, seqlen=32),
+        calibration=calibration,
+        batch_size=2,
+    )
+    return Workbench(setup, None)
+
+
 def make_bad_inputs(root: Path) -> dict[str, Path]:
     """Things a user could type that cannot be used: a non-causal model, a folder without weights,
     and empty, blank, binary and non-UTF-8 corpus files."""

@@ -75,7 +75,9 @@ def method_param_options(grid: bool = False) -> argparse.ArgumentParser:
                 continue
             seen.add(param.name)
             owners = ", ".join(m.name for m in methods.METHODS.values() if param.name in m.param_names)
-            kind = {"choices": param.choices} if param.choices else {"type": float}
+            kind: dict[str, Any] = {"choices": param.choices} if param.choices else {"type": float}
+            if param.text is not None:
+                kind = {"type": str}
             if not param.required:
                 default = f"default {param.default}"
             elif grid:

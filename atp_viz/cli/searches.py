@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 from typing import Any
 
 from atp_viz.cli.options import (
@@ -20,10 +21,12 @@ from atp_viz.cli.options import (
     setup_options,
     tqdm_progress,
 )
+from atp_viz.config import check_sparsity
 from atp_viz.experiment.executors import Executor
 from atp_viz.experiment.workbench import Setup
 from atp_viz.measure.metrics import EVALUATION, VALIDATION
 from atp_viz.schedules import published
+from atp_viz.schedules.methods import ScheduleSpec
 from atp_viz.search import space, study
 from atp_viz.search.space import SAMPLERS
 
@@ -50,6 +53,13 @@ def add_parsers(sub: Any) -> None:
     p.add_argument("--sparsity", type=float, default=0.7, help="target mean sparsity S in (0, 1) (default 0.7)")
     p.add_argument("--versus-atp", action="store_true", help="also run ATP's beta sweep; the same budget for each")
     p.add_argument(
+        "--space",
+        default="rates",
+        choices=("rates", "dsa"),
+        help="rates: per-block rates (--sampler); dsa: DSA's evolutionary search over allocation graphs, each graph "
+        "a dsa point (default budget: ATP's sweep size)",
+    )
+    p.add_argument(
         "--evaluate",
         default="all",
         choices=("all", "winners"),
@@ -60,6 +70,8 @@ def add_parsers(sub: Any) -> None:
 
 def cmd_search(args: argparse.Namespace) -> dict[str, Any]:
     setup = setup_from(args)
+    if args.space == "dsa":
+        return dsa_search_with(args, setup)
     for name in args.sampler:
         space.check_sampler(name)
     if not args.sampler:
@@ -110,6 +122,46 @@ def search_with(
             f"{row['evaluation_perplexity']:.4f}, {row['seconds']:.0f} s, Spearman {row['spearman']:.3f}, "
             f"{row['inversions']} inversions")  # fmt: skip
     return {"dense_perplexity": dense, **out}
+
+
+def dsa_search_with(args: argparse.Namespace, setup: Setup) -> dict[str, Any]:
+    """``search --space dsa``: DSA's graph search (``study.dsa_graph_search``), its best graph measured on
+    evaluation; with --versus-atp also ATP's sweep, the same number of points for each."""
+    check_sparsity(args.sparsity)
+    check_step(args.step)
+    if args.trials is not None and args.trials < 1:
+        raise CliError(f"--trials must be >= 1, got {args.trials}")
+    wb = load_workbench(setup)
+    wb.store = open_store(args)
+    progress = tqdm_progress()
+    dense = wb.dense_perplexity(progress)
+    done = study.dsa_graph_search(wb, args.sparsity, args.trials, args.search_seed, args.step, progress)
+    for entry in done:
+        log(f"dsa graph {entry.index} (generation {entry.generation}): {entry.graph}: validation ppl "
+            f"{entry.fitness:.4f}")  # fmt: skip
+    best = study.dsa_search.best(done)
+    point = wb.run(ScheduleSpec("dsa", args.sparsity, graph=best.graph))
+    out: dict[str, Any] = {
+        "dense_perplexity": dense,
+        "sparsity": args.sparsity,
+        "budget": len(done),
+        "graphs": [dataclasses.asdict(entry) for entry in done],
+        "best": {"graph": best.graph, "validation_perplexity": best.fitness,
+                 "evaluation_perplexity": point.value("perplexity", EVALUATION), "rates": point.rates.tolist()},
+    }  # fmt: skip
+    log(f"dsa best: {best.graph}: validation ppl {best.fitness:.4f}, evaluation ppl "
+        f"{out['best']['evaluation_perplexity']:.4f}")  # fmt: skip
+    if args.versus_atp:
+        specs = study.atp_specs(wb.num_blocks, args.sparsity, args.step)
+        points = list(wb.run_many(specs, progress, splits=(VALIDATION,)))
+        pick = min(range(len(points)), key=lambda i: points[i].value("perplexity", VALIDATION))
+        winner = wb.run(specs[pick])
+        out["atp"] = {"points": len(points), "params": specs[pick].params(),
+                      "validation_perplexity": winner.value("perplexity", VALIDATION),
+                      "evaluation_perplexity": winner.value("perplexity", EVALUATION)}  # fmt: skip
+        log(f"atp best of {len(points)}: {specs[pick].describe()}: evaluation ppl "
+            f"{out['atp']['evaluation_perplexity']:.4f}")  # fmt: skip
+    return out
 
 
 COMMANDS = {"search": cmd_search}

@@ -438,8 +438,8 @@ def sweep2d_figure(
 
 
 def linear_rates_figure(rates: Mapping[str, ArrayLike], title: str = "Rates per block and linear type") -> go.Figure:
-    """A blocks x linear-type heatmap of sparsity (``{"attention": [...], "mlp": [...]}``, one rate per
-    block each), exact rates in the hover."""
+    """A blocks x linear-type (or blocks x projection) heatmap of sparsity (``{"attention": [...], "mlp": [...]}``
+    or ``{"self_attn.q_proj": [...], ...}``, one rate per block each), exact rates in the hover."""
     names = list(rates)
     z = np.array([np.asarray(rates[n], dtype=np.float64) for n in names])  # (types, blocks)
     fig = go.Figure(
@@ -455,8 +455,8 @@ def linear_rates_figure(rates: Mapping[str, ArrayLike], title: str = "Rates per 
             showlegend=False,
         )
     )
-    _layout(fig, title, BLOCK_AXIS, "linear type")
-    fig.update_layout(showlegend=False, height=260)
+    _layout(fig, title, BLOCK_AXIS, "linear type" if len(names) <= 2 else "linear (projection)")
+    fig.update_layout(showlegend=False, height=max(260, 140 + 32 * len(names)))
     return _block_ticks(fig, z.shape[1])
 
 

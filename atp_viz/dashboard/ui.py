@@ -551,9 +551,12 @@ def schedules(bench: Workbench | None, num_blocks: int, specs: Sequence[Schedule
     for spec in specs:
         if not spec.entry.needs:
             try:
-                found.rates[spec] = methods.build_schedule(
-                    spec, num_blocks, None, bench.param_counts if bench else None
-                )
+                with warnings.catch_warnings(record=True) as caught:  # a block pruned whole, a clipped schedule
+                    warnings.simplefilter("always")
+                    found.rates[spec] = methods.build_schedule(
+                        spec, num_blocks, None, bench.param_counts if bench else None
+                    )
+                found.warnings.extend(str(w.message) for w in caught)
             except ValueError as exc:
                 found.errors[spec] = str(exc)
         elif bench is not None and (known := _statistics_rates().get((bench.setup, spec))) is not None:
@@ -947,6 +950,9 @@ def param_widgets(name: str, num_blocks: int, sparsity: float, prefix: str, cont
     values: dict[str, Any] = {}
     for param in methods.get_method(name).params:
         key = f"{prefix}_{name}_{param.name}"
+        if param.text is not None:
+            values[param.name] = container.text_input(param.label, help=param.help, **state(key, param.default))
+            continue
         if param.choices:
             values[param.name] = container.selectbox(
                 param.label, param.choices, help=param.help, **state(key, param.default)

@@ -54,6 +54,7 @@ from atp_viz.pruning.cached import (
     DenseStats,
     block_scores_from_stats,
     collect_dense_stats,
+    dsa_values_from_stats,
     load_stats,
     outlier_ratios_from_stats,
     save_stats,
@@ -61,6 +62,7 @@ from atp_viz.pruning.cached import (
 )
 from atp_viz.pruning.calibration import BlockCalls, ModeInputs, PruneReport, SequentialMode, capture_block_calls
 from atp_viz.pruning.layer_stats import block_alphas, block_param_counts, prunable_linears
+from atp_viz.pruning.lsa_stats import block_errors
 from atp_viz.pruning.offload import (
     CALIBRATION_COPIES,
     EVALUATION_COPIES,
@@ -213,8 +215,15 @@ MEASURES: dict[str, Measure] = {
 # statistic a schedule method needs -> its computation on the dense model
 STATISTICS: dict[str, Callable[[DenseStatistics, ScheduleSpec, Progress | None], np.ndarray]] = {
     "outlier_ratios": lambda stats, spec, progress: stats.outlier_ratios(float(spec.get("m")), progress),
-    "alphas": lambda stats, spec, progress: stats.alphas(str(spec.get("estimator", "official"))),
+    "alphas": lambda stats, spec, progress: stats.alphas(
+        str(spec.get("estimator", "official")), str(spec.get("precision", published.SPECTRA_PRECISION))
+    ),
     "block_scores": lambda stats, spec, progress: stats.block_scores(progress),
+    "lsa_errors": lambda stats, spec, progress: stats.lsa_errors(progress),
+    "linear_sizes": lambda stats, spec, progress: stats.linear_sizes(),
+    "dsa_values": lambda stats, spec, progress: stats.dsa_values(
+        str(spec.get("graph")), str(spec.get("nonfinite")), progress
+    ),
 }
 
 
@@ -373,12 +382,12 @@ class DenseStatistics:
             self._stats = stats
         return self._stats
 
-    def alphas(self, estimator: str = "official") -> np.ndarray:
-        """AlphaPruning's block metric from the dense weights."""
-        if ("alphas", estimator) not in self._per_block:
+    def alphas(self, estimator: str = "official", precision: str = published.SPECTRA_PRECISION) -> np.ndarray:
+        """AlphaPruning's block metric from the dense weights (``layer_stats.block_alphas``)."""
+        if ("alphas", (estimator, precision)) not in self._per_block:
             self.dense.restore()
-            self._per_block[("alphas", estimator)] = block_alphas(self.dense.blocks, estimator)
-        return self._per_block[("alphas", estimator)]
+            self._per_block[("alphas", (estimator, precision))] = block_alphas(self.dense.blocks, estimator, precision)
+        return self._per_block[("alphas", (estimator, precision))]
 
     def block_scores(self, progress: Progress | None = None) -> np.ndarray:
         """DLP's mean Wanda score per block, from the dense statistics."""
@@ -387,6 +396,33 @@ class DenseStatistics:
             self.dense.restore()
             self._per_block[("scores", 0)] = block_scores_from_stats(self.dense.blocks, stats)
         return self._per_block[("scores", 0)]
+
+    def dsa_values(self, graph: str, nonfinite: str, progress: Progress | None = None) -> np.ndarray:
+        """DSA's raw graph value per block from the dense statistics (NaN / inf kept for the rate mapping)."""
+        if ("dsa", (graph, nonfinite)) not in self._per_block:
+            stats = self.linears(progress)
+            self.dense.restore()
+            sequences = int(self.calibration_ids.shape[0])
+            self._per_block[("dsa", (graph, nonfinite))] = dsa_values_from_stats(
+                self.dense.blocks, stats, graph, nonfinite, sequences
+            )
+        return self._per_block[("dsa", (graph, nonfinite))]
+
+    def lsa_errors(self, progress: Progress | None = None) -> np.ndarray:
+        """LSA's minimal linear reconstruction error of every (block, linear), from one dense pass."""
+        if ("lsa", 0) not in self._per_block:
+            self.dense.restore()
+            self._per_block[("lsa", 0)] = block_errors(
+                self.dense.blocks, self.calls(), self.setup.batch_size, progress=counted(progress, "LSA errors: block")
+            )
+        return self._per_block[("lsa", 0)]
+
+    def linear_sizes(self) -> np.ndarray:
+        """(blocks x linears) weight counts, each block's linears in their order."""
+        sizes = [[lin.weight.numel() for lin in prunable_linears(block).values()] for block in self.dense.blocks]
+        if len({len(row) for row in sizes}) != 1:
+            raise ValueError("rates per linear need the same linears in every block")
+        return np.array(sizes, dtype=np.float64)
 
     def outlier_ratios(self, m: float, progress: Progress | None = None) -> np.ndarray:
         """OWL's D_i from the dense statistics (one dense pass, shared with the cached mode)."""
@@ -625,15 +661,33 @@ class Workbench:
         key, record, found, missing = self.rows.point(spec)
         return None if record is None or missing else PointResult.from_record({**record, "metrics": found}, key)
 
+    def per_linear(self, spec: ScheduleSpec) -> np.ndarray | None:
+        """(blocks x linears) rates when ``spec`` gives each linear its own rate (LSA's projections), else None."""
+        if spec.entry.per_linear is None:
+            return None
+        stats = {need: STATISTICS[need](self.stats, spec, None) for need in spec.entry.needs}
+        return methods.per_linear_rates(spec, stats)
+
     def rate_map(self, spec: ScheduleSpec, rates: np.ndarray) -> published.RateMap:
-        """``BlockRates`` (the paper), or ``LinearRates`` when ``spec`` gives linear types their own rates."""
+        """``BlockRates`` (the paper), or ``LinearRates`` when ``spec`` gives linear types (or linears) their own
+        rates."""
+        table = self.per_linear(spec)
+        if table is not None:
+            return published.LinearRates(
+                rates,
+                {(i, n): float(table[i, j]) for i, names in enumerate(self.linear_names) for j, n in enumerate(names)},
+            )
         split = methods.linear_split(spec, rates, self.group_counts)
         if split is None:
             return published.BlockRates(rates)
         return published.LinearRates(rates, profiles.linear_table(split, self.linear_names))
 
     def linear_rates(self, spec: ScheduleSpec, rates: np.ndarray) -> dict[str, list[float]]:
-        """Rates per linear type (``profiles.LINEAR_GROUPS``), or {} when each block has one rate."""
+        """Rates per linear type (``profiles.LINEAR_GROUPS``), or per linear name when each linear has its own
+        (LSA's projections), or {} when each block has one rate."""
+        table = self.per_linear(spec)
+        if table is not None:
+            return {name: table[:, j].tolist() for j, name in enumerate(self.linear_names[0])}
         split = methods.linear_split(spec, rates, self.group_counts)
         return {} if split is None else {g: split[:, j].tolist() for j, g in enumerate(profiles.LINEAR_GROUPS)}
 

@@ -15,6 +15,7 @@ statistics differ from the sequential ones (dense inputs instead of pruned ones)
 
 from __future__ import annotations
 
+import math
 import os
 import tempfile
 from collections.abc import Callable, Iterator, Sequence
@@ -39,6 +40,7 @@ from atp_viz.pruning.pruners import (
     stats_state,
     wanda_scores,
 )
+from atp_viz.schedules import dsa
 from atp_viz.schedules.published import RateMap, as_rate_map
 
 LinearKey = tuple[int, str]  # (block index, linear name inside the block)
@@ -160,6 +162,21 @@ def block_wanda_scores(blocks: nn.ModuleList, stats: DenseStats) -> Iterator[tor
 def outlier_ratios_from_stats(blocks: nn.ModuleList, stats: DenseStats, m: float) -> np.ndarray:
     """OWL's D_i: the outlier ratio of block i's Wanda scores over all its linears."""
     return np.array([outlier_ratio(scores, m) for scores in block_wanda_scores(blocks, stats)], dtype=np.float64)
+
+
+def dsa_values_from_stats(
+    blocks: nn.ModuleList, stats: DenseStats, graph: str, nonfinite: str, sequences: int
+) -> np.ndarray:
+    """DSA's graph value of each block's Wanda scores (``dsa.graph_value``; NaN / inf kept).
+
+    As DSA's code: |W_jk| * sqrt(scaler_row_k) with scaler_row = sum of x_k^2 / number of calibration
+    sequences, i.e. our ||X_k|| / sqrt(sequences) (the scale matters to graphs that are not scale-free)."""
+    parsed = dsa.parse_graph(graph)
+    scale = 1.0 / math.sqrt(sequences)
+    return np.array(
+        [dsa.graph_value(parsed, (scores * scale).numpy(), nonfinite) for scores in block_wanda_scores(blocks, stats)],
+        dtype=np.float64,
+    )
 
 
 def block_scores_from_stats(blocks: nn.ModuleList, stats: DenseStats) -> np.ndarray:

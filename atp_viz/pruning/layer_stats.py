@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from atp_viz.config import check_choice
+from atp_viz.schedules import published
 from atp_viz.schedules.published import OWL_M
 
 PERCENT = 100.0
@@ -22,6 +23,11 @@ HIST_BINS = 100  # AlphaPruning / WeightWatcher "xmin_peak": peak of a 100-bin l
 XMIN_LOW = 0.95  # xmin candidates lie in [XMIN_LOW, XMIN_HIGH] * peak (AlphaPruning window)
 XMIN_HIGH = 1.5
 EIG_REL_FLOOR = 1e-10  # eigenvalues below this fraction of the largest are numerical zeros
+# FARMS's released run configurations (LLM_Pruning/scripts/llm_pruning_main.txt, Wanda at 70 % on LLaMA-7B/13B):
+# --num_row_samples 2000 --Q_ratio 1 --sampling_ops_per_dim 15 --use_sliding_window True
+FARMS_ROWS = 2000
+FARMS_RATIO = 1.0
+FARMS_OPS = 15
 
 
 def outlier_ratio(scores: torch.Tensor, m: float = OWL_M) -> float:
@@ -107,16 +113,23 @@ def alpha_hill(weight: torch.Tensor) -> float:
 def alpha_hill_official(weight: torch.Tensor) -> float:
     """PL_Alpha_Hill exactly as AlphaPruning's ``net_esd_estimator(fix_fingers="xmin_peak")`` computes it.
 
-    Float32 throughout; e = sorted svdvals(W)^2 with no eigenvalue dropped; peak = 10^(left edge of
-    the fullest of 100 bins of log10 e); candidates k (never the largest) are visited in ascending
-    order, skipped while e_k < log10(0.95 * peak) (the official mixed-scale lower bound) and stopped
-    once e_k > 1.5 * peak. Each visited k gets alpha_k = 1 + n / (sum_{j>=k} ln e_j - n ln e_k) and,
-    when alpha_k > 1, its KS distance D_k; unvisited or alpha <= 1 candidates keep D = 1 and
-    alpha = 0. The result is alpha at the first minimum of D, as ``torch.argmin`` picks it.
+    Float32 throughout; e = sorted svdvals(W)^2 with no eigenvalue dropped, fitted by ``official_fit``.
     """
     if weight.ndim != 2:
         raise ValueError(f"alpha_hill needs a 2-D weight, got shape {tuple(weight.shape)}")
-    eigs = torch.linalg.svdvals(weight.detach().cpu().to(torch.float32)).square().sort().values
+    return official_fit(torch.linalg.svdvals(weight.detach().cpu().to(torch.float32)).square().sort().values)
+
+
+def official_fit(eigs: torch.Tensor) -> float:
+    """The "xmin_peak" fit of AlphaPruning's ``net_esd_estimator`` (and FARMS's ``analysis_esd``) on ascending
+    float32 eigenvalues ``eigs``.
+
+    peak = 10^(left edge of the fullest of 100 bins of log10 e); candidates k (never the largest) are visited in
+    ascending order, skipped while e_k < log10(0.95 * peak) (the official mixed-scale lower bound) and stopped
+    once e_k > 1.5 * peak. Each visited k gets alpha_k = 1 + n / (sum_{j>=k} ln e_j - n ln e_k) and, when
+    alpha_k > 1, its KS distance D_k; unvisited or alpha <= 1 candidates keep D = 1 and alpha = 0. The result is
+    alpha at the first minimum of D, as ``torch.argmin`` picks it.
+    """
     logs = eigs.log()
     count = eigs.numel()
     if count < 2:
@@ -141,7 +154,47 @@ def alpha_hill_official(weight: torch.Tensor) -> float:
     return float(alphas[torch.argmin(distances)])
 
 
-ALPHA_ESTIMATORS = {"official": alpha_hill_official, "window": alpha_hill}  # official = AlphaPruning's code
+def farms_eigenvalues(
+    weight: torch.Tensor, rows: int = FARMS_ROWS, ratio: float = FARMS_RATIO, per_dim: int = FARMS_OPS
+) -> torch.Tensor:
+    """FARMS's pooled spectrum (``sampling.fixed_sampling`` of HUST-AI-HYZ/FARMS, LLM_Pruning/lib): ascending
+    float32 eigenvalues of fixed-aspect-ratio sub-matrices of W.
+
+    r = min(rows, min(R, C)) rows and c = int(r * ratio) columns per window; steps max(1, (R - r) // (per_dim - 1))
+    and max(1, (C - c) // (per_dim - 1)); min(per_dim, max(1, (R - r) // step + 1)) windows per dimension, each
+    starting at min(i * step, R - r) (columns alike); every window's svdvals^2, concatenated and sorted.
+    """
+    if weight.ndim != 2:
+        raise ValueError(f"alpha_hill needs a 2-D weight, got shape {tuple(weight.shape)}")
+    if rows < 1 or ratio <= 0 or per_dim < 2:
+        raise ValueError(f"FARMS needs rows >= 1, ratio > 0 and per_dim >= 2, got {rows}, {ratio:g}, {per_dim}")
+    matrix = weight.detach().cpu().to(torch.float32)
+    total_rows, total_cols = matrix.shape
+    rows = min(rows, min(total_rows, total_cols))
+    cols = int(rows * ratio)
+    row_step = max(1, (total_rows - rows) // (per_dim - 1))
+    col_step = max(1, (total_cols - cols) // (per_dim - 1))
+    row_windows = min(per_dim, max(1, (total_rows - rows) // row_step + 1))
+    col_windows = min(per_dim, max(1, (total_cols - cols) // col_step + 1))
+    eigs = []
+    for i in range(row_windows):
+        for j in range(col_windows):
+            top = min(i * row_step, total_rows - rows)
+            left = min(j * col_step, total_cols - cols)
+            eigs.append(torch.linalg.svdvals(matrix[top : top + rows, left : left + cols]).square())
+    return torch.cat(eigs).sort().values
+
+
+def alpha_hill_farms(weight: torch.Tensor) -> float:
+    """FARMS (ICML 2025): AlphaPruning's fit (``official_fit``) on the pooled spectrum of fixed-aspect-ratio
+    sub-matrices (``farms_eigenvalues`` at the released configuration: 2000 rows, ratio 1, 15 windows per side)."""
+    return official_fit(farms_eigenvalues(weight))
+
+
+# official = AlphaPruning's code; farms = FARMS's sub-sampled spectra (its released run configurations)
+ALPHA_ESTIMATORS = dict(zip(published.ALPHA_ESTIMATORS, (alpha_hill_official, alpha_hill, alpha_hill_farms)))
+# the weights' precision before the spectra: both official codes load the model in float16 (get_llm), then .float()
+SPECTRA_DTYPES = {name: getattr(torch, name) for name in published.SPECTRA_PRECISIONS}
 
 
 def prunable_linears(block: nn.Module) -> dict[str, nn.Linear]:
@@ -160,15 +213,32 @@ def _linears_of(block: nn.Module, index: int) -> list[nn.Linear]:
     return linears
 
 
-def block_alphas(blocks: Iterable[nn.Module], estimator: str = "official") -> np.ndarray:
+def spectral_weight(weight: torch.Tensor, precision: str = published.SPECTRA_PRECISION) -> torch.Tensor:
+    """The weight the spectra are taken of: rounded to float16 as both official codes load it, or float32."""
+    check_choice("spectra precision", precision, tuple(SPECTRA_DTYPES))
+    rounded = weight.detach().to(SPECTRA_DTYPES[precision])
+    if not bool(torch.isfinite(rounded).all()):
+        raise ValueError(f"a weight overflows {precision}; allowed precisions: {', '.join(SPECTRA_DTYPES)}")
+    return rounded
+
+
+def block_alphas(
+    blocks: Iterable[nn.Module], estimator: str = "official", precision: str = published.SPECTRA_PRECISION
+) -> np.ndarray:
     """AlphaPruning's block metric: the mean alpha_hill of each block's linears (float64).
 
-    ``estimator``: ``"official"`` (AlphaPruning's code, default) or ``"window"`` (corrected window).
+    ``estimator``: ``"official"`` (AlphaPruning's code, default), ``"window"`` (corrected window) or ``"farms"``
+    (FARMS's sub-sampled spectra). ``precision``: the weights rounded to ``"float16"`` first (both official codes
+    load the model in float16; default) or taken in ``"float32"``.
     """
     check_choice("alpha estimator", estimator, tuple(ALPHA_ESTIMATORS))
+    check_choice("spectra precision", precision, tuple(SPECTRA_DTYPES))
     fit = ALPHA_ESTIMATORS[estimator]
     return np.array(
-        [np.mean([fit(linear.weight) for linear in _linears_of(block, i)]) for i, block in enumerate(blocks)],
+        [
+            np.mean([fit(spectral_weight(linear.weight, precision)) for linear in _linears_of(block, i)])
+            for i, block in enumerate(blocks)
+        ],
         dtype=np.float64,
     )
 

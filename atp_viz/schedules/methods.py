@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import warnings
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -20,7 +21,7 @@ import numpy as np
 from numpy.typing import ArrayLike
 
 from atp_viz.config import check_choice, check_sparsity
-from atp_viz.schedules import profiles, published
+from atp_viz.schedules import dsa, lsa, profiles, published
 
 Value = float | str
 # statistic name -> one value per block (outlier ratios, alphas, ...), computed by the caller
@@ -47,9 +48,12 @@ class Param:
     # added to a method after points were stored: left out of ``ScheduleSpec.params`` (the stored key)
     # while at its default, so that earlier points keep their keys
     keyed_at_default: bool = True
+    text: Callable[[str], str] | None = None  # a text parameter checked (and normalised) by this function
 
     def check(self, value: Any, method: str) -> Value:
         """The value as the parameter's type, or ValueError naming the allowed range."""
+        if self.text is not None:
+            return self.text(str(value))
         if self.choices:
             check_choice(f"{method} {self.name}", str(value), self.choices)
             return str(value)
@@ -62,6 +66,8 @@ class Param:
         return number
 
     def allowed(self) -> str:
+        if self.text is not None:
+            return f"text such as {self.default}"
         if self.choices:
             return "one of " + ", ".join(self.choices)
         if self.upper_text:
@@ -86,6 +92,9 @@ class Method:
     grid: Callable[[int, float, float], list[dict[str, Any]]] | None = None
     description: str = ""
     peer: bool = True  # a published method, compared by default; False: this project's own profiles (opt-in)
+    # rates per (block, linear) in the order of each block's linears, or None where the spec keeps one rate per
+    # block: (sparsity, parameters, statistics) -> blocks x linears (LSA's projection granularity)
+    per_linear: Callable[[float, Mapping[str, Any], Stats], np.ndarray | None] | None = None
 
     def param(self, name: str) -> Param:
         for p in self.params:
@@ -224,14 +233,39 @@ def build_schedule(
     for need in entry.needs:
         if stats.get(need) is None:
             raise ValueError(f"{entry.label} needs {need.replace('_', ' ')}, one per block ({num_layers} blocks)")
-        if np.asarray(stats[need]).size != num_layers:
+        given = np.asarray(stats[need])
+        if (given.shape[0] if given.ndim == 2 else given.size) != num_layers:  # 2-D: one row per block
             raise ValueError(
-                f"{entry.label} needs {num_layers} {need.replace('_', ' ')} (one per block), got "
-                f"{np.asarray(stats[need]).size}"
+                f"{entry.label} needs {num_layers} {need.replace('_', ' ')} (one per block), got {given.shape}"
             )
     w = None if weights is None else np.asarray(weights, dtype=np.float64)
     params: dict[str, Any] = {**dict(spec.args), "rates": spec.rates}
-    return entry.build(num_layers, spec.sparsity, params, stats, w)
+    rates = entry.build(num_layers, spec.sparsity, params, stats, w)
+    whole = removed_blocks(rates)
+    if whole:
+        warnings.warn(
+            f"{spec.describe()} prunes {'blocks' if len(whole) > 1 else 'block'} {', '.join(map(str, whole))} whole "
+            "(rate 1: every weight of its linears set to zero, only the residual path is left)",
+            BlockRemovedWarning,
+            stacklevel=2,
+        )
+    return rates
+
+
+class BlockRemovedWarning(UserWarning):
+    """A schedule prunes some blocks whole (rate 1): the model loses those blocks."""
+
+
+def removed_blocks(rates: ArrayLike) -> list[int]:
+    """The blocks a schedule prunes whole: rate >= 1 (floor(columns * rate) = every column of every row)."""
+    return [int(i) for i in np.flatnonzero(np.asarray(rates, dtype=np.float64) >= 1.0 - published.CLIP_TOL)]
+
+
+def per_linear_rates(spec: ScheduleSpec, stats: Stats) -> np.ndarray | None:
+    """Rates per (block, linear) when ``spec`` gives each linear its own rate from statistics (LSA's projection
+    granularity), else None."""
+    entry = spec.entry
+    return None if entry.per_linear is None else entry.per_linear(spec.sparsity, dict(spec.args), stats)
 
 
 def linear_split(spec: ScheduleSpec, rates: np.ndarray, counts: ArrayLike) -> np.ndarray | None:
@@ -353,8 +387,17 @@ register(
                 "estimator",
                 "AlphaPruning alpha estimator",
                 "official",
-                choices=("official", "window"),
-                help="official: AlphaPruning's code; window: both xmin bounds applied, near-zero eigenvalues dropped",
+                choices=published.ALPHA_ESTIMATORS,
+                help="official: AlphaPruning's code; window: both xmin bounds applied, near-zero eigenvalues "
+                "dropped; farms: FARMS's spectra of square sub-matrices (its released configuration)",
+            ),
+            Param(
+                "precision",
+                "AlphaPruning spectra precision",
+                published.SPECTRA_PRECISION,
+                choices=published.SPECTRA_PRECISIONS,
+                help="float16: weights rounded to float16 before the spectra, as both official codes load them; "
+                "float32: the weights in float32",
             ),
         ),
         needs=("alphas",),
@@ -374,6 +417,72 @@ register(
         ),
         needs=("block_scores",),
         description="larger mean Wanda score -> sparser block (Chen et al. 2025)",
+    )
+)
+register(
+    Method(
+        "dsa",
+        "DSA",
+        "#17becf",
+        lambda n, s, p, stats, w: dsa.dsa(
+            stats["dsa_values"], s, float(p["lam"]), str(p["nonfinite"]), str(p["graph"])
+        ),
+        params=(
+            Param(
+                "graph",
+                "DSA graph (stick)-(deform)-(post)",
+                dsa.DEFAULT_GRAPH,
+                text=dsa.check_graph,
+                help="the allocation function applied to each block's Wanda scores; default: the authors' "
+                "published function for LLaMA at 70 %; the last group (7) is parsed and unused, as in their code",
+            ),
+            Param("lam", "DSA Lamda (half-width of the band)", dsa.LAMBDA, 0.0, dsa.MAX_LAMBDA),
+            Param(
+                "nonfinite",
+                "DSA non-finite importance",
+                "authors",
+                choices=dsa.NONFINITE,
+                help="authors: NaN counts as 0 and inf as -1 (their code); clamp: ASIN/ACOS/LOG arguments kept in "
+                "their domain (a correction)",
+            ),
+        ),
+        needs=("dsa_values",),
+        description="a searched function of each block's Wanda scores -> importance -> OWL-style band (Li et al. 2024)",
+    )
+)
+LSA_PARAMS = (
+    Param(
+        "granularity",
+        "LSA granularity",
+        "layer",
+        choices=lsa.GRANULARITIES,
+        help="layer: one rate per block (the code's --layer lsa, spread from its table by S); projection: one rate "
+        "per linear (--layer lsac; --layer lsab runs the same code)",
+    ),
+    Param(
+        "lam",
+        "LSA Lamda (half-width, projection granularity; layer granularity below S = 0.1)",
+        lsa.LAMBDA,
+        0.0,
+        lsa.MAX_LAMBDA,
+    ),
+)
+
+
+def _lsa_table(sparsity: float, p: Mapping[str, Any], stats: Stats) -> np.ndarray:
+    return lsa.rates(stats["lsa_errors"], stats["linear_sizes"], sparsity, float(p["lam"]), str(p["granularity"]))
+
+
+register(
+    Method(
+        "lsa",
+        "LSA",
+        "#ff7f0e",
+        lambda n, s, p, stats, w: lsa.block_means(_lsa_table(s, p, stats), stats["linear_sizes"]),
+        params=LSA_PARAMS,
+        needs=("lsa_errors", "linear_sizes"),
+        description="larger minimal reconstruction error -> sparser block or linear (Yang et al. 2026)",
+        per_linear=lambda s, p, stats: _lsa_table(s, p, stats) if p["granularity"] == "projection" else None,
     )
 )
 register(

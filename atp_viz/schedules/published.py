@@ -35,6 +35,10 @@ OWL_FLOOR = 0.01  # OWL code: a block whose rate comes out <= 0 is still pruned 
 OWL_MAX_LAMBDA = 1.0
 ALPHA_EPS = 0.3  # AlphaPruning default: ratios span [1 - eps, 1 + eps]
 ALPHA_MAX_EPS = 1.0  # beyond this the lowest ratio turns negative
+ALPHA_ESTIMATORS = ("official", "window", "farms")  # layer_stats.ALPHA_ESTIMATORS: AlphaPruning's, corrected, FARMS
+# the weights' precision before AlphaPruning's spectra: both official codes load the model in float16
+SPECTRA_PRECISIONS = ("float16", "float32")
+SPECTRA_PRECISION = "float16"
 DLP_ALPHA = 0.15  # DLP default: the density band is 2*alpha wide (its scripts use 0.15 at 70 %)
 DLP_MAX_ALPHA = 1.0
 

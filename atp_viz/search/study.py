@@ -31,6 +31,7 @@ import functools
 import math
 import tempfile
 import time
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -44,8 +45,9 @@ from atp_viz.experiment.workbench import MEASURES, Progress, Workbench, labelled
 from atp_viz.measure.metrics import EVALUATION, VALIDATION, metric_key
 from atp_viz.measure.points import PointResult, spread
 from atp_viz.schedules import published
+from atp_viz.schedules.dsa import NonFiniteImportanceWarning
 from atp_viz.schedules.methods import ScheduleSpec
-from atp_viz.search import space
+from atp_viz.search import dsa_search, space
 from atp_viz.store import ResultStore, fingerprint
 
 TRIAL_KIND = "trial"
@@ -596,3 +598,38 @@ __all__ = [
     "versus_atp",
     "winners",
 ]
+
+
+# ------------------------------------------------------------------------------ DSA's search over graphs
+
+
+def dsa_graph_search(
+    wb: Workbench,
+    sparsity: float,
+    budget: int | None = None,
+    seed: int = 0,
+    step: float = published.GRID_STEP,
+    progress: Progress | None = None,
+) -> list[dsa_search.Evaluated]:
+    """DSA's evolutionary search over graphs (``dsa_search.evolve``) on this Workbench: each graph is a stored
+    ``dsa`` point and its validation perplexity the fitness. ``budget`` defaults to ATP's grid (its betas plus
+    uniform), so the two searches cost the same number of pruned models. Resumable: the graphs a run asks for
+    depend only on the fitnesses before them, and stored points are read back."""
+    sparsity = check_sparsity(sparsity)
+    budget = grid_budget(wb.num_blocks, sparsity, step) if budget is None else budget
+
+    def fitness(graph: str) -> float:
+        spec = ScheduleSpec("dsa", sparsity, graph=graph)
+        try:
+            with warnings.catch_warnings():  # a graph not finite on some blocks is a normal candidate here
+                warnings.simplefilter("ignore", NonFiniteImportanceWarning)
+                point = wb.run(spec, splits=measured_splits(False))
+        except ValueError:
+            return math.inf
+        return point.value(METRIC, VALIDATION)
+
+    def report(done: int, total: int, entry: dsa_search.Evaluated) -> None:
+        if progress:
+            progress(done / total, f"DSA graph {done}/{total}: {entry.graph} -> {entry.fitness:.4g}")
+
+    return dsa_search.evolve(fitness, budget, seed, progress=report)

@@ -286,7 +286,7 @@ def linear_targets(
     block (``re:model\\.layers\\.\\d+\\.self_attn\\.q_proj$``), its rate in every block that has it, in
     model order (the order llm-compressor pairs a sparsity list with the modules a target matches).
 
-    ``linear_rates``: ``{"attention": [...], "mlp": [...]}``, one rate per block each
+    ``linear_rates``: ``{"attention": [...], "mlp": [...]}`` (or one list per linear name), one rate per block each
     (``Workbench.linear_rates``); ``linear_names``: each block's linear names (``Workbench.linear_names``).
     """
     from atp_viz.schedules.profiles import linear_group
@@ -295,7 +295,7 @@ def linear_targets(
     out: dict[str, list[float]] = {}
     for name in names:
         target = "re:" + re.escape(blocks_path) + r"\.\d+\." + re.escape(name) + "$"
-        group = linear_rates[linear_group(name)]
+        group = linear_rates[name] if name in linear_rates else linear_rates[linear_group(name)]  # LSA: per linear
         out[target] = [float(group[i]) for i, block in enumerate(linear_names) if name in block]
     return out
 

@@ -1,0 +1,46 @@
+#!/usr/bin/env bash
+# The allocator comparison of issue 23: uniform, OWL, AlphaPruning (official and FARMS), DLP, DSA (published
+# function), LSA (per block and per projection), ATP at its best beta and the curved power profile, on both
+# embedded models, S = 0.5, 0.6, 0.7, three calibration seeds, perplexity and zero-shot accuracy. One
+# `atp-viz compare` per variant and model, each writing its JSON table; every point goes to the results store
+# as it finishes, so a killed run resumes where it stopped.
+#
+# Full size (hours on a 2-core CPU; run it where there is room):
+#     bash bench/allocators_compare.sh
+# Tiny size (the check that it runs; a tiny model folder and a text file):
+#     MODELS=/tmp/atp-viz-tests/llama-4x64-v1 CORPUS=/tmp/atp-viz-tests/tiny-corpus-v1.txt SPARSITIES=0.6 SEEDS=0 \
+#     METRICS=perplexity SIZE="--calib-samples 2 --seqlen 32 --eval-windows 1" OUT=/tmp/alloc-compare \
+#     bash bench/allocators_compare.sh
+# Not covered: DSA's own evolutionary search over graphs (`atp-viz search --space dsa --versus-atp`, per model,
+# sparsity and seed) and ATP's best curved profile over the curvature p (this runs the power profile at its
+# default p; `atp-viz sweep2d` searches p).
+set -euo pipefail
+PYTHON=${PYTHON:-python}
+MODELS=${MODELS:-"smollm2-135m gemma3-270m"}
+CORPUS=${CORPUS:-}
+SPARSITIES=${SPARSITIES:-0.5,0.6,0.7}
+SEEDS=${SEEDS:-0,1,2}
+METRICS=${METRICS:-perplexity,zeroshot}
+SIZE=${SIZE:-"--calib-samples 16 --seqlen 512 --eval-windows 16"}
+OUT=${OUT:-bench/results/allocators_compare}
+STORE=${STORE:-}
+mkdir -p "$OUT"
+
+run() {
+  local model=$1 name=$2
+  shift 2
+  local tag
+  tag=$(basename "$model")
+  echo "== $tag $name: $*" >&2
+  # shellcheck disable=SC2086  # SIZE holds several options
+  "$PYTHON" -m atp_viz compare --model "$model" ${CORPUS:+--corpus "$CORPUS"} --sparsities "$SPARSITIES" \
+    --seeds "$SEEDS" --metrics "$METRICS" $SIZE ${STORE:+--store "$STORE"} --json "$@" > "$OUT/$tag-$name.json"
+}
+
+for model in $MODELS; do
+  run "$model" peers --methods uniform,owl,alphapruning,dlp,dsa,lsa,atp
+  run "$model" farms --methods alphapruning --estimator farms
+  run "$model" lsa-projection --methods lsa --granularity projection --lam 0.07
+  run "$model" power --methods power
+done
+echo "tables in $OUT" >&2
