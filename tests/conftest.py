@@ -54,10 +54,10 @@ def private_store(tmp_path_factory: pytest.TempPathFactory) -> None:
 
 @pytest.fixture(scope="module")
 def settle_jobs():
-    """AppTest has no browser, so a page's watching fragment (``st.fragment(run_every=...)``, see
-    ``ui.watch``) never fires. Stand in for it: after each run, wait for the server's background jobs
-    (model loading, dense perplexity, a sweep the run started) and rerun until ``ui.signal()`` stays
-    put, as the fragment would have rerun the page. Tests of the queue itself do not use this."""
+    """AppTest has no Streamlit server, so the server's ``ui.Watcher`` has no session to rerun. Stand in for
+    it: after each run, wait for the server's background jobs (model loading, dense perplexity, a sweep the
+    run started) and rerun until ``ui.signal()`` stays put, as the watcher would have rerun the page. Tests
+    of the queue itself do not use this."""
     from streamlit.testing.v1 import AppTest
 
     from atp_viz.dashboard import ui

@@ -281,6 +281,10 @@ def open_session(browser, base: str, sparsity: float):
     from test_browser import set_number, wait_idle
 
     tab = browser.new_context(viewport={"width": 1300, "height": 1300}).new_page()
+    tab.console_lines = []  # kept for the evidence of a failed wait
+    tab.on(
+        "console", lambda message: tab.console_lines.append(f"{time.monotonic():.1f} {message.type}: {message.text}")
+    )
     tab.set_default_timeout(WAIT_MS)
     tab.goto(f"{base}/Beta_tuning", wait_until="domcontentloaded")
     tab.locator('input[aria-label="Grid step (> 0)"]').wait_for()
@@ -309,13 +313,22 @@ def rss_peak_mib(pid: int) -> float:
     return float("nan")
 
 
-def evidence(tabs, folder: Path) -> str:
-    """Each tab's screenshot and text saved to ``folder`` (for a failed wait); returns where they are."""
+def evidence(tabs, folder: Path, server=None) -> str:
+    """Each tab's screenshot, text and browser console saved to ``folder`` (for a failed wait), with the server's
+    thread stacks when py-spy is installed; returns where they are."""
+    import shutil
+    import subprocess
+
     folder.mkdir(exist_ok=True)
     for i, tab in enumerate(tabs):
         with contextlib.suppress(Exception):  # a tab that died still lets the others be saved
             tab.screenshot(path=str(folder / f"tab{i}.png"), full_page=True)
             (folder / f"tab{i}.txt").write_text(tab.inner_text("body"))
+            state = tab.evaluate("() => [document.visibilityState, document.hasFocus(), performance.now()]")
+            (folder / f"tab{i}.console.txt").write_text("\n".join([str(state), *getattr(tab, "console_lines", [])]))
+    if server is not None and (spy := shutil.which("py-spy")):
+        dump = subprocess.run([spy, "dump", "--pid", str(server.pid)], capture_output=True, text=True, timeout=60)
+        (folder / "server_threads.txt").write_text(dump.stdout + dump.stderr)
     return str(folder)
 
 
@@ -353,7 +366,9 @@ def test_browsers_share_one_server(size: str, tiny_assets, tmp_path: Path) -> No
             try:
                 tab.get_by_text(re.compile(r"Queued \(position \d")).first.wait_for()
             except PlaywrightError:
-                pytest.fail(f"tab {i} never showed its queued sweep; evidence in {evidence(tabs, tmp_path / 'tabs')}")
+                pytest.fail(
+                    f"tab {i} never showed its queued sweep; evidence in {evidence(tabs, tmp_path / 'tabs', server)}"
+                )
         hold.unlink()
         for i, (tab, sparsity) in enumerate(zip(tabs, sessions)):  # no reload: each page must get there by itself
             total = SWEEPS[sparsity]
@@ -367,7 +382,7 @@ def test_browsers_share_one_server(size: str, tiny_assets, tmp_path: Path) -> No
                 pytest.fail(
                     f"tab {i} (S = {sparsity}) stayed stale: it shows {shown!r}, not {total} of {total}; jobs: "
                     f"{job_log.read_text() if job_log.exists() else 'none'}; evidence in "
-                    f"{evidence(tabs, tmp_path / 'tabs')}"
+                    f"{evidence(tabs, tmp_path / 'tabs', server)}"
                 )
         shown = [tab.get_by_text(re.compile(r"\d+ of \d+ points stored")).first.text_content() for tab in tabs]
         peak = rss_peak_mib(server.pid)

@@ -8,16 +8,17 @@ dense perplexity, in the background as the app opens. Heavy jobs go to the serve
 different one is queued.
 
 A page never shows a stale view: ``sidebar()`` records ``signal()`` (the store's commit counter and the
-job manager's epoch, both only moving forward) before the page reads anything, and a fragment in the
-status box compares it every ``POLL_S`` seconds while the page is open, idle or not, rerunning the whole
-page as soon as it differs. No page reasons about which events it may have missed. ``follow`` only
-draws what runs (progress, a queued job's place and its Cancel button).
+job manager's epoch, both only moving forward) before the page reads anything, and the server's
+``Watcher`` compares it every ``POLL_S`` seconds with the current signal for every open tab, idle or not,
+asking each stale tab to run its page again. No page reasons about which events it may have missed.
+``follow`` only draws what runs (progress, a queued job's place and its Cancel button).
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import math
 import os
 import threading
@@ -31,7 +32,9 @@ from typing import Any, TypedDict
 
 import numpy as np
 import streamlit as st
+from streamlit.proto.ClientState_pb2 import ClientState
 from streamlit.runtime import Runtime
+from streamlit.runtime.app_session import AppSessionState
 from streamlit.runtime.scriptrunner import get_script_run_ctx
 
 from atp_viz.config import CalibConfig, EvalConfig
@@ -53,6 +56,7 @@ from atp_viz.schedules import methods
 from atp_viz.schedules.methods import ScheduleSpec
 from atp_viz.store import ResultStore, default_store_path
 
+log = logging.getLogger(__name__)
 ENV_MODEL = "ATP_VIZ_DEFAULT_MODEL"  # default model name or path (tests use a tiny model)
 ENV_CORPUS = "ATP_VIZ_DEFAULT_CORPUS"  # default corpus
 ENV_WINDOWS = "ATP_VIZ_DEFAULT_WINDOWS"  # 'COUNTxTOKENS' for calibration and evaluation, e.g. '4x32'
@@ -407,41 +411,77 @@ def signal() -> tuple[int, int]:
     return get_store(store_path()).changes(), job_manager().epoch()
 
 
-def stale() -> bool:
-    """Whether something was stored, or a job changed, since this page run began (``sidebar`` records it)."""
-    return signal() != st.session_state.get(RUN_SIGNAL)
+class Watcher:
+    """The server's one look at ``signal()``, for every open tab: a daemon thread compares it every ``POLL_S`` seconds
+    with the signal each tab's page run recorded when it began (``RUN_SIGNAL``, before it read anything) and asks each
+    tab whose page is stale, and not running, to run its page again, the way Streamlit's own rerun-on-save does.
+    No page reasons about which events it may have missed, and no page depends on a browser timer: a fragment's
+    ``run_every`` timer lives in the browser, and Streamlit 1.67 drops it when a finished run's messages are still
+    queued as the next request creates a new script runner (the browser then cleared every timer at the run's
+    start and never heard them again; seen as a frozen tab with an idle server, 1 six-tab run in 4 under load).
+    An idle open tab costs the server nothing; the thread costs one store and one job-manager read a second."""
+
+    def __init__(self, read: Callable[[], tuple[int, int]]) -> None:
+        self.read = read
+        self.asked = 0  # reruns asked for so far (tests and benchmarks read it)
+        self.thread = threading.Thread(target=self._loop, name="atp-viz watcher", daemon=True)
+        self.thread.start()
+
+    def _loop(self) -> None:
+        while True:
+            time.sleep(POLL_S)
+            try:
+                self.asked += rerun_stale_sessions(self.read())
+            except Exception:  # a closing session or server: look again next time
+                log.debug("watcher: look failed", exc_info=True)
 
 
-def watch(model: str | None) -> None:
-    """A fragment that looks at ``signal()`` every ``POLL_S`` seconds while the page is open, idle or not, and
-    reruns the whole page (charts, captions, tables, sidebar) once it moved since the page run began; it also
-    says what runs on ``model``. The sidebar draws it on every page."""
+def rerun_stale_sessions(now: tuple[int, int]) -> int:
+    """Ask every open tab whose page run began before ``now`` (and is not running) to run its page again; returns
+    how many were asked. Without a Streamlit server (AppTest, scripts) there is nothing to ask."""
+    if not Runtime.exists():
+        return 0
+    asked = 0
+    for info in Runtime.instance()._session_mgr.list_active_sessions():
+        session = info.session
+        try:
+            seen = tuple(session._session_state[RUN_SIGNAL])
+        except KeyError:  # no page run has begun yet
+            continue
+        if seen == now or session._state != AppSessionState.APP_NOT_RUNNING:
+            continue
+        state = ClientState()
+        state.CopyFrom(session._client_state)  # the page, query and widget values its last run ended with
+        state.ClearField("fragment_id")
+        state.is_auto_rerun = False
+        session._event_loop.call_soon_threadsafe(session.request_rerun, state)
+        asked += 1
+    return asked
+
+
+@st.cache_resource(show_spinner=False)
+def watcher() -> Watcher:
+    """The server's one ``Watcher`` (started by the first page run)."""
+    store, manager = get_store(store_path()), job_manager()
+    return Watcher(lambda: (store.changes(), manager.epoch()))
+
+
+def running_caption(model: str | None) -> None:
+    """What runs on ``model`` and whether the queue is on hold (the status box; redrawn with every page run)."""
     manager = job_manager()
-    full_run = [True]  # the first call is this page run's own: the fragment's timer makes the later ones
-
-    @st.fragment(run_every=POLL_S)
-    def live() -> None:
-        if full_run[0]:
-            # never rerun from inside a page run: a button pressed in this run would be lost (Streamlit reruns
-            # without it); what changed since the run began is seen by the next timed look, a second later
-            full_run[0] = False
-        elif stale():
-            st.rerun()  # the whole page: it reads every stored point and job again, and records the new signal
-        if manager.paused:
-            st.caption("Jobs on hold: queued jobs start when the operator releases the queue.")
-        running = manager.running(model) if model else None
-        if running is not None and model:
-            waiting = len(manager.queue(model))
-            st.caption(f"Running: {running.label} ({running.fraction:.0%}); {waiting} job(s) queued on this model")
-
-    live()
+    if manager.paused:
+        st.caption("Jobs on hold: queued jobs start when the operator releases the queue.")
+    running = manager.running(model) if model else None
+    if running is not None and model:
+        waiting = len(manager.queue(model))
+        st.caption(f"Running: {running.label} ({running.fraction:.0%}); {waiting} job(s) queued on this model")
 
 
 def follow(model: str, *candidates: jobs.Job | None) -> None:
     """What runs on ``model`` while it is busy: progress, the page's job's place in the queue with a Cancel button
     for its owner, and its error once it failed. The page's job is the first of ``candidates`` (the jobs its
-    buttons returned) that is queued or running, else the first. Drawing only: the sidebar's ``watch`` reruns the
-    page whenever a result is stored or a job starts or ends."""
+    buttons returned) that is queued or running, else the first. Drawing only: the server's ``Watcher`` reruns the
+    page whenever a result is stored or a job starts or ends; the progress bar moves on its own between those."""
     manager = job_manager()
     job = next((j for j in candidates if not idle(j)), candidates[0] if candidates else None)
     if job is not None and job.state == jobs.FAILED:
@@ -630,7 +670,8 @@ def one_navigation() -> None:
 def sidebar(load_model: bool = True) -> Context:
     """Global settings (shared by all pages), a status box, and the workbench when asked for."""
     one_navigation()
-    st.session_state[RUN_SIGNAL] = signal()  # before this run reads any result or job (see ``watch``)
+    st.session_state[RUN_SIGNAL] = signal()  # before this run reads any result or job (see ``Watcher``)
+    watcher()
     initial = defaults()
     bar = st.sidebar
     bar.header("Settings")
@@ -893,7 +934,7 @@ def status_box(setup: Setup | None) -> None:
     if setup is None:
         box.caption("Fix the settings above.")
         with box:
-            watch(None)
+            running_caption(None)
         return
     loaded = benches().get(base_setup(setup))
     if loaded is None:
@@ -921,7 +962,7 @@ def status_box(setup: Setup | None) -> None:
     if shipped := shipped_results().count(setup.model):
         box.caption(f"Shipped results: {shipped} rows, used where the settings match ({REGENERATE})")
     with box:
-        watch(setup.model)
+        running_caption(setup.model)
 
 
 # ------------------------------------------------------------------ drawing helpers
