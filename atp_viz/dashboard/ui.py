@@ -32,8 +32,7 @@ from atp_viz.config import CalibConfig, EvalConfig
 from atp_viz.dashboard import jobs
 from atp_viz.dashboard.figures import PLOTLY_CONFIG
 from atp_viz.display import full_text, perplexity_columns, perplexity_table, perplexity_text
-from atp_viz.experiment.executors import EXECUTORS, ExecutorConfig, make_executor
-from atp_viz.experiment.executors import Job as PointJob
+from atp_viz.experiment.executors import EXECUTORS, ExecutorConfig, PointJob, make_executor
 from atp_viz.experiment.shipped import REGENERATE, ShippedResults
 from atp_viz.experiment.workbench import Setup, Workbench, scaled
 from atp_viz.measure.metrics import EVALUATION

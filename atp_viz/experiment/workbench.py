@@ -48,6 +48,7 @@ from atp_viz.models.loading import (
     resolve_source,
     torch_dtype,
 )
+from atp_viz.progress import Counter, Progress
 from atp_viz.pruning.cached import (
     CachedMode,
     DenseStats,
@@ -74,8 +75,6 @@ from atp_viz.schedules import methods, profiles, published
 from atp_viz.schedules.methods import ScheduleSpec
 from atp_viz.store import ResultStore, fingerprint
 
-# (fraction of the whole job done in [0, 1], what is happening now)
-Progress = Callable[[float, str], None]
 POINT_KIND, METRIC_KIND, DENSE_KIND, STATS_KIND = "point", "metric", "dense", "calib-stats"
 STATS_FOLDER = "stats"  # under the cache dir: <fingerprint>.safetensors
 CALIBRATION_MODES: dict[str, type[SequentialMode] | type[CachedMode]] = {
@@ -221,9 +220,7 @@ def scaled(progress: Progress | None, start: float, width: float) -> Progress | 
     return lambda fraction, message: progress(start + width * min(max(fraction, 0.0), 1.0), message)
 
 
-def counted(
-    progress: Progress | None, what: str, start: float = 0.0, width: float = 1.0
-) -> Callable[[int, int], None] | None:
+def counted(progress: Progress | None, what: str, start: float = 0.0, width: float = 1.0) -> Counter | None:
     """Adapt a (done, total) counter of blocks or windows to ``progress`` over [start, start + width]."""
     sub = scaled(progress, start, width)
     return (lambda done, total: sub(done / total, f"{what} {done}/{total}")) if sub else None

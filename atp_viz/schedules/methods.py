@@ -24,9 +24,9 @@ from atp_viz.schedules import profiles, published
 
 Value = float | str
 # statistic name -> one value per block (outlier ratios, alphas, ...), computed by the caller
-Stats = Mapping[str, np.ndarray]
+BlockStats = Mapping[str, np.ndarray]
 # (num_layers, sparsity, parameters, statistics, per-block weights) -> rates
-Builder = Callable[[int, float, Mapping[str, Any], Stats, "np.ndarray | None"], np.ndarray]
+Builder = Callable[[int, float, Mapping[str, Any], BlockStats, "np.ndarray | None"], np.ndarray]
 
 
 @dataclass(frozen=True)
@@ -212,7 +212,7 @@ class ScheduleSpec:
 
 
 def build_schedule(
-    spec: ScheduleSpec, num_layers: int, stats: Stats | None = None, weights: ArrayLike | None = None
+    spec: ScheduleSpec, num_layers: int, stats: BlockStats | None = None, weights: ArrayLike | None = None
 ) -> np.ndarray:
     """The rates ``spec`` describes for ``num_layers`` blocks.
 
@@ -281,7 +281,7 @@ def _atp_grid(num_layers: int, sparsity: float, step: float) -> list[dict[str, A
     return [{"beta": float(b)} for b in published.beta_grid(num_layers, sparsity, step)]
 
 
-def _custom(num_layers: int, _s: float, p: Mapping[str, Any], _stats: Stats, _w: np.ndarray | None) -> np.ndarray:
+def _custom(num_layers: int, _s: float, p: Mapping[str, Any], _stats: BlockStats, _w: np.ndarray | None) -> np.ndarray:
     rates = published.custom(p["rates"])
     if rates.size != num_layers:
         raise ValueError(f"a custom schedule needs {num_layers} rates (one per block), got {rates.size}")

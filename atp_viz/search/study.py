@@ -39,10 +39,11 @@ from typing import Any
 import numpy as np
 
 from atp_viz.config import check_sparsity
-from atp_viz.experiment.executors import Executor, ExecutorConfig, Job, LocalExecutor
-from atp_viz.experiment.workbench import MEASURES, Progress, Workbench, labelled, scaled, sweep_specs
+from atp_viz.experiment.executors import Executor, ExecutorConfig, LocalExecutor, PointJob
+from atp_viz.experiment.workbench import MEASURES, Workbench, labelled, scaled, sweep_specs
 from atp_viz.measure.metrics import EVALUATION, VALIDATION, metric_key
 from atp_viz.measure.points import PointResult, spread
+from atp_viz.progress import Progress
 from atp_viz.schedules import published
 from atp_viz.schedules.methods import ScheduleSpec
 from atp_viz.search import space
@@ -298,8 +299,8 @@ class Search:
 
         def evaluate(batch_rates: Sequence[np.ndarray]) -> Iterator[tuple[int, float]]:
             assert executor is not None
-            jobs = [Job(self.wb.setup.calib.seed, _custom(rates), splits) for rates in batch_rates]
-            where: dict[Job, list[int]] = {}
+            jobs = [PointJob(self.wb.setup.calib.seed, _custom(rates), splits) for rates in batch_rates]
+            where: dict[PointJob, list[int]] = {}
             for index, job in enumerate(jobs):
                 where.setdefault(job, []).append(index)
             for job, point in executor.points(self.wb, jobs, labelled(progress, f"{self.config.sampler} batch")):
@@ -505,8 +506,8 @@ def versus_atp(
     parts = 1 + len(configs)
     points: list[PointResult | None] = []
     started = time.monotonic()
-    jobs = [Job(wb.setup.calib.seed, spec, measured_splits(every_split)) for spec in specs]
-    found: dict[Job, PointResult] = {}
+    jobs = [PointJob(wb.setup.calib.seed, spec, measured_splits(every_split)) for spec in specs]
+    found: dict[PointJob, PointResult] = {}
     stop = should_stop or (lambda: False)
     pool = executor or LocalExecutor(ExecutorConfig())
     with contextlib.closing(pool.points(wb, jobs, labelled(scaled(progress, 0.0, 1 / parts), "ATP"))) as stream:

@@ -27,7 +27,8 @@ from typing import Any
 import torch
 
 from atp_viz.config import check_choice
-from atp_viz.experiment.workbench import Progress, Workbench, labelled, scaled
+from atp_viz.experiment.workbench import Workbench, labelled, scaled
+from atp_viz.progress import Progress
 from atp_viz.schedules.methods import ScheduleSpec
 from atp_viz.speed import kernels
 from atp_viz.store import fingerprint

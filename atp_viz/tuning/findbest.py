@@ -28,9 +28,10 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from atp_viz.display import metric_text
-from atp_viz.experiment.workbench import Cell, Progress, Setup, Workbench, scaled
+from atp_viz.experiment.workbench import Cell, Setup, Workbench, scaled
 from atp_viz.measure.metrics import EVALUATION, check_metric
 from atp_viz.measure.points import PointResult, spread
+from atp_viz.progress import Progress
 from atp_viz.schedules import methods, published
 from atp_viz.schedules.methods import ScheduleSpec
 

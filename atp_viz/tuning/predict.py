@@ -49,8 +49,9 @@ from numpy.typing import ArrayLike
 from torch import nn
 
 from atp_viz.config import check_int, check_sparsity
-from atp_viz.experiment.workbench import Progress, Workbench, counted, scaled
+from atp_viz.experiment.workbench import Workbench, counted, scaled
 from atp_viz.models.loading import base_model
+from atp_viz.progress import Progress
 from atp_viz.pruning.cached import DenseStats, LinearKey, linear_stats, zero_prefix_
 from atp_viz.pruning.calibration import BlockCalls, run_block, squared_norm
 from atp_viz.pruning.layer_stats import prunable_linears

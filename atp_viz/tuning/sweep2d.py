@@ -23,9 +23,10 @@ from typing import Any
 import numpy as np
 
 from atp_viz.experiment.executors import Executor, run_seeds
-from atp_viz.experiment.workbench import Progress, Workbench
+from atp_viz.experiment.workbench import Workbench
 from atp_viz.measure.metrics import EVALUATION, VALIDATION
 from atp_viz.measure.points import PointResult, Spread, best_group, seed_spread, within_noise
+from atp_viz.progress import Progress
 from atp_viz.schedules import methods, published
 from atp_viz.schedules.methods import ScheduleSpec
 
