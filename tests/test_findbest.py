@@ -182,7 +182,7 @@ def test_cli_compare_find_best(capsys, tmp_path) -> None:
 @pytest.mark.parametrize(
     ("extra", "needle"),
     [
-        (["--step", "0.5"], "no beta fits"),  # beta_max at S = 0.5 on 4 blocks is 1/3
+        (["--step", "0.5"], "no ATP grid point fits"),  # beta_max at S = 0.5 on 4 blocks is 1/3
         (["--step", "0"], "--step must be in (0, 1)"),
         (["--sparsity", "1.5"], "sparsity"),
     ],

@@ -144,14 +144,6 @@ class PointWorker:
         return bench.run(job.spec, splits=job.splits), ledger.rows
 
 
-def stored_point(bench: Workbench, job: PointJob) -> PointResult | None:
-    """The point of ``job`` if its row and every metric on the job's splits are stored; never computes."""
-    key, record, found, missing = bench.rows.point(job.spec)
-    if record is None or any(job.splits is None or split in job.splits for _, split in missing):
-        return None
-    return PointResult.from_record({**record, "metrics": found}, key)
-
-
 def import_ray() -> Any:
     try:
         import ray
@@ -273,7 +265,7 @@ class RayExecutor:
         todo: list[tuple[PointJob, int]] = []  # (job, tries so far)
         done = 0
         for job in jobs:  # stored points are read here and never sent out
-            stored = stored_point(wb.reseeded(job.seed), job)
+            stored = wb.reseeded(job.seed).stored(job.spec, need=job.splits)
             if stored is not None:
                 done += 1
                 yield job, stored

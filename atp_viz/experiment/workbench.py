@@ -26,7 +26,7 @@ import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -390,6 +390,24 @@ class DenseStatistics:
         return self._per_block[("outliers", m)]
 
 
+class StoredPoint(NamedTuple):
+    """What the store holds of one point: its key, its row (None when not stored), the metric values
+    stored (``"split/metric"`` keys) and the (metric, split) of the setup still missing."""
+
+    key: str
+    record: dict[str, Any] | None
+    found: dict[str, float]
+    missing: list[tuple[str, str]]
+
+    def complete(self, need: Sequence[str]) -> bool:
+        """The one rule for a complete point: its row and every metric of the setup on each split of ``need``."""
+        return self.record is not None and not any(split in need for _, split in self.missing)
+
+    def result(self, cached: bool = True) -> PointResult:
+        assert self.record is not None, "a point without its row has no result"
+        return PointResult.from_record({**self.record, "metrics": self.found}, self.key, cached=cached)
+
+
 class Ledger:
     """A Workbench's keys and stored rows: a point row per pruned model and a metric row per
     (point, metric, split), in the results store or in memory when there is none (first writer wins)."""
@@ -459,10 +477,10 @@ class Ledger:
             found.update({f"{split}/{k}": float(v) for k, v in row["values"].items() if k != name})
         return found, missing
 
-    def point(self, spec: ScheduleSpec) -> tuple[str, dict[str, Any] | None, dict[str, float], list[tuple[str, str]]]:
-        """A point's key, its stored row (or None), its stored metrics and the (metric, split) missing."""
+    def point(self, spec: ScheduleSpec) -> StoredPoint:
+        """What is stored of a point: key, row (or None), metric values and the (metric, split) missing."""
         key = self.point_key(spec)
-        return (key, self.get(key), *self.metrics_of(key))
+        return StoredPoint(key, self.get(key), *self.metrics_of(key))
 
 
 def point_record(
@@ -613,10 +631,11 @@ class Workbench:
     def dense_perplexity(self, progress: Progress | None = None) -> float:
         return self.dense_metrics(progress)[metric_key("perplexity", EVALUATION)]
 
-    def stored(self, spec: ScheduleSpec) -> PointResult | None:
-        """The point if its row and every metric are stored; never computes."""
-        key, record, found, missing = self.rows.point(spec)
-        return None if record is None or missing else PointResult.from_record({**record, "metrics": found}, key)
+    def stored(self, spec: ScheduleSpec, need: Sequence[str] | None = None) -> PointResult | None:
+        """The stored point if it is complete on the splits of ``need`` (default: every split of the setup;
+        ``()``: its row alone, with whatever metrics are stored), else None; never computes."""
+        found = self.rows.point(spec)
+        return found.result() if found.complete(self.setup.splits if need is None else need) else None
 
     def rate_map(self, spec: ScheduleSpec, rates: np.ndarray) -> published.RateMap:
         """``BlockRates`` (the paper), or ``LinearRates`` when ``spec`` gives linear types their own rates."""
@@ -641,10 +660,11 @@ class Workbench:
         """Prune the dense model with ``spec``, measure it and commit each result (or read them back).
 
         ``splits``: measure only these of the setup's splits (a search reads validation alone)."""
-        key, record, found, missing = self.rows.point(spec)
-        missing = [(name, split) for name, split in missing if splits is None or split in splits]
-        if record is not None and not missing:
-            return PointResult.from_record({**record, "metrics": found}, key)
+        stored = self.rows.point(spec)
+        key, record = stored.key, stored.record
+        if stored.complete(self.setup.splits if splits is None else splits):
+            return stored.result()
+        missing = [(name, split) for name, split in stored.missing if splits is None or split in splits]
         started = time.perf_counter()
         if self.evaluation is not None:  # offloaded: the prune pass also carries the windows to measure
             self.evaluation.pending = tuple(dict.fromkeys(split for _, split in missing))
@@ -673,6 +693,24 @@ class Workbench:
     ) -> Iterator[PointResult]:
         """beta = 0 (uniform) and then every beta of the grid, each point stored as it finishes."""
         return self.run_many(sweep_specs(self.num_blocks, sparsity, step), progress)
+
+
+def stored_groups(
+    wb: Workbench, specs: Sequence[ScheduleSpec], seeds: Sequence[int], need: Sequence[str] | None = None
+) -> tuple[dict[ScheduleSpec, list[PointResult]], list[tuple[int, ScheduleSpec]]]:
+    """Each spec's stored points under ``seeds`` (in seed order; complete on ``need`` as ``Workbench.stored``
+    reads it), and the (seed, spec) not stored yet; never computes."""
+    groups: dict[ScheduleSpec, list[PointResult]] = {spec: [] for spec in specs}
+    missing = []
+    for seed in seeds:
+        seeded = wb.reseeded(seed)
+        for spec in specs:
+            point = seeded.stored(spec, need)
+            if point is None:
+                missing.append((seed, spec))
+            else:
+                groups[spec].append(point)
+    return groups, missing
 
 
 def sweep_specs(num_blocks: int, sparsity: float, step: float = published.GRID_STEP) -> list[ScheduleSpec]:
@@ -786,11 +824,7 @@ def compare_cells(
                 else methods.sweep_grid(name, num_blocks, s, step)
             )
             if not specs:
-                bound = published.beta_max(num_blocks, s)
-                raise ValueError(
-                    f"no {entry.label} grid point fits: step {step:g} > {bound:.5g} at S = {s:g} (allowed: 0 < "
-                    f"step <= {bound:.5g})"
-                )
+                raise published.no_grid_point(num_blocks, s, step, entry.label)
             cells.append(Cell(name, s, tuple(specs)))
     return cells
 

@@ -189,15 +189,6 @@ def _custom(rates: np.ndarray) -> ScheduleSpec:
     return ScheduleSpec("custom", rates=tuple(float(r) for r in rates))
 
 
-def stored_point(wb: Workbench, spec: ScheduleSpec) -> PointResult | None:
-    """The stored point if its row and its validation value are stored (evaluation may be missing:
-    NaN); never computes."""
-    key, record, found, _missing = wb.rows.point(spec)
-    if record is None or metric_key(METRIC, VALIDATION) not in found:
-        return None
-    return PointResult.from_record({**record, "metrics": found}, key)
-
-
 def measured_splits(every_split: bool) -> tuple[str, ...] | None:
     """What ``Workbench.run`` measures for a trial: every split, or only what selection reads (the
     point row and its validation rows; ``complete_winner`` adds the winner's evaluation rows later)."""
@@ -248,7 +239,7 @@ class Search:
                 evaluation = found.get(metric_key(METRIC, EVALUATION), math.nan)
             return TrialRecord(int(row["number"]), str(row["point"]), float(row["validation_perplexity"]),
                                evaluation, float(row["seconds"]), trial.rates)  # fmt: skip
-        point = stored_point(self.wb, _custom(trial.rates))
+        point = self.wb.stored(_custom(trial.rates), need=(VALIDATION,))  # evaluation may be missing: NaN
         if point is None:
             return None
         record = _record(point, trial.number, trial.seconds)
@@ -413,10 +404,7 @@ def atp_specs(num_blocks: int, sparsity: float, step: float = published.GRID_STE
     """ATP's sweep: uniform (beta = 0) first, then the grid betas (``experiment.sweep_specs``)."""
     specs = sweep_specs(num_blocks, sparsity, step)
     if len(specs) < 2:
-        bound = published.beta_max(num_blocks, sparsity)
-        raise ValueError(
-            f"no ATP grid point fits: step {step:g} > beta_max = {bound:.5g} (allowed: 0 < step <= {bound:.5g})"
-        )
+        raise published.no_grid_point(num_blocks, sparsity, step)
     return specs
 
 
@@ -466,7 +454,7 @@ def stored_comparison(
     _check_setup(wb)
     specs = atp_specs(wb.num_blocks, sparsity, step)
     budget = trials or len(specs)
-    atp, uniform = _atp_result([stored_point(wb, spec) for spec in specs])
+    atp, uniform = _atp_result([wb.stored(spec, need=(VALIDATION,)) for spec in specs])
     results = {ATP: atp}
     for config in _configs(sparsity, samplers, budget, seed, None, max_delta):
         results[config.sampler] = Search(wb, config).stored()

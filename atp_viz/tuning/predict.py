@@ -72,9 +72,7 @@ def measured_rates(
     (beta_last its largest beta), clipped into [0, 1]; sorted and distinct."""
     grid = published.beta_grid(num_blocks, sparsity, step)
     if grid.size == 0:
-        raise ValueError(
-            f"no beta grid point fits: step {step:g} > beta_max {published.beta_max(num_blocks, sparsity):.5g}"
-        )
+        raise published.no_grid_point(num_blocks, sparsity, step)
     widest = float(grid[-1]) * (num_blocks - 1) / 2
     return np.unique(np.clip(sparsity + widest * np.asarray(offsets, dtype=np.float64), 0.0, 1.0))
 
@@ -345,9 +343,8 @@ def check_request(num_blocks: int, sparsity: float, step: float) -> None:
     check_sparsity(sparsity)
     if not (isinstance(step, (int, float)) and np.isfinite(step) and step > 0):
         raise ValueError(f"step must be a finite number > 0, got {step!r}")
-    bound = published.beta_max(num_blocks, sparsity)
-    if step > bound + published.BETA_TOL:
-        raise ValueError(f"step {step:g} leaves no beta grid point: allowed 0 < step <= beta_max = {bound:.5g}")
+    if step > published.beta_max(num_blocks, sparsity) + published.BETA_TOL:
+        raise published.no_grid_point(num_blocks, sparsity, step)
 
 
 def prediction_key(wb: Workbench, sparsity: float, step: float, config: PredictConfig) -> str:

@@ -253,18 +253,3 @@ def run_grid(
     point stored as it finishes (finished ones read back); ``splits``: measure only these (validation
     alone to choose, evaluation later)."""
     return run_seeds(wb, seeds, grid.specs(), executor, progress, on_point, splits)
-
-
-def stored_groups(
-    wb: Workbench, specs: Sequence[ScheduleSpec], seeds: Sequence[int]
-) -> dict[ScheduleSpec, list[PointResult]]:
-    """What a ``Workbench`` ``wb`` has stored for ``specs`` under each seed, including points measured on
-    one split only (a sweep that measured validation alone); never computes."""
-    found: dict[ScheduleSpec, list[PointResult]] = {spec: [] for spec in specs}
-    for seed in seeds:
-        bench = wb.reseeded(seed)
-        for spec in specs:
-            key, record, metrics, _missing = bench.rows.point(spec)
-            if record is not None and metrics:
-                found[spec].append(PointResult.from_record({**record, "metrics": metrics}, key))
-    return found
