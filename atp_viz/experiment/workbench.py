@@ -205,11 +205,12 @@ MEASURES: dict[str, Measure] = {
     "perplexity": Measure("perplexity", _perplexity, _perplexity_config),
     "zeroshot": Measure("zeroshot", _zeroshot, _zeroshot_config),
 }
-# statistic a schedule method needs -> its computation on the dense model
-STATISTICS: dict[str, Callable[[DenseStatistics, ScheduleSpec, Progress | None], np.ndarray]] = {
-    "outlier_ratios": lambda stats, spec, progress: stats.outlier_ratios(float(spec.get("m")), progress),
-    "alphas": lambda stats, spec, progress: stats.alphas(str(spec.get("estimator", "official"))),
-    "block_scores": lambda stats, spec, progress: stats.block_scores(progress),
+# statistic a schedule method needs -> its computation on the dense model, called as
+# f(statistics, progress, **params) with the method's ``stat_params`` (OWL passes m, AlphaPruning its estimator)
+STATISTICS: dict[str, Callable[..., np.ndarray]] = {
+    "outlier_ratios": lambda stats, progress, m=published.OWL_M: stats.outlier_ratios(float(m), progress),
+    "alphas": lambda stats, progress, estimator="official": stats.alphas(str(estimator)),
+    "block_scores": lambda stats, progress: stats.block_scores(progress),
 }
 
 
@@ -592,7 +593,8 @@ class Workbench:
 
     def schedule(self, spec: ScheduleSpec, progress: Progress | None = None) -> np.ndarray:
         """Per-block rates for ``spec`` on this model (statistics computed once, when a method needs them)."""
-        stats = {need: STATISTICS[need](self.stats, spec, progress) for need in spec.entry.needs}
+        params = {name: spec.get(name) for name in spec.entry.stat_params}
+        stats = {need: STATISTICS[need](self.stats, progress, **params) for need in spec.entry.needs}
         return methods.build_schedule(spec, self.num_blocks, stats, self.param_counts)
 
     def measure(

@@ -81,6 +81,8 @@ class Method:
     build: Builder
     params: tuple[Param, ...] = ()
     needs: tuple[str, ...] = ()  # statistics the caller provides (see experiment.STATISTICS)
+    # this method's parameters each statistic it needs is computed with, passed by name (OWL's m)
+    stat_params: tuple[str, ...] = ()
     takes_sparsity: bool = True  # False: the rates are given (custom)
     # the grid a sweep or comparison searches, as parameter dicts (None: the defaults only)
     grid: Callable[[int, float, float], list[dict[str, Any]]] | None = None
@@ -331,6 +333,7 @@ register(
             Param("m", "OWL M (outlier threshold, x mean score)", published.OWL_M, 0.0, step=0.5),
         ),
         needs=("outlier_ratios",),
+        stat_params=("m",),
         description="more outliers -> denser block (Yin et al. 2023)",
     )
 )
@@ -358,6 +361,7 @@ register(
             ),
         ),
         needs=("alphas",),
+        stat_params=("estimator",),
         description="heavier-tailed spectrum (smaller alpha) -> denser block (Lu et al. 2024)",
     )
 )
