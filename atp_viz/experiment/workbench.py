@@ -10,7 +10,7 @@ It composes small parts instead of branching on names:
   dense pass, no per-point calibration forward, no reconstruction errors);
 - the statistics schedule methods need (``STATISTICS``: OWL's outlier ratios, AlphaPruning's alphas,
   DLP's block scores);
-- the metrics a point is measured by (``MEASURES``: perplexity, zero-shot accuracy), each on the
+- the metrics a point is measured by (``metrics.METRICS``: perplexity, zero-shot accuracy), each on the
   validation and evaluation splits.
 
 Stored rows: a ``point`` row per pruned model (rates, achieved sparsity, errors) and a ``metric`` row
@@ -34,9 +34,8 @@ import torch
 from atp_viz.config import CalibConfig, EvalConfig, check_choice, check_int
 from atp_viz.experiment.shipped import ShippedResults
 from atp_viz.measure.metrics import EVALUATION, METRICS, SPLITS, VALIDATION, metric_key
-from atp_viz.measure.perplexity import perplexity
 from atp_viz.measure.points import PointResult, Spread, best_group, seed_spread, spread, within_noise
-from atp_viz.measure.zeroshot import ZeroShotConfig, data_fingerprint, mean_accuracy, score_tasks
+from atp_viz.measure.zeroshot import ZeroShotConfig
 from atp_viz.models.data import DEFAULT_CORPUS, Corpus, calibration_windows, evaluation_windows, load_corpus, token_ids
 from atp_viz.models.loading import (
     DEFAULT_MODEL,
@@ -48,7 +47,7 @@ from atp_viz.models.loading import (
     resolve_source,
     torch_dtype,
 )
-from atp_viz.progress import Counter, Progress
+from atp_viz.progress import Progress, counted, labelled, scaled
 from atp_viz.pruning.cached import (
     CachedMode,
     DenseStats,
@@ -95,7 +94,7 @@ class Setup:
     device: str = "cpu"
     dtype: str = "float32"
     batch_size: int = 8  # calibration windows per block call (memory, not results)
-    metrics: tuple[str, ...] = ("perplexity",)  # keys of MEASURES
+    metrics: tuple[str, ...] = ("perplexity",)  # keys of metrics.METRICS
     zeroshot: ZeroShotConfig = field(default_factory=ZeroShotConfig)  # used when "zeroshot" is a metric
     splits: tuple[str, ...] = SPLITS  # measured on; without validation, selection reads evaluation (benchmarks)
     trust_remote_code: bool = False  # load options: they decide what may run, not the results
@@ -107,9 +106,9 @@ class Setup:
         check_choice("calibration mode", self.calibration, tuple(CALIBRATION_MODES))
         check_int("batch size", self.batch_size, 1)
         if not self.metrics:
-            raise ValueError(f"choose at least one metric; allowed: {', '.join(MEASURES)}")
+            raise ValueError(f"choose at least one metric; allowed: {', '.join(METRICS)}")
         for name in self.metrics:
-            check_choice("metric", name, tuple(MEASURES))
+            check_choice("metric", name, tuple(METRICS))
         if EVALUATION not in self.splits:
             raise ValueError(f"the evaluation split is always measured; splits allowed: {', '.join(SPLITS)}")
         for split in self.splits:
@@ -148,63 +147,7 @@ class Setup:
         }
 
 
-@dataclass(frozen=True)
-class Measure:
-    """A metric's measurement: values on one split of a model holding the weights to measure."""
-
-    name: str
-    run: Callable[[Workbench, str, Progress | None], dict[str, float]]  # {metric: value, metric/detail: value}
-    # what decides the values besides the weights: (setup, corpus, windows, split) -> key parts
-    config: Callable[[Setup, Corpus, Mapping[str, torch.Tensor], str], dict[str, Any]]
-
-
-def _perplexity(wb: Workbench, split: str, progress: Progress | None) -> dict[str, float]:
-    report = counted(progress, f"{split} perplexity: window")
-    if wb.evaluation is not None:  # offloaded: measured block by block over all windows
-        return {"perplexity": wb.evaluation.perplexity(split, report)}
-    return {"perplexity": perplexity(wb.loaded.model, wb.windows[split], wb.setup.evaluation.batch_size, report)}
-
-
-def _perplexity_config(setup: Setup, corpus: Corpus, windows: Mapping[str, torch.Tensor], split: str) -> dict[str, Any]:
-    return {"text": corpus.split_fingerprint(split), "windows": list(windows[split].shape)}
-
-
-# zero-shot items: the evaluation split scores part 0 of each task's seeded permutation, validation part 1
-ZEROSHOT_PART = {EVALUATION: 0, VALIDATION: 1}
-
-
-def _zeroshot(wb: Workbench, split: str, progress: Progress | None) -> dict[str, float]:
-    """Mean accuracy over the tasks (``zeroshot``), its stderr, acc_norm, and every task's numbers."""
-    config = wb.setup.zeroshot
-    report = counted(progress, f"{split} zero-shot: request")
-    scores = score_tasks(wb.loaded.model, wb.loaded.tokenizer, config.tasks, config.items, config.seed,
-                         config.batch_size, report, part=ZEROSHOT_PART[split])  # fmt: skip
-    if not scores:
-        return {"zeroshot": math.nan}
-    mean, stderr = mean_accuracy(scores, "acc")
-    mean_norm, stderr_norm = mean_accuracy(scores, "acc_norm")
-    values = {
-        "zeroshot": mean,
-        "zeroshot_stderr": stderr,
-        "zeroshot_norm": mean_norm,
-        "zeroshot_norm_stderr": stderr_norm,
-    }
-    for name, score in scores.items():
-        values |= {f"zeroshot/{name}/{field}": float(getattr(score, field)) for field in TASK_FIELDS}
-    return values
-
-
-def _zeroshot_config(setup: Setup, corpus: Corpus, windows: Mapping[str, torch.Tensor], split: str) -> dict[str, Any]:
-    config = setup.zeroshot
-    return {"data": data_fingerprint(config.tasks, config.items, config.seed, ZEROSHOT_PART[split])}
-
-
-TASK_FIELDS = ("acc", "acc_stderr", "acc_norm", "acc_norm_stderr", "items")
-OFFLOAD_METRICS = ("perplexity",)  # measures an offloaded model supports (block by block)
-MEASURES: dict[str, Measure] = {
-    "perplexity": Measure("perplexity", _perplexity, _perplexity_config),
-    "zeroshot": Measure("zeroshot", _zeroshot, _zeroshot_config),
-}
+OFFLOAD_METRICS = tuple(name for name, m in METRICS.items() if m.streams)  # measurable block by block
 # statistic a schedule method needs -> its computation on the dense model, called as
 # f(statistics, progress, **params) with the method's ``stat_params`` (OWL passes m, AlphaPruning its estimator)
 STATISTICS: dict[str, Callable[..., np.ndarray]] = {
@@ -212,26 +155,6 @@ STATISTICS: dict[str, Callable[..., np.ndarray]] = {
     "alphas": lambda stats, progress, estimator="official": stats.alphas(str(estimator)),
     "block_scores": lambda stats, progress: stats.block_scores(progress),
 }
-
-
-def scaled(progress: Progress | None, start: float, width: float) -> Progress | None:
-    """A progress callback for a sub-task occupying [start, start + width] of the whole job."""
-    if progress is None:
-        return None
-    return lambda fraction, message: progress(start + width * min(max(fraction, 0.0), 1.0), message)
-
-
-def counted(progress: Progress | None, what: str, start: float = 0.0, width: float = 1.0) -> Counter | None:
-    """Adapt a (done, total) counter of blocks or windows to ``progress`` over [start, start + width]."""
-    sub = scaled(progress, start, width)
-    return (lambda done, total: sub(done / total, f"{what} {done}/{total}")) if sub else None
-
-
-def labelled(progress: Progress | None, label: str) -> Progress | None:
-    """``progress`` with every message prefixed by ``label``."""
-    if progress is None:
-        return None
-    return lambda fraction, message: progress(fraction, f"{label}: {message}")
 
 
 class DenseWeights:
@@ -460,7 +383,7 @@ class Ledger:
                 point=point_key,
                 metric=m,
                 split=split,
-                **MEASURES[m].config(self.setup, self.corpus, self.windows, split),
+                **METRICS[m].values_key(self.setup, self.corpus, self.windows, split),
             )
             for m in self.setup.metrics
             for split in self.setup.splits
@@ -610,7 +533,7 @@ class Workbench:
         keys = self.rows.metric_keys(point_key)
         for index, (name, split) in enumerate(missing):
             started = time.perf_counter()
-            values = MEASURES[name].run(self, split, scaled(progress, index / len(missing), 1 / len(missing)))
+            values = METRICS[name].measure(self, split, scaled(progress, index / len(missing), 1 / len(missing)))
             config = {**about, "point": point_key, "metric": name, "split": split}
             self.rows.put(
                 keys[(name, split)], METRIC_KIND, config, {"values": values, "seconds": time.perf_counter() - started}

@@ -40,8 +40,8 @@ import numpy as np
 
 from atp_viz.config import check_sparsity
 from atp_viz.experiment.executors import Executor, ExecutorConfig, LocalExecutor, PointJob
-from atp_viz.experiment.workbench import MEASURES, Workbench, labelled, scaled, sweep_specs
-from atp_viz.measure.metrics import EVALUATION, VALIDATION, metric_key
+from atp_viz.experiment.workbench import Workbench, labelled, scaled, sweep_specs
+from atp_viz.measure.metrics import EVALUATION, METRICS, VALIDATION, metric_key
 from atp_viz.measure.points import PointResult, spread
 from atp_viz.progress import Progress
 from atp_viz.schedules import published
@@ -163,7 +163,7 @@ def journal_dir(store: ResultStore | None) -> Path:
 
 def study_name(wb: Workbench, config: SearchConfig) -> str:
     """Fingerprint of what decides the trials' values and draws (module docstring)."""
-    objective = MEASURES[METRIC].config(wb.setup, wb.corpus, wb.windows, VALIDATION)
+    objective = METRICS[METRIC].values_key(wb.setup, wb.corpus, wb.windows, VALIDATION)
     return fingerprint(kind=SEARCH_KIND, **wb.rows.prune_identity(), objective=objective, metric=METRIC,
                        sparsity=config.sparsity, sampler=config.sampler, seed=config.seed,
                        max_delta=config.max_delta)  # fmt: skip
