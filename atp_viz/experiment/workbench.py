@@ -489,6 +489,23 @@ class Workbench:
     def point_key(self, spec: ScheduleSpec) -> str:
         return self.rows.point_key(spec)
 
+    def identity(self) -> dict[str, Any]:
+        """What decides a pruned model here (weights, calibration text and settings, pruner, mode, dtype):
+        the key parts of anything stored about it beside its points (predictions, trials, speed)."""
+        return self.rows.prune_identity()
+
+    def get(self, key: str) -> dict[str, Any] | None:
+        """A stored row (the user's store first, then the shipped results); never computes."""
+        return self.rows.get(key)
+
+    def put(self, key: str, kind: str, config: dict[str, Any], record: dict[str, Any]) -> None:
+        """Store one finished result at once (in memory without a store)."""
+        self.rows.put(key, kind, config, record)
+
+    def restore(self) -> None:
+        """Put the dense weights back (after a caller pruned them with ``apply``)."""
+        self.dense.restore()
+
     def reseeded(self, seed: int) -> Workbench:
         """The same model and dense weights, calibrated on windows drawn with ``seed`` (kept for reuse)."""
         return self.variant(replace(self.setup, calib=replace(self.setup.calib, seed=seed)))

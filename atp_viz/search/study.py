@@ -164,7 +164,7 @@ def journal_dir(store: ResultStore | None) -> Path:
 def study_name(wb: Workbench, config: SearchConfig) -> str:
     """Fingerprint of what decides the trials' values and draws (module docstring)."""
     objective = METRICS[METRIC].values_key(wb.setup, wb.corpus, wb.windows, VALIDATION)
-    return fingerprint(kind=SEARCH_KIND, **wb.rows.prune_identity(), objective=objective, metric=METRIC,
+    return fingerprint(kind=SEARCH_KIND, **wb.identity(), objective=objective, metric=METRIC,
                        sparsity=config.sparsity, sampler=config.sampler, seed=config.seed,
                        max_delta=config.max_delta)  # fmt: skip
 
@@ -226,12 +226,12 @@ class Search:
     def _put(self, record: TrialRecord) -> None:
         about = {"study": self.study, "sampler": self.config.sampler, "sparsity": self.config.sparsity,
                  "search_seed": self.config.seed, "number": record.number}  # fmt: skip
-        self.wb.rows.put(trial_key(self.study, record.number), TRIAL_KIND, about, record.to_record())
+        self.wb.put(trial_key(self.study, record.number), TRIAL_KIND, about, record.to_record())
 
     def _from_trial(self, trial: space.Trial) -> TrialRecord | None:
         """A finished trial's row, or rebuilt from its stored point (a process killed between the
         journal's commit and the row's); None when neither is stored (the store was emptied)."""
-        row = self.wb.rows.get(trial_key(self.study, trial.number))
+        row = self.wb.get(trial_key(self.study, trial.number))
         if row is not None:
             evaluation = float(row["evaluation_perplexity"])
             if math.isnan(evaluation):  # measured later, for a winner

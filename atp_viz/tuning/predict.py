@@ -349,7 +349,7 @@ def check_request(num_blocks: int, sparsity: float, step: float) -> None:
 
 def prediction_key(wb: Workbench, sparsity: float, step: float, config: PredictConfig) -> str:
     """The results-store key of a prediction: what decides the pruned models, S, step and config."""
-    return fingerprint(kind=PREDICTION_KIND, **wb.rows.prune_identity(), sparsity=float(sparsity), step=float(step),
+    return fingerprint(kind=PREDICTION_KIND, **wb.identity(), sparsity=float(sparsity), step=float(step),
                        windows=config.windows, anchors=config.anchors, readout=READOUT)  # fmt: skip
 
 
@@ -358,7 +358,7 @@ def stored_prediction(
 ) -> Prediction | None:
     """The stored prediction for this setting, or None; never measures."""
     config = config or PredictConfig()
-    row = wb.rows.get(prediction_key(wb, sparsity, step, config))
+    row = wb.get(prediction_key(wb, sparsity, step, config))
     if row is None:
         return None
     prediction = predict_from_profile(Profile.from_record(row["profile"]), sparsity, step, config.amplification,
@@ -382,13 +382,13 @@ def predict_for(
     started = time.perf_counter()
     pruner, nm = wb.stats.pruner, wb.setup.prune.nm
     stats = wb.stats.linears(scaled(progress, 0.0, 0.2)) if pruner.needs_inputs else None
-    wb.dense.restore()
+    wb.restore()
     orders = wb.mode.orders() if nm is None and hasattr(wb.mode, "orders") else None
     if orders is None and nm is None:
         from atp_viz.pruning.cached import score_orders
 
         orders = score_orders(wb.loaded.blocks, stats, pruner)
-    wb.dense.restore()
+    wb.restore()
     rates = measured_rates(wb.num_blocks, sparsity, step)
     profile = measure_profile(
         wb.loaded.blocks, wb.stats.calls(), rates, sparsity,
@@ -399,6 +399,6 @@ def predict_for(
     seconds = time.perf_counter() - started
     prediction = predict_from_profile(profile, sparsity, step, config.amplification, seconds)
     about = {"method": "atp", "sparsity": float(sparsity), "step": float(step), "windows": config.windows}
-    wb.rows.put(prediction_key(wb, sparsity, step, config), PREDICTION_KIND, about,
+    wb.put(prediction_key(wb, sparsity, step, config), PREDICTION_KIND, about,
                 {"profile": profile.to_record(), "seconds": seconds, "beta": prediction.beta})  # fmt: skip
     return prediction
