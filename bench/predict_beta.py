@@ -75,12 +75,10 @@ def make_setup(args: argparse.Namespace, model: str) -> Any:
 def point_of(wb: Any, spec: Any, splits: list[str] | None, stored_only: bool) -> Any:
     """The point of ``spec`` measured on ``splits`` (all when None): computed and stored, or with
     ``stored_only`` read back as far as it is stored (None when its row is missing)."""
-    from atp_viz.measure.points import PointResult
 
     if not stored_only:
         return wb.run(spec, splits=splits)
-    key, record, found, _ = wb.rows.point(spec)
-    return None if record is None else PointResult.from_record({**record, "metrics": found}, key)
+    return wb.stored(spec, need=())
 
 
 def run_case(wb: Any, sparsity: float, args: argparse.Namespace) -> dict[str, Any]:

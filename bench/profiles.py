@@ -34,7 +34,7 @@ from common import write_results  # noqa: E402
 
 from atp_viz.config import CalibConfig, EvalConfig  # noqa: E402
 from atp_viz.experiment.executors import run_seeds  # noqa: E402
-from atp_viz.experiment.workbench import Setup, Workbench  # noqa: E402
+from atp_viz.experiment.workbench import Setup, Workbench, stored_groups  # noqa: E402
 from atp_viz.measure.metrics import VALIDATION  # noqa: E402
 from atp_viz.measure.points import seed_spread  # noqa: E402
 from atp_viz.models.loading import DEFAULT_MODEL  # noqa: E402
@@ -93,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
     # 2. the chosen cells under every seed, both splits
     chosen = []
     for grid in grids.values():
-        summary = sweep2d.summarize(grid, sweep2d.stored_groups(wb, grid.specs(), seeds[:1]))
+        summary = sweep2d.summarize(grid, stored_groups(wb, grid.specs(), seeds[:1], need=())[0])
         chosen += [grid.cells[c] for c in (summary.line_best, summary.off_best) if c is not None]
     chosen = list(dict.fromkeys(chosen))
     if not args.report_only:
@@ -113,12 +113,12 @@ def main(argv: list[str] | None = None) -> int:
         "grids": {},
     }
     for name, grid in grids.items():
-        summary = sweep2d.summarize(grid, sweep2d.stored_groups(wb, grid.specs(), seeds))
+        summary = sweep2d.summarize(grid, stored_groups(wb, grid.specs(), seeds, need=())[0])
         out["grids"][name] = {"axis": grid.axis.label} | summary.report()
         print(f"\n{grid.axis.label}: best {summary.cell(summary.best)}\n  line {summary.cell(summary.line_best)}"
               f"\n  off line {summary.cell(summary.off_best)}\n  within noise: {summary.within_noise}",
               flush=True)  # fmt: skip
-    found = sweep2d.stored_groups(wb, chosen, seeds)
+    found = stored_groups(wb, chosen, seeds, need=())[0]
     out["chosen"] = [
         {"schedule": spec.describe(), "params": spec.params(), "seeds": len(points),
          "evaluation": seed_spread(points).mean, "evaluation_std": seed_spread(points).std,

@@ -38,7 +38,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from atp_viz.config import CalibConfig, EvalConfig  # noqa: E402
-from atp_viz.experiment.executors import ExecutorConfig, Job, LocalExecutor, RayExecutor, WorkerError  # noqa: E402
+from atp_viz.experiment.executors import ExecutorConfig, LocalExecutor, PointJob, RayExecutor, WorkerError  # noqa: E402
 from atp_viz.experiment.workbench import Setup, Workbench, sweep_specs  # noqa: E402
 from atp_viz.store import ResultStore  # noqa: E402
 
@@ -69,7 +69,7 @@ def gpu_point_seconds() -> tuple[float, str]:
     )
 
 
-def round_trip(ray: Any, wb: Workbench, job: Job, point: Any, rounds: int = 20) -> float:
+def round_trip(ray: Any, wb: Workbench, job: PointJob, point: Any, rounds: int = 20) -> float:
     """Seconds per submit + ``ray.wait`` + fetch of a real point and its rows, to an idle actor."""
 
     class Echo:
@@ -118,7 +118,7 @@ def main() -> int:
     if setup.calibration == "cached":
         wb.stats.linears()  # dense statistics computed (or read) once, into the cache file the actors read too
     specs = sweep_specs(wb.num_blocks, SPARSITY, 0.005)[: args.points]
-    jobs = [Job(setup.calib.seed, spec) for spec in specs]
+    jobs = [PointJob(setup.calib.seed, spec) for spec in specs]
 
     started = time.perf_counter()
     local = dict(LocalExecutor(ExecutorConfig()).points(wb, jobs))
@@ -131,7 +131,7 @@ def main() -> int:
     ray_start_s = time.perf_counter() - started
     executor = RayExecutor(ExecutorConfig("ray", WORKERS, threads=THREADS // WORKERS), setup)
     actors_s = ray_points_s = per_point_s = math.nan
-    remote: dict[Job, Any] = {}
+    remote: dict[PointJob, Any] = {}
     error = None
     try:
         started = time.perf_counter()

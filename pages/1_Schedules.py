@@ -4,10 +4,8 @@ import pandas as pd
 import streamlit as st
 
 from atp_viz.dashboard import figures, ui
-from atp_viz.models.loading import blocks_path
-from atp_viz.pruning.pruners import PRUNERS
 from atp_viz.schedules import methods, published
-from atp_viz.speed.export import linear_targets, recipe_snippet
+from atp_viz.speed.export import block_location, schedule_recipe
 
 st.set_page_config(page_title="Schedules - atp-viz", layout="wide")
 ctx = ui.sidebar()
@@ -89,19 +87,10 @@ if bench is None:
     st.stop()
 pick = st.selectbox("Recipe for", list(named), key="sched_recipe")
 st.caption("llm-compressor oneshot recipe with one sparsity per decoder block (copy button at the top right):")
-pruner = PRUNERS[setup.prune.pruner]
 picked = next(spec for spec in specs.values() if ui.spec_label(spec) == pick)
 per_type = bench.linear_rates(picked, named[pick])  # {} unless rates differ within a block (offset, LSA projections)
 if per_type:
     ui.chart(figures.linear_rates_figure(per_type, f"{pick}: rates per block and linear"), key="sched_linear")
-st.code(
-    recipe_snippet(
-        linear_targets(per_type, bench.linear_names, blocks_path(bench.loaded)) if per_type else named[pick].tolist(),
-        pruner.recipe_modifier,
-        blocks_path(bench.loaded),
-        type(bench.loaded.blocks[0]).__name__,
-        note=pruner.recipe_note,
-        nm=setup.prune.nm,
-    ),
-    language="yaml",
-)
+recipe = schedule_recipe(named[pick].tolist(), setup.prune.pruner, block_location(bench.loaded), setup.prune.nm,
+                         per_type, bench.linear_names)  # fmt: skip
+st.code(recipe, language="yaml")

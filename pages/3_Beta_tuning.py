@@ -35,10 +35,7 @@ except ValueError as exc:
     st.error(f"{exc} (allowed: 0 < step <= beta_max = {bound:.5g})")
     st.stop()
 if len(specs) == 1:
-    st.error(
-        f"No beta fits: step {step:g} > beta_max = {bound:.5g} for {L} blocks at S = {S:g}. Allowed: 0 < step <= "
-        f"{bound:.5g}."
-    )
+    st.error(str(published.no_grid_point(L, S, step)))
     st.stop()
 
 seeds = ctx.seeds

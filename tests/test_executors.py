@@ -17,7 +17,7 @@ from tiny import shared_corpus_file, shared_tiny_model
 
 from atp_viz.cli.main import main
 from atp_viz.config import CalibConfig, EvalConfig
-from atp_viz.experiment.executors import EXECUTORS, ExecutorConfig, Job, RayExecutor, make_executor
+from atp_viz.experiment.executors import EXECUTORS, ExecutorConfig, PointJob, RayExecutor, make_executor
 from atp_viz.experiment.workbench import METRIC_KIND, POINT_KIND, Setup, Workbench, sweep_specs
 from atp_viz.store import ResultStore
 
@@ -121,10 +121,10 @@ def test_worker_killed_mid_point_is_replaced_and_every_point_stored_once(tmp_pat
                   calib=CalibConfig(4, 32, 0), evaluation=EvalConfig(4, 32))  # fmt: skip
     store = tmp_path / "r.sqlite"
     wb = Workbench(setup, ResultStore(store))
-    jobs = [Job(0, spec) for spec in sweep_specs(wb.num_blocks, 0.5, 0.1)]
+    jobs = [PointJob(0, spec) for spec in sweep_specs(wb.num_blocks, 0.5, 0.1)]
     executor = make_executor(ExecutorConfig("ray", 2), setup)
     assert isinstance(executor, RayExecutor)
-    killed: list[tuple[int, Job]] = []
+    killed: list[tuple[int, PointJob]] = []
     finished = []
     try:
         for job, point in executor.points(wb, jobs):

@@ -111,3 +111,16 @@ def test_compare_figure_writes_log_ticks_in_full_and_pads_a_lone_group() -> None
     low, high = fig.layout.xaxis.range
     assert low < -0.5 and high > 0.5  # one sparsity group does not fill the plot
     assert figures.compare_figure(rows, log_y=False).layout.yaxis.ticktext is None
+
+
+def test_colours_follow_the_method_not_the_first_word_of_its_label() -> None:
+    from atp_viz.schedules import methods
+
+    prefix, power = methods.get_method("prefix"), methods.get_method("power")
+    assert figures.color_for("prefix") == prefix.color
+    assert figures.color_for(f"{prefix.label} (k = 2, beta = 0.01)") == prefix.color  # first word: 'protected'
+    assert figures.color_for(f"{power.label}, p = 2") == power.color
+    assert figures.color_for("ATP (beta = 0.01)") == figures.color_for("atp") == methods.get_method("atp").color
+    assert figures.color_for("dense") == figures.COLORS["dense"] and figures.color_for("tpe") is None
+    rows = [{"method": "prefix", "label": "my prefix run", "sparsity": 0.5, "perplexity": 30.0}]
+    assert figures.compare_figure(rows).data[0].marker.color == prefix.color

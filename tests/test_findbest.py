@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -13,8 +14,8 @@ from tiny import shared_corpus_file, shared_tiny_model
 
 from atp_viz.cli.main import main
 from atp_viz.config import CalibConfig, EvalConfig
-from atp_viz.experiment import workbench
 from atp_viz.experiment.workbench import Setup, Workbench, compare_cells, compare_rows, sweep_specs
+from atp_viz.measure.metrics import METRICS
 from atp_viz.store import ResultStore
 from atp_viz.tuning.findbest import atp_grid, fast_compare, fast_setup, find_best, find_min, max_evaluations, walk_down
 
@@ -83,12 +84,11 @@ def tiny_setup(**kw) -> Setup:
 
 def test_probes_are_stored_and_reused_by_a_full_sweep(tmp_path, monkeypatch) -> None:
     measured: list[str] = []
-    original = workbench.MEASURES["perplexity"]
-    counted = workbench.Measure(
-        "perplexity", lambda wb, split, progress: measured.append(split) or original.run(wb, split, progress),
-        original.config,
-    )  # fmt: skip
-    monkeypatch.setitem(workbench.MEASURES, "perplexity", counted)
+    original = METRICS["perplexity"]
+    counted = replace(
+        original, measure=lambda wb, split, progress: measured.append(split) or original.measure(wb, split, progress)
+    )
+    monkeypatch.setitem(METRICS, "perplexity", counted)
     store = ResultStore(tmp_path / "r.sqlite")
     wb = Workbench(tiny_setup(), store)
     grid = atp_grid(wb.num_blocks, 0.5, 0.02)  # 16 betas
@@ -182,7 +182,7 @@ def test_cli_compare_find_best(capsys, tmp_path) -> None:
 @pytest.mark.parametrize(
     ("extra", "needle"),
     [
-        (["--step", "0.5"], "no beta fits"),  # beta_max at S = 0.5 on 4 blocks is 1/3
+        (["--step", "0.5"], "no ATP grid point fits"),  # beta_max at S = 0.5 on 4 blocks is 1/3
         (["--step", "0"], "--step must be in (0, 1)"),
         (["--sparsity", "1.5"], "sparsity"),
     ],

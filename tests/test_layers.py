@@ -2,7 +2,7 @@
 
 Order, from the ground up (a folder may import its own layer's modules and any lower layer's):
 
-    root (config, store, display) < schedules < models < measure < pruning < experiment
+    root (config, store, display, progress, errors) < schedules < models < measure < pruning < experiment
         < tuning | search | speed < cli | dashboard
 
 Folders that share a rank (``tuning``, ``search``, ``speed``; ``cli``, ``dashboard``) do not import each
@@ -23,7 +23,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "atp_viz"
 LAYERS: tuple[tuple[str, ...], ...] = (
-    ("",),  # the package root: config, store, display
+    ("",),  # the package root: config, store, display, progress, errors
     ("schedules",),
     ("models",),
     ("measure",),

@@ -183,3 +183,30 @@ def test_records_written_before_metrics_were_a_mapping_still_read(tmp_path) -> N
     assert point.beta == 0.01 and point.rates.tolist() == [0.55, 0.7, 0.85] and point.cached
     assert upgrade_metrics(store.get("old-dense")) == {"evaluation/perplexity": 14.18}
     assert PointResult.from_record(point.to_record()).metrics == point.metrics  # the new shape round-trips
+
+
+def test_a_method_declares_its_statistic_and_the_parameters_it_is_computed_with() -> None:
+    """The registry entry names the statistic (needs) and which of its parameters it is computed with
+    (stat_params); the workbench passes them on without knowing the method."""
+    from atp_viz.pruning.layer_stats import block_alphas
+    from atp_viz.schedules.methods import Method, Param, registered
+    from atp_viz.schedules.published import uniform
+
+    seen: dict[str, np.ndarray] = {}
+
+    def build(n: int, s: float, p: dict, stats: dict, w: object) -> np.ndarray:
+        seen["alphas"] = np.asarray(stats["alphas"])
+        return uniform(n, s)
+
+    method = Method(
+        "needs_alphas", "Needs alphas", "#010101", build, needs=("alphas",), stat_params=("estimator",),
+        params=(Param("estimator", "estimator", "official", choices=("official", "window")),),
+    )  # fmt: skip
+    wb = Workbench(tiny_setup())
+    official, window = block_alphas(wb.loaded.blocks, "official"), block_alphas(wb.loaded.blocks, "window")
+    assert not np.array_equal(official, window)  # the two estimators differ on this model
+    with registered(method):
+        wb.schedule(ScheduleSpec("needs_alphas", 0.5, estimator="window"))
+        np.testing.assert_array_equal(seen["alphas"], window)
+        wb.schedule(ScheduleSpec("needs_alphas", 0.5))
+        np.testing.assert_array_equal(seen["alphas"], official)

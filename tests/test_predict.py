@@ -126,7 +126,7 @@ def cli_args(store: Path) -> list[str]:
     [
         (["--sparsity", "1.2"], "sparsity must be in (0, 1)"),
         (["--step", "0"], "--step must be in (0, 1)"),
-        (["--step", "0.5"], "leaves no beta grid point: allowed 0 < step <= beta_max = 0.2"),
+        (["--step", "0.5"], "no ATP grid point fits: step 0.5 > beta_max = 0.2"),
         (["--predict-windows", "0"], "prediction windows must be >= 1"),
     ],
 )

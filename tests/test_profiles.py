@@ -13,7 +13,7 @@ from tiny import shared_corpus_file, shared_tiny_model
 
 from atp_viz.cli.main import main
 from atp_viz.config import CalibConfig, EvalConfig
-from atp_viz.experiment.workbench import Setup, Workbench
+from atp_viz.experiment.workbench import Setup, Workbench, stored_groups
 from atp_viz.pruning.layer_stats import prunable_linears
 from atp_viz.pruning.pruners import PruneConfig
 from atp_viz.schedules import methods, profiles, published
@@ -214,7 +214,7 @@ def test_2d_sweep_is_stored_at_once_and_resumes(private_cache: Path, tmp_path: P
     again = sweep2d.run_grid(bench(store), grid, [0])  # a new process: everything read back
     assert all(p.cached for points in again.values() for p in points)
     assert store.count(kind="point") == 4
-    stored = sweep2d.stored_groups(bench(store), grid.specs(), [0])
+    stored = stored_groups(bench(store), grid.specs(), [0], need=())[0]
     assert sweep2d.summarize(grid, stored).best == summary.best
 
 

@@ -23,6 +23,7 @@ from typing import Any
 
 from atp_viz.cli import assets, points, searches, sweeps
 from atp_viz.cli.options import EXIT_BAD_INPUT, EXIT_FAILED, CliError, Parser, close_bars
+from atp_viz.errors import first_line
 from atp_viz.store import to_jsonable
 
 FAMILIES = (points, sweeps, searches, assets)
@@ -67,11 +68,6 @@ def one_line_warning(
         return
     text = str(message).strip().splitlines()
     print(f"atp-viz: warning: {text[0] if text else category.__name__}", file=sys.stderr, flush=True)
-
-
-def first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def exit_code(exc: Exception) -> int:

@@ -15,12 +15,13 @@ from typing import Any
 
 from atp_viz.config import DTYPES, CalibConfig, EvalConfig, parse_nm, parse_seeds
 from atp_viz.experiment.executors import EXECUTORS, Executor, ExecutorConfig, make_executor
-from atp_viz.experiment.workbench import CALIBRATION_MODES, MEASURES, Progress, Setup, Workbench
-from atp_viz.measure.metrics import VALIDATION
+from atp_viz.experiment.workbench import CALIBRATION_MODES, Setup, Workbench
+from atp_viz.measure.metrics import METRICS, VALIDATION
 from atp_viz.measure.points import PointResult
 from atp_viz.measure.zeroshot import TASKS, ZeroShotConfig, check_tasks
 from atp_viz.models.data import DEFAULT_CORPUS, HUB_CORPORA
 from atp_viz.models.loading import DEFAULT_MODEL, EMBEDDED_MODELS
+from atp_viz.progress import Progress
 from atp_viz.pruning.pruners import PRUNERS, PruneConfig
 from atp_viz.schedules import methods
 from atp_viz.schedules.methods import ScheduleSpec
@@ -145,7 +146,7 @@ def setup_options() -> argparse.ArgumentParser:
         "--metrics",
         type=name_list,
         default=list(Setup.metrics),
-        help=f"comma-separated, of: {', '.join(MEASURES)} (default %(default)s)",
+        help=f"comma-separated, of: {', '.join(METRICS)} (default %(default)s)",
     )
     p.add_argument("--seed", type=int, default=0, help="calibration seed (default 0)")
     p.add_argument(

@@ -27,11 +27,17 @@ from atp_viz.cli.options import (
 from atp_viz.config import CalibConfig, EvalConfig, check_sparsity, parse_nm
 from atp_viz.experiment.workbench import Setup, zeroshot_table
 from atp_viz.models.data import DEFAULT_CORPUS
-from atp_viz.models.loading import blocks_path
 from atp_viz.pruning.pruners import PRUNERS
 from atp_viz.schedules import methods, published
 from atp_viz.schedules.methods import ScheduleSpec
-from atp_viz.speed.export import EXPORT_FORMATS, check_target, linear_targets, recipe_snippet, save_pruned
+from atp_viz.speed.export import (
+    EXPORT_FORMATS,
+    LLAMA_BLOCKS,
+    block_location,
+    check_target,
+    save_pruned,
+    schedule_recipe,
+)
 
 
 def add_parsers(sub: Any) -> None:
@@ -112,10 +118,6 @@ def add_speed_parser(sub: Any) -> None:
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
 
 
-# Where decoder blocks live in LLaMA-style checkpoints: the recipe's targets without --model.
-LLAMA_BLOCKS = ("model.layers", "LlamaDecoderLayer")
-
-
 def cmd_schedule(args: argparse.Namespace) -> dict[str, Any]:
     spec = spec_from(args, args.method)
     if args.model is None:
@@ -126,7 +128,7 @@ def cmd_schedule(args: argparse.Namespace) -> dict[str, Any]:
         if float(spec.get(methods.OFFSET.name, 0.0)) != 0.0:
             raise CliError("--offset needs each block's attention and MLP sizes: give --model NAME instead of --layers")
         rates = methods.build_schedule(spec, args.layers)
-        weights, location, linear = None, LLAMA_BLOCKS, {}
+        weights, location, linear, names = None, LLAMA_BLOCKS, {}, []
     else:
         setup = Setup(
             model=args.model,
@@ -138,7 +140,7 @@ def cmd_schedule(args: argparse.Namespace) -> dict[str, Any]:
         )
         wb = load_workbench(setup)
         rates, weights = wb.schedule(spec), wb.param_counts
-        location = (blocks_path(wb.loaded), type(wb.loaded.blocks[0]).__name__)
+        location, names = block_location(wb.loaded), wb.linear_names
         linear = wb.linear_rates(spec, rates)  # {} unless the attention-MLP offset is non-zero
     layers = len(rates)
     sparsity = spec.sparsity if spec.entry.takes_sparsity else published.weighted_mean(rates, weights)
@@ -152,15 +154,7 @@ def cmd_schedule(args: argparse.Namespace) -> dict[str, Any]:
         "weighted_mean": published.weighted_mean(rates, weights),
         **({"linear_rates": linear} if linear else {}),
         **(
-            {
-                "recipe": recipe_snippet(
-                    linear_targets(linear, wb.linear_names, location[0]) if linear else rates.tolist(),
-                    PRUNERS[args.pruner].recipe_modifier,
-                    *location,
-                    note=PRUNERS[args.pruner].recipe_note,
-                    nm=parse_nm(args.nm),
-                )
-            }
+            {"recipe": schedule_recipe(rates.tolist(), args.pruner, location, parse_nm(args.nm), linear, names)}
             if args.recipe
             else {}
         ),

@@ -35,6 +35,7 @@ from atp_viz.experiment.workbench import (
     Workbench,
     compare_cells,
     compare_rows,
+    stored_groups,
     summarize_sweep,
     sweep_specs,
     zeroshot_table,
@@ -198,7 +199,9 @@ def cmd_sweep2d(args: argparse.Namespace) -> dict[str, Any]:
         if args.evaluate == "best":
             chosen = list(dict.fromkeys(grid.cells[c] for c in (summary.line_best, summary.off_best) if c is not None))
             run_seeds(wb, seeds, chosen, executor, progress, log_point(len(seeds)))
-            summary = sweep2d.summarize(grid, sweep2d.stored_groups(wb, grid.specs(), seeds), select=setup.select_split)
+            summary = sweep2d.summarize(
+                grid, stored_groups(wb, grid.specs(), seeds, need=())[0], select=setup.select_split
+            )
     return {
         "axes": f"beta,{axis.name}",
         "sparsity": sparsity,

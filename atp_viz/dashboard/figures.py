@@ -36,9 +36,20 @@ HEIGHT = 420
 
 
 def color_for(name: str) -> str | None:
-    """A stable colour per method, matched on the name's first word ('ATP (beta=...)' -> atp)."""
-    first = name.split()[0].lower().strip("(),:") if name else ""
-    return methods.colors().get(first) or COLORS.get(first)
+    """A stable colour per method: ``name`` is a method's registry name (``prefix``) or a legend label that
+    begins with a method's name or label ('protected prefix + line (k = 2)', 'ATP (beta = 0.01)'; the
+    longest match wins); anything else by its first word (``COLORS``: dense, the sandbox's orders)."""
+    text = name.strip().lower()
+    matches = [
+        (len(key), entry.color)
+        for entry in methods.METHODS.values()
+        for key in (entry.name.lower(), entry.label.lower())
+        if text.startswith(key) and not text[len(key) : len(key) + 1].isalnum()
+    ]
+    if matches:
+        return max(matches)[1]
+    first = text.split()[0].strip("(),:") if text else ""
+    return COLORS.get(first)
 
 
 def _block_ticks(fig: go.Figure, blocks: int) -> go.Figure:
@@ -254,7 +265,7 @@ def compare_figure(
                 y=[by_s.get(s) for s in sparsities],
                 error_y=_error_bars([std.get(s, 0.0) for s in sparsities]),
                 name=name,
-                marker_color=color_for(name),
+                marker_color=color_for(str(mine[0]["method"])),  # by the method, whatever the label says
                 hovertemplate=f"<b>{name}</b><br>sparsity %{{x}}<br>perplexity %{{y:.6g}}<extra></extra>",
             )
         )

@@ -37,6 +37,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from atp_viz.errors import first_line
+
 QUEUED, RUNNING, DONE, FAILED, CANCELLED = "queued", "running", "done", "failed", "cancelled"
 USER, BACKGROUND = 0, 1  # queue priorities: a student's job goes before a warm-up job
 SERVER = "server"  # owner of warm-up jobs (model loading, the dense perplexity): always alive
@@ -364,8 +366,7 @@ class JobManager:
         try:
             result = job.work(job)
         except Exception as exc:  # reported to every viewer as one line; the next job still starts
-            lines = str(exc).strip().splitlines()
-            error = lines[0] if lines else type(exc).__name__
+            error = first_line(exc)
             if not isinstance(exc, ValueError):
                 log.exception("job %s (%s) failed", job.id, job.label)
         with self._cond:

@@ -42,10 +42,10 @@ from atp_viz.dashboard import jobs
 from atp_viz.dashboard.figures import PLOTLY_CONFIG
 from atp_viz.display import full_text, perplexity_columns, perplexity_table, perplexity_text
 from atp_viz.experiment import classroom
-from atp_viz.experiment.executors import EXECUTORS, ExecutorConfig, make_executor
-from atp_viz.experiment.executors import Job as PointJob
+from atp_viz.experiment.executors import EXECUTORS, ExecutorConfig, PointJob, make_executor
 from atp_viz.experiment.shipped import REGENERATE, ShippedResults
 from atp_viz.experiment.workbench import Setup, Workbench, scaled
+from atp_viz.experiment.workbench import stored_groups as stored_groups  # the pages read stored points through it
 from atp_viz.measure.metrics import EVALUATION
 from atp_viz.measure.points import PointResult
 from atp_viz.measure.zeroshot import ZeroShotConfig
@@ -299,23 +299,6 @@ def stored_count(path: str, model: str) -> int:
 def stored_points(bench: Workbench, specs: Sequence[ScheduleSpec]) -> list[PointResult | None]:
     """The stored result of each spec (None where not computed yet), without computing anything."""
     return [bench.stored(spec) for spec in specs]
-
-
-def stored_groups(
-    bench: Workbench, specs: Sequence[ScheduleSpec], seeds: Sequence[int]
-) -> tuple[dict[ScheduleSpec, list[PointResult]], list[tuple[int, ScheduleSpec]]]:
-    """Each spec's stored points under ``seeds`` (in seed order), and the (seed, spec) not stored yet."""
-    groups: dict[ScheduleSpec, list[PointResult]] = {spec: [] for spec in specs}
-    missing = []
-    for seed in seeds:
-        seeded = bench.reseeded(seed)
-        for spec in specs:
-            point = seeded.stored(spec)
-            if point is None:
-                missing.append((seed, spec))
-            else:
-                groups[spec].append(point)
-    return groups, missing
 
 
 # ------------------------------------------------------------------ long jobs (atp_viz/dashboard/jobs.py runs them)

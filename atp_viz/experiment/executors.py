@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import re
 import socket
 import time
 from collections.abc import Callable, Generator, Sequence
@@ -33,13 +32,16 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
 from atp_viz.config import check_choice, check_int
+from atp_viz.errors import first_line
 from atp_viz.experiment import classroom
-from atp_viz.experiment.workbench import Ledger, Progress, Setup, Workbench, labelled, scaled
+from atp_viz.experiment.workbench import Ledger, Setup, Workbench, labelled, scaled
 from atp_viz.measure.points import PointResult
+from atp_viz.progress import Progress
 from atp_viz.schedules.methods import ScheduleSpec
 
 RAY_EXTRA = "pip install 'atp-viz[ray]'"
 RETRIES = 2  # a point whose worker dies is retried on a new worker at most this many times
+RAY_LINE = 300  # characters of a worker's error kept in a message
 
 
 class WorkerError(RuntimeError):
@@ -47,7 +49,7 @@ class WorkerError(RuntimeError):
 
 
 @dataclass(frozen=True)
-class Job:
+class PointJob:
     """One point to run: a schedule under a calibration seed, measured on ``splits`` (None: all)."""
 
     seed: int
@@ -56,9 +58,9 @@ class Job:
 
 
 # finished points as they are stored; closing it stops the executor (what is in flight is not stored)
-Points = Generator[tuple[Job, PointResult], None, None]
+Points = Generator[tuple[PointJob, PointResult], None, None]
 # (key, kind, config, record) exactly as ``Ledger.put`` receives them
-Row = tuple[str, str, dict[str, Any], dict[str, Any]]
+StoredRow = tuple[str, str, dict[str, Any], dict[str, Any]]
 
 
 @dataclass(frozen=True)
@@ -86,7 +88,7 @@ class ExecutorConfig:
 class Executor(Protocol):
     """Runs jobs on a driver Workbench's setup and yields (job, point) as each point is stored."""
 
-    def points(self, wb: Workbench, jobs: Sequence[Job], progress: Progress | None = None) -> Points: ...
+    def points(self, wb: Workbench, jobs: Sequence[PointJob], progress: Progress | None = None) -> Points: ...
 
     def close(self) -> None: ...
 
@@ -97,7 +99,7 @@ class LocalExecutor:
     def __init__(self, config: ExecutorConfig) -> None:
         self.config = config
 
-    def points(self, wb: Workbench, jobs: Sequence[Job], progress: Progress | None = None) -> Points:
+    def points(self, wb: Workbench, jobs: Sequence[PointJob], progress: Progress | None = None) -> Points:
         for index, job in enumerate(jobs):
             label = f"[{index + 1}/{len(jobs)}] seed {job.seed} {job.spec.describe()}"
             sub = labelled(scaled(progress, index / len(jobs), 1 / len(jobs)), label)
@@ -113,7 +115,7 @@ class CollectingLedger(Ledger):
 
     def __init__(self, ledger: Ledger) -> None:
         super().__init__(None, ledger.setup, ledger.model, ledger.corpus, ledger.windows)
-        self.rows: list[Row] = []
+        self.rows: list[StoredRow] = []
 
     def put(self, key: str, kind: str, config: dict[str, Any], record: dict[str, Any]) -> None:
         super().put(key, kind, config, record)
@@ -138,19 +140,11 @@ class PointWorker:
         """The actor's process id, once the Workbench is loaded."""
         return os.getpid()
 
-    def run(self, job: Job) -> tuple[PointResult, list[Row]]:
+    def run(self, job: PointJob) -> tuple[PointResult, list[StoredRow]]:
         """Run one point and return it with the rows the driver must write (point row last)."""
         bench = self.wb.reseeded(job.seed)
         bench.rows = ledger = CollectingLedger(bench.rows)
         return bench.run(job.spec, splits=job.splits), ledger.rows
-
-
-def stored_point(bench: Workbench, job: Job) -> PointResult | None:
-    """The point of ``job`` if its row and every metric on the job's splits are stored; never computes."""
-    key, record, found, missing = bench.rows.point(job.spec)
-    if record is None or any(job.splits is None or split in job.splits for _, split in missing):
-        return None
-    return PointResult.from_record({**record, "metrics": found}, key)
 
 
 def import_ray() -> Any:
@@ -198,7 +192,7 @@ class RayExecutor:
         self.actors: list[Any] = []  # Ray actor handles, one per worker slot
         self.pids: list[int] = []
         self.replaced = 0  # workers that died and were replaced
-        self._running: dict[Any, tuple[int, Job, float]] = {}  # ObjectRef -> (slot, job, submitted at)
+        self._running: dict[Any, tuple[int, PointJob, float]] = {}  # ObjectRef -> (slot, job, submitted at)
 
     def _connect(self) -> None:
         ray = self.ray
@@ -211,7 +205,7 @@ class RayExecutor:
                      configure_logging=False)  # fmt: skip
         except (ConnectionError, RuntimeError) as exc:
             where = self.config.address or "a new local instance"
-            raise ValueError(f"cannot connect to Ray at {where}: {str(exc).strip().splitlines()[0]}") from None
+            raise ValueError(f"cannot connect to Ray at {where}: {first_line(exc)}") from None
         self.started_ray = True
 
     def _threads(self, resources: dict[str, float]) -> int:
@@ -254,7 +248,7 @@ class RayExecutor:
         try:
             pids = self.ray.get([self.actors[i].ready.remote() for i in waiting])
         except (self.ray.exceptions.RayActorError, self.ray.exceptions.OutOfMemoryError) as exc:
-            raise WorkerError(f"a Ray worker could not load the workbench: {first_line(exc)}") from None
+            raise WorkerError(f"a Ray worker could not load the workbench: {first_line(exc, RAY_LINE)}") from None
         for i, pid in zip(waiting, pids):
             self.pids[i] = pid
 
@@ -265,16 +259,16 @@ class RayExecutor:
         self.replaced += 1
         self.start()
 
-    def assignments(self) -> list[tuple[int, Job]]:
+    def assignments(self) -> list[tuple[int, PointJob]]:
         """(worker pid, job) of each point running now, the most recently sent last."""
         running = sorted(self._running.values(), key=lambda item: item[2])
         return [(self.pids[slot], job) for slot, job, _ in running]
 
-    def points(self, wb: Workbench, jobs: Sequence[Job], progress: Progress | None = None) -> Points:
-        todo: list[tuple[Job, int]] = []  # (job, tries so far)
+    def points(self, wb: Workbench, jobs: Sequence[PointJob], progress: Progress | None = None) -> Points:
+        todo: list[tuple[PointJob, int]] = []  # (job, tries so far)
         done = 0
         for job in jobs:  # stored points are read here and never sent out
-            stored = stored_point(wb.reseeded(job.seed), job)
+            stored = wb.reseeded(job.seed).stored(job.spec, need=job.splits)
             if stored is not None:
                 done += 1
                 yield job, stored
@@ -304,7 +298,7 @@ class RayExecutor:
                     if count >= RETRIES:
                         raise WorkerError(
                             f"{job.spec.describe()} (seed {job.seed}) failed on {count + 1} Ray workers; the last "
-                            f"died with: {first_line(exc)}"
+                            f"died with: {first_line(exc, RAY_LINE)}"
                         ) from None
                     if progress:
                         progress(done / total, f"worker {self.pids[slot]} died on {job.spec.describe()}: retrying")
@@ -317,7 +311,8 @@ class RayExecutor:
                     if isinstance(cause, ValueError):
                         raise cause from None
                     raise WorkerError(
-                        f"{job.spec.describe()} (seed {job.seed}) failed on a Ray worker: {first_line(cause or exc)}"
+                        f"{job.spec.describe()} (seed {job.seed}) failed on a Ray worker: "
+                        f"{first_line(cause or exc, RAY_LINE)}"
                     ) from None
                 idle.append(slot)
                 point = self._store(wb.reseeded(job.seed), job, point, rows)
@@ -332,7 +327,7 @@ class RayExecutor:
                     self.ray.cancel(ref)
 
     @staticmethod
-    def _store(bench: Workbench, job: Job, point: PointResult, rows: Sequence[Row]) -> PointResult:
+    def _store(bench: Workbench, job: PointJob, point: PointResult, rows: Sequence[StoredRow]) -> PointResult:
         """Write a worker's rows into the driver's ledger (metric rows first, the point row last)."""
         expected = bench.point_key(job.spec)
         if point.key != expected:
@@ -353,13 +348,6 @@ class RayExecutor:
         self.actors, self.pids = [], []
         if self.started_ray:
             self.ray.shutdown()
-
-
-def first_line(exc: BaseException) -> str:
-    """One line for a Ray error: the last ``SomeError: ...`` line of a traceback in it, else its first line."""
-    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
-    raised = [line for line in lines if re.match(r"^[\w.]+(Error|Exception|Interrupt): ", line)]
-    return (raised[-1] if raised else lines[0] if lines else type(exc).__name__)[:300]
 
 
 @dataclass(frozen=True)
@@ -408,7 +396,7 @@ def run_seeds(
     of ``seeds``."""
     executor = executor or LocalExecutor(ExecutorConfig())
     measured = tuple(splits) if splits is not None else None
-    jobs = [Job(seed, spec, measured) for seed in seeds for spec in specs]
+    jobs = [PointJob(seed, spec, measured) for seed in seeds for spec in specs]
     found = {(job.seed, job.spec): point for job, point in _each(executor.points(wb, jobs, progress), on_point)}
     return {spec: [found[(seed, spec)] for seed in seeds] for spec in specs}
 

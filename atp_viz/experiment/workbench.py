@@ -10,7 +10,7 @@ It composes small parts instead of branching on names:
   dense pass, no per-point calibration forward, no reconstruction errors);
 - the statistics schedule methods need (``STATISTICS``: OWL's outlier ratios, AlphaPruning's alphas,
   DLP's block scores);
-- the metrics a point is measured by (``MEASURES``: perplexity, zero-shot accuracy), each on the
+- the metrics a point is measured by (``metrics.METRICS``: perplexity, zero-shot accuracy), each on the
   validation and evaluation splits.
 
 Stored rows: a ``point`` row per pruned model (rates, achieved sparsity, errors) and a ``metric`` row
@@ -26,7 +26,7 @@ import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -35,9 +35,8 @@ from atp_viz.config import CalibConfig, EvalConfig, check_choice, check_int
 from atp_viz.experiment import classroom
 from atp_viz.experiment.shipped import ShippedResults
 from atp_viz.measure.metrics import EVALUATION, METRICS, SPLITS, VALIDATION, metric_key
-from atp_viz.measure.perplexity import perplexity
 from atp_viz.measure.points import PointResult, Spread, best_group, seed_spread, spread, within_noise
-from atp_viz.measure.zeroshot import ZeroShotConfig, data_fingerprint, mean_accuracy, score_tasks
+from atp_viz.measure.zeroshot import ZeroShotConfig
 from atp_viz.models.data import DEFAULT_CORPUS, Corpus, calibration_windows, evaluation_windows, load_corpus, token_ids
 from atp_viz.models.loading import (
     DEFAULT_MODEL,
@@ -49,6 +48,7 @@ from atp_viz.models.loading import (
     resolve_source,
     torch_dtype,
 )
+from atp_viz.progress import Progress, counted, labelled, scaled
 from atp_viz.pruning.cached import (
     CachedMode,
     DenseStats,
@@ -77,8 +77,6 @@ from atp_viz.schedules import methods, profiles, published
 from atp_viz.schedules.methods import ScheduleSpec
 from atp_viz.store import ResultStore, fingerprint
 
-# (fraction of the whole job done in [0, 1], what is happening now)
-Progress = Callable[[float, str], None]
 POINT_KIND, METRIC_KIND, DENSE_KIND, STATS_KIND = "point", "metric", "dense", "calib-stats"
 STATS_FOLDER = "stats"  # under the cache dir: <fingerprint>.safetensors
 CALIBRATION_MODES: dict[str, type[SequentialMode] | type[CachedMode]] = {
@@ -99,7 +97,7 @@ class Setup:
     device: str = "cpu"
     dtype: str = "float32"
     batch_size: int = 8  # calibration windows per block call (memory, not results)
-    metrics: tuple[str, ...] = ("perplexity",)  # keys of MEASURES
+    metrics: tuple[str, ...] = ("perplexity",)  # keys of metrics.METRICS
     zeroshot: ZeroShotConfig = field(default_factory=ZeroShotConfig)  # used when "zeroshot" is a metric
     splits: tuple[str, ...] = SPLITS  # measured on; without validation, selection reads evaluation (benchmarks)
     trust_remote_code: bool = False  # load options: they decide what may run, not the results
@@ -113,9 +111,9 @@ class Setup:
         check_choice("calibration mode", self.calibration, tuple(CALIBRATION_MODES))
         check_int("batch size", self.batch_size, 1)
         if not self.metrics:
-            raise ValueError(f"choose at least one metric; allowed: {', '.join(MEASURES)}")
+            raise ValueError(f"choose at least one metric; allowed: {', '.join(METRICS)}")
         for name in self.metrics:
-            check_choice("metric", name, tuple(MEASURES))
+            check_choice("metric", name, tuple(METRICS))
         if EVALUATION not in self.splits:
             raise ValueError(f"the evaluation split is always measured; splits allowed: {', '.join(SPLITS)}")
         for split in self.splits:
@@ -155,98 +153,19 @@ class Setup:
         }
 
 
-@dataclass(frozen=True)
-class Measure:
-    """A metric's measurement: values on one split of a model holding the weights to measure."""
-
-    name: str
-    run: Callable[[Workbench, str, Progress | None], dict[str, float]]  # {metric: value, metric/detail: value}
-    # what decides the values besides the weights: (setup, corpus, windows, split) -> key parts
-    config: Callable[[Setup, Corpus, Mapping[str, torch.Tensor], str], dict[str, Any]]
-
-
-def _perplexity(wb: Workbench, split: str, progress: Progress | None) -> dict[str, float]:
-    report = counted(progress, f"{split} perplexity: window")
-    if wb.evaluation is not None:  # offloaded: measured block by block over all windows
-        return {"perplexity": wb.evaluation.perplexity(split, report)}
-    return {"perplexity": perplexity(wb.loaded.model, wb.windows[split], wb.setup.evaluation.batch_size, report)}
-
-
-def _perplexity_config(setup: Setup, corpus: Corpus, windows: Mapping[str, torch.Tensor], split: str) -> dict[str, Any]:
-    return {"text": corpus.split_fingerprint(split), "windows": list(windows[split].shape)}
-
-
-# zero-shot items: the evaluation split scores part 0 of each task's seeded permutation, validation part 1
-ZEROSHOT_PART = {EVALUATION: 0, VALIDATION: 1}
-
-
-def _zeroshot(wb: Workbench, split: str, progress: Progress | None) -> dict[str, float]:
-    """Mean accuracy over the tasks (``zeroshot``), its stderr, acc_norm, and every task's numbers."""
-    config = wb.setup.zeroshot
-    report = counted(progress, f"{split} zero-shot: request")
-    scores = score_tasks(wb.loaded.model, wb.loaded.tokenizer, config.tasks, config.items, config.seed,
-                         config.batch_size, report, part=ZEROSHOT_PART[split])  # fmt: skip
-    if not scores:
-        return {"zeroshot": math.nan}
-    mean, stderr = mean_accuracy(scores, "acc")
-    mean_norm, stderr_norm = mean_accuracy(scores, "acc_norm")
-    values = {
-        "zeroshot": mean,
-        "zeroshot_stderr": stderr,
-        "zeroshot_norm": mean_norm,
-        "zeroshot_norm_stderr": stderr_norm,
-    }
-    for name, score in scores.items():
-        values |= {f"zeroshot/{name}/{field}": float(getattr(score, field)) for field in TASK_FIELDS}
-    return values
-
-
-def _zeroshot_config(setup: Setup, corpus: Corpus, windows: Mapping[str, torch.Tensor], split: str) -> dict[str, Any]:
-    config = setup.zeroshot
-    return {"data": data_fingerprint(config.tasks, config.items, config.seed, ZEROSHOT_PART[split])}
-
-
-TASK_FIELDS = ("acc", "acc_stderr", "acc_norm", "acc_norm_stderr", "items")
-OFFLOAD_METRICS = ("perplexity",)  # measures an offloaded model supports (block by block)
-MEASURES: dict[str, Measure] = {
-    "perplexity": Measure("perplexity", _perplexity, _perplexity_config),
-    "zeroshot": Measure("zeroshot", _zeroshot, _zeroshot_config),
-}
-# statistic a schedule method needs -> its computation on the dense model
-STATISTICS: dict[str, Callable[[DenseStatistics, ScheduleSpec, Progress | None], np.ndarray]] = {
-    "outlier_ratios": lambda stats, spec, progress: stats.outlier_ratios(float(spec.get("m")), progress),
-    "alphas": lambda stats, spec, progress: stats.alphas(
-        str(spec.get("estimator", "official")), str(spec.get("precision", published.SPECTRA_PRECISION))
+OFFLOAD_METRICS = tuple(name for name, m in METRICS.items() if m.streams)  # measurable block by block
+# statistic a schedule method needs -> its computation on the dense model, called as
+# f(statistics, progress, **params) with the method's ``stat_params`` (OWL passes m, AlphaPruning its estimator)
+STATISTICS: dict[str, Callable[..., np.ndarray]] = {
+    "outlier_ratios": lambda stats, progress, m=published.OWL_M, **_: stats.outlier_ratios(float(m), progress),
+    "alphas": lambda stats, progress, estimator="official", precision=published.SPECTRA_PRECISION, **_: stats.alphas(
+        str(estimator), str(precision)
     ),
-    "block_scores": lambda stats, spec, progress: stats.block_scores(progress),
-    "lsa_errors": lambda stats, spec, progress: stats.lsa_errors(progress),
-    "linear_sizes": lambda stats, spec, progress: stats.linear_sizes(),
-    "dsa_values": lambda stats, spec, progress: stats.dsa_values(
-        str(spec.get("graph")), str(spec.get("nonfinite")), progress
-    ),
+    "block_scores": lambda stats, progress, **_: stats.block_scores(progress),
+    "lsa_errors": lambda stats, progress, **_: stats.lsa_errors(progress),
+    "linear_sizes": lambda stats, progress, **_: stats.linear_sizes(),
+    "dsa_values": lambda stats, progress, graph, nonfinite, **_: stats.dsa_values(str(graph), str(nonfinite), progress),
 }
-
-
-def scaled(progress: Progress | None, start: float, width: float) -> Progress | None:
-    """A progress callback for a sub-task occupying [start, start + width] of the whole job."""
-    if progress is None:
-        return None
-    return lambda fraction, message: progress(start + width * min(max(fraction, 0.0), 1.0), message)
-
-
-def counted(
-    progress: Progress | None, what: str, start: float = 0.0, width: float = 1.0
-) -> Callable[[int, int], None] | None:
-    """Adapt a (done, total) counter of blocks or windows to ``progress`` over [start, start + width]."""
-    sub = scaled(progress, start, width)
-    return (lambda done, total: sub(done / total, f"{what} {done}/{total}")) if sub else None
-
-
-def labelled(progress: Progress | None, label: str) -> Progress | None:
-    """``progress`` with every message prefixed by ``label``."""
-    if progress is None:
-        return None
-    return lambda fraction, message: progress(fraction, f"{label}: {message}")
 
 
 class DenseWeights:
@@ -433,6 +352,24 @@ class DenseStatistics:
         return self._per_block[("outliers", m)]
 
 
+class StoredPoint(NamedTuple):
+    """What the store holds of one point: its key, its row (None when not stored), the metric values
+    stored (``"split/metric"`` keys) and the (metric, split) of the setup still missing."""
+
+    key: str
+    record: dict[str, Any] | None
+    found: dict[str, float]
+    missing: list[tuple[str, str]]
+
+    def complete(self, need: Sequence[str]) -> bool:
+        """The one rule for a complete point: its row and every metric of the setup on each split of ``need``."""
+        return self.record is not None and not any(split in need for _, split in self.missing)
+
+    def result(self, cached: bool = True) -> PointResult:
+        assert self.record is not None, "a point without its row has no result"
+        return PointResult.from_record({**self.record, "metrics": self.found}, self.key, cached=cached)
+
+
 class Ledger:
     """A Workbench's keys and stored rows: a point row per pruned model and a metric row per
     (point, metric, split), in the results store or in memory when there is none (first writer wins)."""
@@ -484,7 +421,7 @@ class Ledger:
                 point=point_key,
                 metric=m,
                 split=split,
-                **MEASURES[m].config(self.setup, self.corpus, self.windows, split),
+                **METRICS[m].values_key(self.setup, self.corpus, self.windows, split),
             )
             for m in self.setup.metrics
             for split in self.setup.splits
@@ -502,10 +439,10 @@ class Ledger:
             found.update({f"{split}/{k}": float(v) for k, v in row["values"].items() if k != name})
         return found, missing
 
-    def point(self, spec: ScheduleSpec) -> tuple[str, dict[str, Any] | None, dict[str, float], list[tuple[str, str]]]:
-        """A point's key, its stored row (or None), its stored metrics and the (metric, split) missing."""
+    def point(self, spec: ScheduleSpec) -> StoredPoint:
+        """What is stored of a point: key, row (or None), metric values and the (metric, split) missing."""
         key = self.point_key(spec)
-        return (key, self.get(key), *self.metrics_of(key))
+        return StoredPoint(key, self.get(key), *self.metrics_of(key))
 
 
 def point_record(
@@ -590,6 +527,23 @@ class Workbench:
     def point_key(self, spec: ScheduleSpec) -> str:
         return self.rows.point_key(spec)
 
+    def identity(self) -> dict[str, Any]:
+        """What decides a pruned model here (weights, calibration text and settings, pruner, mode, dtype):
+        the key parts of anything stored about it beside its points (predictions, trials, speed)."""
+        return self.rows.prune_identity()
+
+    def get(self, key: str) -> dict[str, Any] | None:
+        """A stored row (the user's store first, then the shipped results); never computes."""
+        return self.rows.get(key)
+
+    def put(self, key: str, kind: str, config: dict[str, Any], record: dict[str, Any]) -> None:
+        """Store one finished result at once (in memory without a store)."""
+        self.rows.put(key, kind, config, record)
+
+    def restore(self) -> None:
+        """Put the dense weights back (after a caller pruned them with ``apply``)."""
+        self.dense.restore()
+
     def reseeded(self, seed: int) -> Workbench:
         """The same model and dense weights, calibrated on windows drawn with ``seed`` (kept for reuse)."""
         return self.variant(replace(self.setup, calib=replace(self.setup.calib, seed=seed)))
@@ -617,7 +571,8 @@ class Workbench:
 
     def schedule(self, spec: ScheduleSpec, progress: Progress | None = None) -> np.ndarray:
         """Per-block rates for ``spec`` on this model (statistics computed once, when a method needs them)."""
-        stats = {need: STATISTICS[need](self.stats, spec, progress) for need in spec.entry.needs}
+        params = {name: spec.get(name) for name in spec.entry.stat_params}
+        stats = {need: STATISTICS[need](self.stats, progress, **params) for need in spec.entry.needs}
         return methods.build_schedule(spec, self.num_blocks, stats, self.param_counts)
 
     def measure(
@@ -633,7 +588,7 @@ class Workbench:
         keys = self.rows.metric_keys(point_key)
         for index, (name, split) in enumerate(missing):
             started = time.perf_counter()
-            values = MEASURES[name].run(self, split, scaled(progress, index / len(missing), 1 / len(missing)))
+            values = METRICS[name].measure(self, split, scaled(progress, index / len(missing), 1 / len(missing)))
             config = {**about, "point": point_key, "metric": name, "split": split}
             self.rows.put(
                 keys[(name, split)], METRIC_KIND, config, {"values": values, "seconds": time.perf_counter() - started}
@@ -656,10 +611,11 @@ class Workbench:
     def dense_perplexity(self, progress: Progress | None = None) -> float:
         return self.dense_metrics(progress)[metric_key("perplexity", EVALUATION)]
 
-    def stored(self, spec: ScheduleSpec) -> PointResult | None:
-        """The point if its row and every metric are stored; never computes."""
-        key, record, found, missing = self.rows.point(spec)
-        return None if record is None or missing else PointResult.from_record({**record, "metrics": found}, key)
+    def stored(self, spec: ScheduleSpec, need: Sequence[str] | None = None) -> PointResult | None:
+        """The stored point if it is complete on the splits of ``need`` (default: every split of the setup;
+        ``()``: its row alone, with whatever metrics are stored), else None; never computes."""
+        found = self.rows.point(spec)
+        return found.result() if found.complete(self.setup.splits if need is None else need) else None
 
     def per_linear(self, spec: ScheduleSpec) -> np.ndarray | None:
         """(blocks x linears) rates when ``spec`` gives each linear its own rate (LSA's projections), else None."""
@@ -702,10 +658,11 @@ class Workbench:
         """Prune the dense model with ``spec``, measure it and commit each result (or read them back).
 
         ``splits``: measure only these of the setup's splits (a search reads validation alone)."""
-        key, record, found, missing = self.rows.point(spec)
-        missing = [(name, split) for name, split in missing if splits is None or split in splits]
-        if record is not None and not missing:
-            return PointResult.from_record({**record, "metrics": found}, key)
+        stored = self.rows.point(spec)
+        key, record = stored.key, stored.record
+        if stored.complete(self.setup.splits if splits is None else splits):
+            return stored.result()
+        missing = [(name, split) for name, split in stored.missing if splits is None or split in splits]
         started = time.perf_counter()
         if self.evaluation is not None:  # offloaded: the prune pass also carries the windows to measure
             self.evaluation.pending = tuple(dict.fromkeys(split for _, split in missing))
@@ -734,6 +691,24 @@ class Workbench:
     ) -> Iterator[PointResult]:
         """beta = 0 (uniform) and then every beta of the grid, each point stored as it finishes."""
         return self.run_many(sweep_specs(self.num_blocks, sparsity, step), progress)
+
+
+def stored_groups(
+    wb: Workbench, specs: Sequence[ScheduleSpec], seeds: Sequence[int], need: Sequence[str] | None = None
+) -> tuple[dict[ScheduleSpec, list[PointResult]], list[tuple[int, ScheduleSpec]]]:
+    """Each spec's stored points under ``seeds`` (in seed order; complete on ``need`` as ``Workbench.stored``
+    reads it), and the (seed, spec) not stored yet; never computes."""
+    groups: dict[ScheduleSpec, list[PointResult]] = {spec: [] for spec in specs}
+    missing = []
+    for seed in seeds:
+        seeded = wb.reseeded(seed)
+        for spec in specs:
+            point = seeded.stored(spec, need)
+            if point is None:
+                missing.append((seed, spec))
+            else:
+                groups[spec].append(point)
+    return groups, missing
 
 
 def sweep_specs(num_blocks: int, sparsity: float, step: float = published.GRID_STEP) -> list[ScheduleSpec]:
@@ -847,11 +822,7 @@ def compare_cells(
                 else methods.sweep_grid(name, num_blocks, s, step)
             )
             if not specs:
-                bound = published.beta_max(num_blocks, s)
-                raise ValueError(
-                    f"no {entry.label} grid point fits: step {step:g} > {bound:.5g} at S = {s:g} (allowed: 0 < "
-                    f"step <= {bound:.5g})"
-                )
+                raise published.no_grid_point(num_blocks, s, step, entry.label)
             cells.append(Cell(name, s, tuple(specs)))
     return cells
 

@@ -1,18 +1,22 @@
 """What a pruned model is measured by, on which split, and which direction is better.
 
-A measurement is a ``Metric`` (perplexity today) taken on a ``Split`` of the corpus; a point carries
-its values as a flat ``dict[str, float]`` keyed ``"<split>/<metric>"`` (``metric_key``). Selecting
+A measurement is a ``Metric`` (perplexity, zero-shot accuracy) taken on a split of the corpus; a point
+carries its values as a flat ``dict[str, float]`` keyed ``"<split>/<metric>"`` (``metric_key``). Selecting
 (the best beta, a search) reads the ``validation`` split; every reported number reads ``evaluation``.
-Adding a metric is one ``METRICS`` entry plus the function that measures it (``experiment.MEASURES``).
+Adding a metric is one ``METRICS`` entry (label, direction, how it is measured, what keys its values,
+whether it can stream) plus the function that measures it; the Workbench, the Compare chart, the
+searches and the tables read the entry.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from atp_viz.config import check_choice
+from atp_viz.progress import Progress, counted
 
 VALIDATION = "validation"  # selects: best beta, search winners
 EVALUATION = "evaluation"  # reports: every number shown next to a method
@@ -27,6 +31,11 @@ class Metric:
     name: str
     label: str  # axis and column title
     lower_is_better: bool
+    # (workbench holding the weights to measure, split, progress) -> {metric: value, metric/detail: value}
+    measure: Callable[[Any, str, Progress | None], dict[str, float]]
+    # what decides the values besides the weights, part of their store key: (setup, corpus, windows, split)
+    values_key: Callable[[Any, Any, Mapping[str, Any], str], dict[str, Any]]
+    streams: bool = False  # measurable on an offloaded model, block by block during the prune pass
     digits: int = 4  # significant digits when printed
 
     def better(self, a: float, b: float) -> bool:
@@ -48,9 +57,70 @@ class Metric:
         return best
 
 
+def _perplexity(wb: Any, split: str, progress: Progress | None) -> dict[str, float]:
+    from atp_viz.measure.perplexity import perplexity
+
+    report = counted(progress, f"{split} perplexity: window")
+    if wb.evaluation is not None:  # offloaded: measured block by block over all windows
+        return {"perplexity": wb.evaluation.perplexity(split, report)}
+    return {"perplexity": perplexity(wb.loaded.model, wb.windows[split], wb.setup.evaluation.batch_size, report)}
+
+
+def _perplexity_key(setup: Any, corpus: Any, windows: Mapping[str, Any], split: str) -> dict[str, Any]:
+    return {"text": corpus.split_fingerprint(split), "windows": list(windows[split].shape)}
+
+
+# zero-shot items: the evaluation split scores part 0 of each task's seeded permutation, validation part 1
+ZEROSHOT_PART = {EVALUATION: 0, VALIDATION: 1}
+TASK_FIELDS = ("acc", "acc_stderr", "acc_norm", "acc_norm_stderr", "items")
+
+
+def _zeroshot(wb: Any, split: str, progress: Progress | None) -> dict[str, float]:
+    """Mean accuracy over the tasks (``zeroshot``), its stderr, acc_norm, and every task's numbers."""
+    from atp_viz.measure.zeroshot import mean_accuracy, score_tasks
+
+    config = wb.setup.zeroshot
+    report = counted(progress, f"{split} zero-shot: request")
+    scores = score_tasks(wb.loaded.model, wb.loaded.tokenizer, config.tasks, config.items, config.seed,
+                         config.batch_size, report, part=ZEROSHOT_PART[split])  # fmt: skip
+    if not scores:
+        return {"zeroshot": math.nan}
+    mean, stderr = mean_accuracy(scores, "acc")
+    mean_norm, stderr_norm = mean_accuracy(scores, "acc_norm")
+    values = {
+        "zeroshot": mean,
+        "zeroshot_stderr": stderr,
+        "zeroshot_norm": mean_norm,
+        "zeroshot_norm_stderr": stderr_norm,
+    }
+    for name, score in scores.items():
+        values |= {f"zeroshot/{name}/{field}": float(getattr(score, field)) for field in TASK_FIELDS}
+    return values
+
+
+def _zeroshot_key(setup: Any, corpus: Any, windows: Mapping[str, Any], split: str) -> dict[str, Any]:
+    from atp_viz.measure.zeroshot import data_fingerprint
+
+    config = setup.zeroshot
+    return {"data": data_fingerprint(config.tasks, config.items, config.seed, ZEROSHOT_PART[split])}
+
+
 METRICS: dict[str, Metric] = {
-    "perplexity": Metric("perplexity", "perplexity (exp of mean token NLL; lower is better)", lower_is_better=True),
-    "zeroshot": Metric("zeroshot", "mean zero-shot accuracy over the tasks (higher is better)", lower_is_better=False),
+    "perplexity": Metric(
+        "perplexity",
+        "perplexity (exp of mean token NLL; lower is better)",
+        lower_is_better=True,
+        measure=_perplexity,
+        values_key=_perplexity_key,
+        streams=True,
+    ),
+    "zeroshot": Metric(
+        "zeroshot",
+        "mean zero-shot accuracy over the tasks (higher is better)",
+        lower_is_better=False,
+        measure=_zeroshot,
+        values_key=_zeroshot_key,
+    ),
 }
 
 

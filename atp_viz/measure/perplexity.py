@@ -3,18 +3,16 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from atp_viz.models.loading import base_model
+from atp_viz.progress import Counter
 
 # Tokens per chunk of the LM head: the full-vocabulary logits of a whole batch are never held.
 LOSS_CHUNK_TOKENS = 256  # 256 x 49k-vocab fp32 logits = 50 MB (and as much for the log-softmax)
-
-WindowProgress = Callable[[int, int], None]
 
 
 def lm_parts(model: nn.Module) -> tuple[nn.Module, nn.Module, float | None]:
@@ -58,9 +56,7 @@ def token_log_probs(
 
 
 @torch.inference_mode()
-def perplexity(
-    model: nn.Module, windows: torch.Tensor, batch_size: int = 4, progress: WindowProgress | None = None
-) -> float:
+def perplexity(model: nn.Module, windows: torch.Tensor, batch_size: int = 4, progress: Counter | None = None) -> float:
     """exp(mean next-token NLL over every predicted token of every window). windows: (N, T)."""
     device = next(model.parameters()).device
     body, head, softcap = lm_parts(model)

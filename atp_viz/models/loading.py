@@ -19,7 +19,7 @@ import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Iterator
 
 import numpy as np
 import torch
@@ -31,6 +31,8 @@ except ImportError:  # pragma: no cover - Windows
     fcntl = None  # type: ignore[assignment]
 
 from atp_viz.config import DTYPES, check_choice
+from atp_viz.errors import first_line
+from atp_viz.progress import Status
 
 DEFAULT_MODEL = "smollm2-135m"
 # Bumped when the cached folder layout changes, so caches from older code are rebuilt, not reused.
@@ -80,8 +82,6 @@ EMBEDDED_MODELS: dict[str, EmbeddedModel] = {
         sha256="a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818",
     ),
 }
-
-Progress = Callable[[str], None]
 
 
 class ModelLoadError(ValueError):
@@ -296,7 +296,7 @@ def build_lock(folder: Path) -> Iterator[None]:
             fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
 
 
-def dequantize_gguf_to_cache(gguf: Path, progress: Progress | None = None) -> Path:
+def dequantize_gguf_to_cache(gguf: Path, progress: Status | None = None) -> Path:
     """Dequantize a GGUF file once into a safetensors folder; a damaged or stale cache is rebuilt."""
     folder = gguf_cache_folder(gguf)
     if cached_folder_is_valid(folder):
@@ -316,7 +316,7 @@ def dequantize_gguf_to_cache(gguf: Path, progress: Progress | None = None) -> Pa
         return build_cache(gguf, folder, progress)
 
 
-def build_cache(gguf: Path, folder: Path, progress: Progress | None = None) -> Path:
+def build_cache(gguf: Path, folder: Path, progress: Status | None = None) -> Path:
     if progress:
         progress(f"dequantizing {gguf.name} once into {folder} (about 15 s)")
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -337,7 +337,7 @@ def build_cache(gguf: Path, folder: Path, progress: Progress | None = None) -> P
     return folder
 
 
-def resolve_source(name: str, progress: Progress | None = None) -> Path | str:
+def resolve_source(name: str, progress: Status | None = None) -> Path | str:
     """Map a model name to a local folder (or return a hub id unchanged)."""
     if name in EMBEDDED_MODELS:
         return dequantize_gguf_to_cache(embedded_gguf(EMBEDDED_MODELS[name]), progress)
@@ -378,7 +378,7 @@ def load_model(
     *,
     trust_remote_code: bool = False,
     allow_pickle: bool = False,
-    progress: Progress | None = None,
+    progress: Status | None = None,
 ) -> LoadedModel:
     """Load a causal LM by name or path, in eval mode, with its decoder blocks found."""
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
@@ -440,11 +440,6 @@ def is_causal_lm(config: object) -> bool:
     if architectures:
         return any(arch.endswith(("ForCausalLM", "LMHeadModel")) for arch in architectures)
     return type(config) in MODEL_FOR_CAUSAL_LM_MAPPING
-
-
-def first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def estimated_bytes(source: Path | str, dtype: torch.dtype) -> int | None:

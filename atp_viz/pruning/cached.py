@@ -28,7 +28,8 @@ from numpy.typing import ArrayLike
 from torch import nn
 
 from atp_viz.models.hooks import input_hooks
-from atp_viz.pruning.calibration import BlockCalls, BlockProgress, ModeInputs, PruneReport, block_sparsity, run_block
+from atp_viz.progress import Counter
+from atp_viz.pruning.calibration import BlockCalls, ModeInputs, PruneReport, block_sparsity, run_block
 from atp_viz.pruning.layer_stats import outlier_ratio, prunable_linears
 from atp_viz.pruning.pruners import (
     STAT_KINDS,
@@ -120,7 +121,7 @@ def collect_dense_stats(
     calls: BlockCalls,
     kinds: Sequence[str],
     batch_size: int = 8,
-    progress: BlockProgress | None = None,
+    progress: Counter | None = None,
 ) -> DenseStats:
     """One dense block-by-block pass over the calibration batch recording every linear's inputs."""
     hidden = calls.hidden
@@ -230,7 +231,7 @@ def prune_cached(
     stats: DenseStats | None,
     orders: dict[LinearKey, torch.Tensor] | None,
     nm: tuple[int, int] | None = None,
-    progress: BlockProgress | None = None,
+    progress: Counter | None = None,
 ) -> np.ndarray:
     """Prune dense blocks in place from stored statistics (no forward); returns per-block sparsity.
 
@@ -280,7 +281,7 @@ class CachedMode:
             self._orders, self._ordered = score_orders(self.blocks, stats, self.pruner), True
         return self._orders
 
-    def prune(self, rates: RateMap, progress: BlockProgress | None = None) -> PruneReport:
+    def prune(self, rates: RateMap, progress: Counter | None = None) -> PruneReport:
         stats = self.dense_stats() if self.pruner.needs_inputs else None
         orders = self.orders() if self.nm is None else None
         self.restore()

@@ -17,11 +17,10 @@ from torch import nn
 
 from atp_viz.models.hooks import StopForward, input_hooks, recording_blocks
 from atp_viz.models.loading import base_model
+from atp_viz.progress import Counter
 from atp_viz.pruning.layer_stats import prunable_linears
 from atp_viz.pruning.pruners import Pruner, recorder
 from atp_viz.schedules.published import RateMap, as_rate_map
-
-BlockProgress = Callable[[int, int], None]  # (blocks done, total blocks)
 
 
 @dataclass
@@ -153,7 +152,7 @@ def prune_sequential(
     pruner: Pruner,
     nm: tuple[int, int] | None = None,
     batch_size: int = 8,
-    progress: BlockProgress | None = None,
+    progress: Counter | None = None,
     dense: DenseTrajectory | None = None,
 ) -> PruneReport:
     """Prune every block in place at its rate, each calibrated on the pruned blocks before it.
@@ -221,7 +220,7 @@ class SequentialMode:
         self.inputs = inputs
         self.trajectory = DenseTrajectory.empty(len(inputs.blocks))
 
-    def prune(self, rates: RateMap, progress: BlockProgress | None = None) -> PruneReport:
+    def prune(self, rates: RateMap, progress: Counter | None = None) -> PruneReport:
         i = self.inputs
         i.restore()
         return prune_sequential(i.blocks, i.calls(), rates, i.pruner, i.nm, i.batch_size, progress, self.trajectory)

@@ -41,7 +41,8 @@ from typing import Any, overload
 import torch
 from torch import nn
 
-from atp_viz.measure.perplexity import WindowProgress, perplexity
+from atp_viz.errors import first_line
+from atp_viz.measure.perplexity import perplexity
 from atp_viz.models.hooks import recording_blocks
 from atp_viz.models.loading import (
     LoadedModel,
@@ -49,7 +50,6 @@ from atp_viz.models.loading import (
     available_bytes,
     check_weights,
     find_blocks,
-    first_line,
     human_bytes,
     is_causal_lm,
     resolve_device,
@@ -57,10 +57,10 @@ from atp_viz.models.loading import (
     torch_dtype,
     weights_fingerprint,
 )
+from atp_viz.progress import Counter
 from atp_viz.pruning.cached import CachedMode
 from atp_viz.pruning.calibration import (
     BlockCalls,
-    BlockProgress,
     DenseTrajectory,
     ModeInputs,
     PruneReport,
@@ -405,7 +405,7 @@ class StreamedPerplexity:
         if pruned:
             self._pruned_version = self.weights.version
 
-    def perplexity(self, split: str, progress: WindowProgress | None = None) -> float:
+    def perplexity(self, split: str, progress: Counter | None = None) -> float:
         version = self.weights.version
         if not (self._final_version == version and split in self._final):
             if self._pruned_version == version:
@@ -506,7 +506,7 @@ class StreamedSequentialMode(SequentialMode):
         self.evaluation = evaluation
         self.trajectory = spilled_trajectory(len(inputs.blocks), evaluation.loaded.device)
 
-    def prune(self, rates: RateMap, progress: BlockProgress | None = None) -> PruneReport:
+    def prune(self, rates: RateMap, progress: Counter | None = None) -> PruneReport:
         self.inputs.calls()  # captured before the prune pass (no block weights needed)
         with self.evaluation.tracking():
             return super().prune(rates, progress)
@@ -523,7 +523,7 @@ class StreamedCachedMode(CachedMode):
     def orders(self) -> None:
         return None
 
-    def prune(self, rates: RateMap, progress: BlockProgress | None = None) -> PruneReport:
+    def prune(self, rates: RateMap, progress: Counter | None = None) -> PruneReport:
         if self.pruner.needs_inputs:
             self.dense_stats()  # its own dense pass, before the prune pass
         with self.evaluation.tracking():

@@ -25,9 +25,9 @@ from atp_viz.schedules import dsa, lsa, profiles, published
 
 Value = float | str
 # statistic name -> one value per block (outlier ratios, alphas, ...), computed by the caller
-Stats = Mapping[str, np.ndarray]
+BlockStats = Mapping[str, np.ndarray]
 # (num_layers, sparsity, parameters, statistics, per-block weights) -> rates
-Builder = Callable[[int, float, Mapping[str, Any], Stats, "np.ndarray | None"], np.ndarray]
+Builder = Callable[[int, float, Mapping[str, Any], BlockStats, "np.ndarray | None"], np.ndarray]
 
 
 @dataclass(frozen=True)
@@ -87,6 +87,8 @@ class Method:
     build: Builder
     params: tuple[Param, ...] = ()
     needs: tuple[str, ...] = ()  # statistics the caller provides (see experiment.STATISTICS)
+    # this method's parameters each statistic it needs is computed with, passed by name (OWL's m)
+    stat_params: tuple[str, ...] = ()
     takes_sparsity: bool = True  # False: the rates are given (custom)
     # the grid a sweep or comparison searches, as parameter dicts (None: the defaults only)
     grid: Callable[[int, float, float], list[dict[str, Any]]] | None = None
@@ -94,7 +96,7 @@ class Method:
     peer: bool = True  # a published method, compared by default; False: this project's own profiles (opt-in)
     # rates per (block, linear) in the order of each block's linears, or None where the spec keeps one rate per
     # block: (sparsity, parameters, statistics) -> blocks x linears (LSA's projection granularity)
-    per_linear: Callable[[float, Mapping[str, Any], Stats], np.ndarray | None] | None = None
+    per_linear: Callable[[float, Mapping[str, Any], BlockStats], np.ndarray | None] | None = None
 
     def param(self, name: str) -> Param:
         for p in self.params:
@@ -221,7 +223,7 @@ class ScheduleSpec:
 
 
 def build_schedule(
-    spec: ScheduleSpec, num_layers: int, stats: Stats | None = None, weights: ArrayLike | None = None
+    spec: ScheduleSpec, num_layers: int, stats: BlockStats | None = None, weights: ArrayLike | None = None
 ) -> np.ndarray:
     """The rates ``spec`` describes for ``num_layers`` blocks.
 
@@ -261,7 +263,7 @@ def removed_blocks(rates: ArrayLike) -> list[int]:
     return [int(i) for i in np.flatnonzero(np.asarray(rates, dtype=np.float64) >= 1.0 - published.CLIP_TOL)]
 
 
-def per_linear_rates(spec: ScheduleSpec, stats: Stats) -> np.ndarray | None:
+def per_linear_rates(spec: ScheduleSpec, stats: BlockStats) -> np.ndarray | None:
     """Rates per (block, linear) when ``spec`` gives each linear its own rate from statistics (LSA's projection
     granularity), else None."""
     entry = spec.entry
@@ -315,7 +317,7 @@ def _atp_grid(num_layers: int, sparsity: float, step: float) -> list[dict[str, A
     return [{"beta": float(b)} for b in published.beta_grid(num_layers, sparsity, step)]
 
 
-def _custom(num_layers: int, _s: float, p: Mapping[str, Any], _stats: Stats, _w: np.ndarray | None) -> np.ndarray:
+def _custom(num_layers: int, _s: float, p: Mapping[str, Any], _stats: BlockStats, _w: np.ndarray | None) -> np.ndarray:
     rates = published.custom(p["rates"])
     if rates.size != num_layers:
         raise ValueError(f"a custom schedule needs {num_layers} rates (one per block), got {rates.size}")
@@ -365,6 +367,7 @@ register(
             Param("m", "OWL M (outlier threshold, x mean score)", published.OWL_M, 0.0, step=0.5),
         ),
         needs=("outlier_ratios",),
+        stat_params=("m",),
         description="more outliers -> denser block (Yin et al. 2023)",
     )
 )
@@ -401,6 +404,7 @@ register(
             ),
         ),
         needs=("alphas",),
+        stat_params=("estimator", "precision"),
         description="heavier-tailed spectrum (smaller alpha) -> denser block (Lu et al. 2024)",
     )
 )
@@ -447,6 +451,7 @@ register(
             ),
         ),
         needs=("dsa_values",),
+        stat_params=("graph", "nonfinite"),
         description="a searched function of each block's Wanda scores -> importance -> OWL-style band (Li et al. 2024)",
     )
 )
@@ -469,7 +474,7 @@ LSA_PARAMS = (
 )
 
 
-def _lsa_table(sparsity: float, p: Mapping[str, Any], stats: Stats) -> np.ndarray:
+def _lsa_table(sparsity: float, p: Mapping[str, Any], stats: BlockStats) -> np.ndarray:
     return lsa.rates(stats["lsa_errors"], stats["linear_sizes"], sparsity, float(p["lam"]), str(p["granularity"]))
 
 

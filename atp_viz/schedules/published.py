@@ -170,6 +170,15 @@ def beta_grid(num_layers: int, sparsity: float, step: float = GRID_STEP) -> np.n
     return np.round(step * np.arange(1, count + 1, dtype=np.float64), GRID_DECIMALS)
 
 
+def no_grid_point(num_layers: int, sparsity: float, step: float, method: str = "ATP") -> ValueError:
+    """The one error for a beta grid that ``step`` leaves empty (step > beta_max): what is wrong, what is allowed."""
+    bound = beta_max(num_layers, sparsity)
+    return ValueError(
+        f"no {method} grid point fits: step {step:g} > beta_max = {bound:.5g} for {num_layers} blocks at "
+        f"S = {sparsity:g}; allowed: 0 < step <= {bound:.5g}"
+    )
+
+
 def _density_band(values: np.ndarray, sparsity: float, half_width: float, method: str) -> np.ndarray:
     """The band OWL's and DLP's code map a per-block value to: density d = (v - min v)/(max v - min v)
     * 2*half_width; d = d - mean(d) + (1 - S); s = 1 - d, rates <= 0 set to 0.01 and > 1 to 1 (with a

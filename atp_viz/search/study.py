@@ -40,10 +40,11 @@ from typing import Any
 import numpy as np
 
 from atp_viz.config import check_sparsity
-from atp_viz.experiment.executors import Executor, ExecutorConfig, Job, LocalExecutor
-from atp_viz.experiment.workbench import MEASURES, Progress, Workbench, labelled, scaled, sweep_specs
-from atp_viz.measure.metrics import EVALUATION, VALIDATION, metric_key
+from atp_viz.experiment.executors import Executor, ExecutorConfig, LocalExecutor, PointJob
+from atp_viz.experiment.workbench import Workbench, labelled, scaled, sweep_specs
+from atp_viz.measure.metrics import EVALUATION, METRICS, VALIDATION, metric_key
 from atp_viz.measure.points import PointResult, spread
+from atp_viz.progress import Progress
 from atp_viz.schedules import published
 from atp_viz.schedules.dsa import NonFiniteImportanceWarning
 from atp_viz.schedules.methods import ScheduleSpec
@@ -164,8 +165,8 @@ def journal_dir(store: ResultStore | None) -> Path:
 
 def study_name(wb: Workbench, config: SearchConfig) -> str:
     """Fingerprint of what decides the trials' values and draws (module docstring)."""
-    objective = MEASURES[METRIC].config(wb.setup, wb.corpus, wb.windows, VALIDATION)
-    return fingerprint(kind=SEARCH_KIND, **wb.rows.prune_identity(), objective=objective, metric=METRIC,
+    objective = METRICS[METRIC].values_key(wb.setup, wb.corpus, wb.windows, VALIDATION)
+    return fingerprint(kind=SEARCH_KIND, **wb.identity(), objective=objective, metric=METRIC,
                        sparsity=config.sparsity, sampler=config.sampler, seed=config.seed,
                        max_delta=config.max_delta)  # fmt: skip
 
@@ -188,15 +189,6 @@ def _record(point: PointResult, number: int, seconds: float) -> TrialRecord:
 
 def _custom(rates: np.ndarray) -> ScheduleSpec:
     return ScheduleSpec("custom", rates=tuple(float(r) for r in rates))
-
-
-def stored_point(wb: Workbench, spec: ScheduleSpec) -> PointResult | None:
-    """The stored point if its row and its validation value are stored (evaluation may be missing:
-    NaN); never computes."""
-    key, record, found, _missing = wb.rows.point(spec)
-    if record is None or metric_key(METRIC, VALIDATION) not in found:
-        return None
-    return PointResult.from_record({**record, "metrics": found}, key)
 
 
 def measured_splits(every_split: bool) -> tuple[str, ...] | None:
@@ -236,12 +228,12 @@ class Search:
     def _put(self, record: TrialRecord) -> None:
         about = {"study": self.study, "sampler": self.config.sampler, "sparsity": self.config.sparsity,
                  "search_seed": self.config.seed, "number": record.number}  # fmt: skip
-        self.wb.rows.put(trial_key(self.study, record.number), TRIAL_KIND, about, record.to_record())
+        self.wb.put(trial_key(self.study, record.number), TRIAL_KIND, about, record.to_record())
 
     def _from_trial(self, trial: space.Trial) -> TrialRecord | None:
         """A finished trial's row, or rebuilt from its stored point (a process killed between the
         journal's commit and the row's); None when neither is stored (the store was emptied)."""
-        row = self.wb.rows.get(trial_key(self.study, trial.number))
+        row = self.wb.get(trial_key(self.study, trial.number))
         if row is not None:
             evaluation = float(row["evaluation_perplexity"])
             if math.isnan(evaluation):  # measured later, for a winner
@@ -249,7 +241,7 @@ class Search:
                 evaluation = found.get(metric_key(METRIC, EVALUATION), math.nan)
             return TrialRecord(int(row["number"]), str(row["point"]), float(row["validation_perplexity"]),
                                evaluation, float(row["seconds"]), trial.rates)  # fmt: skip
-        point = stored_point(self.wb, _custom(trial.rates))
+        point = self.wb.stored(_custom(trial.rates), need=(VALIDATION,))  # evaluation may be missing: NaN
         if point is None:
             return None
         record = _record(point, trial.number, trial.seconds)
@@ -300,8 +292,8 @@ class Search:
 
         def evaluate(batch_rates: Sequence[np.ndarray]) -> Iterator[tuple[int, float]]:
             assert executor is not None
-            jobs = [Job(self.wb.setup.calib.seed, _custom(rates), splits) for rates in batch_rates]
-            where: dict[Job, list[int]] = {}
+            jobs = [PointJob(self.wb.setup.calib.seed, _custom(rates), splits) for rates in batch_rates]
+            where: dict[PointJob, list[int]] = {}
             for index, job in enumerate(jobs):
                 where.setdefault(job, []).append(index)
             for job, point in executor.points(self.wb, jobs, labelled(progress, f"{self.config.sampler} batch")):
@@ -414,10 +406,7 @@ def atp_specs(num_blocks: int, sparsity: float, step: float = published.GRID_STE
     """ATP's sweep: uniform (beta = 0) first, then the grid betas (``experiment.sweep_specs``)."""
     specs = sweep_specs(num_blocks, sparsity, step)
     if len(specs) < 2:
-        bound = published.beta_max(num_blocks, sparsity)
-        raise ValueError(
-            f"no ATP grid point fits: step {step:g} > beta_max = {bound:.5g} (allowed: 0 < step <= {bound:.5g})"
-        )
+        raise published.no_grid_point(num_blocks, sparsity, step)
     return specs
 
 
@@ -467,7 +456,7 @@ def stored_comparison(
     _check_setup(wb)
     specs = atp_specs(wb.num_blocks, sparsity, step)
     budget = trials or len(specs)
-    atp, uniform = _atp_result([stored_point(wb, spec) for spec in specs])
+    atp, uniform = _atp_result([wb.stored(spec, need=(VALIDATION,)) for spec in specs])
     results = {ATP: atp}
     for config in _configs(sparsity, samplers, budget, seed, None, max_delta):
         results[config.sampler] = Search(wb, config).stored()
@@ -507,8 +496,8 @@ def versus_atp(
     parts = 1 + len(configs)
     points: list[PointResult | None] = []
     started = time.monotonic()
-    jobs = [Job(wb.setup.calib.seed, spec, measured_splits(every_split)) for spec in specs]
-    found: dict[Job, PointResult] = {}
+    jobs = [PointJob(wb.setup.calib.seed, spec, measured_splits(every_split)) for spec in specs]
+    found: dict[PointJob, PointResult] = {}
     stop = should_stop or (lambda: False)
     pool = executor or LocalExecutor(ExecutorConfig())
     with contextlib.closing(pool.points(wb, jobs, labelled(scaled(progress, 0.0, 1 / parts), "ATP"))) as stream:

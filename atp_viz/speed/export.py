@@ -29,6 +29,7 @@ import torch
 from atp_viz.config import check_choice, check_nm
 from atp_viz.models.loading import LoadedModel, blocks_path, swap_conv1d
 from atp_viz.pruning.layer_stats import prunable_linears
+from atp_viz.pruning.pruners import PRUNERS
 from atp_viz.store import to_jsonable
 
 SCHEDULE_FILE = "schedule.json"
@@ -298,6 +299,32 @@ def linear_targets(
         group = linear_rates[name] if name in linear_rates else linear_rates[linear_group(name)]  # LSA: per linear
         out[target] = [float(group[i]) for i, block in enumerate(linear_names) if name in block]
     return out
+
+
+# Where decoder blocks live in LLaMA-style checkpoints: a recipe's targets when no model is loaded.
+LLAMA_BLOCKS = ("model.layers", "LlamaDecoderLayer")
+
+
+def block_location(loaded: LoadedModel) -> tuple[str, str]:
+    """(path of the decoder blocks, their class name): what a recipe's targets name."""
+    return blocks_path(loaded), type(loaded.blocks[0]).__name__
+
+
+def schedule_recipe(
+    rates: Sequence[float],
+    pruner: str,
+    location: tuple[str, str] = LLAMA_BLOCKS,
+    nm: tuple[int, int] | None = None,
+    linear_rates: Mapping[str, Sequence[float]] | None = None,
+    linear_names: Sequence[Sequence[str]] = (),
+) -> str:
+    """The llm-compressor oneshot recipe of one schedule with ``pruner``'s modifier (``PRUNERS``): one
+    sparsity per decoder block, or one per linear type when ``linear_rates`` gives them their own
+    (``Workbench.linear_rates``, with ``Workbench.linear_names``). The CLI's ``schedule --recipe`` and the
+    Schedules page both print this."""
+    entry = PRUNERS[pruner]
+    targets = linear_targets(linear_rates, linear_names, location[0]) if linear_rates else [float(r) for r in rates]
+    return recipe_snippet(targets, entry.recipe_modifier, *location, note=entry.recipe_note, nm=nm)
 
 
 def recipe_snippet(

@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from atp_viz.config import check_choice
+from atp_viz.errors import first_line
 from atp_viz.models.loading import find_blocks
 from atp_viz.pruning.layer_stats import prunable_linears
 from atp_viz.pruning.pruners import magnitude, prune_count
@@ -392,7 +393,7 @@ def _dense_vs(
     try:
         sparse_s = best_seconds(lambda: F.linear(x, sparse), repeats, warmup, x.device)
     except (RuntimeError, NotImplementedError) as exc:
-        return {"dense_s": dense_s, "error": str(exc).splitlines()[0]}
+        return {"dense_s": dense_s, "error": first_line(exc)}
     return {"dense_s": dense_s, "sparse_s": sparse_s, "speedup": dense_s / sparse_s}
 
 

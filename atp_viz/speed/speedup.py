@@ -27,7 +27,8 @@ from typing import Any
 import torch
 
 from atp_viz.config import check_choice
-from atp_viz.experiment.workbench import Progress, Workbench, labelled, scaled
+from atp_viz.experiment.workbench import Workbench, labelled, scaled
+from atp_viz.progress import Progress
 from atp_viz.schedules.methods import ScheduleSpec
 from atp_viz.speed import kernels
 from atp_viz.store import fingerprint
@@ -118,7 +119,7 @@ def stored_speedup(
     wb: Workbench, spec: ScheduleSpec, kernel: str = "csr", config: kernels.SpeedConfig = DASHBOARD_SPEED
 ) -> SpeedResult | None:
     """The stored measurement of ``spec`` on this machine, or None; never measures."""
-    record = wb.rows.get(speed_key(wb, spec, kernel, config))
+    record = wb.get(speed_key(wb, spec, kernel, config))
     return None if record is None else SpeedResult.from_record(record)
 
 
@@ -132,7 +133,7 @@ def measure_speedup(
     """Prune with ``spec``, time dense vs ``kernel`` forwards, store the result (or read it back)."""
     check_kernel(kernel)
     key = speed_key(wb, spec, kernel, config)
-    if (record := wb.rows.get(key)) is not None:
+    if (record := wb.get(key)) is not None:
         return SpeedResult.from_record(record)
     started = time.perf_counter()
     wb.apply(spec, scaled(progress, 0.0, 0.5))
@@ -144,7 +145,7 @@ def measure_speedup(
         times = kernels.measure_speed(wb.loaded.model, wb.loaded.blocks, kernel, config, vocab)
         storage = kernels.storage_bytes(wb.loaded.blocks)
     finally:
-        wb.dense.restore()
+        wb.restore()
     result = SpeedResult(
         spec=spec.params(),
         kernel=kernel,
@@ -156,7 +157,7 @@ def measure_speedup(
         seconds=time.perf_counter() - started,
     )
     about = {k: v for k, v in spec.params().items() if k != "rates"}
-    wb.rows.put(key, SPEED_KIND, {**about, "kernel": kernel, "device": result.machine["name"]}, result.to_record())
+    wb.put(key, SPEED_KIND, {**about, "kernel": kernel, "device": result.machine["name"]}, result.to_record())
     if progress:
         progress(1.0, f"prefill x{result.prefill_speedup:.2f}, decode x{result.decode_speedup:.2f}")
     return result

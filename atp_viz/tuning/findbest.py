@@ -28,9 +28,10 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from atp_viz.display import metric_text
-from atp_viz.experiment.workbench import Cell, Progress, Setup, Workbench, scaled
+from atp_viz.experiment.workbench import Cell, Setup, Workbench, scaled
 from atp_viz.measure.metrics import EVALUATION, check_metric
 from atp_viz.measure.points import PointResult, spread
+from atp_viz.progress import Progress
 from atp_viz.schedules import methods, published
 from atp_viz.schedules.methods import ScheduleSpec
 
@@ -190,8 +191,7 @@ class FindBest:
 
 def _partial(wb: Workbench, spec: ScheduleSpec) -> PointResult | None:
     """A point with whatever metrics are stored (None without its point row); never computes."""
-    key, record, found, _missing = wb.rows.point(spec)
-    return None if record is None else PointResult.from_record({**record, "metrics": found}, key)
+    return wb.stored(spec, need=())
 
 
 def find_best(
@@ -258,9 +258,7 @@ def atp_grid(num_blocks: int, sparsity: float, step: float = published.GRID_STEP
     """ATP's beta grid (without uniform), as a sweep tries it; an error when no grid point fits."""
     specs = methods.sweep_grid("atp", num_blocks, sparsity, step)
     if not specs:
-        bound = published.beta_max(num_blocks, sparsity)
-        raise ValueError(f"no beta fits: step {step:g} > beta_max = {bound:.5g} at S = {sparsity:g} "
-                         f"(allowed: 0 < step <= {bound:.5g})")  # fmt: skip
+        raise published.no_grid_point(num_blocks, sparsity, step)
     return specs
 
 

@@ -49,8 +49,9 @@ from numpy.typing import ArrayLike
 from torch import nn
 
 from atp_viz.config import check_int, check_sparsity
-from atp_viz.experiment.workbench import Progress, Workbench, counted, scaled
+from atp_viz.experiment.workbench import Workbench, counted, scaled
 from atp_viz.models.loading import base_model
+from atp_viz.progress import Progress
 from atp_viz.pruning.cached import DenseStats, LinearKey, linear_stats, zero_prefix_
 from atp_viz.pruning.calibration import BlockCalls, run_block, squared_norm
 from atp_viz.pruning.layer_stats import prunable_linears
@@ -71,9 +72,7 @@ def measured_rates(
     (beta_last its largest beta), clipped into [0, 1]; sorted and distinct."""
     grid = published.beta_grid(num_blocks, sparsity, step)
     if grid.size == 0:
-        raise ValueError(
-            f"no beta grid point fits: step {step:g} > beta_max {published.beta_max(num_blocks, sparsity):.5g}"
-        )
+        raise published.no_grid_point(num_blocks, sparsity, step)
     widest = float(grid[-1]) * (num_blocks - 1) / 2
     return np.unique(np.clip(sparsity + widest * np.asarray(offsets, dtype=np.float64), 0.0, 1.0))
 
@@ -344,14 +343,13 @@ def check_request(num_blocks: int, sparsity: float, step: float) -> None:
     check_sparsity(sparsity)
     if not (isinstance(step, (int, float)) and np.isfinite(step) and step > 0):
         raise ValueError(f"step must be a finite number > 0, got {step!r}")
-    bound = published.beta_max(num_blocks, sparsity)
-    if step > bound + published.BETA_TOL:
-        raise ValueError(f"step {step:g} leaves no beta grid point: allowed 0 < step <= beta_max = {bound:.5g}")
+    if step > published.beta_max(num_blocks, sparsity) + published.BETA_TOL:
+        raise published.no_grid_point(num_blocks, sparsity, step)
 
 
 def prediction_key(wb: Workbench, sparsity: float, step: float, config: PredictConfig) -> str:
     """The results-store key of a prediction: what decides the pruned models, S, step and config."""
-    return fingerprint(kind=PREDICTION_KIND, **wb.rows.prune_identity(), sparsity=float(sparsity), step=float(step),
+    return fingerprint(kind=PREDICTION_KIND, **wb.identity(), sparsity=float(sparsity), step=float(step),
                        windows=config.windows, anchors=config.anchors, readout=READOUT)  # fmt: skip
 
 
@@ -360,7 +358,7 @@ def stored_prediction(
 ) -> Prediction | None:
     """The stored prediction for this setting, or None; never measures."""
     config = config or PredictConfig()
-    row = wb.rows.get(prediction_key(wb, sparsity, step, config))
+    row = wb.get(prediction_key(wb, sparsity, step, config))
     if row is None:
         return None
     prediction = predict_from_profile(Profile.from_record(row["profile"]), sparsity, step, config.amplification,
@@ -384,13 +382,13 @@ def predict_for(
     started = time.perf_counter()
     pruner, nm = wb.stats.pruner, wb.setup.prune.nm
     stats = wb.stats.linears(scaled(progress, 0.0, 0.2)) if pruner.needs_inputs else None
-    wb.dense.restore()
+    wb.restore()
     orders = wb.mode.orders() if nm is None and hasattr(wb.mode, "orders") else None
     if orders is None and nm is None:
         from atp_viz.pruning.cached import score_orders
 
         orders = score_orders(wb.loaded.blocks, stats, pruner)
-    wb.dense.restore()
+    wb.restore()
     rates = measured_rates(wb.num_blocks, sparsity, step)
     profile = measure_profile(
         wb.loaded.blocks, wb.stats.calls(), rates, sparsity,
@@ -401,6 +399,6 @@ def predict_for(
     seconds = time.perf_counter() - started
     prediction = predict_from_profile(profile, sparsity, step, config.amplification, seconds)
     about = {"method": "atp", "sparsity": float(sparsity), "step": float(step), "windows": config.windows}
-    wb.rows.put(prediction_key(wb, sparsity, step, config), PREDICTION_KIND, about,
+    wb.put(prediction_key(wb, sparsity, step, config), PREDICTION_KIND, about,
                 {"profile": profile.to_record(), "seconds": seconds, "beta": prediction.beta})  # fmt: skip
     return prediction

@@ -23,9 +23,10 @@ from typing import Any
 import numpy as np
 
 from atp_viz.experiment.executors import Executor, run_seeds
-from atp_viz.experiment.workbench import Progress, Workbench
+from atp_viz.experiment.workbench import Workbench
 from atp_viz.measure.metrics import EVALUATION, VALIDATION
 from atp_viz.measure.points import PointResult, Spread, best_group, seed_spread, within_noise
+from atp_viz.progress import Progress
 from atp_viz.schedules import methods, published
 from atp_viz.schedules.methods import ScheduleSpec
 
@@ -252,18 +253,3 @@ def run_grid(
     point stored as it finishes (finished ones read back); ``splits``: measure only these (validation
     alone to choose, evaluation later)."""
     return run_seeds(wb, seeds, grid.specs(), executor, progress, on_point, splits)
-
-
-def stored_groups(
-    wb: Workbench, specs: Sequence[ScheduleSpec], seeds: Sequence[int]
-) -> dict[ScheduleSpec, list[PointResult]]:
-    """What a ``Workbench`` ``wb`` has stored for ``specs`` under each seed, including points measured on
-    one split only (a sweep that measured validation alone); never computes."""
-    found: dict[ScheduleSpec, list[PointResult]] = {spec: [] for spec in specs}
-    for seed in seeds:
-        bench = wb.reseeded(seed)
-        for spec in specs:
-            key, record, metrics, _missing = bench.rows.point(spec)
-            if record is not None and metrics:
-                found[spec].append(PointResult.from_record({**record, "metrics": metrics}, key))
-    return found
