@@ -44,6 +44,7 @@ from atp_viz.models.loading import DEFAULT_MODEL, EMBEDDED_MODELS, block_count
 from atp_viz.pruning.pruners import PRUNERS, PruneConfig
 from atp_viz.schedules import methods
 from atp_viz.schedules.methods import ScheduleSpec
+from atp_viz.experiment.lesson import Steppers
 from atp_viz.store import ResultStore, default_store_path
 
 ENV_MODEL = "ATP_VIZ_DEFAULT_MODEL"  # default model name or path (tests use a tiny model)
@@ -176,6 +177,12 @@ def benches() -> Benches:
 def shipped_results() -> ShippedResults:
     """The results shipped inside the package (``atp_viz/experiment/shipped/``); used where fingerprints match."""
     return ShippedResults()
+
+
+@st.cache_resource(show_spinner=False)
+def lesson_steppers() -> Steppers:
+    """The server's Lesson steppers (``atp_viz.lesson``): the next block's inputs stay in memory between presses."""
+    return Steppers()
 
 
 @st.cache_resource(show_spinner=False)
