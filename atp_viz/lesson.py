@@ -83,9 +83,18 @@ class Budget:
 
     @classmethod
     def from_record(cls, record: Mapping[str, Any]) -> Budget:
-        arrays = [np.asarray(record[name], dtype=np.float64) for name in ("rates", "local_abs", "local", "final_abs",
-                                                                         "final", "dense_norm")]  # fmt: skip
-        return cls(*arrays, seconds=float(record.get("seconds", 0.0)))
+        def array(name: str) -> np.ndarray:
+            return np.asarray(record[name], dtype=np.float64)
+
+        return cls(
+            array("rates"),
+            array("local_abs"),
+            array("local"),
+            array("final_abs"),
+            array("final"),
+            array("dense_norm"),
+            float(record.get("seconds", 0.0)),
+        )
 
 
 def dense_outputs(blocks: torch.nn.ModuleList, calls: BlockCalls, batch_size: int) -> list[torch.Tensor]:
@@ -134,8 +143,9 @@ def error_budget(
         if progress:
             progress(i + 1, n)
     norms = np.array([squared_norm(h) for h in dense])
-    block_rates = np.array([float(np.mean([rate_map.rate(i, name) for name in prunable_linears(b)]))
-                            for i, b in enumerate(blocks)])  # fmt: skip
+    block_rates = np.array(
+        [float(np.mean([rate_map.rate(i, name) for name in prunable_linears(b)])) for i, b in enumerate(blocks)]
+    )
     return Budget(block_rates, local_abs, local_abs / norms, final_abs, final_abs / norms[-1], norms)
 
 
@@ -173,11 +183,20 @@ def budget(bench: Workbench, spec: ScheduleSpec, progress: Progress | None = Non
     stats = dense_stats_source(bench, progress)
     bench.dense.restore()
     started = time.perf_counter()
-    result = error_budget(bench.dense.blocks, bench.stats.calls(), rates, bench.stats.pruner, stats,
-                          bench.setup.prune.nm, bench.setup.batch_size, counted(progress, "error budget: block"))  # fmt: skip
+    result = error_budget(
+        bench.dense.blocks,
+        bench.stats.calls(),
+        rates,
+        bench.stats.pruner,
+        stats,
+        bench.setup.prune.nm,
+        bench.setup.batch_size,
+        counted(progress, "error budget: block"),
+    )
     result.seconds = time.perf_counter() - started
-    bench.rows.put(lesson_key(bench, BUDGET_KIND, spec), BUDGET_KIND, {"lesson": "budget", **spec.params()},
-                   result.to_record())  # fmt: skip
+    bench.rows.put(
+        lesson_key(bench, BUDGET_KIND, spec), BUDGET_KIND, {"lesson": "budget", **spec.params()}, result.to_record()
+    )
     return result
 
 
@@ -206,11 +225,22 @@ def dense_input_errors(bench: Workbench, spec: ScheduleSpec, progress: Progress 
     rates = bench.rate_map(spec, bench.schedule(spec))
     stats = dense_stats_source(bench, progress)
     bench.dense.restore()
-    report = prune_sequential(bench.dense.blocks, bench.stats.calls(), rates, bench.stats.pruner,
-                              bench.setup.prune.nm, bench.setup.batch_size,
-                              counted(progress, "dense-input calibration: block"), fixed_stats=stats)  # fmt: skip
-    bench.rows.put(lesson_key(bench, DENSE_INPUT_KIND, spec), DENSE_INPUT_KIND,
-                   {"lesson": "dense-input", **spec.params()}, report_record(report))  # fmt: skip
+    report = prune_sequential(
+        bench.dense.blocks,
+        bench.stats.calls(),
+        rates,
+        bench.stats.pruner,
+        bench.setup.prune.nm,
+        bench.setup.batch_size,
+        counted(progress, "dense-input calibration: block"),
+        fixed_stats=stats,
+    )
+    bench.rows.put(
+        lesson_key(bench, DENSE_INPUT_KIND, spec),
+        DENSE_INPUT_KIND,
+        {"lesson": "dense-input", **spec.params()},
+        report_record(report),
+    )
     return report
 
 
@@ -218,8 +248,13 @@ def errors_of(point: PointResult | None) -> PruneReport | None:
     """A stored point's per-block errors (None: not stored, or stored without errors, as in cached mode)."""
     if point is None or not np.isfinite(point.cumulative_error).all():
         return None
-    return PruneReport(point.layer_sparsity, point.cumulative_error, point.local_error, point.cumulative_error_abs,
-                       point.local_error_abs)  # fmt: skip
+    return PruneReport(
+        point.layer_sparsity,
+        point.cumulative_error,
+        point.local_error,
+        point.cumulative_error_abs,
+        point.local_error_abs,
+    )
 
 
 # ------------------------------------------------------------------ the stepper
@@ -234,8 +269,13 @@ def known_steps(bench: Workbench, spec: ScheduleSpec) -> list[dict[str, float]]:
     """The per-block errors the stepper can show without computing: all of them when the sequential point is
     stored (its errors are the stepper's), else the steps stored so far (blocks 0, 1, ... in order)."""
     if (errors := errors_of(bench.stored(spec))) is not None:
-        columns = (errors.local_error, errors.cumulative_error, errors.local_error_abs, errors.cumulative_error_abs,
-                   errors.layer_sparsity)  # fmt: skip
+        columns = (
+            errors.local_error,
+            errors.cumulative_error,
+            errors.local_error_abs,
+            errors.cumulative_error_abs,
+            errors.layer_sparsity,
+        )
         return [dict(zip(STEP_FIELDS, (float(c[i]) for c in columns))) for i in range(len(errors.local_error))]
     steps: list[dict[str, float]] = []
     while len(steps) < bench.num_blocks and (row := bench.rows.get(step_key(bench, spec, len(steps)))) is not None:
@@ -274,16 +314,26 @@ class Stepper:
             for name, lin in linears.items():  # whatever the last job left there
                 lin.weight.copy_(dense.weights[(i, name)])
             try:
-                result = prune_block(block, i, self.pruned_in, self.dense_in, self.calls.args[i], self.rates,
-                                     bench.stats.pruner, bench.setup.prune.nm, bench.setup.batch_size)  # fmt: skip
+                result = prune_block(
+                    block,
+                    i,
+                    self.pruned_in,
+                    self.dense_in,
+                    self.calls.args[i],
+                    self.rates,
+                    bench.stats.pruner,
+                    bench.setup.prune.nm,
+                    bench.setup.batch_size,
+                )
             finally:
                 for name, lin in linears.items():
                     lin.weight.copy_(dense.weights[(i, name)])
         self.pruned_in, self.dense_in = result.pruned_out, result.dense_out
         row = {name: float(getattr(result, name)) for name in STEP_FIELDS}
         self.steps.append(row)
-        bench.rows.put(step_key(bench, self.spec, i), STEP_KIND, {"lesson": "step", "block": i, **self.spec.params()},
-                       row)  # fmt: skip
+        bench.rows.put(
+            step_key(bench, self.spec, i), STEP_KIND, {"lesson": "step", "block": i, **self.spec.params()}, row
+        )
         return row
 
     def advance(self, target: int, progress: Progress | None = None) -> list[dict[str, float]]:
@@ -365,7 +415,10 @@ def parse_flag(name: str, value: str) -> bool:
 
 
 # ------------------------------------------------------------------ what the curves show (said in the page's text)
-def jumps(curve: Sequence[float] | np.ndarray, factor: float = 1.5) -> list[int]:
+STEP = 1.25  # a block where the relative cumulative error grows by this factor or more is a step of the staircase
+
+
+def jumps(curve: Sequence[float] | np.ndarray, factor: float = STEP) -> list[int]:
     """Blocks where a positive per-block curve grows by at least ``factor`` over the block before (a staircase's
     steps)."""
     values = np.asarray(curve, dtype=np.float64)
@@ -373,9 +426,9 @@ def jumps(curve: Sequence[float] | np.ndarray, factor: float = 1.5) -> list[int]
 
 
 def norm_jumps(norms: Sequence[float] | np.ndarray, factor: float = 2.0) -> list[tuple[int, float]]:
-    """(block, ratio) where the hidden-state norm ||h_i|| changes by ``factor`` or more (up or down) from the
-    block before: ``norms`` are the squared norms ||h_i||^2."""
-    values = np.sqrt(np.asarray(norms, dtype=np.float64))
+    """(block, ratio) where the squared hidden-state norm ||h_i||^2 (the relative error's denominator) changes by
+    ``factor`` or more (up or down) from the block before."""
+    values = np.asarray(norms, dtype=np.float64)
     out = []
     for i in range(1, values.size):
         ratio = values[i] / values[i - 1] if values[i - 1] > 0 else math.inf
@@ -398,8 +451,8 @@ def curve_text(curve: Sequence[float] | np.ndarray) -> str:
     steps = jumps(values)
     growth = values[-1] / values[0]
     shape = (
-        f"a staircase with jumps at blocks {listed(steps)} (each step at least 1.5x the block before) and "
-        "flat stretches between them"
+        f"a staircase with jumps at blocks {listed(steps)} (each step at least {STEP:g}x the block before) and "
+        "nearly flat stretches between them"
         if steps and len(steps) <= max(3, values.size // 6)
         else "a steady climb"
         if growth > 1
@@ -433,18 +486,50 @@ def budget_text(budget: Budget, joint_abs: float) -> str:
     top = [f"block {i} ({100 * shares[i]:.0f} %)" for i in order[:2]]
     amp = budget.amplification
     shrinks = [int(i) for i in np.flatnonzero(amp < 1)]
-    norm = norm_jumps(budget.dense_norm, 3.0)
+    others = np.delete(amp[:-1], [i for i in shrinks if i < amp.size - 1])  # the last block's is 1 by definition
+    norm = norm_jumps(budget.dense_norm)
     parts = [
         f"Pruned alone, {listed(top)} cause the largest shares of the final error; the other blocks "
         f"{100 * np.sort(shares)[0]:.1g}-{100 * shares[order[2]]:.2g} % each. The shares add up to "
         f"{100 * shares.sum():.0f} % of the error of the model pruned everywhere."
     ]
     if shrinks:
-        parts.append(f"The error of block{'s' * (len(shrinks) > 1)} {listed(shrinks)} shrinks on its way to the last "
-                     f"block (amplification below 1); every other block's grows {np.nanmin(np.delete(amp, shrinks)):.3g}"
-                     f"-{np.nanmax(amp):.3g}x.")  # fmt: skip
+        parts.append(
+            f"The error of block{'s' * (len(shrinks) > 1)} {listed(shrinks)} shrinks on its way to the last "
+            f"block (amplification below 1); every other block's grows {np.nanmin(others):.3g}-"
+            f"{np.nanmax(others):.3g}x before it reaches the last block."
+        )
     if norm:
         moves = [f"{ratio:.3g}x at block {i}" for i, ratio in norm]
-        parts.append(f"The hidden-state norm ||h_i|| of the dense model changes {listed(moves)}: an absolute error "
-                     "grows or shrinks with it, which is why the relative curve has steps there.")  # fmt: skip
+        parts.append(
+            f"The dense model's squared hidden-state norm ||h_i||^2 (the denominator of every relative error) "
+            f"changes {listed(moves)}: absolute errors grow and shrink with it, and the relative curve steps where "
+            "the error does not follow the norm."
+        )
     return " ".join(parts)
+
+
+def spans(blocks: Sequence[int]) -> str:
+    """Block indices as runs: [1, 2, 3, 7] -> 'blocks 1-3 and 7'."""
+    runs: list[list[int]] = []
+    for b in sorted(blocks):
+        if runs and b == runs[-1][-1] + 1:
+            runs[-1].append(b)
+        else:
+            runs.append([b])
+    return (
+        "no block" if not runs else "blocks " + listed([f"{r[0]}-{r[-1]}" if len(r) > 1 else f"{r[0]}" for r in runs])
+    )
+
+
+def variants_text(pruned: PruneReport, dense: PruneReport) -> str:
+    """How the two calibration inputs compare, from the numbers: where each gives the lower cumulative error."""
+    a, b = np.asarray(pruned.cumulative_error), np.asarray(dense.cumulative_error)
+    better = [i for i in range(a.size) if a[i] < b[i] * (1 - 1e-6)]  # block 0 is the same either way
+    mid = int(np.argmax(np.abs(a - b)))
+    return (
+        f"Calibrated on the pruned model's inputs (the masked forward), the cumulative error is lower after "
+        f"{spans(better)} ({len(better)} of {a.size}) than calibrated on dense inputs. The largest difference is "
+        f"after block {mid}: {a[mid]:.4g} vs {b[mid]:.4g}; at the last block {a[-1]:.4g} vs {b[-1]:.4g}. With "
+        "pruned inputs each block's mask is chosen for the already-corrupted input it will really receive."
+    )

@@ -56,8 +56,13 @@ def strip_figure(
             )
         )
     fig = _layout(fig, title, "decoder block i", "relative error", log_y=True)
-    fig.update_layout(barmode="group", height=STRIP_HEIGHT, margin=dict(l=60, r=10, t=40, b=40),
-                      legend=dict(orientation="h", y=1.12, x=0.5, xanchor="left"), clickmode="event+select")  # fmt: skip
+    fig.update_layout(
+        barmode="group",
+        height=STRIP_HEIGHT,
+        margin=dict(l=60, r=10, t=40, b=40),
+        legend=dict(orientation="h", y=1.12, x=0.5, xanchor="left"),
+        clickmode="event+select",
+    )
     _block_ticks(fig, r.size)
     return _highlight(fig, selected)
 
@@ -75,8 +80,12 @@ def local_figure(local: ArrayLike, rates: ArrayLike, selected: int | None = None
             hovertemplate="block %{x}<br>s_i %{customdata:.4f}<br>local error %{y:.4g}<extra></extra>",
         )
     )
-    fig = _layout(fig, "Each block's own error when it alone is pruned", BLOCK_AXIS,
-                  "local error ||f_i(x) - fhat_i(x)||^2 / ||f_i(x)||^2")  # fmt: skip
+    fig = _layout(
+        fig,
+        "Each block's own error when it alone is pruned",
+        BLOCK_AXIS,
+        "local error ||f_i(x) - fhat_i(x)||^2 / ||f_i(x)||^2",
+    )
     _block_ticks(fig, v.size)
     return _highlight(fig, selected)
 
@@ -94,9 +103,16 @@ def stepper_figure(
     fig = go.Figure()
     if reference is not None:
         ref = np.asarray(reference, dtype=np.float64)
-        fig.add_trace(go.Scatter(x=list(range(ref.size)), y=ref.tolist(), mode="lines", name=reference_label,
-                                 line=dict(color="#bbbbbb", dash="dot"),
-                                 hovertemplate="block %{x}<br>%{y:.4g}<extra>reference</extra>"))  # fmt: skip
+        fig.add_trace(
+            go.Scatter(
+                x=list(range(ref.size)),
+                y=ref.tolist(),
+                mode="lines",
+                name=reference_label,
+                line=dict(color="#bbbbbb", dash="dot"),
+                hovertemplate="block %{x}<br>%{y:.4g}<extra>reference</extra>",
+            )
+        )
     for field, name, dash in (("cumulative_error", "cumulative error", "solid"), ("local_error", "local error", "dot")):
         fig.add_trace(
             go.Scatter(
@@ -144,10 +160,14 @@ def budget_figure(budget: Budget, joint_abs: float, selected: int | None = None)
             hovertemplate="block %{x}<br>amplification %{y:.4g}x<extra></extra>",
         )
     )
-    fig = _layout(fig, "Error budget: who causes the last block's error", BLOCK_AXIS,
-                  "share of the joint final error (%)")  # fmt: skip
-    fig.update_layout(yaxis2=dict(title="amplification (x, log)", overlaying="y", side="right", type="log"),
-                      legend=dict(orientation="h", y=-0.25), margin=dict(l=70, r=70, t=60, b=90))  # fmt: skip
+    fig = _layout(
+        fig, "Error budget: who causes the last block's error", BLOCK_AXIS, "share of the joint final error (%)"
+    )
+    fig.update_layout(
+        yaxis2=dict(title="amplification (x, log)", overlaying="y", side="right", type="log"),
+        legend=dict(orientation="h", y=-0.25),
+        margin=dict(l=70, r=70, t=60, b=90),
+    )
     _block_ticks(fig, share.size)
     return _highlight(fig, selected)
 

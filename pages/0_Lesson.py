@@ -7,11 +7,10 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from atp_viz import figures, lesson, methods, schedules, ui
+from atp_viz import figures, jobs, lesson, methods, schedules, ui
 from atp_viz import lesson_figures as lf
 from atp_viz.display import perplexity_text
 from atp_viz.experiment import compare_cells, compare_rows, scaled, summarize_sweep, sweep_specs
-from atp_viz.methods import ScheduleSpec
 
 st.set_page_config(page_title="Lesson - atp-viz", layout="wide")
 ctx = ui.sidebar()
@@ -24,8 +23,14 @@ uniform = specs[0]
 grid = [0.0, *(float(s.get("beta")) for s in specs[1:])]
 
 # -- teacher: a link's query parameters set the widgets once per session (each bad one refused with one line)
-PARAMS = {"chapter": "lesson_chapter", "beta": "beta", "block": "lesson_block", "inputs": "lesson_inputs",
-          "presenter": "lesson_presenter", "quiz": "lesson_quiz"}  # fmt: skip
+PARAMS = {
+    "chapter": "lesson_chapter",
+    "beta": "beta",
+    "block": "lesson_block",
+    "inputs": "lesson_inputs",
+    "presenter": "lesson_presenter",
+    "quiz": "lesson_quiz",
+}
 if not st.session_state.get("_lesson_link_read"):
     st.session_state["_lesson_link_read"] = True
     parse = {
@@ -61,7 +66,7 @@ if base_errors is None or budget is None or dense_in is None:
         "Shipped results cover the default settings only."
     )
 
-    def compute_lesson(job) -> None:  # type: ignore[no-untyped-def]
+    def compute_lesson(job: jobs.Job) -> None:
         bench.run(uniform, scaled(job.report, 0.0, 0.4))
         job.point_stored()
         lesson.budget(bench, uniform, scaled(job.report, 0.4, 0.45))
@@ -71,8 +76,52 @@ if base_errors is None or budget is None or dense_in is None:
 
     if ui.idle(lesson_job) and st.button("Compute the lesson's data", key="lesson_run", type="primary"):
         lesson_job = ui.submit(bench, ("lesson", bench.setup, S), f"lesson data at S = {S:g}", compute_lesson, 3)
+
+
+# ------------------------------------------------------------------ 3. step through
+def stepper(reference: np.ndarray | None) -> None:
+    """The 'prune next block' stepper: stored blocks are read back; a block not stored yet is computed
+    in the background (three block forwards, the inputs of the next block kept in memory)."""
+    st.markdown(
+        "Each press prunes the next block, calibrated on the **pruned** model's outputs of the blocks before it "
+        "(the paper's sequential loop), and adds its point to the curve."
+    )
+    steps = lesson.known_steps(bench, uniform)
+    shown = min(int(st.session_state.get("_lesson_steps", 0)), L)
+    c1, c2, c3 = st.columns([1, 1, 4])
+    if c1.button("Prune next block", key="lesson_step", type="primary", disabled=shown >= L):
+        shown += 1
+    if c2.button("Reset", key="lesson_reset"):
+        shown = 0
+    st.session_state["_lesson_steps"] = shown
+    step_job = ui.last_job(("lesson step", bench.setup, uniform))
+    if shown > len(steps) and ui.idle(step_job):
+
+        def step_work(job: jobs.Job) -> None:
+            steppers = ui.lesson_steppers()
+            steppers.get(bench, uniform).advance(shown, job.report)
+            job.point_stored()
+
+        step_job = ui.submit(bench, ("lesson step", bench.setup, uniform), f"pruning block {shown - 1}", step_work)
+        ui.follow(setup.model, step_job)
+    visible = steps[: min(shown, len(steps))]
+    ui.chart(
+        lf.stepper_figure(visible, L, reference=reference if shown >= L else None, label="uniform"),
+        key="lesson_stepper",
+    )
+    if visible:
+        last = visible[-1]
+        c3.caption(
+            f"Block {len(visible) - 1}: local error {last['local_error']:.3g}, "
+            f"cumulative {last['cumulative_error']:.3g}"
+            f" (achieved sparsity {last['sparsity']:.3f})."
+        )
+
+
 ui.follow(setup.model, lesson_job)
-if base_errors is None:
+if base_errors is None or base is None:  # the stepper computes the uniform point's blocks one press at a time
+    st.header(f"3. {lesson.CHAPTERS[3]}", anchor="chapter-3")
+    stepper(None)
     st.stop()
 
 # -- presenter mode and the chapter filter
@@ -80,8 +129,12 @@ with st.expander("For the teacher: presenter mode, quiz mode, a link to this vie
     left, mid, right = st.columns(3)
     presenter = left.toggle("Presenter mode (large type, no sidebar)", **ui.state("lesson_presenter", False))
     quiz = mid.toggle("Quiz mode: hide each answer until a guess is made", **ui.state("lesson_quiz", False))
-    chapter = right.selectbox("Show", [0, *lesson.CHAPTERS], format_func=lambda c: "all chapters" if c == 0 else
-                              f"{c}. {lesson.CHAPTERS[c]}", **ui.state("lesson_chapter", 0))  # fmt: skip
+    chapter = right.selectbox(
+        "Show",
+        [0, *lesson.CHAPTERS],
+        format_func=lambda c: "all chapters" if c == 0 else f"{c}. {lesson.CHAPTERS[c]}",
+        **ui.state("lesson_chapter", 0),
+    )
 if presenter:
     st.markdown(
         "<style>section[data-testid='stSidebar'], [data-testid='stSidebarCollapsedControl'] {display: none;}"
@@ -115,8 +168,11 @@ def pick_block() -> None:
         ui.set_state("lesson_block", int(chosen[0]["x"]))
 
 
-st.markdown("<style>.st-key-lesson_strip_box {position: sticky; top: 2.8rem; z-index: 990; background: "
-            "var(--background-color, white); border-bottom: 1px solid #ddd;}</style>", unsafe_allow_html=True)  # fmt: skip
+st.markdown(
+    "<style>.st-key-lesson_strip_box {position: sticky; top: 2.8rem; z-index: 990; background: "
+    "var(--background-color, white); border-bottom: 1px solid #ddd;}</style>",
+    unsafe_allow_html=True,
+)
 with st.container(key="lesson_strip_box"):
     strip_col, info_col = st.columns([3, 1])
     with info_col:
@@ -128,14 +184,22 @@ with st.container(key="lesson_strip_box"):
         ]
         if budget is not None and shares is not None:
             amp = budget.amplification[block]
-            lines.append(f"pruned alone (uniform): {100 * shares[block]:.1f} % of the final error, amplification "
-                         f"{amp:.3g}x, ||h|| = {math.sqrt(budget.dense_norm[block]):.3g}")  # fmt: skip
+            lines.append(
+                f"pruned alone (uniform): {100 * shares[block]:.1f} % of the final error, amplification "
+                f"{amp:.3g}x, ||h|| = {math.sqrt(budget.dense_norm[block]):.3g}"
+            )
         st.caption("  \n".join(lines))
     with strip_col:
-        strip = lf.strip_figure(strip_point.rates, strip_errors.local_error, strip_errors.cumulative_error,
-                                selected=block, title=f"{L} decoder blocks, {name}: colour = s_i, bars = errors")  # fmt: skip
-        st.plotly_chart(strip, key="lesson_strip", on_select=pick_block, selection_mode="points",
-                        config=figures.PLOTLY_CONFIG)  # fmt: skip
+        strip = lf.strip_figure(
+            strip_point.rates,
+            strip_errors.local_error,
+            strip_errors.cumulative_error,
+            selected=block,
+            title=f"{L} decoder blocks, {name}: colour = s_i, bars = errors",
+        )
+        st.plotly_chart(
+            strip, key="lesson_strip", on_select=pick_block, selection_mode="points", config=figures.PLOTLY_CONFIG
+        )
 
 cum = base_errors.cumulative_error
 # ------------------------------------------------------------------ 1. one block
@@ -160,56 +224,37 @@ if show(2):
     guess = st.number_input(
         f"Your guess: after which block (0..{L - 1}) is the cumulative error (dense vs pruned hidden state, "
         "relative) largest when every block is pruned at the same rate?",
-        min_value=0, max_value=L - 1, step=1, placeholder="type a block number", **ui.state("lesson_guess_block", None),
-    )  # fmt: skip
+        min_value=0,
+        max_value=L - 1,
+        step=1,
+        placeholder="type a block number",
+        **ui.state("lesson_guess_block", None),
+    )
     if quiz and guess is None:
         st.info("Quiz mode: make a guess to reveal the curve.")
     else:
-        curve_fig = figures.error_figure({f"uniform (S = {S:g})": cum}, log_y=True,
-                                         title="Cumulative error under uniform sparsity")  # fmt: skip
+        curve_fig = figures.error_figure(
+            {f"uniform (S = {S:g})": cum}, log_y=True, title="Cumulative error under uniform sparsity"
+        )
         ui.chart(lf.guess_line(curve_fig, None if guess is None else int(guess)), key="lesson_reveal")
         peak = int(np.argmax(cum))
-        verdict = "" if guess is None else (f" Your guess, block {int(guess)}, is {abs(int(guess) - peak)} block(s) "
-                                            "away." if int(guess) != peak else " Your guess is right.")  # fmt: skip
+        verdict = (
+            ""
+            if guess is None
+            else (
+                f" Your guess, block {int(guess)}, is {abs(int(guess) - peak)} block(s) away."
+                if int(guess) != peak
+                else " Your guess is right."
+            )
+        )
         st.markdown(
             f"On {setup.model} at S = {S:g} the relative cumulative error {lesson.curve_text(cum)}; it is largest "
             f"after block {peak}.{verdict} The error made early is carried by every later block, but it does not "
             "grow smoothly: where the curve steps up, chapter 4 shows what happens in that block."
         )
 
-# ------------------------------------------------------------------ 3. step through
 if show(3):
-    st.markdown(
-        "Each press prunes the next block, calibrated on the **pruned** model's outputs of the blocks before it "
-        "(the paper's sequential loop), and adds its point to the curve."
-    )
-    steps = lesson.known_steps(bench, uniform)
-    shown = min(int(st.session_state.get("_lesson_steps", 0)), L)
-    c1, c2, c3 = st.columns([1, 1, 4])
-    if c1.button("Prune next block", key="lesson_step", type="primary", disabled=shown >= L):
-        shown += 1
-    if c2.button("Reset", key="lesson_reset"):
-        shown = 0
-    st.session_state["_lesson_steps"] = shown
-    step_job = ui.last_job(("lesson step", bench.setup, uniform))
-    if shown > len(steps) and ui.idle(step_job):
-
-        def step_work(job) -> None:  # type: ignore[no-untyped-def]
-            steppers = ui.lesson_steppers()
-            steppers.get(bench, uniform).advance(shown, job.report)
-            job.point_stored()
-
-        step_job = ui.submit(bench, ("lesson step", bench.setup, uniform), f"pruning block {shown - 1}", step_work)
-        ui.follow(setup.model, step_job)
-    visible = steps[: min(shown, len(steps))]
-    ui.chart(lf.stepper_figure(visible, L, reference=cum if shown >= L else None, label="uniform"),
-             key="lesson_stepper")  # fmt: skip
-    if visible:
-        last = visible[-1]
-        c3.caption(
-            f"Block {len(visible) - 1}: local error {last['local_error']:.3g}, cumulative {last['cumulative_error']:.3g}"
-            f" (achieved sparsity {last['sparsity']:.3f})."
-        )
+    stepper(cum)
 
 # ------------------------------------------------------------------ 4. where the error comes from
 if show(4):
@@ -226,9 +271,13 @@ if show(4):
         st.markdown(lesson.budget_text(budget, joint))
         with st.expander("The budget table"):
             st.dataframe(pd.DataFrame(lesson.budget_table(budget, joint)), hide_index=True)
-        inputs = st.radio("Calibrate each block on (masked forward)", list(lesson.INPUTS),
-                          format_func=lambda k: lesson.INPUTS[k], horizontal=True,
-                          **ui.state("lesson_inputs", "pruned"))  # fmt: skip
+        inputs = st.radio(
+            "Calibrate each block on (masked forward)",
+            list(lesson.INPUTS),
+            format_func=lambda k: lesson.INPUTS[k],
+            horizontal=True,
+            **ui.state("lesson_inputs", "pruned"),
+        )
         if dense_in is None:
             st.info("The dense-input variant is not computed yet at these settings.")
         else:
@@ -236,17 +285,14 @@ if show(4):
             chosen_name = "calibrated on pruned inputs" if inputs == "pruned" else "calibrated on dense inputs"
             chosen = variants[chosen_name]
             other = dense_in if inputs == "pruned" else base_errors
-            ui.chart(figures.error_figure({chosen_name: chosen.cumulative_error,
-                                           "the other choice": other.cumulative_error},
-                                          title=f"Cumulative error, every block pruned at S = {S:g}"),
-                     key="lesson_masked")  # fmt: skip
-            st.markdown(
-                f"Calibrated on the pruned model's inputs, the last block's relative error is "
-                f"{base_errors.cumulative_error[-1]:.4g}; calibrated on dense inputs, {dense_in.cumulative_error[-1]:.4g}"
-                f" ({dense_in.cumulative_error[-1] / base_errors.cumulative_error[-1]:.3g}x). With pruned inputs each "
-                "block's mask is chosen for what it will actually receive, so it partly compensates the error "
-                "arriving from the blocks before it."
+            ui.chart(
+                figures.error_figure(
+                    {chosen_name: chosen.cumulative_error, "the other choice": other.cumulative_error},
+                    title=f"Cumulative error, every block pruned at S = {S:g}",
+                ),
+                key="lesson_masked",
             )
+            st.markdown(lesson.variants_text(base_errors, dense_in))
 
 # ------------------------------------------------------------------ 5. tilt the line
 if show(5):
@@ -264,36 +310,62 @@ if show(5):
         label = "uniform" if beta == 0 else f"ATP (beta = {beta:g})"
         left, right = st.columns(2)
         with left:
-            ui.chart(figures.schedule_figure({label: point.rates, "uniform": base.rates},
-                                             title=f"Schedule at beta = {beta:g}"), key="lesson_schedule")  # fmt: skip
+            ui.chart(
+                figures.schedule_figure(
+                    {label: point.rates, "uniform": base.rates}, title=f"Schedule at beta = {beta:g}"
+                ),
+                key="lesson_schedule",
+            )
         with right:
-            ui.chart(figures.error_figure({label: point.cumulative_error, "uniform": cum},
-                                          title=f"Cumulative error at beta = {beta:g}"), key="lesson_tilt")  # fmt: skip
+            ui.chart(
+                figures.error_figure(
+                    {label: point.cumulative_error, "uniform": cum}, title=f"Cumulative error at beta = {beta:g}"
+                ),
+                key="lesson_tilt",
+            )
         ratio_atp, ratio_uni = figures.last_first_ratio(point.cumulative_error), figures.last_first_ratio(cum)
         st.markdown(
             f"At beta = {beta:g}: perplexity {perplexity_text(point.perplexity)} (uniform "
             f"{perplexity_text(base.perplexity)}); the last block's relative error {point.cumulative_error[-1]:.3g} "
             f"(uniform {cum[-1]:.3g}). The last/first ratio is {ratio_atp:.3g}x (uniform {ratio_uni:.3g}x)"
-            + (": larger, because ATP makes the first blocks' error smaller and the last blocks' larger, so the ratio "
-               "is not what ATP improves; the perplexity is." if ratio_atp > ratio_uni and beta > 0 else ".")
-        )  # fmt: skip
+            + (
+                ": larger, because ATP makes the first blocks' error smaller and the last blocks' larger, so the ratio "
+                "is not what ATP improves; the perplexity is."
+                if ratio_atp > ratio_uni and beta > 0
+                else "."
+            )
+        )
 
 # ------------------------------------------------------------------ 6. guess the best beta
 stored_grid = {spec: [p] for spec, p in zip(specs, points.values()) if p is not None}
 summary = summarize_sweep(specs, stored_grid)
 if show(6):
-    guess_beta = st.selectbox("Your guess: which beta gives the lowest perplexity?", grid[1:], index=None,
-                              format_func=lambda b: f"beta = {b:g}", **ui.state("lesson_guess_beta", None))  # fmt: skip
+    guess_beta = st.selectbox(
+        "Your guess: which beta gives the lowest perplexity?",
+        grid[1:],
+        index=None,
+        format_func=lambda b: f"beta = {b:g}",
+        **ui.state("lesson_guess_beta", None),
+    )
     if summary.best is None:
         st.info("No ATP point is stored at these settings yet: run the sweep on the Beta tuning page.")
     elif quiz and guess_beta is None:
         st.info("Quiz mode: make a guess to reveal the U-curve.")
     else:
         best = summary.betas[summary.best]
-        ui.chart(figures.beta_curve_figure(summary.betas, [v.mean for v in summary.evaluation], sparsity=S,
-                                           uniform_ppl=base.perplexity, best_beta=best, beta_max=schedules.beta_max(L, S),
-                                           selected=guess_beta, validation=[v.mean for v in summary.validation]),
-                 key="lesson_ucurve")  # fmt: skip
+        ui.chart(
+            figures.beta_curve_figure(
+                summary.betas,
+                [v.mean for v in summary.evaluation],
+                sparsity=S,
+                uniform_ppl=base.perplexity,
+                best_beta=best,
+                beta_max=schedules.beta_max(L, S),
+                selected=guess_beta,
+                validation=[v.mean for v in summary.validation],
+            ),
+            key="lesson_ucurve",
+        )
         st.markdown(
             f"The best beta is chosen on the **validation** split ({best:g}) and its perplexity reported on the "
             f"**evaluation** split ({perplexity_text(summary.evaluation[summary.best].mean)}, uniform "
@@ -330,19 +402,26 @@ if show(7):
     curved_points = [p for p in ui.stored_points(bench, curved) if p is not None]
     if curved_points:
         best_curved = min(curved_points, key=lambda p: p.value("perplexity", "validation"))
-        st.markdown(f"- **A curved profile.** Best stored curved profile ({best_curved.method}, chosen on validation): "
-                    f"perplexity {perplexity_text(best_curved.perplexity)} against the line's "
-                    f"{perplexity_text(summary.evaluation[summary.best].mean) if summary.best is not None else 'n/a'} "
-                    f"({len(curved_points)} of {len(curved)} profiles stored).")  # fmt: skip
+        st.markdown(
+            f"- **A curved profile.** Best stored curved profile ({best_curved.method}, chosen on validation): "
+            f"perplexity {perplexity_text(best_curved.perplexity)} against the line's "
+            f"{perplexity_text(summary.evaluation[summary.best].mean) if summary.best is not None else 'n/a'} "
+            f"({len(curved_points)} of {len(curved)} profiles stored)."
+        )
     else:
-        st.markdown(f"- **A curved profile**: not computed yet at these settings ({len(curved)} profile points; the "
-                    "Profile shapes page computes them).")  # fmt: skip
+        st.markdown(
+            f"- **A curved profile**: not computed yet at these settings ({len(curved)} profile points; the "
+            "Profile shapes page computes them)."
+        )
     band_specs = [uniform] + ([specs[1 + summary.best]] if summary.best is not None else [])
     band, _ = ui.stored_groups(bench, band_specs, (seed, seed + 1, seed + 2))
     if all(len(v) >= 2 for v in band.values()):
-        text = "; ".join(f"{ui.spec_label(s)}: " + ", ".join(perplexity_text(p.perplexity) for p in v)
-                         for s, v in band.items())  # fmt: skip
+        text = "; ".join(
+            f"{ui.spec_label(s)}: " + ", ".join(perplexity_text(p.perplexity) for p in v) for s, v in band.items()
+        )
         st.markdown(f"- **The seed band** (calibration seeds {seed}..{seed + 2}): {text}.")
     else:
-        st.markdown("- **The seed band**: not computed yet at these settings (uniform and the best beta under "
-                    "three calibration seeds; set 'Seeds per point' to 3 on the Beta tuning page).")  # fmt: skip
+        st.markdown(
+            "- **The seed band**: not computed yet at these settings (uniform and the best beta under "
+            "three calibration seeds; set 'Seeds per point' to 3 on the Beta tuning page)."
+        )
