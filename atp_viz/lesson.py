@@ -371,6 +371,22 @@ def check_step_target(target: int, num_blocks: int) -> int:
     return target
 
 
+def share_link(chapter: int, beta: float, block: int, inputs: str, presenter: bool, quiz: bool) -> str:
+    """The page path with the query parameters that reopen this view (``parse_*`` read them back);
+    chapter 0 (all chapters) and the defaults are left out."""
+    from urllib.parse import urlencode
+
+    params = {
+        "chapter": chapter or None,
+        "beta": f"{beta:g}" if beta else None,
+        "block": block,
+        "inputs": inputs if inputs != "pruned" else None,
+        "presenter": "1" if presenter else None,
+        "quiz": "1" if quiz else None,
+    }
+    return "Lesson?" + urlencode({k: v for k, v in params.items() if v is not None})
+
+
 def parse_chapter(value: str) -> int:
     try:
         chapter = int(value)

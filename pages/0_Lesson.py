@@ -135,6 +135,7 @@ with st.expander("For the teacher: presenter mode, quiz mode, a link to this vie
         format_func=lambda c: "all chapters" if c == 0 else f"{c}. {lesson.CHAPTERS[c]}",
         **ui.state("lesson_chapter", 0),
     )
+    link_box = st.empty()  # filled at the end, once every widget of this run is drawn
 if presenter:
     st.markdown(
         "<style>section[data-testid='stSidebar'], [data-testid='stSidebarCollapsedControl'] {display: none;}"
@@ -425,3 +426,13 @@ if show(7):
             "- **The seed band**: not computed yet at these settings (uniform and the best beta under "
             "three calibration seeds; set 'Seeds per point' to 3 on the Beta tuning page)."
         )
+
+link = lesson.share_link(
+    int(chapter),
+    float(st.session_state.get("_beta", 0.0)),
+    block,
+    str(st.session_state.get("_lesson_inputs", "pruned")),
+    bool(presenter),
+    bool(quiz),
+)
+link_box.markdown(f"Link to this view (append to the dashboard's address): `{link}`")

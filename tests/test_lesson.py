@@ -145,4 +145,16 @@ def test_curve_text_says_where_the_steps_are() -> None:
     stairs = [1.0, 1.1, 2.0, 2.1, 2.2, 2.2, 2.3, 2.3, 2.3, 2.4, 2.4, 5.0, 5.1, 5.1]
     assert lesson.jumps(stairs) == [2, 11]
     assert "staircase with jumps at blocks 2 and 11" in lesson.curve_text(stairs)
-    assert lesson.norm_jumps([1.0, 1.0, 10000.0, 1000.0]) == [(2, 100.0), (3, pytest.approx(0.316, rel=1e-2))]
+    assert lesson.norm_jumps([1.0, 1.0, 100.0, 10.0]) == [(2, 100.0), (3, 0.1)]  # squared norms
+    assert lesson.spans([1, 2, 3, 7]) == "blocks 1-3 and 7"
+
+
+def test_a_share_link_reads_back_to_the_same_view() -> None:
+    from urllib.parse import parse_qs, urlparse
+
+    link = lesson.share_link(5, 0.012, 11, "dense", True, False)
+    assert link == "Lesson?chapter=5&beta=0.012&block=11&inputs=dense&presenter=1"
+    query = {k: v[0] for k, v in parse_qs(urlparse(link).query).items()}
+    assert lesson.parse_chapter(query["chapter"]) == 5 and lesson.parse_beta(query["beta"], [0.0, 0.012]) == 0.012
+    assert lesson.parse_block(query["block"], 30) == 11 and lesson.parse_flag("presenter", query["presenter"])
+    assert lesson.share_link(0, 0.0, 0, "pruned", False, False) == "Lesson?block=0"
