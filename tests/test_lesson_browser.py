@@ -92,7 +92,8 @@ def test_the_lesson_clicks_through_from_shipped_results(tmp_path_factory: pytest
             wait_title(page, f"{press} of 30 blocks pruned", 30_000)
             step_s.append(round(time.perf_counter() - t0, 3))
         browser.close()
-    record |= {"beta slider move until the charts change, s": slider_s, "stepper press until the curve grows, s": step_s}
+    record["beta slider move until the charts change, s"] = slider_s
+    record["stepper press until the curve grows, s"] = step_s
     print(json.dumps(record, indent=2))
     out = os.environ.get("ATP_VIZ_LESSON_TIMINGS", str(ROOT / "artifacts" / "lesson_timings.json"))
     os.makedirs(os.path.dirname(out), exist_ok=True)
