@@ -155,8 +155,8 @@ def show(number: int) -> bool:
 
 # -- the depth strip: stays on screen (sticky), follows the beta slider, a click selects a block
 beta_value = float(st.session_state.get("_beta", 0.0))
-beta = min(grid, key=lambda b: abs(b - beta_value))
-strip_point = points.get(beta) if lesson.errors_of(points.get(beta)) is not None else base
+strip_beta = min(grid, key=lambda b: abs(b - beta_value))
+strip_point = points.get(strip_beta) if lesson.errors_of(points.get(strip_beta)) is not None else base
 strip_errors = lesson.errors_of(strip_point)
 assert strip_errors is not None and strip_point is not None
 shares = budget.shares(float(base_errors.cumulative_error_abs[-1])) if budget is not None else None
@@ -178,7 +178,7 @@ with st.container(key="lesson_strip_box"):
     strip_col, info_col = st.columns([3, 1])
     with info_col:
         block = int(st.number_input("Block", 0, L - 1, step=1, **ui.state("lesson_block", default_block)))
-        name = "uniform" if beta == 0 else f"ATP beta = {beta:g}"
+        name = "uniform" if strip_beta == 0 else f"ATP beta = {strip_beta:g}"
         lines = [
             f"**Block {block}** ({name}): s = {strip_point.rates[block]:.3f}",
             f"local error {strip_errors.local_error[block]:.3g}, cumulative {strip_errors.cumulative_error[block]:.3g}",
@@ -296,50 +296,73 @@ if show(4):
             st.markdown(lesson.variants_text(base_errors, dense_in))
 
 # ------------------------------------------------------------------ 5. tilt the line
-if show(5):
-    st.markdown(
-        "ATP tilts the line: s_i = S - beta (L-1)/2 + beta i, the same mean S, less sparsity early and more late. "
-        "Move `beta`: the schedule, the cumulative error and the point on the beta/perplexity curve move "
-        "together (uniform, beta = 0, stays drawn for reference)."
-    )
+stored_grid = {spec: [p] for spec, p in zip(specs, points.values()) if p is not None}
+summary = summarize_sweep(specs, stored_grid)
+
+
+@st.fragment
+def tilt() -> None:
+    """The beta slider and its three charts: a move reruns only this fragment (no computation: stored points),
+    then the whole page once so the depth strip follows."""
+    assert base is not None and base_errors is not None
     moved = st.slider("beta", 0.0, grid[-1], step=schedules.GRID_STEP, format="%.3f", **ui.state("beta", 0.0))
     beta = min(grid, key=lambda b: abs(b - moved))
     point = points[beta]
     if point is None or lesson.errors_of(point) is None:
         st.info(f"beta = {beta:g} is not computed yet at these settings: run the sweep on the Beta tuning page.")
-    else:
-        label = "uniform" if beta == 0 else f"ATP (beta = {beta:g})"
-        left, right = st.columns(2)
-        with left:
-            ui.chart(
-                figures.schedule_figure(
-                    {label: point.rates, "uniform": base.rates}, title=f"Schedule at beta = {beta:g}"
-                ),
-                key="lesson_schedule",
-            )
-        with right:
-            ui.chart(
-                figures.error_figure(
-                    {label: point.cumulative_error, "uniform": cum}, title=f"Cumulative error at beta = {beta:g}"
-                ),
-                key="lesson_tilt",
-            )
-        ratio_atp, ratio_uni = figures.last_first_ratio(point.cumulative_error), figures.last_first_ratio(cum)
-        st.markdown(
-            f"At beta = {beta:g}: perplexity {perplexity_text(point.perplexity)} (uniform "
-            f"{perplexity_text(base.perplexity)}); the last block's relative error {point.cumulative_error[-1]:.3g} "
-            f"(uniform {cum[-1]:.3g}). The last/first ratio is {ratio_atp:.3g}x (uniform {ratio_uni:.3g}x)"
-            + (
-                ": larger, because ATP makes the first blocks' error smaller and the last blocks' larger, so the ratio "
-                "is not what ATP improves; the perplexity is."
-                if ratio_atp > ratio_uni and beta > 0
-                else "."
-            )
+        return
+    visited = st.session_state.setdefault("_lesson_visited", set())
+    if beta > 0:
+        visited.add(beta)
+    label = "uniform" if beta == 0 else f"ATP (beta = {beta:g})"
+    left, mid, right = st.columns(3)
+    with left:
+        ui.chart(
+            figures.schedule_figure({label: point.rates, "uniform": base.rates}, title=f"Schedule at beta = {beta:g}"),
+            key="lesson_schedule",
         )
+    with mid:
+        ui.chart(
+            figures.error_figure(
+                {label: point.cumulative_error, "uniform": cum}, title=f"Cumulative error at beta = {beta:g}"
+            ),
+            key="lesson_tilt",
+        )
+    with right:  # the U-curve builds from the betas visited so far (chapter 6 reveals all of it)
+        seen = [b for b in summary.betas if b in visited]
+        values = [summary.evaluation[summary.betas.index(b)].mean for b in seen]
+        ui.chart(
+            figures.beta_curve_figure(seen, values, sparsity=S, uniform_ppl=base.perplexity,
+                                      beta_max=schedules.beta_max(L, S), selected=beta if beta > 0 else None),
+            key="lesson_upoint",
+        )  # fmt: skip
+    ratio_atp, ratio_uni = figures.last_first_ratio(point.cumulative_error), figures.last_first_ratio(cum)
+    first, last = point.cumulative_error[0], point.cumulative_error[-1]
+    st.markdown(
+        f"At beta = {beta:g}: perplexity {perplexity_text(point.perplexity)} (uniform "
+        f"{perplexity_text(base.perplexity)}); the first block's relative error {first:.3g} (uniform {cum[0]:.3g}), "
+        f"the last block's {last:.3g} (uniform {cum[-1]:.3g}). The last/first ratio is {ratio_atp:.3g}x (uniform "
+        f"{ratio_uni:.3g}x)"
+        + (
+            ": larger, because ATP prunes the first blocks less and so shrinks the ratio's denominator; the ratio "
+            "is not what ATP improves, the final error and the perplexity are."
+            if ratio_atp > ratio_uni and beta > 0
+            else "."
+        )
+    )
+    if beta != strip_beta:
+        st.rerun(scope="app")  # the depth strip and the block details follow the slider
+
+
+if show(5):
+    st.markdown(
+        "ATP tilts the line: s_i = S - beta (L-1)/2 + beta i, the same mean S, less sparsity early and more late. "
+        "Move `beta`: the schedule, the cumulative error and the point on the beta/perplexity curve move "
+        "together (uniform, beta = 0, stays drawn for reference; the curve keeps the betas you visited)."
+    )
+    tilt()
 
 # ------------------------------------------------------------------ 6. guess the best beta
-stored_grid = {spec: [p] for spec, p in zip(specs, points.values()) if p is not None}
-summary = summarize_sweep(specs, stored_grid)
 if show(6):
     guess_beta = st.selectbox(
         "Your guess: which beta gives the lowest perplexity?",

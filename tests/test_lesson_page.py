@@ -122,7 +122,7 @@ class TestShippedDefaults:
         at = lesson()
         ok(at)
         drawn = charts(at)
-        for key in ("lesson_strip", "lesson_local", "lesson_reveal", "lesson_stepper", "lesson_budget",
+        for key in ("lesson_strip", "lesson_local", "lesson_reveal", "lesson_stepper", "lesson_budget", "lesson_upoint",
                     "lesson_masked", "lesson_schedule", "lesson_tilt", "lesson_ucurve", "lesson_peers"):  # fmt: skip
             assert key in drawn, key
         assert not has_button(at, "lesson_run")  # nothing to compute at the defaults
