@@ -30,7 +30,16 @@ from typing import Any
 import numpy as np
 import torch
 
-from .calibration import BlockCalls, PruneReport, prune_block, prune_sequential, run_block, squared_norm
+from .calibration import (
+    BlockCalls,
+    DenseTrajectory,
+    PruneReport,
+    SequentialMode,
+    prune_block,
+    prune_sequential,
+    run_block,
+    squared_norm,
+)
 from .experiment import DenseWeights, Progress, Workbench, counted
 from .layer_stats import prunable_linears
 from .methods import ScheduleSpec
@@ -294,6 +303,11 @@ class Stepper:
         self.rates = bench.rate_map(spec, bench.schedule(spec))
         self.calls = bench.stats.calls()
         self.pruned_in = self.dense_in = self.calls.hidden
+        # the dense outputs h_i: shared with the Workbench's sequential points (filled by whoever runs first)
+        mode = bench.mode
+        self.trajectory = (
+            mode.trajectory if isinstance(mode, SequentialMode) else DenseTrajectory.empty(len(bench.dense.blocks))
+        )
         self.steps: list[dict[str, float]] = []
         self.lock = threading.Lock()
 
@@ -324,11 +338,13 @@ class Stepper:
                     bench.stats.pruner,
                     bench.setup.prune.nm,
                     bench.setup.batch_size,
+                    self.trajectory.outputs[i],  # known: one block forward fewer
                 )
             finally:
                 for name, lin in linears.items():
                     lin.weight.copy_(dense.weights[(i, name)])
         self.pruned_in, self.dense_in = result.pruned_out, result.dense_out
+        self.trajectory.outputs[i] = result.dense_out
         row = {name: float(getattr(result, name)) for name in STEP_FIELDS}
         self.steps.append(row)
         bench.rows.put(
