@@ -14,6 +14,7 @@ from .lesson import Budget
 
 RATE_SCALE = "Viridis"  # colour = the block's sparsity s_i
 STRIP_HEIGHT = 260
+RATE_MARGIN = 0.05  # the colour scale spans the schedule's rates +- this
 
 
 def _highlight(fig: go.Figure, block: int | None) -> go.Figure:
@@ -46,10 +47,10 @@ def strip_figure(
                 marker=dict(
                     color=r.tolist(),
                     colorscale=RATE_SCALE,
-                    cmin=float(r.min()) - 1e-6,
-                    cmax=float(r.max()) + 1e-6,
+                    cmin=float(r.min()) - RATE_MARGIN,  # a uniform schedule gets one mid-scale colour
+                    cmax=float(r.max()) + RATE_MARGIN,
                     pattern=dict(shape=pattern),
-                    colorbar=dict(title="s_i", thickness=12, len=0.9) if not pattern else None,
+                    colorbar=dict(title="s_i", thickness=12, len=0.9, tickformat=".2f") if not pattern else None,
                     showscale=not pattern,
                 ),
                 hovertemplate=f"block %{{x}}<br>s_i %{{customdata:.4f}}<br>{name} %{{y:.4g}}<extra></extra>",
