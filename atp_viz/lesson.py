@@ -522,7 +522,7 @@ def budget_text(budget: Budget, joint_abs: float) -> str:
     norm = norm_jumps(budget.dense_norm)
     parts = [
         f"Pruned alone, {listed(top)} cause the largest shares of the final error; the other blocks "
-        f"{100 * np.sort(shares)[0]:.1g}-{100 * shares[order[2]]:.2g} % each. The shares add up to "
+        f"{100 * np.sort(shares)[0]:.2g}-{100 * shares[order[2]]:.2g} % each. The shares add up to "
         f"{100 * shares.sum():.0f} % of the error of the model pruned everywhere."
     ]
     if shrinks:

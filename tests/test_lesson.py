@@ -167,3 +167,29 @@ def test_a_share_link_reads_back_to_the_same_view() -> None:
     assert lesson.parse_chapter(query["chapter"]) == 5 and lesson.parse_beta(query["beta"], [0.0, 0.012]) == 0.012
     assert lesson.parse_block(query["block"], 30) == 11 and lesson.parse_flag("presenter", query["presenter"])
     assert lesson.share_link(0, 0.0, 0, "pruned", False, False) == "Lesson?block=0"
+
+
+def test_lesson_figures_draw_the_numbers() -> None:
+    from atp_viz import lesson_figures
+
+    budget = lesson.Budget(
+        rates=np.array([0.5, 0.6, 0.7]),
+        local_abs=np.array([1.0, 2.0, 4.0]),
+        local=np.array([0.1, 0.2, 0.4]),
+        final_abs=np.array([10.0, 1.0, 4.0]),
+        final=np.array([0.5, 0.05, 0.2]),
+        dense_norm=np.array([10.0, 1000.0, 20.0]),
+    )
+    fig = lesson_figures.budget_figure(budget, joint_abs=20.0, selected=1)
+    assert list(fig.data[0].y) == pytest.approx([50.0, 5.0, 20.0])  # shares of the joint final error, %
+    assert list(fig.data[1].y) == pytest.approx([10.0, 0.5, 1.0])  # amplification final / local
+    assert fig.layout.shapes[0].x0 == 0.5 and fig.layout.yaxis2.type == "log"  # block 1 shaded
+    strip = lesson_figures.strip_figure(budget.rates, budget.local, budget.final, selected=None)
+    assert [t.name for t in strip.data] == ["cumulative error", "local error"]
+    assert list(strip.data[0].marker.color) == [0.5, 0.6, 0.7] and strip.layout.yaxis.type == "log"
+    steps = [{"local_error": 0.1, "cumulative_error": 0.1}, {"local_error": 0.05, "cumulative_error": 0.3}]
+    stepper = lesson_figures.stepper_figure(steps, 3)
+    assert stepper.layout.title.text == "2 of 3 blocks pruned" and list(stepper.layout.xaxis.range) == [-0.5, 2.5]
+    text = lesson.budget_text(budget, 20.0)
+    assert "block 0 (50 %) and block 2 (20 %)" in text and "shares add up to 75 %" in text
+    assert "block 1 shrinks" in text and "100x at block 1" in text
