@@ -183,14 +183,22 @@ def check_in_memory(bench: Workbench) -> None:
         )
 
 
-def budget(bench: Workbench, spec: ScheduleSpec, progress: Progress | None = None) -> Budget:
-    """The error budget of ``spec`` on ``bench``'s model: read back, or computed and stored."""
-    if (found := stored_budget(bench, spec)) is not None:
-        return found
+def prepared(
+    bench: Workbench, spec: ScheduleSpec, progress: Progress | None
+) -> tuple[RateMap, Callable[[int, str], Any]]:
+    """``spec``'s rates and the dense statistics of every linear, with the dense weights in place."""
     check_in_memory(bench)
     rates = bench.rate_map(spec, bench.schedule(spec))
     stats = dense_stats_source(bench, progress)
     bench.dense.restore()
+    return rates, stats
+
+
+def budget(bench: Workbench, spec: ScheduleSpec, progress: Progress | None = None) -> Budget:
+    """The error budget of ``spec`` on ``bench``'s model: read back, or computed and stored."""
+    if (found := stored_budget(bench, spec)) is not None:
+        return found
+    rates, stats = prepared(bench, spec, progress)
     started = time.perf_counter()
     result = error_budget(
         bench.dense.blocks,
@@ -210,14 +218,15 @@ def budget(bench: Workbench, spec: ScheduleSpec, progress: Progress | None = Non
 
 
 # ------------------------------------------------------------------ calibrated on dense inputs
+REPORT_FIELDS = ("layer_sparsity", "cumulative_error", "local_error", "cumulative_error_abs", "local_error_abs")
+
+
 def report_record(report: PruneReport) -> dict[str, list[float]]:
-    names = ("layer_sparsity", "cumulative_error", "local_error", "cumulative_error_abs", "local_error_abs")
-    return {name: np.asarray(getattr(report, name)).tolist() for name in names}
+    return {name: np.asarray(getattr(report, name)).tolist() for name in REPORT_FIELDS}
 
 
 def report_from(record: Mapping[str, Any]) -> PruneReport:
-    names = ("layer_sparsity", "cumulative_error", "local_error", "cumulative_error_abs", "local_error_abs")
-    return PruneReport(*(np.asarray(record[name], dtype=np.float64) for name in names))
+    return PruneReport(*(np.asarray(record[name], dtype=np.float64) for name in REPORT_FIELDS))
 
 
 def stored_dense_input(bench: Workbench, spec: ScheduleSpec) -> PruneReport | None:
@@ -230,10 +239,7 @@ def dense_input_errors(bench: Workbench, spec: ScheduleSpec, progress: Progress 
     stored (the model is left pruned, as after any point; the next job restores it)."""
     if (found := stored_dense_input(bench, spec)) is not None:
         return found
-    check_in_memory(bench)
-    rates = bench.rate_map(spec, bench.schedule(spec))
-    stats = dense_stats_source(bench, progress)
-    bench.dense.restore()
+    rates, stats = prepared(bench, spec, progress)
     report = prune_sequential(
         bench.dense.blocks,
         bench.stats.calls(),
