@@ -1,5 +1,5 @@
 """The Lesson's live computations on a model at the dashboard's default settings (8x256 calibration windows):
-the time of one stepper step (``atp_viz.lesson.Stepper.step``: calibrate, prune and measure one block on the
+the time of one stepper step (``atp_viz.experiment.lesson.Stepper.step``: calibrate, prune and measure one block on the
 pruned model's inputs kept in memory) against the 2 s target, in seconds and in dense block forwards measured in
 the same run (a ratio that does not depend on how loaded the machine is), and of one whole error budget.
 
@@ -26,10 +26,11 @@ if str(ROOT) not in sys.path:
 import torch  # noqa: E402
 from common import write_results  # noqa: E402
 
-from atp_viz import lesson, ui  # noqa: E402
-from atp_viz.calibration import run_block  # noqa: E402
-from atp_viz.experiment import Workbench  # noqa: E402
-from atp_viz.methods import ScheduleSpec  # noqa: E402
+from atp_viz.dashboard import ui  # noqa: E402
+from atp_viz.experiment import lesson  # noqa: E402
+from atp_viz.experiment.workbench import Workbench  # noqa: E402
+from atp_viz.pruning.calibration import run_block  # noqa: E402
+from atp_viz.schedules.methods import ScheduleSpec  # noqa: E402
 
 TARGET_S = 2.0
 

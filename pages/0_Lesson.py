@@ -1,5 +1,6 @@
 """Lesson: a guided walk through the error explosion and ATP, in seven chapters, from stored (at the
-defaults: shipped) results. The computations live in atp_viz/lesson.py, the figures in atp_viz/lesson_figures.py."""
+defaults: shipped) results. The computations live in atp_viz/experiment/lesson.py, the figures in
+atp_viz/dashboard/lesson_figures.py."""
 
 import math
 
@@ -7,10 +8,12 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from atp_viz import figures, jobs, lesson, methods, schedules, ui
-from atp_viz import lesson_figures as lf
+from atp_viz.dashboard import figures, jobs, ui
+from atp_viz.dashboard import lesson_figures as lf
 from atp_viz.display import perplexity_text
-from atp_viz.experiment import compare_cells, compare_rows, scaled, summarize_sweep, sweep_specs
+from atp_viz.experiment import lesson
+from atp_viz.experiment.workbench import compare_cells, compare_rows, scaled, summarize_sweep, sweep_specs
+from atp_viz.schedules import methods, published
 
 st.set_page_config(page_title="Lesson - atp-viz", layout="wide")
 ctx = ui.sidebar()
@@ -305,7 +308,7 @@ def tilt() -> None:
     """The beta slider and its three charts: a move reruns only this fragment (no computation: stored points),
     then the whole page once so the depth strip follows."""
     assert base is not None and base_errors is not None
-    moved = st.slider("beta", 0.0, grid[-1], step=schedules.GRID_STEP, format="%.3f", **ui.state("beta", 0.0))
+    moved = st.slider("beta", 0.0, grid[-1], step=published.GRID_STEP, format="%.3f", **ui.state("beta", 0.0))
     beta = min(grid, key=lambda b: abs(b - moved))
     point = points[beta]
     if point is None or lesson.errors_of(point) is None:
@@ -333,7 +336,7 @@ def tilt() -> None:
         values = [summary.evaluation[summary.betas.index(b)].mean for b in seen]
         ui.chart(
             figures.beta_curve_figure(seen, values, sparsity=S, uniform_ppl=base.perplexity,
-                                      beta_max=schedules.beta_max(L, S), selected=beta if beta > 0 else None),
+                                      beta_max=published.beta_max(L, S), selected=beta if beta > 0 else None),
             key="lesson_upoint",
         )  # fmt: skip
     ratio_atp, ratio_uni = figures.last_first_ratio(point.cumulative_error), figures.last_first_ratio(cum)
@@ -384,7 +387,7 @@ if show(6):
                 sparsity=S,
                 uniform_ppl=base.perplexity,
                 best_beta=best,
-                beta_max=schedules.beta_max(L, S),
+                beta_max=published.beta_max(L, S),
                 selected=guess_beta,
                 validation=[v.mean for v in summary.validation],
             ),
@@ -422,7 +425,7 @@ if show(7):
             f"error (amplification {budget.amplification[top]:.3g}x). A straight line cannot single out one block "
             "in the middle; OWL-style methods, which react to outlier weights, can."
         )
-    curved = [spec for name in ("power", "prefix") for spec in methods.sweep_grid(name, L, S, schedules.GRID_STEP)]
+    curved = [spec for name in ("power", "prefix") for spec in methods.sweep_grid(name, L, S, published.GRID_STEP)]
     curved_points = [p for p in ui.stored_points(bench, curved) if p is not None]
     if curved_points:
         best_curved = min(curved_points, key=lambda p: p.value("perplexity", "validation"))

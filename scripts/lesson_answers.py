@@ -22,9 +22,10 @@ if str(ROOT) not in sys.path:
 
 import numpy as np  # noqa: E402
 
-from atp_viz import figures, lesson, ui  # noqa: E402
-from atp_viz.experiment import Workbench, compare_cells, compare_rows, summarize_sweep, sweep_specs  # noqa: E402
-from atp_viz.shipped import ShippedResults  # noqa: E402
+from atp_viz.dashboard import figures, ui  # noqa: E402
+from atp_viz.experiment import lesson  # noqa: E402
+from atp_viz.experiment.shipped import ShippedResults  # noqa: E402
+from atp_viz.experiment.workbench import Workbench, compare_cells, compare_rows, summarize_sweep, sweep_specs  # noqa: E402
 from atp_viz.store import to_jsonable  # noqa: E402
 
 PEERS = ("uniform", "atp", "owl", "alphapruning", "dlp")

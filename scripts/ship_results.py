@@ -9,7 +9,7 @@ finishes (an interrupted run resumes):
 - ``errors``: the Error explosion page's default schedules (uniform and ATP at beta_max / 2);
 - ``sweep``: the Beta tuning page's default sweep (uniform + every grid beta at the default S);
 - ``lesson``: the Lesson page's data at the default S: uniform's error budget (each block pruned alone)
-  and its errors when every block is calibrated on dense inputs (``atp_viz.lesson``), and the OWL,
+  and its errors when every block is calibrated on dense inputs (``atp_viz.experiment.lesson``), and the OWL,
   AlphaPruning and DLP points at the default S (the Compare page's cells, same keys);
 - ``compare``: the Compare page's default table (every comparable method at S = 0.5 .. 0.8, ATP's
   whole grid at each), one sparsity at a time, the default S first (it shares the sweep).

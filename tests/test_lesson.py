@@ -12,14 +12,14 @@ import pytest
 import torch
 from tiny import shared_corpus_file, shared_tiny_model
 
-from atp_viz import lesson
-from atp_viz.calibration import prune_sequential
 from atp_viz.config import CalibConfig, EvalConfig
-from atp_viz.experiment import Setup, Workbench
-from atp_viz.hooks import input_hooks
-from atp_viz.layer_stats import prunable_linears
-from atp_viz.methods import ScheduleSpec
-from atp_viz.pruners import recorder
+from atp_viz.experiment import lesson
+from atp_viz.experiment.workbench import Setup, Workbench
+from atp_viz.models.hooks import input_hooks
+from atp_viz.pruning.calibration import prune_sequential
+from atp_viz.pruning.layer_stats import prunable_linears
+from atp_viz.pruning.pruners import recorder
+from atp_viz.schedules.methods import ScheduleSpec
 from atp_viz.store import ResultStore
 
 UNIFORM = ScheduleSpec("uniform", 0.6)
@@ -170,7 +170,7 @@ def test_a_share_link_reads_back_to_the_same_view() -> None:
 
 
 def test_lesson_figures_draw_the_numbers() -> None:
-    from atp_viz import lesson_figures
+    from atp_viz.dashboard import lesson_figures
 
     budget = lesson.Budget(
         rates=np.array([0.5, 0.6, 0.7]),

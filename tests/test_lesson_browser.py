@@ -16,7 +16,7 @@ import time
 import pytest
 from browser_support import CHROMIUM, CHROMIUM_FLAGS, NO_CHROMIUM, ROOT, dashboard_server
 
-from atp_viz.models import DEFAULT_MODEL, EMBEDDED_MODELS, package_dir
+from atp_viz.models.loading import DEFAULT_MODEL, EMBEDDED_MODELS, package_dir
 
 TITLES = ".js-plotly-plot .gtitle"
 FIRST_CHARTS = {  # chapter -> the start of its first chart's title

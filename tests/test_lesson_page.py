@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from atp_viz.models import DEFAULT_MODEL, EMBEDDED_MODELS, package_dir
+from atp_viz.models.loading import DEFAULT_MODEL, EMBEDDED_MODELS, package_dir
 
 ROOT = Path(__file__).resolve().parents[1]
 PAGE = str(ROOT / "pages" / "0_Lesson.py")
@@ -108,7 +108,7 @@ def embedded_installed() -> bool:
 class TestShippedDefaults:
     @pytest.fixture(scope="class", autouse=True)
     def defaults(self, tmp_path_factory: pytest.TempPathFactory, settle_jobs: None):  # type: ignore[no-untyped-def]
-        from atp_viz import ui
+        from atp_viz.dashboard import ui
 
         with pytest.MonkeyPatch.context() as mp:
             for name in (ui.ENV_MODEL, ui.ENV_CORPUS, ui.ENV_WINDOWS):
@@ -117,7 +117,7 @@ class TestShippedDefaults:
             yield
 
     def test_every_chapter_draws_from_shipped_results_and_a_beta_move_computes_nothing(self) -> None:
-        from atp_viz import ui
+        from atp_viz.dashboard import ui
 
         at = lesson()
         ok(at)

@@ -33,6 +33,7 @@ from atp_viz.dashboard import jobs
 from atp_viz.dashboard.figures import PLOTLY_CONFIG
 from atp_viz.display import full_text, perplexity_columns, perplexity_table, perplexity_text
 from atp_viz.experiment.executors import EXECUTORS, ExecutorConfig, PointJob, make_executor
+from atp_viz.experiment.lesson import Steppers
 from atp_viz.experiment.shipped import REGENERATE, ShippedResults
 from atp_viz.experiment.workbench import Setup, Workbench, scaled
 from atp_viz.experiment.workbench import stored_groups as stored_groups  # the pages read stored points through it
@@ -44,7 +45,6 @@ from atp_viz.models.loading import DEFAULT_MODEL, EMBEDDED_MODELS, block_count
 from atp_viz.pruning.pruners import PRUNERS, PruneConfig
 from atp_viz.schedules import methods
 from atp_viz.schedules.methods import ScheduleSpec
-from atp_viz.experiment.lesson import Steppers
 from atp_viz.store import ResultStore, default_store_path
 
 ENV_MODEL = "ATP_VIZ_DEFAULT_MODEL"  # default model name or path (tests use a tiny model)
@@ -181,7 +181,7 @@ def shipped_results() -> ShippedResults:
 
 @st.cache_resource(show_spinner=False)
 def lesson_steppers() -> Steppers:
-    """The server's Lesson steppers (``atp_viz.lesson``): the next block's inputs stay in memory between presses."""
+    """The server's Lesson steppers (``atp_viz.experiment.lesson``): the next block's inputs stay in memory."""
     return Steppers()
 
 

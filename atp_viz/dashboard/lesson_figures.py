@@ -9,8 +9,8 @@ import numpy as np
 import plotly.graph_objects as go
 from numpy.typing import ArrayLike
 
-from .figures import BLOCK_AXIS, _block_ticks, _layout, color_for
-from .lesson import Budget
+from atp_viz.dashboard.figures import BLOCK_AXIS, _block_ticks, _layout, color_for
+from atp_viz.experiment.lesson import Budget
 
 RATE_SCALE = "Viridis"  # colour = the block's sparsity s_i
 STRIP_HEIGHT = 260

@@ -30,7 +30,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from .calibration import (
+from atp_viz.experiment.workbench import DenseWeights, Progress, Workbench, counted
+from atp_viz.measure.points import PointResult
+from atp_viz.pruning.cached import linear_stats
+from atp_viz.pruning.calibration import (
     BlockCalls,
     DenseTrajectory,
     PruneReport,
@@ -40,14 +43,11 @@ from .calibration import (
     run_block,
     squared_norm,
 )
-from .experiment import DenseWeights, Progress, Workbench, counted
-from .layer_stats import prunable_linears
-from .methods import ScheduleSpec
-from .pruners import Pruner
-from .results import PointResult
-from .schedules import RateMap, as_rate_map
-from .stats_cache import linear_stats
-from .store import fingerprint
+from atp_viz.pruning.layer_stats import prunable_linears
+from atp_viz.pruning.pruners import Pruner
+from atp_viz.schedules.methods import ScheduleSpec
+from atp_viz.schedules.published import RateMap, as_rate_map
+from atp_viz.store import fingerprint
 
 BUDGET_KIND, DENSE_INPUT_KIND, STEP_KIND = "lesson-budget", "lesson-dense-input", "lesson-step"
 # the masked-forward toggle: what each block is calibrated on
