@@ -82,9 +82,11 @@ if base_errors is None or budget is None or dense_in is None:
 
 
 # ------------------------------------------------------------------ 3. step through
+@st.fragment
 def stepper(reference: np.ndarray | None) -> None:
-    """The 'prune next block' stepper: stored blocks are read back; a block not stored yet is computed
-    in the background (three block forwards, the inputs of the next block kept in memory)."""
+    """The 'prune next block' stepper (a fragment: a press redraws only this chapter): stored blocks are read
+    back; a block not stored yet is computed in the background (three block forwards, the inputs of the next
+    block kept in memory) and the whole page follows that job."""
     st.markdown(
         "Each press prunes the next block, calibrated on the **pruned** model's outputs of the blocks before it "
         "(the paper's sequential loop), and adds its point to the curve."
@@ -98,15 +100,17 @@ def stepper(reference: np.ndarray | None) -> None:
         shown = 0
     st.session_state["_lesson_steps"] = shown
     step_job = ui.last_job(("lesson step", bench.setup, uniform))
-    if shown > len(steps) and ui.idle(step_job):
+    if step_job is not None and step_job.state == jobs.FAILED:
+        st.error(f"{step_job.label} stopped: {step_job.error}")
+    elif shown > len(steps) and ui.idle(step_job):
 
         def step_work(job: jobs.Job) -> None:
             steppers = ui.lesson_steppers()
             steppers.get(bench, uniform).advance(shown, job.report)
             job.point_stored()
 
-        step_job = ui.submit(bench, ("lesson step", bench.setup, uniform), f"pruning block {shown - 1}", step_work)
-        ui.follow(setup.model, step_job)
+        if ui.submit(bench, ("lesson step", bench.setup, uniform), f"pruning block {shown - 1}", step_work):
+            st.rerun(scope="app")  # the page's follow() shows the progress and redraws when the block is stored
     visible = steps[: min(shown, len(steps))]
     ui.chart(
         lf.stepper_figure(visible, L, reference=reference if shown >= L else None, label="uniform"),
