@@ -6,6 +6,7 @@ import streamlit as st
 
 PAGES = [
     st.Page("home.py", title="Home", default=True),
+    st.Page("pages/0_Lesson.py", title="Lesson", url_path="Lesson"),
     st.Page("pages/1_Schedules.py", title="Schedules", url_path="Schedules"),
     st.Page("pages/2_Error_explosion.py", title="Error explosion", url_path="Error_explosion"),
     st.Page("pages/3_Beta_tuning.py", title="Beta tuning", url_path="Beta_tuning"),

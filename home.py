@@ -40,6 +40,7 @@ if ctx.setup is not None and ctx.num_blocks is not None and (ctx.workbench is no
     )
 
 st.subheader("Pages")
+st.page_link("pages/0_Lesson.py", label="Lesson: a guided walk through the error explosion and ATP (start here)")
 st.page_link("pages/1_Schedules.py", label="Schedules: uniform, ATP, OWL, AlphaPruning, DLP and your own, with exports")
 st.page_link("pages/2_Error_explosion.py", label="Error explosion: per-block reconstruction error of pruned models")
 st.page_link("pages/3_Beta_tuning.py", label="Beta tuning: the U-shaped beta sweep, point by point")

@@ -4,6 +4,7 @@ import pandas as pd
 import streamlit as st
 
 from atp_viz.dashboard import figures, ui
+from atp_viz.experiment import lesson
 from atp_viz.schedules import methods
 
 st.set_page_config(page_title="Error explosion - atp-viz", layout="wide")
@@ -13,10 +14,11 @@ st.markdown(
     """
 Each pruned block makes an error, and every later block receives the *already-corrupted* output of
 the blocks before it. The ATP paper's **Thm 3.2** bounds the reconstruction error of block i+1 from
-below by a term that grows with the error of block i: errors made early are carried and amplified
-by everything after them. The **cumulative** error (dense vs pruned hidden state after block i)
-therefore climbs with depth under uniform sparsity; the **local** error is what block i adds by
-itself. ATP spends less sparsity early, where errors travel furthest.
+below by a term that grows with the error of block i, so errors made early can travel to the end.
+The **cumulative** error (dense vs pruned hidden state after block i) is what arrives at each depth;
+the **local** error is what block i adds by itself. How the cumulative curve grows (smoothly, in
+steps, or hardly) is a property of the model: the caption under the chart says what this one shows,
+and the Lesson page's chapter 4 shows which blocks cause it. ATP spends less sparsity early.
 """
 )
 setup, bench = ui.require(ctx)
@@ -74,6 +76,15 @@ if done:
             y_title=y_title,
         )
     )
+    if kind == "cumulative" and scale == "relative":
+        said = [f"{name}: the relative cumulative error {lesson.curve_text(c)}." for name, c in curves.items()]
+        ratios = {name: figures.last_first_ratio(c) for name, c in curves.items()}
+        if "uniform" in done and any(r > ratios[labels["uniform"]] for r in ratios.values()):
+            said.append(
+                "A larger last/first ratio than uniform's does not mean more error: a schedule that prunes the "
+                "first blocks less makes their error (the ratio's denominator) smaller."
+            )
+        st.caption(" ".join(said))
     ui.perplexity_frame(
         pd.DataFrame(
             {

@@ -8,15 +8,21 @@ finishes (an interrupted run resumes):
 - ``dense``: the dense model's metrics (the sidebar's dense perplexity);
 - ``errors``: the Error explosion page's default schedules (uniform and ATP at beta_max / 2);
 - ``sweep``: the Beta tuning page's default sweep (uniform + every grid beta at the default S);
+- ``lesson``: the Lesson page's data at the default S: uniform's error budget (each block pruned alone)
+  and its errors when every block is calibrated on dense inputs (``atp_viz.experiment.lesson``), and the OWL,
+  AlphaPruning and DLP points at the default S (the Compare page's cells, same keys);
 - ``compare``: the Compare page's default table (every comparable method at S = 0.5 .. 0.8, ATP's
   whole grid at each), one sparsity at a time, the default S first (it shares the sweep).
 
 After every point it rewrites the shipped file with every finished row: dense, errors and sweep
 points as they finish, a comparison cell only once all its points are stored (a half-searched grid
-would report the wrong best beta). ``--views`` picks a subset.
+would report the wrong best beta). ``--views`` picks a subset. The rows of the shipped file already there are
+copied into the working store first (first writer wins): they are this pipeline's own results at the same
+keys, so a run that adds a view (``--views lesson``) computes only what is new and keeps every existing row.
 
     .venv/bin/python scripts/ship_results.py                  # everything (about 25 min idle, 2 cores)
     .venv/bin/python scripts/ship_results.py --views dense,errors,sweep
+    OMP_NUM_THREADS=1 .venv/bin/python scripts/ship_results.py --views dense,errors,sweep,lesson
 """
 
 from __future__ import annotations
@@ -36,17 +42,19 @@ if str(ROOT) not in sys.path:
 
 import torch  # noqa: E402
 
-from atp_viz.experiment.shipped import SHIPPED_PATH, write_shipped  # noqa: E402
+from atp_viz.experiment import lesson  # noqa: E402
+from atp_viz.experiment.shipped import SHIPPED_PATH, ShippedResults, write_shipped  # noqa: E402
 from atp_viz.experiment.workbench import Setup, Workbench, compare_cells, sweep_specs  # noqa: E402
 from atp_viz.models.loading import cache_dir  # noqa: E402
 from atp_viz.schedules import methods, published  # noqa: E402
 from atp_viz.schedules.methods import ScheduleSpec  # noqa: E402
 from atp_viz.store import CODE_VERSION, ResultStore  # noqa: E402
 
-VIEWS = ("dense", "errors", "sweep", "compare")
+VIEWS = ("dense", "errors", "sweep", "lesson", "compare")
 # The pages' own defaults (pages/2_Error_explosion.py, pages/4_Compare_strategies.py).
 ERROR_METHODS = ("uniform", "atp")
 COMPARE_SPARSITIES = (0.5, 0.6, 0.7, 0.8)
+LESSON_PEERS = ("owl", "alphapruning", "dlp")  # chapter 6: where ATP lands against them at the default S
 
 
 def dashboard_setup() -> tuple[Setup, float]:
@@ -111,6 +119,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     setup, sparsity = dashboard_setup()
     work = ResultStore(args.work or cache_dir() / "shipped-work.sqlite")
+    before = ShippedResults(args.out)
+    for row in before.rows.values():
+        work.put(row["key"], row["kind"], row["model"], row["config"], row["record"])
     log(f"loading {setup.model}; working store {work.path}")
     wb = Workbench(setup, work)
     L = wb.num_blocks
@@ -126,9 +137,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         "settings": {**setup.describe(), "sparsity": sparsity},
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
-        "views": {},
+        "views": dict(before.about.get("views", {})),  # views not run again keep their counts
     }
-    keys: set[str] = set()
+    keys: set[str] = set(before.rows)
     started = time.perf_counter()
 
     def shipped(view: str, cells: int, total: int) -> None:
@@ -140,6 +151,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         dense = wb.rows.dense_key()
         keys.update([dense, *wb.rows.metric_keys(dense).values()])
         shipped("dense", 1, 1)
+    if "lesson" in views:
+        uniform = ScheduleSpec("uniform", sparsity)
+        budget = lesson.budget(wb, uniform, lambda fraction, message: None)
+        keys.add(lesson.lesson_key(wb, lesson.BUDGET_KIND, uniform))
+        log(f"lesson budget: {budget.seconds:.0f} s")
+        shipped("lesson", 1, 2 + len(LESSON_PEERS))
+        lesson.dense_input_errors(wb, uniform)
+        keys.add(lesson.lesson_key(wb, lesson.DENSE_INPUT_KIND, uniform))
+        shipped("lesson", 2, 2 + len(LESSON_PEERS))
+        for index, name in enumerate(LESSON_PEERS):
+            for spec in methods.sweep_grid(name, L, sparsity, published.GRID_STEP):
+                point = wb.run(spec)
+                log(f"lesson {spec.describe()}: ppl {point.perplexity:.4f}{' (stored)' if point.cached else ''}")
+                keys.update(keys_of(wb, spec))
+            shipped("lesson", 3 + index, 2 + len(LESSON_PEERS))
     for view in ("errors", "sweep", "compare"):
         if view not in views:
             continue

@@ -43,6 +43,7 @@ from atp_viz.dashboard.figures import PLOTLY_CONFIG
 from atp_viz.display import full_text, perplexity_columns, perplexity_table, perplexity_text
 from atp_viz.experiment import classroom
 from atp_viz.experiment.executors import EXECUTORS, ExecutorConfig, PointJob, make_executor
+from atp_viz.experiment.lesson import Steppers
 from atp_viz.experiment.shipped import REGENERATE, ShippedResults
 from atp_viz.experiment.workbench import Setup, Workbench, scaled
 from atp_viz.experiment.workbench import stored_groups as stored_groups  # the pages read stored points through it
@@ -189,6 +190,12 @@ def benches() -> Benches:
 def shipped_results() -> ShippedResults:
     """The results shipped inside the package (``atp_viz/experiment/shipped/``); used where fingerprints match."""
     return ShippedResults()
+
+
+@st.cache_resource(show_spinner=False)
+def lesson_steppers() -> Steppers:
+    """The server's Lesson steppers (``atp_viz.experiment.lesson``): the next block's inputs stay in memory."""
+    return Steppers()
 
 
 @st.cache_resource(show_spinner=False)

@@ -8,6 +8,7 @@ The default is the embedded Wikipedia extracts.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 from dataclasses import dataclass
@@ -85,7 +86,14 @@ class Corpus:
 
     def split_fingerprint(self, split: str) -> str:
         """Identity of one split's text (a measurement on it depends on nothing else of the corpus)."""
-        return hashlib.sha256(self.text(split).encode()).hexdigest()[:20]
+        return text_fingerprint(self.text(split))
+
+
+@functools.lru_cache(maxsize=32)
+def text_fingerprint(text: str) -> str:
+    """sha256 of a text, computed once per text: every store key hashes a split's text (a megabyte for the
+    embedded corpus's calibration split, ~5 ms), and a page run looks up dozens of keys."""
+    return hashlib.sha256(text.encode()).hexdigest()[:20]
 
 
 def split_documents(name: str, documents: list[str], joiner: str = "\n\n") -> Corpus:

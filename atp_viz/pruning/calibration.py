@@ -144,6 +144,72 @@ def block_sparsity(block: nn.Module) -> float:
     return zeros / total if total else 0.0
 
 
+StatsSource = Callable[[int, str], Any]  # (block, linear name) -> the pruner's statistics to prune it with
+
+
+@dataclass
+class BlockStep:
+    """One block of the sequential loop: its outputs on the pruned and dense paths and its errors."""
+
+    pruned_out: torch.Tensor  # block i's output along the pruned model (block i+1's input)
+    dense_out: torch.Tensor  # block i's output along the dense model
+    local_error: float
+    cumulative_error: float
+    local_error_abs: float
+    cumulative_error_abs: float
+    sparsity: float  # achieved fraction of zeros in the block's prunable linears
+
+
+@torch.inference_mode()
+def prune_block(
+    block: nn.Module,
+    index: int,
+    pruned_in: torch.Tensor,
+    dense_in: torch.Tensor,
+    call: tuple[tuple, dict],
+    rates: RateMap,
+    pruner: Pruner,
+    nm: tuple[int, int] | None = None,
+    batch_size: int = 8,
+    dense_out: torch.Tensor | None = None,
+    fixed_stats: StatsSource | None = None,
+) -> BlockStep:
+    """Prune block ``index`` in place at its rate, calibrated on ``pruned_in`` (the outputs of the pruned
+    blocks before it), and measure its local and cumulative errors.
+
+    ``dense_out``: the block's dense output when known (else computed from ``dense_in``).
+    ``fixed_stats``: calibrate on these statistics instead (the dense model's own inputs: Wanda's
+    loop without the "masked forward" of the pruned model); the errors are measured the same way.
+    """
+    linears = prunable_linears(block)
+    if fixed_stats is None:
+        stats = {name: pruner.new_stats(lin.in_features, lin.weight.device) for name, lin in linears.items()}
+        # 1. dense weights on the pruned input: calibration statistics and the local-error reference
+        with input_hooks(linears, recorder(stats)):
+            reference = run_block(block, pruned_in, call, batch_size)
+    else:
+        stats = {name: fixed_stats(index, name) for name in linears}
+        reference = run_block(block, pruned_in, call, batch_size)
+    # 2. dense weights on the dense input: the cumulative-error reference
+    if dense_out is None:
+        dense_out = run_block(block, dense_in, call, batch_size)
+    # 3. prune every linear at its rate (the block's, by default), then re-run on the pruned input
+    for name, linear in linears.items():
+        pruner.prune_(linear, stats[name], rates.rate(index, name), nm)
+    pruned_out = run_block(block, pruned_in, call, batch_size)
+    loc_abs = squared_norm(reference - pruned_out)
+    cum_abs = squared_norm(dense_out - pruned_out)
+    return BlockStep(
+        pruned_out,
+        dense_out,
+        relative(loc_abs, squared_norm(reference)),
+        relative(cum_abs, squared_norm(dense_out)),
+        loc_abs,
+        cum_abs,
+        block_sparsity(block),
+    )
+
+
 @torch.inference_mode()
 def prune_sequential(
     blocks: nn.ModuleList,
@@ -154,11 +220,13 @@ def prune_sequential(
     batch_size: int = 8,
     progress: Counter | None = None,
     dense: DenseTrajectory | None = None,
+    fixed_stats: StatsSource | None = None,
 ) -> PruneReport:
     """Prune every block in place at its rate, each calibrated on the pruned blocks before it.
 
     ``dense``: the dense trajectory, read where filled and filled where empty (same results as
     without it; two block forwards per block instead of three once it is complete).
+    ``fixed_stats``: calibrate every block on these statistics instead (see ``prune_block``).
     """
     rates = as_rate_map(rates)
     if rates.num_blocks != len(blocks):
@@ -168,26 +236,16 @@ def prune_sequential(
     pruned_in = calls.hidden  # input of block i along the pruned model
     dense_in = calls.hidden  # input of block i along the dense model
     for i, block in enumerate(blocks):
-        linears = prunable_linears(block)
-        stats = {name: pruner.new_stats(lin.in_features, lin.weight.device) for name, lin in linears.items()}
-        # 1. dense weights on the pruned input: calibration statistics and the local-error reference
-        with input_hooks(linears, recorder(stats)):
-            reference = run_block(block, pruned_in, calls.args[i], batch_size)
-        # 2. dense weights on the dense input: the cumulative-error reference (cached when given)
         stored = dense.outputs[i] if dense is not None else None
-        dense_out = stored if stored is not None else run_block(block, dense_in, calls.args[i], batch_size)
+        step = prune_block(block, i, pruned_in, dense_in, calls.args[i], rates, pruner, nm, batch_size, stored,
+                           fixed_stats)  # fmt: skip
         if dense is not None:
-            dense.outputs[i] = dense_out
-        # 3. prune every linear at its rate (the block's, by default), then re-run on the pruned input
-        for name, linear in linears.items():
-            pruner.prune_(linear, stats[name], rates.rate(i, name), nm)
-        pruned_out = run_block(block, pruned_in, calls.args[i], batch_size)
-        loc_abs[i] = squared_norm(reference - pruned_out)
-        cum_abs[i] = squared_norm(dense_out - pruned_out)
-        loc[i] = relative(loc_abs[i], squared_norm(reference))
-        cum[i] = relative(cum_abs[i], squared_norm(dense_out))
-        achieved[i] = block_sparsity(block)
-        pruned_in, dense_in = pruned_out, dense_out
+            dense.outputs[i] = step.dense_out
+        loc[i], cum[i], loc_abs[i], cum_abs[i] = (
+            step.local_error, step.cumulative_error, step.local_error_abs, step.cumulative_error_abs
+        )  # fmt: skip
+        achieved[i] = step.sparsity
+        pruned_in, dense_in = step.pruned_out, step.dense_out
         if progress:
             progress(i + 1, n)
     return PruneReport(achieved, cum, loc, cum_abs, loc_abs)
