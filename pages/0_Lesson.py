@@ -61,7 +61,7 @@ base_errors = lesson.errors_of(base)
 budget = lesson.stored_budget(bench, uniform)
 dense_in = lesson.stored_dense_input(bench, uniform)
 ui.shipped_note(bench, specs)
-lesson_job = ui.last_job(("lesson", bench.setup, S))
+lesson_job = None
 if base_errors is None or budget is None or dense_in is None:
     st.info(
         f"The lesson's data at these settings ({setup.model}, S = {S:g}) is not computed yet: the uniform point, "
@@ -77,8 +77,14 @@ if base_errors is None or budget is None or dense_in is None:
         lesson.dense_input_errors(bench, uniform, scaled(job.report, 0.85, 0.15))
         job.point_stored()
 
-    if ui.idle(lesson_job) and st.button("Compute the lesson's data", key="lesson_run", type="primary"):
-        lesson_job = ui.submit(bench, ("lesson", bench.setup, S), f"lesson data at S = {S:g}", compute_lesson, 3)
+    lesson_key = ("lesson", bench.setup, S)
+    lesson_job = ui.job_button(
+        "Compute the lesson's data",
+        lesson_key,
+        lambda: ui.submit(bench, lesson_key, f"lesson data at S = {S:g}", compute_lesson, 3),
+        key="lesson_run",
+        type="primary",
+    )
 
 
 # ------------------------------------------------------------------ 3. step through
