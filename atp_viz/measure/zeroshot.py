@@ -53,8 +53,8 @@ TOKENIZER_NO_LIMIT = 10**12
 SCORING_VERSION = "1"
 METRICS = ("acc", "acc_norm")
 PAD_TOKEN = 0  # right padding is never attended to by the real tokens of a causal model (any id works)
-# Items per task of a default point: ~6.8k fed tokens for the seven default tasks, about 19 s on the
-# embedded 135M model (2 idle CPU cores, float32; estimated by bench/zeroshot.py, see docs/zeroshot.md).
+# Items per task of a default point: 6,763 fed tokens for the seven default tasks, 18.5 s of CPU time per
+# thread on the embedded 135M model (float32, 2 threads; bench/results/zeroshot.json, docs/zeroshot.md).
 DEFAULT_ITEMS = 8
 
 TaskRow = Mapping[str, Any]
