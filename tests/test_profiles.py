@@ -301,6 +301,7 @@ def dashboard(dashboard_env: dict[str, str], monkeypatch: pytest.MonkeyPatch, se
         monkeypatch.setenv(name, value)
 
 
+@pytest.mark.slow
 def test_profile_shapes_page_runs_the_grid_and_draws_it(dashboard: None) -> None:
     at = AppTest.from_file(str(ROOT / "pages" / "7_Profile_shapes.py"), default_timeout=120)
     at.session_state["_sparsity"] = 0.5
