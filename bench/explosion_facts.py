@@ -33,9 +33,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from atp_viz.data import calibration_windows, load_corpus, token_ids
-from atp_viz.models import load_model
-from atp_viz.pruners import wanda
+from atp_viz.models.data import calibration_windows, load_corpus, token_ids
+from atp_viz.models.loading import load_model
+from atp_viz.pruning.pruners import wanda
 
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "docs" / "results" / "explosion_facts.json"

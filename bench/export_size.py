@@ -18,9 +18,9 @@ from pathlib import Path
 
 import torch
 
-from atp_viz.export import load_compressed, save_pruned
-from atp_viz.models import load_model
-from atp_viz.speed import magnitude_prune_
+from atp_viz.models.loading import load_model
+from atp_viz.speed.export import load_compressed, save_pruned
+from atp_viz.speed.kernels import magnitude_prune_
 
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "bench" / "results" / "export_size.json"

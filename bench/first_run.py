@@ -23,7 +23,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "bench" / "results" / "first_run.json"
 LOAD = (
-    "import time; t = time.monotonic(); from atp_viz.models import load_model; load_model({model!r}); "
+    "import time; t = time.monotonic(); from atp_viz import load_model; load_model({model!r}); "
     "print(time.monotonic() - t)"
 )
 
