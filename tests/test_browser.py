@@ -26,6 +26,7 @@ BETA_STEP = "0.0040" if REAL else "0.1000"
 COMPARE_STEP = "0.0100" if REAL else "0.1000"
 
 pytestmark = [
+    pytest.mark.slow,  # headless Chromium against a running dashboard
     pytest.mark.browser,
     pytest.mark.skipif(not CHROMIUM.exists(), reason=NO_CHROMIUM),
 ]

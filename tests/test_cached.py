@@ -56,6 +56,7 @@ def assert_rates_hit(wb: Workbench, rates: np.ndarray) -> None:
             assert abs(zeros - rows * math.floor(cols * rate + 1e-9)) <= rows
 
 
+@pytest.mark.slow  # both calibration modes over every rate of a schedule
 @pytest.mark.parametrize("pruner", ["wanda", "magnitude", "sparsegpt"])
 def test_cached_and_sequential_prune_at_the_same_rates(pruner: str) -> None:
     spec = ScheduleSpec("atp", 0.5, beta=0.1)
@@ -94,6 +95,7 @@ def test_prefix_of_compact_order_equals_mask_from_order() -> None:
         assert torch.equal(weight == 0, mask_from_order(order, rate))
 
 
+@pytest.mark.slow  # dense statistics passes written, read back and reused
 def test_stats_file_round_trip_and_reuse(private_cache: Path) -> None:
     first = bench("cached", "sparsegpt")
     stats = first.stats.linears()
@@ -136,6 +138,7 @@ def test_cached_owl_uses_the_stored_dense_pass() -> None:
     assert cached.stats.path() == sequential.stats.path()  # one dense pass per machine, whichever mode asks first
 
 
+@pytest.mark.slow
 def test_gpu_sweep_tiny_runs_on_cpu(tmp_path: Path) -> None:
     out = tmp_path / "gpu.json"
     done = subprocess.run(

@@ -39,6 +39,7 @@ def assert_no_hooks(model: nn.Module, blocks: nn.ModuleList) -> None:
         assert "forward" not in block.__dict__  # no stub left in place of the class's forward
 
 
+@pytest.mark.slow  # many pruned models
 @pytest.mark.parametrize("family", ["llama", "gemma3"])
 @pytest.mark.parametrize("pruner", ["wanda", "sparsegpt"])
 def test_dense_trajectory_gives_identical_errors(family: str, pruner: str) -> None:

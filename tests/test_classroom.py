@@ -29,6 +29,8 @@ from streamlit.testing.v1 import AppTest
 from atp_viz.dashboard import jobs
 from atp_viz.store import ResultStore
 
+pytestmark = pytest.mark.slow  # AppTest pages and browsers on one server
+
 TIMEOUT = 120
 
 

@@ -16,6 +16,8 @@ from atp_viz.cli.main import main
 from atp_viz.schedules.published import beta_grid
 from atp_viz.store import ResultStore
 
+pytestmark = pytest.mark.slow  # CLI subprocesses
+
 ROOT = Path(__file__).resolve().parents[1]
 
 

@@ -10,6 +10,8 @@ from streamlit.testing.v1 import AppTest
 
 from atp_viz.store import ResultStore
 
+pytestmark = pytest.mark.slow  # AppTest page
+
 ROOT = Path(__file__).resolve().parents[1]
 PAGE = str(ROOT / "pages" / "4_Compare_strategies.py")
 

@@ -32,6 +32,8 @@ from tiny import make_bad_inputs, make_corpus_file, shared_corpus_file, shared_t
 from atp_viz.schedules import published
 from atp_viz.store import ResultStore
 
+pytestmark = pytest.mark.slow  # AppTest pages, fault tests
+
 TIMEOUT = 120
 CONTEXT = 512  # the tiny models' max_position_embeddings
 LOAD_ERROR = "Cannot load the model with these settings: "  # ui.load_workbench's prefix (shortened in the report)

@@ -21,6 +21,8 @@ from atp_viz.experiment.executors import EXECUTORS, ExecutorConfig, PointJob, Ra
 from atp_viz.experiment.workbench import METRIC_KIND, POINT_KIND, Setup, Workbench, sweep_specs
 from atp_viz.store import ResultStore
 
+pytestmark = pytest.mark.slow  # Ray actors, SIGKILL of workers
+
 ray = pytest.importorskip("ray")
 ARRAYS = ("rates", "layer_sparsity", "cumulative_error", "local_error", "cumulative_error_abs", "local_error_abs")
 
@@ -175,7 +177,7 @@ def test_missing_ray_names_the_extra(capsys, tmp_path, monkeypatch) -> None:
     monkeypatch.setitem(sys.modules, "ray", None)
     store = tmp_path / "r.sqlite"
     code, _, err = run_cli(capsys, "sweep", *tiny_args(store), "--executor", "ray")
-    assert code == 2 and "pip install 'atp-viz[ray]'" in err and not store.exists()
+    assert code == 2 and "pip install -e '.[ray]'" in err and not store.exists()
 
 
 def test_ray_search_asks_in_batches_like_a_local_batched_search(tmp_path) -> None:

@@ -41,6 +41,8 @@ POINT_LINE = re.compile(
     r"(uniform|atp) S=[\d.]+(?: beta=([\d.e-]+))?: ppl [\d.]+(?: \(validation [\d.]+\))?( \(stored\))?"
 )
 
+pytestmark = pytest.mark.slow  # SIGKILL and fault injection in subprocesses
+
 
 @pytest.fixture(scope="module")
 def assets(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:

@@ -82,6 +82,7 @@ def tiny_setup(**kw) -> Setup:
     )
 
 
+@pytest.mark.slow  # many pruned models
 def test_probes_are_stored_and_reused_by_a_full_sweep(tmp_path, monkeypatch) -> None:
     measured: list[str] = []
     original = METRICS["perplexity"]
@@ -120,6 +121,7 @@ def test_probes_are_stored_and_reused_by_a_full_sweep(tmp_path, monkeypatch) -> 
         assert by_beta[grid[index].get("beta")].value("perplexity", "validation") == pytest.approx(value)
 
 
+@pytest.mark.slow  # many pruned models
 def test_fast_compare_runs_cells_and_builds_the_library_table(tmp_path) -> None:
     wb = Workbench(fast_setup(replace_calibration(tiny_setup(), "sequential")), ResultStore(tmp_path / "r.sqlite"))
     assert wb.setup.calibration == "cached"
@@ -156,6 +158,7 @@ def run_cli(capsys, *argv: str) -> tuple[int, dict | None, str]:
     return code, (json.loads(out) if code == 0 and "--json" in argv else None), err
 
 
+@pytest.mark.slow
 def test_cli_sweep_find_best_says_what_it_evaluated(capsys, tmp_path) -> None:
     store = tmp_path / "r.sqlite"
     argv = ("sweep", *tiny_args(store), "--sparsity", "0.5", "--step", "0.02", "--find-best", "--json")
@@ -171,6 +174,7 @@ def test_cli_sweep_find_best_says_what_it_evaluated(capsys, tmp_path) -> None:
     assert code == 0 and again["best_beta"] == out["best_beta"] and err.count("(stored)") == out["evaluations"] + 1
 
 
+@pytest.mark.slow
 def test_cli_compare_find_best(capsys, tmp_path) -> None:
     argv = ["compare", *tiny_args(tmp_path / "r.sqlite"), "--sparsities", "0.5", "--methods", "uniform,atp"]
     code, out, _ = run_cli(capsys, *argv, "--step", "0.05", "--find-best", "--json")
@@ -187,6 +191,7 @@ def test_cli_compare_find_best(capsys, tmp_path) -> None:
         (["--sparsity", "1.5"], "sparsity"),
     ],
 )
+@pytest.mark.slow
 def test_cli_find_best_bad_input_is_one_line_and_writes_nothing(capsys, tmp_path, extra, needle) -> None:
     store = tmp_path / "r.sqlite"
     code, _, err = run_cli(capsys, "sweep", *tiny_args(store), "--sparsity", "0.5", *extra, "--find-best")
@@ -210,6 +215,7 @@ def page(name: str, **state) -> AppTest:
     return at.run()
 
 
+@pytest.mark.slow
 def test_beta_tuning_find_best_button(tiny_dashboard) -> None:
     at = page("pages/3_Beta_tuning.py", _sparsity=0.5, _tune_step=0.02)
     assert not at.exception
@@ -222,6 +228,7 @@ def test_beta_tuning_find_best_button(tiny_dashboard) -> None:
     assert "(16 missing)" in at.button(key="tune_run").label  # the chosen point is complete (17 = uniform + 16)
 
 
+@pytest.mark.slow
 def test_compare_page_fast_default(tiny_dashboard) -> None:
     at = page("pages/4_Compare_strategies.py", _cmp_sparsities=[0.5], _tune_step=0.05)
     assert not at.exception

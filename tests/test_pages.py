@@ -8,6 +8,8 @@ from pathlib import Path
 import pytest
 from streamlit.testing.v1 import AppTest
 
+pytestmark = pytest.mark.slow  # AppTest pages
+
 ROOT = Path(__file__).resolve().parents[1]
 TIMEOUT = 120
 

@@ -94,6 +94,7 @@ def test_cumulative_error_grows_with_depth_under_uniform() -> None:
     assert result.cumulative_error[-1] > result.cumulative_error[0]
 
 
+@pytest.mark.slow  # many pruned models
 def test_workbench_restores_dense_weights_between_points() -> None:
     wb = Workbench(tiny_setup(pruner="sparsegpt"))
     first = wb.run(ScheduleSpec("atp", 0.5, beta=0.1))
@@ -114,6 +115,7 @@ def test_dense_perplexity_matches_reference_loss() -> None:
     assert perplexity(wb.loaded.model, ids, batch_size=1) == pytest.approx(float(torch.exp(loss)), rel=1e-5)
 
 
+@pytest.mark.slow  # many pruned models
 def test_sweep_stores_each_point_and_resumes(tmp_path) -> None:
     store = ResultStore(tmp_path / "r.sqlite")
     wb = Workbench(tiny_setup(), store=store)

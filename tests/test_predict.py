@@ -154,6 +154,7 @@ def dashboard(dashboard_env: dict[str, str], settle_jobs: None):
         yield
 
 
+@pytest.mark.slow
 def test_beta_tuning_predict_button_draws_the_prediction(dashboard) -> None:
     at = AppTest.from_file(str(ROOT / "pages/3_Beta_tuning.py"), default_timeout=120)
     at.session_state["_sparsity"] = 0.7

@@ -199,6 +199,7 @@ def test_offset_zero_prunes_exactly_as_block_rates(private_cache: Path) -> None:
     assert all(bool((a == b).all()) for a, b in zip(block, linear))
 
 
+@pytest.mark.slow  # a 2-D sweep, run twice
 def test_2d_sweep_is_stored_at_once_and_resumes(private_cache: Path, tmp_path: Path) -> None:
     store = ResultStore(tmp_path / "r.sqlite")
     grid = sweep2d.build_grid(sweep2d.AXES["offset"], 4, 0.5, [0.0, 0.1], [-0.1, 0.0])
@@ -246,6 +247,7 @@ def test_sweep2d_bad_input_is_one_line_and_writes_nothing(
     assert not store.exists()
 
 
+@pytest.mark.slow  # a 2-D sweep through the CLI
 def test_sweep2d_cli_json(capsys, tmp_path: Path, private_cache: Path) -> None:
     argv = ["sweep2d", *tiny_args(tmp_path / "r.sqlite"), "--sparsity", "0.5", "--axes", "beta,power", "--betas",
             "0.1", "--values", "1,2", "--evaluate", "best", "--json"]  # fmt: skip
@@ -301,6 +303,7 @@ def dashboard(dashboard_env: dict[str, str], monkeypatch: pytest.MonkeyPatch, se
         monkeypatch.setenv(name, value)
 
 
+@pytest.mark.slow
 def test_profile_shapes_page_runs_the_grid_and_draws_it(dashboard: None) -> None:
     at = AppTest.from_file(str(ROOT / "pages" / "7_Profile_shapes.py"), default_timeout=120)
     at.session_state["_sparsity"] = 0.5

@@ -75,6 +75,7 @@ def test_schedule_functions_keep_the_target_mean() -> None:
     assert np.all(np.diff(atp(n, s, float(grid[-1]))) > 0)  # sparsity rises with depth
 
 
+@pytest.mark.slow  # the whole beta grid of a 4-block model: 167 pruned models
 def test_end_to_end_schedule_prune_perplexity_store(tmp_path) -> None:
     setup = Setup(
         model=str(shared_tiny_model("llama")),

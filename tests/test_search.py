@@ -222,6 +222,7 @@ _CHILD = textwrap.dedent(
 )
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("sampler", list(SAMPLERS))
 def test_sigkill_mid_trial_resumes_without_loss(sampler: str, tmp_path: Path) -> None:
     log, path = tmp_path / "calls.txt", tmp_path / "s.log"

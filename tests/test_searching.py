@@ -92,6 +92,7 @@ def test_search_stores_trials_and_points_and_resumes(loaded, tmp_path: Path, mon
     assert len(calls) == 5
 
 
+@pytest.mark.slow  # searches and a sweep
 def test_versus_atp_returns_both_and_chooses_atp_on_validation(loaded, tmp_path: Path, monkeypatch) -> None:
     wb = bench_with(loaded, tmp_path / "r.sqlite")
     comparison = study.versus_atp(wb, SPARSITY, ["tpe", "evo"], step=STEP)
@@ -142,6 +143,7 @@ def test_stop_between_atp_points_keeps_what_finished(loaded, tmp_path: Path) -> 
     assert study.versus_atp(wb, SPARSITY, ["tpe"], step=STEP, should_stop=lambda: True).methods["atp"].trials == ()
 
 
+@pytest.mark.slow  # a search and its winners
 def test_validation_only_trials_measure_the_evaluation_of_winners_only(loaded, tmp_path: Path) -> None:
     wb = bench_with(loaded, tmp_path / "r.sqlite")
     comparison = study.versus_atp(wb, SPARSITY, ["evo"], 3, step=STEP, every_split=False)
@@ -153,6 +155,7 @@ def test_validation_only_trials_measure_the_evaluation_of_winners_only(loaded, t
     assert comparison.uniform is not None and math.isfinite(comparison.uniform.evaluation)
 
 
+@pytest.mark.slow  # a long search under several seeds
 def test_a_long_run_gives_budget_matched_views_and_seed_spread(loaded, tmp_path: Path) -> None:
     wb = bench_with(loaded, tmp_path / "r.sqlite")
     runs = [study.versus_atp(wb, SPARSITY, ["evo"], 6, seed=s, step=STEP, every_split=False) for s in (0, 1)]
@@ -202,6 +205,7 @@ def search_args(store: Path, *extra: str) -> list[str]:
     ]  # fmt: skip
 
 
+@pytest.mark.slow  # a search and ATP's sweep through the CLI
 def test_cli_search_json_and_versus_atp(tmp_path: Path) -> None:
     store = tmp_path / "r.sqlite"
     code, out, err = run_main(search_args(store, "--sampler", "evo", "--trials", "2", "--json"))
@@ -240,6 +244,7 @@ def test_cli_search_bad_input_is_one_line_and_writes_nothing(tmp_path: Path, ext
     assert not (tmp_path / "sub").exists()
 
 
+@pytest.mark.slow
 def test_cli_search_killed_mid_run_resumes_with_nothing_lost(tmp_path: Path) -> None:
     """SIGKILL ``atp-viz search`` while it runs (after >= 2 finished trials), rerun: kept trials are
     unchanged and not recomputed, the budget is completed."""
@@ -318,6 +323,7 @@ def charts(at: AppTest) -> list[dict]:
     return [json.loads(chart.proto.spec) for chart in at.get("plotly_chart")]
 
 
+@pytest.mark.slow
 def test_page_runs_a_search_and_a_revisit_shows_it(tiny_dashboard) -> None:
     at = page()
     assert not at.exception, [e.value for e in at.exception]
@@ -341,6 +347,7 @@ def test_page_runs_a_search_and_a_revisit_shows_it(tiny_dashboard) -> None:
     assert len(charts(revisit)) == 3
 
 
+@pytest.mark.slow
 def test_page_shares_the_loaded_model_and_spreads_over_search_seeds(tiny_dashboard) -> None:
     at = page()
     at.session_state["_search_seeds"] = [0, 1]

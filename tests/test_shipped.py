@@ -119,6 +119,7 @@ def embedded_installed() -> bool:
     return all(package_dir(p) is not None for p in EMBEDDED_MODELS[DEFAULT_MODEL].packages)
 
 
+@pytest.mark.slow
 @pytest.mark.integration
 @pytest.mark.skipif(not embedded_installed(), reason="the embedded model is not installed")
 def test_recomputing_a_shipped_point_gives_the_same_number(monkeypatch: pytest.MonkeyPatch) -> None:

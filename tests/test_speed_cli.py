@@ -11,6 +11,8 @@ from tiny import shared_corpus_file, shared_tiny_model
 from atp_viz.cli.main import main
 from atp_viz.store import ResultStore
 
+pytestmark = pytest.mark.slow  # the speed command and its bench script end to end
+
 TIMING = ["--prefill-tokens", "16", "--decode-context", "8", "--repeats", "1", "--warmup", "0"]
 
 

@@ -213,6 +213,7 @@ def reference_loglikelihood(model: Any, tokenizer: Any, context: str, continuati
     return float(picked.sum())
 
 
+@pytest.mark.slow  # every task's items scored twice
 def test_batched_scorer_equals_plain_reference(tiny: tuple[Any, Any]) -> None:
     model, tokenizer = tiny
     requests = [
@@ -241,6 +242,7 @@ def test_lm_head_sees_only_continuation_positions(tiny: tuple[Any, Any]) -> None
     assert sum(rows) == sum(len(zeroshot.encode_pair(tokenizer, c, x)[1]) for c, x in requests)
 
 
+@pytest.mark.slow  # the reference check on two more families
 @pytest.mark.parametrize("family", ["gemma3", "gpt2"])
 def test_other_families_and_gemma_softcap_match_the_reference(family: str) -> None:
     """Gemma's soft-capped logits (cap set small so it matters) and GPT-2's learned positions."""
@@ -280,6 +282,7 @@ def test_metrics_and_mean() -> None:
 # ------------------------------------------------------------------------------------ lm-eval itself
 
 
+@pytest.mark.slow  # every task through lm-eval's own HFLM
 def test_cross_check_against_lm_eval_hflm(tiny: tuple[Any, Any]) -> None:
     """Same items through lm-eval's own tasks + HFLM.loglikelihood: acc and acc_norm equal, ll within 1e-4."""
     pytest.importorskip("lm_eval")

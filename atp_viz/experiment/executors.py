@@ -39,7 +39,7 @@ from atp_viz.measure.points import PointResult
 from atp_viz.progress import Progress
 from atp_viz.schedules.methods import ScheduleSpec
 
-RAY_EXTRA = "pip install 'atp-viz[ray]'"
+RAY_EXTRA = "pip install -e '.[ray]' in the atp-viz folder (or .venv/bin/pip install ray==2.60.0)"
 RETRIES = 2  # a point whose worker dies is retried on a new worker at most this many times
 RAY_LINE = 300  # characters of a worker's error kept in a message
 

@@ -102,6 +102,16 @@ def seed_spread(points: Sequence[PointResult], metric: str = "perplexity", split
     return spread([p.value(metric, split) for p in points])
 
 
+def refuse_empty_zeroshot(values: Mapping[str, float], metric: str, split: str) -> None:
+    """Zero-shot accuracy selects only where some candidate has a value on ``split``: with every item in the
+    evaluation part (items = 0) the validation part is empty and choosing by it is refused in one line."""
+    if metric == "zeroshot" and values and all(math.isnan(v) for v in values.values()):
+        raise ValueError(
+            f"no point has a {split} zero-shot accuracy to select by (items = 0 puts every item in the evaluation "
+            "part); select by perplexity, or score fewer items per task than the smallest task has"
+        )
+
+
 def best_group(
     groups: Sequence[Sequence[PointResult]], metric: str = "perplexity", split: str = VALIDATION
 ) -> tuple[int, int | None]:
@@ -109,6 +119,7 @@ def best_group(
     and of the runner-up (None with fewer than two groups)."""
     entry = check_metric(metric)
     means = {str(i): seed_spread(g, metric, split).mean for i, g in enumerate(groups)}
+    refuse_empty_zeroshot(means, metric, split)
     best = int(entry.best(means))
     rest = {k: v for k, v in means.items() if k != str(best)}
     return best, (int(entry.best(rest)) if rest else None)
@@ -136,6 +147,7 @@ def best_point(points: Sequence[PointResult], metric: str = "perplexity", split:
         raise ValueError("best_point needs at least one point")
     entry = check_metric(metric)
     values = {str(i): p.value(metric, split) for i, p in enumerate(points)}
+    refuse_empty_zeroshot(values, metric, split)
     return points[int(entry.best(values))]
 
 

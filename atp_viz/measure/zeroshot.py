@@ -53,8 +53,8 @@ TOKENIZER_NO_LIMIT = 10**12
 SCORING_VERSION = "1"
 METRICS = ("acc", "acc_norm")
 PAD_TOKEN = 0  # right padding is never attended to by the real tokens of a causal model (any id works)
-# Items per task of a default point: ~6.8k fed tokens for the seven default tasks, about 19 s on the
-# embedded 135M model (2 idle CPU cores, float32; estimated by bench/zeroshot.py, see docs/zeroshot.md).
+# Items per task of a default point: 6,763 fed tokens for the seven default tasks, 18.5 s of CPU time per
+# thread on the embedded 135M model (float32, 2 threads; bench/results/zeroshot.json, docs/zeroshot.md).
 DEFAULT_ITEMS = 8
 
 TaskRow = Mapping[str, Any]
@@ -310,6 +310,31 @@ def item_indices(name: str, items: int, seed: int, part: int = 0) -> list[int]:
     return sorted(int(i) for i in rng.permutation(rows)[part * items : (part + 1) * items])
 
 
+def selection_problem(tasks: Sequence[str], items: int) -> str | None:
+    """Why zero-shot validation accuracy cannot choose anything with these ``items``, or None.
+
+    The validation part (part 1 of ``item_indices``) is empty for a task when ``items`` is 0 (all
+    items) or at least the task's split size: every row then reports on the evaluation part.
+    """
+    count = check_items(items)
+    empty = [name for name in check_tasks(tasks) if count == 0 or count >= len(load_task_data(name))]
+    if not empty:
+        return None
+    smallest = min(len(load_task_data(name)) for name in empty)
+    what = "items = 0 puts every item" if count == 0 else f"items = {count} puts every item of {', '.join(empty)}"
+    return (
+        f"zero-shot accuracy cannot select here: {what} in the evaluation part and leaves no validation item; "
+        f"select by perplexity, or score fewer items per task (allowed: 1..{smallest - 1})"
+    )
+
+
+def check_selectable(tasks: Sequence[str], items: int) -> None:
+    """ValueError (one line) when zero-shot validation accuracy would have no item to choose by."""
+    problem = selection_problem(tasks, items)
+    if problem:
+        raise ValueError(problem)
+
+
 def task_items(name: str, items: int = DEFAULT_ITEMS, seed: int = 0, part: int = 0) -> list[Item]:
     """The Items of the seeded subset of one task (see ``item_indices``)."""
     task = TASKS[name]
@@ -515,8 +540,8 @@ def score_tasks(
     """
     names, count = check_tasks(tasks), check_items(items)
     per_task = {name: task_items(name, count, check_seed(seed), part) for name in names}
-    per_task = {name: items_ for name, items_ in per_task.items() if items_}
-    requests = [request for name in names for item in per_task[name] for request in item.requests]
+    per_task = {name: items_ for name, items_ in per_task.items() if items_}  # a part may hold no row of a task
+    requests = [request for items_ in per_task.values() for item in items_ for request in item.requests]
     lls = loglikelihoods(model, tokenizer, requests, batch_size, progress)
     scores: dict[str, TaskScore] = {}
     cursor = 0

@@ -29,7 +29,8 @@ from typing import Any
 
 from atp_viz.display import metric_text
 from atp_viz.experiment.workbench import Cell, Setup, Workbench, scaled
-from atp_viz.measure.metrics import EVALUATION, check_metric
+from atp_viz.measure import zeroshot
+from atp_viz.measure.metrics import EVALUATION, VALIDATION, check_metric
 from atp_viz.measure.points import PointResult, spread
 from atp_viz.progress import Progress
 from atp_viz.schedules import methods, published
@@ -215,6 +216,8 @@ def find_best(
         raise ValueError(f"metric {metric} is not measured by this setup; measured: {', '.join(wb.setup.metrics)}")
     seeds = tuple(seeds) or (wb.setup.calib.seed,)
     select = wb.setup.select_split
+    if metric == "zeroshot" and select == VALIDATION:  # refused before any point is computed
+        zeroshot.check_selectable(wb.setup.zeroshot.tasks, wb.setup.zeroshot.items)
     points: dict[ScheduleSpec, list[PointResult]] = {}
     bound = max_evaluations(len(specs)) + 1
     sign = 1.0 if entry.lower_is_better else -1.0
