@@ -115,12 +115,12 @@ def test_every_page_draws_a_plotly_chart(server: str, browser_page) -> None:
 
     goto(page, "Schedules")
     page.locator(".js-plotly-plot .gtitle", has_text="Per-block sparsity").wait_for()
-    # uniform, ATP and custom are drawn at once; OWL, AlphaPruning and DLP once their statistics are in
-    page.wait_for_function("() => document.querySelectorAll('.js-plotly-plot .scatterlayer path.js-line').length === 6")
+    # uniform, ATP and custom are drawn at once; OWL, AlphaPruning, DLP, DSA and LSA once their statistics are in
+    page.wait_for_function("() => document.querySelectorAll('.js-plotly-plot .scatterlayer path.js-line').length === 8")
     wait_idle(page)
     assert (
-        page.locator(".js-plotly-plot .scatterlayer path.js-line").count() == 6
-    )  # uniform, ATP, OWL, AlphaPruning, DLP, custom
+        page.locator(".js-plotly-plot .scatterlayer path.js-line").count() == 8
+    )  # uniform, ATP, OWL, AlphaPruning, DLP, DSA, LSA, custom
     before = legend(page)
     slider = page.locator('[data-testid="stMain"] input[type="range"]').first  # ATP beta, not the sidebar's S
     slider.focus()

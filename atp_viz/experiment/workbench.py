@@ -571,9 +571,12 @@ class Workbench:
 
     def schedule(self, spec: ScheduleSpec, progress: Progress | None = None) -> np.ndarray:
         """Per-block rates for ``spec`` on this model (statistics computed once, when a method needs them)."""
+        return methods.build_schedule(spec, self.num_blocks, self.statistics(spec, progress), self.param_counts)
+
+    def statistics(self, spec: ScheduleSpec, progress: Progress | None = None) -> dict[str, np.ndarray]:
+        """The per-block statistics ``spec``'s method needs, with its ``stat_params`` (computed once, then cached)."""
         params = {name: spec.get(name) for name in spec.entry.stat_params}
-        stats = {need: STATISTICS[need](self.stats, progress, **params) for need in spec.entry.needs}
-        return methods.build_schedule(spec, self.num_blocks, stats, self.param_counts)
+        return {need: STATISTICS[need](self.stats, progress, **params) for need in spec.entry.needs}
 
     def measure(
         self,
@@ -621,8 +624,7 @@ class Workbench:
         """(blocks x linears) rates when ``spec`` gives each linear its own rate (LSA's projections), else None."""
         if spec.entry.per_linear is None:
             return None
-        stats = {need: STATISTICS[need](self.stats, spec, None) for need in spec.entry.needs}
-        return methods.per_linear_rates(spec, stats)
+        return methods.per_linear_rates(spec, self.statistics(spec))
 
     def rate_map(self, spec: ScheduleSpec, rates: np.ndarray) -> published.RateMap:
         """``BlockRates`` (the paper), or ``LinearRates`` when ``spec`` gives linear types (or linears) their own
