@@ -135,4 +135,7 @@ def test_recomputing_a_shipped_point_gives_the_same_number(monkeypatch: pytest.M
     key = wb.rows.metric_keys(wb.point_key(spec))[("perplexity", EVALUATION)]
     assert key in shipped, "the shipped file does not hold this point at these settings: regenerate it"
     recomputed = wb.run(spec, splits=[EVALUATION]).metrics[metric_key("perplexity", EVALUATION)]
-    assert recomputed == pytest.approx(shipped.get(key)["values"]["perplexity"], rel=1e-5)  # float32 sum order
+    # float32 sums run in another order on another CPU, and at S = 0.7 that can flip a near-tie in a pruning mask:
+    # 508.2199 here (2026-12-06, this project's 2-core AMD EPYC, 37e319b and now alike) against the shipped 508.4300
+    # (2026-11-29), 4.1e-4 apart; a changed computation moves it by far more
+    assert recomputed == pytest.approx(shipped.get(key)["values"]["perplexity"], rel=2e-3)
