@@ -427,26 +427,41 @@ class Watcher:
 
 
 def rerun_stale_sessions(now: tuple[int, int]) -> int:
-    """Ask every open tab whose page run began before ``now`` (and is not running) to run its page again; returns
-    how many were asked. Without a Streamlit server (AppTest, scripts) there is nothing to ask."""
+    """Ask every open tab whose page run began before ``now`` to run its page again, unless a run is under way;
+    returns how many tabs were looked at closely. Without a Streamlit server (AppTest, scripts) there is none."""
     if not Runtime.exists():
         return 0
     asked = 0
     for info in Runtime.instance()._session_mgr.list_active_sessions():
-        session = info.session
-        try:
-            seen = tuple(session._session_state[RUN_SIGNAL])
-        except KeyError:  # no page run has begun yet
-            continue
-        if seen == now or session._state != AppSessionState.APP_NOT_RUNNING:
-            continue
-        state = ClientState()
-        state.CopyFrom(session._client_state)  # the page, query and widget values its last run ended with
-        state.ClearField("fragment_id")
-        state.is_auto_rerun = False
-        session._event_loop.call_soon_threadsafe(session.request_rerun, state)
-        asked += 1
+        if _signal_seen(info.session) not in (None, now):
+            # decided on the session's own event loop, where its browser's requests are handled too: a request
+            # handled before this look started a run (so nothing is asked), one handled after it comes later
+            info.session._event_loop.call_soon_threadsafe(_rerun_if_stale, info.session, now)
+            asked += 1
     return asked
+
+
+def _signal_seen(session: Any) -> tuple[int, int] | None:
+    """The ``signal()`` the session's last page run recorded when it began (None before its first run)."""
+    try:
+        return tuple(session._session_state[RUN_SIGNAL])
+    except KeyError:
+        return None
+
+
+def _rerun_if_stale(session: Any, now: tuple[int, int]) -> None:
+    """On the session's event loop: rerun its page with the page, query and widget values its last run ended with
+    (as Streamlit's rerun-on-save does), if no run is under way or asked for and its view is still older than
+    ``now``. A run under way (a click, a typed value) is never replaced by this one."""
+    if session._scriptrunner is not None or session._state != AppSessionState.APP_NOT_RUNNING:
+        return
+    if _signal_seen(session) in (None, now):
+        return
+    state = ClientState()
+    state.CopyFrom(session._client_state)
+    state.ClearField("fragment_id")
+    state.is_auto_rerun = False
+    session.request_rerun(state)
 
 
 @st.cache_resource(show_spinner=False)
