@@ -1,8 +1,9 @@
 """What an open but idle dashboard page costs the server: CPU of ``streamlit run app.py`` with N idle tabs.
 
-Every open page runs one small fragment every ``ui.POLL_S`` seconds (``ui.watch``: it compares the store's
-commit counter and the job manager's epoch with their values when the page was drawn). This measures that
-cost: the server's CPU time (user + system, from /proc) over a fixed window with no tab open, then with
+An open page costs the server nothing while nothing changes: one server thread (``ui.Watcher``) compares the
+store's commit counter and the job manager's epoch with what each tab's page run recorded, once every
+``ui.POLL_S`` seconds, and reruns only the tabs that are stale; no page runs a timed fragment. This measures it:
+the server's CPU time (user + system, from /proc) over a fixed window with no tab open, then with
 ``--tabs`` tabs of headless Chromium (system build) open on ``--page`` and idle, on the embedded default model
 with the shipped results (nothing computes). Printed and written as JSON: CPU seconds per second of wall time
 (1.0 = one core busy) for each case, and the difference per open tab.
