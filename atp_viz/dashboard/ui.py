@@ -408,12 +408,15 @@ class Watcher:
     No page reasons about which events it may have missed, and no page depends on a browser timer: a fragment's
     ``run_every`` timer lives in the browser, and Streamlit 1.67 drops it when a finished run's messages are still
     queued as the next request creates a new script runner (the browser then cleared every timer at the run's
-    start and never heard them again; seen as a frozen tab with an idle server, 1 six-tab run in 4 under load).
-    An idle open tab costs the server nothing; the thread costs one store and one job-manager read a second."""
+    start and never heard them again; seen as a frozen tab with an idle server, 2 six-tab runs in 8 under load).
+    An idle open tab costs the server nothing; the thread costs one store and one job-manager read a second.
+    It reads Streamlit's session internals (``Runtime._session_mgr``, ``AppSession._client_state``), which is why
+    ``streamlit`` is pinned; the browser tests in tests/test_classroom.py fail if a release changes them."""
 
     def __init__(self, read: Callable[[], tuple[int, int]]) -> None:
         self.read = read
         self.asked = 0  # reruns asked for so far (tests and benchmarks read it)
+        self.failed = False
         self.thread = threading.Thread(target=self._loop, name="atp-viz watcher", daemon=True)
         self.thread.start()
 
@@ -422,8 +425,10 @@ class Watcher:
             time.sleep(POLL_S)
             try:
                 self.asked += rerun_stale_sessions(self.read())
-            except Exception:  # a closing session or server: look again next time
-                log.debug("watcher: look failed", exc_info=True)
+            except Exception:  # a closing session or server: look again next time (said once, in the server's log)
+                if not self.failed:
+                    log.warning("watcher: a look at the open tabs failed", exc_info=True)
+                self.failed = True
 
 
 def rerun_stale_sessions(now: tuple[int, int]) -> int:
