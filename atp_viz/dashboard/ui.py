@@ -398,7 +398,12 @@ def signal() -> tuple[int, int]:
     """What a page shows of stored results and jobs can only change when this does: the store's commit counter
     (any writer, in this process or another: ``ResultStore.changes``) and the job manager's epoch (a job queued,
     started, ended or dropped, or a result it stored). Reading both costs microseconds."""
-    return get_store(store_path()).changes(), job_manager().epoch()
+    return signal_of(get_store(store_path()), job_manager())
+
+
+def signal_of(store: ResultStore, manager: jobs.JobManager) -> tuple[int, int]:
+    """``signal()`` of a given store and job manager (the watcher's thread holds both: it runs outside any page)."""
+    return store.changes(), manager.epoch()
 
 
 class Watcher:
@@ -415,7 +420,6 @@ class Watcher:
 
     def __init__(self, read: Callable[[], tuple[int, int]]) -> None:
         self.read = read
-        self.asked = 0  # reruns asked for so far (tests and benchmarks read it)
         self.failed = False
         self.thread = threading.Thread(target=self._loop, name="atp-viz watcher", daemon=True)
         self.thread.start()
@@ -424,26 +428,23 @@ class Watcher:
         while True:
             time.sleep(POLL_S)
             try:
-                self.asked += rerun_stale_sessions(self.read())
+                rerun_stale_sessions(self.read())
             except Exception:  # a closing session or server: look again next time (said once, in the server's log)
                 if not self.failed:
                     log.warning("watcher: a look at the open tabs failed", exc_info=True)
                 self.failed = True
 
 
-def rerun_stale_sessions(now: tuple[int, int]) -> int:
-    """Ask every open tab whose page run began before ``now`` to run its page again, unless a run is under way;
-    returns how many tabs were looked at closely. Without a Streamlit server (AppTest, scripts) there is none."""
+def rerun_stale_sessions(now: tuple[int, int]) -> None:
+    """Ask every open tab whose page run began before ``now`` to run its page again, unless a run is under way.
+    Without a Streamlit server (AppTest, scripts) there is none."""
     if not Runtime.exists():
-        return 0
-    asked = 0
+        return
     for info in Runtime.instance()._session_mgr.list_active_sessions():
         if _signal_seen(info.session) not in (None, now):
             # decided on the session's own event loop, where its browser's requests are handled too: a request
             # handled before this look started a run (so nothing is asked), one handled after it comes later
             info.session._event_loop.call_soon_threadsafe(_rerun_if_stale, info.session, now)
-            asked += 1
-    return asked
 
 
 def _signal_seen(session: Any) -> tuple[int, int] | None:
@@ -473,7 +474,7 @@ def _rerun_if_stale(session: Any, now: tuple[int, int]) -> None:
 def watcher() -> Watcher:
     """The server's one ``Watcher`` (started by the first page run)."""
     store, manager = get_store(store_path()), job_manager()
-    return Watcher(lambda: (store.changes(), manager.epoch()))
+    return Watcher(lambda: signal_of(store, manager))
 
 
 def running_caption(model: str | None) -> None:
