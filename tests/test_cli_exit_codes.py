@@ -84,3 +84,14 @@ def test_each_error_maps_to_one_code_and_one_line(capsys, monkeypatch, raised: E
     assert got == code and len(errors) == 1
     assert errors[0].startswith("atp-viz: error: run failed: " if code == 1 else "atp-viz: error: ")
     assert str(raised).splitlines()[0] in errors[0]
+
+
+def test_every_command_prints_its_help(capsys) -> None:
+    """Help text passes through argparse's %-formatting: a method's prose ("at 70 %") must not break it."""
+    parser = cli.build_parser()
+    commands = next(a.choices for a in parser._actions if isinstance(a.choices, dict))
+    assert len(commands) > 5
+    for name in [None, *commands]:
+        code = cli.main(["--help"] if name is None else [name, "--help"])
+        out = capsys.readouterr()
+        assert code == 0 and "usage:" in out.out and "Traceback" not in out.err, name

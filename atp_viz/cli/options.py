@@ -89,7 +89,8 @@ def method_param_options(grid: bool = False) -> argparse.ArgumentParser:
                 f"--{param.name}",
                 default=None,
                 **kind,
-                help=f"{param.label} for {owners}: {param.help or param.allowed()} ({default})",
+                # argparse expands %-formats in help; a method's text is plain prose ("70 %")
+                help=f"{param.label} for {owners}: {param.help or param.allowed()} ({default})".replace("%", "%%"),
             )
     return p
 
