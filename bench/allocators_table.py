@@ -1,0 +1,111 @@
+"""The allocator comparison table (issue 23) from the JSON tables `bench/allocators_compare.sh` writes.
+
+    python bench/allocators_table.py OUT_DIR [--json docs/results/allocators_compare.json]
+
+Reads ``<model>-peers.json``, ``<model>-farms.json``, ``<model>-lsa-projection.json`` and
+``<model>-power.json`` of each model in OUT_DIR (whichever exist) and prints one markdown table per
+model: perplexity on the evaluation split (mean +- standard deviation over the calibration seeds; each
+method's parameter chosen on validation where it has a grid), the mean zero-shot accuracy over the
+tasks (evaluation items, mean over seeds), and the verdict against uniform at the same sparsity:
+``better`` / ``worse`` when the two seed bands (mean +- std) do not overlap, ``within the seed band``
+when they do. Nothing here is measured; it only reads what the compare runs stored.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+# file suffix -> how its rows are named in the table (None: the registry label)
+VARIANTS = {
+    "peers": {"alphapruning": "AlphaPruning (official)", "lsa": "LSA (per block)", "atp": "ATP (best beta)"},
+    "farms": {"alphapruning": "AlphaPruning (FARMS)"},
+    "lsa-projection": {"lsa": "LSA (per projection)"},
+    "power": {"power": "ATP curved (power profile)"},
+}
+
+
+def verdict(row: dict[str, Any], uniform: dict[str, Any]) -> str:
+    """Lower perplexity is better; bands are mean +- std over seeds."""
+    if row is uniform:
+        return "reference"
+    lo, hi = row["perplexity"] - row["perplexity_std"], row["perplexity"] + row["perplexity_std"]
+    ulo, uhi = uniform["perplexity"] - uniform["perplexity_std"], uniform["perplexity"] + uniform["perplexity_std"]
+    if row["seeds"] < 2 or uniform["seeds"] < 2:
+        return "one seed: no band"
+    if hi < ulo:
+        return "better than uniform"
+    if lo > uhi:
+        return "worse than uniform"
+    return "within uniform's seed band"
+
+
+def rows_of(folder: Path, model: str) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    rows, header = [], {}
+    for suffix, names in VARIANTS.items():
+        path = folder / f"{model}-{suffix}.json"
+        if not path.exists():
+            continue
+        table = json.loads(path.read_text())
+        header = header or {"dense": table["dense_metrics"], "seeds": table["seeds"]}
+        for row in table["rows"]:
+            if suffix != "peers" and row["method"] == "uniform":
+                continue
+            rows.append({**row, "name": names.get(row["method"], row["label"]), "file": path.name})
+    return rows, header
+
+
+def table(model: str, rows: list[dict[str, Any]], header: dict[str, Any]) -> tuple[str, list[dict[str, Any]]]:
+    dense = header["dense"]
+    lines = [
+        f"**{model}** (dense: perplexity {dense['evaluation/perplexity']:.2f}"
+        + (f", zero-shot {100 * dense['evaluation/zeroshot']:.1f} %" if "evaluation/zeroshot" in dense else "")
+        + f"; seeds {', '.join(map(str, header['seeds']))})",
+        "",
+        "| S | method | perplexity (mean ± std) | zero-shot acc. % | chosen | against uniform |",
+        "|---|---|---|---|---|---|",
+    ]
+    out = []
+    for s in sorted({r["sparsity"] for r in rows}):
+        here = [r for r in rows if r["sparsity"] == s]
+        uniform = next((r for r in here if r["method"] == "uniform"), None)
+        for r in sorted(here, key=lambda r: r["perplexity"]):
+            said = verdict(r, uniform) if uniform else "no uniform row"
+            zs = r.get("zeroshot", math.nan)
+            chosen = ", ".join(f"{k} {v:g}" if isinstance(v, float) else f"{k} {v}" for k, v in r["params"].items())
+            removed = [i for i, rate in enumerate(r["rates"]) if rate >= 1.0]
+            if removed:
+                chosen += f"; removes block{'s' if len(removed) > 1 else ''} {', '.join(map(str, removed))}"
+            lines.append(
+                f"| {s:g} | {r['name']} | {r['perplexity']:.1f} ± {r['perplexity_std']:.1f} | "
+                f"{'' if math.isnan(zs) else f'{100 * zs:.1f}'} | {chosen or '-'} | {said} |"
+            )
+            out.append({"model": model, "sparsity": s, "method": r["method"], "name": r["name"],
+                        "perplexity": r["perplexity"], "perplexity_std": r["perplexity_std"], "seeds": r["seeds"],
+                        "zeroshot": zs, "params": r["params"], "removed_blocks": removed, "verdict": said,
+                        "file": r["file"]})  # fmt: skip
+    return "\n".join(lines), out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("folder", type=Path)
+    parser.add_argument("--json", type=Path, default=None, help="also write the rows as JSON here")
+    args = parser.parse_args()
+    models = sorted({p.name.rsplit("-", 1)[0] for p in args.folder.glob("*-peers.json")})
+    if not models:
+        raise SystemExit(f"no <model>-peers.json in {args.folder}")
+    everything = []
+    for model in models:
+        text, rows = table(model, *rows_of(args.folder, model))
+        print(text + "\n")
+        everything += rows
+    if args.json:
+        args.json.write_text(json.dumps({"folder": str(args.folder), "rows": everything}, indent=1) + "\n")
+
+
+if __name__ == "__main__":
+    main()
