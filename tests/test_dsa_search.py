@@ -96,8 +96,8 @@ def test_graph_search_on_a_model_stores_each_graph_as_a_dsa_point() -> None:
     done = dsa_graph_search(wb, 0.6, budget=3, seed=0)
     assert len(done) == 3
     for entry in done:
-        key, record, found, _ = wb.rows.point(ScheduleSpec("dsa", 0.6, graph=entry.graph))
-        assert record is not None and found["validation/perplexity"] == entry.fitness
+        point = wb.stored(ScheduleSpec("dsa", 0.6, graph=entry.graph), need=())
+        assert point is not None and point.metrics["validation/perplexity"] == entry.fitness
     pruned = []
     wb.apply = lambda *a, **k: pruned.append(a)  # type: ignore[method-assign]
     assert [e.graph for e in dsa_graph_search(wb, 0.6, budget=3, seed=0)] == [e.graph for e in done]

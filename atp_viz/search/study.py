@@ -42,7 +42,7 @@ import numpy as np
 from atp_viz.config import check_sparsity
 from atp_viz.experiment.executors import Executor, ExecutorConfig, LocalExecutor, PointJob
 from atp_viz.experiment.workbench import Workbench, labelled, scaled, sweep_specs
-from atp_viz.measure.metrics import EVALUATION, METRICS, VALIDATION, metric_key
+from atp_viz.measure.metrics import EVALUATION, VALIDATION, metric_key
 from atp_viz.measure.points import PointResult, spread
 from atp_viz.progress import Progress
 from atp_viz.schedules import published
@@ -165,7 +165,7 @@ def journal_dir(store: ResultStore | None) -> Path:
 
 def study_name(wb: Workbench, config: SearchConfig) -> str:
     """Fingerprint of what decides the trials' values and draws (module docstring)."""
-    objective = METRICS[METRIC].values_key(wb.setup, wb.corpus, wb.windows, VALIDATION)
+    objective = wb.values_key(METRIC, VALIDATION)
     return fingerprint(kind=SEARCH_KIND, **wb.identity(), objective=objective, metric=METRIC,
                        sparsity=config.sparsity, sampler=config.sampler, seed=config.seed,
                        max_delta=config.max_delta)  # fmt: skip
@@ -237,7 +237,7 @@ class Search:
         if row is not None:
             evaluation = float(row["evaluation_perplexity"])
             if math.isnan(evaluation):  # measured later, for a winner
-                found = self.wb.rows.metrics_of(str(row["point"]))[0]
+                found = self.wb.metrics_of(str(row["point"]))[0]
                 evaluation = found.get(metric_key(METRIC, EVALUATION), math.nan)
             return TrialRecord(int(row["number"]), str(row["point"]), float(row["validation_perplexity"]),
                                evaluation, float(row["seconds"]), trial.rates)  # fmt: skip
