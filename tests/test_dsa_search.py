@@ -120,3 +120,15 @@ def test_cli_search_space_dsa_prints_the_graphs_and_the_best(capsys: pytest.Capt
     out = json.loads(capsys.readouterr().out)
     assert out["budget"] == 2 and out["graphs"][0]["graph"] == DEFAULT_GRAPH
     assert out["best"]["graph"] in {g["graph"] for g in out["graphs"]} and len(out["best"]["rates"]) == 4
+
+
+def test_evolve_stops_between_graphs_when_asked() -> None:
+    calls: list[str] = []
+
+    def counted(graph: str) -> float:
+        calls.append(graph)
+        return fitness(graph)
+
+    done = dsa_search.evolve(counted, 10, seed=1, should_stop=lambda: len(calls) >= 3)
+    assert len(done) == len(calls) == 3
+    assert [e.graph for e in done] == [e.graph for e in dsa_search.evolve(fitness, 10, seed=1)][:3]
