@@ -84,20 +84,20 @@ def main() -> int:
             "seconds": round(time.perf_counter() - t0, 1),
         }
         if spec.method == "alphapruning":  # the official mapping, not capped at 1 (AlphaPruning's code)
-            alphas = wb.stats.alphas(str(spec.get("estimator")), str(spec.get("precision")))
+            alphas = wb.statistics(spec)["alphas"]
             ratio = (alphas - alphas.min()) / (alphas.max() - alphas.min()) * 2 * float(spec.get("eps")) + 1
             ratio -= float(spec.get("eps"))
             weights = wb.param_counts.astype(np.float64)
             uncapped = args.sparsity * ratio * weights.sum() / np.sum(weights * ratio)
             out["schedules"][name]["uncapped_rates"] = [float(r) for r in uncapped]
+        for need, values in wb.statistics(spec).items():  # computed once per setting, read back here
+            out["statistics"][f"{need} {name}"] = np.asarray(values, dtype=np.float64).tolist()
         per_linear = wb.linear_rates(spec, rates)
         if per_linear:
             out["schedules"][name]["per_linear"] = per_linear
         print(f"{name}: min {rates.min():.4f} max {rates.max():.4f} ({len(caught)} warning(s))", flush=True)
         for w in caught:
             print(f"  warning: {w.message}", flush=True)
-    for (kind, key), values in wb.stats._per_block.items():
-        out["statistics"][f"{kind} {key}"] = np.asarray(values, dtype=np.float64).tolist()
     out["linear_names"] = wb.linear_names[0]
     ap = out["schedules"]
     if "alphapruning-float16" in ap and "alphapruning-float32" in ap:

@@ -59,18 +59,18 @@ def worker_floor(args: argparse.Namespace) -> dict:
 
     wb = Workbench(make_setup(args, "sequential"))
     passes = common.floor_passes(
-        wb.loaded.model,
-        wb.loaded.blocks,
-        wb.stats.calls(),
-        wb.windows["evaluation"],
+        wb.loaded_model.model,
+        wb.loaded_model.blocks,
+        wb.block_calls(),
+        wb.windows("evaluation"),
         args.eval_batch,
         args.batch,
         torch.device("cpu"),
     )
     return {
         **passes,
-        "calib_tokens": wb.windows["calibration"].numel(),
-        "eval_tokens": wb.windows["evaluation"].numel(),
+        "calib_tokens": wb.windows("calibration").numel(),
+        "eval_tokens": wb.windows("evaluation").numel(),
         "num_blocks": wb.num_blocks,
     }
 
@@ -82,12 +82,13 @@ def worker_sweep(args: argparse.Namespace, mode: str) -> dict:
     t0 = time.perf_counter()
     wb = Workbench(make_setup(args, mode))
     if mode == "cached":
-        wb.stats.path().unlink(missing_ok=True)  # cold: the dense statistics pass is part of the sweep
+        wb.stats_file().unlink(missing_ok=True)  # cold: the dense statistics pass is part of the sweep
     setup_s = time.perf_counter() - t0
     specs = specs_for(args, wb.num_blocks)
     points = list(wb.run_many(specs))
     sweep_s = time.perf_counter() - t0
     best = best_point(points[1:], split=wb.setup.select_split)
+    trajectory = getattr(wb.calibration, "trajectory", None)
     return {
         "setup_s": setup_s,
         "sweep_s": sweep_s,
@@ -97,7 +98,9 @@ def worker_sweep(args: argparse.Namespace, mode: str) -> dict:
         "achieved_sparsity": [p.achieved_sparsity for p in points],
         "best_beta": best.beta,
         "best_perplexity": best.perplexity,
-        "trajectory_mib": trajectory.nbytes() / 2**20 if (trajectory := getattr(wb.mode, "trajectory", None)) else None,
+        "trajectory_mib": trajectory.nbytes() / 2**20
+        if (trajectory := getattr(wb.calibration, "trajectory", None))
+        else None,
     }
 
 

@@ -66,7 +66,7 @@ def worker_findbest(args: argparse.Namespace) -> dict:
     with tempfile.TemporaryDirectory() as folder:
         t0 = time.perf_counter()
         wb = Workbench(make_setup(args, "cached"), ResultStore(Path(folder) / "results.sqlite"))
-        wb.stats.path().unlink(missing_ok=True)  # cold: the dense statistics pass is part of the time
+        wb.stats_file().unlink(missing_ok=True)  # cold: the dense statistics pass is part of the time
         load_s = time.perf_counter() - t0
         rows = []
         for sparsity in args.sparsities:
@@ -97,7 +97,7 @@ def worker_compare(args: argparse.Namespace) -> dict:
     with tempfile.TemporaryDirectory() as folder:
         t0 = time.perf_counter()
         wb = Workbench(setup, ResultStore(Path(folder) / "results.sqlite"))
-        wb.stats.path().unlink(missing_ok=True)
+        wb.stats_file().unlink(missing_ok=True)
         load_s = time.perf_counter() - t0
         dense = wb.dense_perplexity()  # the sidebar shows it before the page runs
         cells = compare_cells(wb.num_blocks, names, COMPARE_SPARSITIES)

@@ -10,8 +10,8 @@ the page offers it (the model loads in the background as the app opens), and the
 the page itself shows "1 of N points stored" (no reload).
 
 default (library only): the clock starts before ``import atp_viz`` and stops when the first point of
-``Workbench.beta_sweep`` is back, after the dense perplexity (the order the dashboard used before it
-loaded in the background).
+``Workbench.run_many(sweep_specs(...))`` is back, after the dense perplexity (the order the dashboard used
+before it loaded in the background).
 
 Dashboard settings (atp_viz/dashboard/ui.py defaults): smollm2-135m, calibration 8 x 256, evaluation 8 x 256
 tokens, Wanda, S = 0.7, grid step 0.002, an empty results store. The corpus token ids come from the
@@ -53,7 +53,7 @@ def library(args: argparse.Namespace) -> dict[str, object]:
     torch.set_num_threads(args.threads)
     marks: dict[str, float] = {}
     from atp_viz.config import CalibConfig, EvalConfig
-    from atp_viz.experiment.workbench import Setup, Workbench
+    from atp_viz.experiment.workbench import Setup, Workbench, sweep_specs
     from atp_viz.models import data
     from atp_viz.store import ResultStore
 
@@ -66,14 +66,14 @@ def library(args: argparse.Namespace) -> dict[str, object]:
     marks["workbench_s"] = time.perf_counter() - STARTED
     wb.dense_perplexity()
     marks["dense_ppl_s"] = time.perf_counter() - STARTED
-    first = next(iter(wb.beta_sweep(0.7)))
+    first = next(iter(wb.run_many(sweep_specs(wb.num_blocks, 0.7))))
     marks["first_point_s"] = time.perf_counter() - STARTED
     print(
         f"first point ({args.calibration}, ppl {first.perplexity:.1f}) after {marks['first_point_s']:.1f} s: "
         + ", ".join(f"{k} {v:.1f}" for k, v in marks.items())
-        + f"; stats from {wb.stats.source or '-'}"
+        + f"; stats from {wb.stats_source or '-'}"
     )
-    return {**marks, "mode": "library", "calibration": args.calibration, "stats_source": wb.stats.source}
+    return {**marks, "mode": "library", "calibration": args.calibration, "stats_source": wb.stats_source}
 
 
 def dashboard(args: argparse.Namespace) -> dict[str, object]:

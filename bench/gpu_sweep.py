@@ -150,7 +150,7 @@ def main() -> int:
             "beta": [p.beta for p in results],
             "peak_gpu_gib": torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None,
         }
-        wb.dense.restore()
+        wb.restore()
         del wb
         if device.type == "cuda":
             torch.cuda.empty_cache()

@@ -50,15 +50,15 @@ def main() -> int:
     load_s = time.perf_counter() - started
     spec = ScheduleSpec("uniform", float(values["sparsity"]))  # type: ignore[arg-type]
     t0 = time.perf_counter()
-    wb.stats.calls()  # the block-0 inputs: captured once per Workbench (before the first step)
+    wb.block_calls()  # the block-0 inputs: captured once per Workbench (before the first step)
     capture_s = time.perf_counter() - t0
     stepper = lesson.Stepper(wb, spec)
-    wb.dense.restore()
+    wb.restore()
     forwards = []  # one dense block forward over the calibration batch, measured in the same run (the load varies)
     for i in range(3):
         t0 = time.perf_counter()
         with torch.inference_mode():
-            run_block(wb.dense.blocks[i], wb.stats.calls().hidden, wb.stats.calls().args[i], setup.batch_size)
+            run_block(wb.blocks[i], wb.block_calls().hidden, wb.block_calls().args[i], setup.batch_size)
         forwards.append(time.perf_counter() - t0)
     forward = statistics.median(forwards)
     print(f"one dense block forward: {forward:.3f} s (median of 3)", flush=True)

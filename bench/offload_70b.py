@@ -173,12 +173,12 @@ def main() -> int:
     # floor: a dense streamed evaluation pass and a dense streamed calibration pass
     reset_peak(device)
     eval_s, dense = timed(lambda: wb.dense_perplexity(), device)
-    calls = wb.stats.calls()
+    calls = wb.block_calls()
 
     @torch.inference_mode()
     def calibration_pass() -> None:
         hidden = calls.hidden
-        for i, block in enumerate(wb.dense.blocks):
+        for i, block in enumerate(wb.blocks):
             hidden = run_block(block, hidden, calls.args[i], shape["batch"])
 
     calib_s, _ = timed(calibration_pass, device)

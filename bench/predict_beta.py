@@ -211,8 +211,8 @@ def main() -> None:
         load_s = time.perf_counter() - started
         started = time.perf_counter()
         if not args.stored_only:
-            wb.stats.linears()
-        stats_s, stats_source = time.perf_counter() - started, wb.stats.source
+            wb.dense_stats()
+        stats_s, stats_source = time.perf_counter() - started, wb.stats_source
         print(f"{model}: loaded in {load_s:.1f} s, dense statistics ({stats_source}) {stats_s:.1f} s", file=sys.stderr)
         for sparsity in sparsities:
             case = run_case(wb, sparsity, args)

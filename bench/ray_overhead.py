@@ -78,8 +78,8 @@ def round_trip(ray: Any, wb: Workbench, job: PointJob, point: Any, rounds: int =
 
     echo: Any = ray.remote(num_cpus=0)(Echo).remote()
     bench = wb.reseeded(job.seed)
-    keys = bench.rows.metric_keys(point.key).values()
-    payload: tuple[object, list[object]] = (point, [(k, "metric", {}, bench.rows.get(k)) for k in keys])
+    found = bench.metrics_of(point.key)[0]  # rows of the same size as a worker's metric rows
+    payload: tuple[object, list[object]] = (point, [(k, "metric", {}, {"values": {k: v}}) for k, v in found.items()])
     ray.get(echo.back.remote(payload))
     started = time.perf_counter()
     for _ in range(rounds):
@@ -116,7 +116,7 @@ def main() -> int:
     load_s = time.perf_counter() - started
     wb.dense_perplexity()  # the driver measures the dense model in both runs: not part of the comparison
     if setup.calibration == "cached":
-        wb.stats.linears()  # dense statistics computed (or read) once, into the cache file the actors read too
+        wb.dense_stats()  # dense statistics computed (or read) once, into the cache file the actors read too
     specs = sweep_specs(wb.num_blocks, SPARSITY, 0.005)[: args.points]
     jobs = [PointJob(setup.calib.seed, spec) for spec in specs]
 

@@ -91,6 +91,6 @@ picked = next(spec for spec in specs.values() if ui.spec_label(spec) == pick)
 per_type = bench.linear_rates(picked, named[pick])  # {} unless rates differ within a block (offset, LSA projections)
 if per_type:
     ui.chart(figures.linear_rates_figure(per_type, f"{pick}: rates per block and linear"), key="sched_linear")
-recipe = schedule_recipe(named[pick].tolist(), setup.prune.pruner, block_location(bench.loaded), setup.prune.nm,
+recipe = schedule_recipe(named[pick].tolist(), setup.prune.pruner, block_location(bench.loaded_model), setup.prune.nm,
                          per_type, bench.linear_names)  # fmt: skip
 st.code(recipe, language="yaml")

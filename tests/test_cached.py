@@ -49,7 +49,7 @@ def bench(
 
 def assert_rates_hit(wb: Workbench, rates: np.ndarray) -> None:
     """Every linear of block i has floor(in * s_i) zeros per row on average (within one per row)."""
-    for block, rate in zip(wb.loaded.blocks, rates):
+    for block, rate in zip(wb.loaded_model.blocks, rates):
         for linear in prunable_linears(block).values():
             rows, cols = linear.weight.shape
             zeros = int((linear.weight == 0).sum())
@@ -75,11 +75,11 @@ def test_cached_and_sequential_prune_at_the_same_rates(pruner: str) -> None:
 
 def test_cached_masks_equal_direct_wanda_masks_on_dense_stats() -> None:
     wb = bench("cached")
-    stats = wb.stats.linears()
-    dense = {key: w.clone() for key, w in wb.dense.weights.items()}
+    stats = wb.dense_stats()
+    dense = {key: w.clone() for key, w in wb._dense.weights.items()}
     rates = wb.schedule(ScheduleSpec("atp", 0.6, beta=0.08))
     wb.apply(ScheduleSpec("atp", 0.6, beta=0.08))
-    for i, block in enumerate(wb.loaded.blocks):
+    for i, block in enumerate(wb.loaded_model.blocks):
         for name, linear in prunable_linears(block).items():
             expected = wanda(dense[(i, name)], stats.accumulator("sum_sq", (i, name)).result(), float(rates[i]))
             assert torch.equal(linear.weight == 0, expected | (dense[(i, name)] == 0))
@@ -98,25 +98,25 @@ def test_prefix_of_compact_order_equals_mask_from_order() -> None:
 @pytest.mark.slow  # dense statistics passes written, read back and reused
 def test_stats_file_round_trip_and_reuse(private_cache: Path) -> None:
     first = bench("cached", "sparsegpt")
-    stats = first.stats.linears()
-    assert first.stats.source == "computed" and first.stats.path().is_file()
-    assert first.stats.path().parent.parent == private_cache
-    again = load_stats(first.stats.path())
+    stats = first.dense_stats()
+    assert first.stats_source == "computed" and first.stats_file().is_file()
+    assert first.stats_file().parent.parent == private_cache
+    again = load_stats(first.stats_file())
     assert again is not None and again.tokens == stats.tokens == TINY_CALIB.samples * TINY_CALIB.seqlen
     assert set(again.states) == set(stats.states) == {"hessian", "sum_sq"}
     for kind, table in stats.states.items():
         assert again.states[kind].keys() == table.keys()
         assert all(torch.equal(again.states[kind][key], value) for key, value in table.items())
     second = bench("cached", "sparsegpt")
-    second.stats.linears()
-    assert second.stats.source == "file" and second.stats._calls is None  # no calibration forward at all
+    second.dense_stats()
+    assert second.stats_source == "file" and second._stats._calls is None  # no calibration forward at all
     spec = ScheduleSpec("uniform", 0.5)
     np.testing.assert_array_equal(first.run(spec).layer_sparsity, second.run(spec).layer_sparsity)
     # a damaged file is recomputed, not trusted
-    first.stats.path().write_bytes(b"not safetensors")
+    first.stats_file().write_bytes(b"not safetensors")
     third = bench("cached", "sparsegpt")
-    third.stats.linears()
-    assert third.stats.source == "computed"
+    third.dense_stats()
+    assert third.stats_source == "computed"
 
 
 def test_cached_points_store_under_their_own_key(tmp_path: Path) -> None:
@@ -134,8 +134,8 @@ def test_cached_points_store_under_their_own_key(tmp_path: Path) -> None:
 
 def test_cached_owl_uses_the_stored_dense_pass() -> None:
     cached, sequential = bench("cached"), bench("sequential")
-    np.testing.assert_allclose(cached.stats.outlier_ratios(5.0), sequential.stats.outlier_ratios(5.0))
-    assert cached.stats.path() == sequential.stats.path()  # one dense pass per machine, whichever mode asks first
+    np.testing.assert_allclose(cached._stats.outlier_ratios(5.0), sequential._stats.outlier_ratios(5.0))
+    assert cached.stats_file() == sequential.stats_file()  # one dense pass per machine, whichever mode asks first
 
 
 @pytest.mark.slow

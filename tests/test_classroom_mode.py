@@ -177,14 +177,14 @@ def test_no_ray_address_no_other_executor_no_workers(classroom_env) -> None:
 
 def test_a_refused_cli_command_writes_nothing_and_opens_no_model(classroom_env, capsys, monkeypatch, tmp_path) -> None:
     from atp_viz.cli.main import main
-    from atp_viz.experiment import workbench
+    from atp_viz.experiment import setup as setup_module
     from atp_viz.models import loading
 
     def never(*args, **kwargs):
         raise AssertionError("a refused setting opened a model")
 
     monkeypatch.setattr(loading, "load_model", never)
-    monkeypatch.setattr(workbench, "load_model", never)
+    monkeypatch.setattr(setup_module, "load_model", never)
     folder = big_model_folder(tmp_path)
     classroom_env()
     store = tmp_path / "r.sqlite"

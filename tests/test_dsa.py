@@ -262,9 +262,9 @@ def test_statistic_is_the_graph_of_each_blocks_dense_wanda_scores(tmp_path: Path
     monkeypatch.setenv("ATP_VIZ_CACHE", str(tmp_path / "cache"))
     wb = tiny_workbench()
     graph = "W:(ABSLOG)-(MEAN)-(ATAN)"  # not scale-free: the 1/sqrt(sequences) factor of the code shows
-    values = wb.stats.dsa_values(graph, "authors")
-    dense = wb.stats.linears()
-    for i, block in enumerate(wb.loaded.blocks):
+    values = wb._stats.dsa_values(graph, "authors")
+    dense = wb.dense_stats()
+    for i, block in enumerate(wb.loaded_model.blocks):
         scores = torch.cat(
             [
                 wanda_scores(lin.weight, dense.accumulator("sum_sq", (i, name)).result()).flatten() / 2.0  # sqrt(4)
@@ -274,4 +274,4 @@ def test_statistic_is_the_graph_of_each_blocks_dense_wanda_scores(tmp_path: Path
         assert values[i] == pytest.approx(math.atan(float(scores.double().log().mean())), rel=1e-6)
     rates = wb.schedule(ScheduleSpec("dsa", 0.7, graph=graph))
     np.testing.assert_allclose(rates, authors_rates(list(values), 0.7, 0.08), atol=1e-12)
-    assert wb.stats.dsa_values(graph, "authors") is values  # computed once per setting
+    assert wb._stats.dsa_values(graph, "authors") is values  # computed once per setting

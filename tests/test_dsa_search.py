@@ -96,8 +96,8 @@ def test_graph_search_on_a_model_stores_each_graph_as_a_dsa_point() -> None:
     done = dsa_graph_search(wb, 0.6, budget=3, seed=0)
     assert len(done) == 3
     for entry in done:
-        key, record, found, _ = wb.rows.point(ScheduleSpec("dsa", 0.6, graph=entry.graph))
-        assert record is not None and found["validation/perplexity"] == entry.fitness
+        point = wb.stored(ScheduleSpec("dsa", 0.6, graph=entry.graph), need=())
+        assert point is not None and point.metrics["validation/perplexity"] == entry.fitness
     pruned = []
     wb.apply = lambda *a, **k: pruned.append(a)  # type: ignore[method-assign]
     assert [e.graph for e in dsa_graph_search(wb, 0.6, budget=3, seed=0)] == [e.graph for e in done]
@@ -120,3 +120,15 @@ def test_cli_search_space_dsa_prints_the_graphs_and_the_best(capsys: pytest.Capt
     out = json.loads(capsys.readouterr().out)
     assert out["budget"] == 2 and out["graphs"][0]["graph"] == DEFAULT_GRAPH
     assert out["best"]["graph"] in {g["graph"] for g in out["graphs"]} and len(out["best"]["rates"]) == 4
+
+
+def test_evolve_stops_between_graphs_when_asked() -> None:
+    calls: list[str] = []
+
+    def counted(graph: str) -> float:
+        calls.append(graph)
+        return fitness(graph)
+
+    done = dsa_search.evolve(counted, 10, seed=1, should_stop=lambda: len(calls) >= 3)
+    assert len(done) == len(calls) == 3
+    assert [e.graph for e in done] == [e.graph for e in dsa_search.evolve(fitness, 10, seed=1)][:3]

@@ -18,7 +18,8 @@ from tiny import shared_corpus_file, shared_tiny_model
 from atp_viz.cli.main import main
 from atp_viz.config import CalibConfig, EvalConfig
 from atp_viz.experiment.executors import EXECUTORS, ExecutorConfig, PointJob, RayExecutor, make_executor
-from atp_viz.experiment.workbench import METRIC_KIND, POINT_KIND, Setup, Workbench, sweep_specs
+from atp_viz.experiment.ledger import METRIC_KIND, POINT_KIND
+from atp_viz.experiment.workbench import Setup, Workbench, sweep_specs
 from atp_viz.store import ResultStore
 
 pytestmark = pytest.mark.slow  # Ray actors, SIGKILL of workers

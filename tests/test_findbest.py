@@ -110,7 +110,7 @@ def test_probes_are_stored_and_reused_by_a_full_sweep(tmp_path, monkeypatch) -> 
     assert again is not None and again.best == search.best and again.trace.values == search.trace.values
     assert not measured
     # the full sweep: the probes' point rows and validation rows are reused, only what is missing runs
-    points = list(wb.beta_sweep(0.5, step=0.02))
+    points = list(wb.run_many(sweep_specs(wb.num_blocks, 0.5, 0.02)))
     specs = sweep_specs(wb.num_blocks, 0.5, 0.02)
     assert [p.params for p in points] == [s.params() for s in specs]
     assert measured.count("validation") == len(specs) - probes  # never twice for a probe

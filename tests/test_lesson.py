@@ -63,15 +63,15 @@ def last_block_output(model: torch.nn.Module, blocks: torch.nn.ModuleList, ids: 
 @pytest.mark.parametrize("spec", [UNIFORM, ATP])
 def test_budget_matches_pruning_one_block_alone_in_a_plain_forward(bench: Workbench, spec: ScheduleSpec) -> None:
     result = lesson.budget(bench, spec)
-    bench.dense.restore()
-    model, blocks = bench.loaded.model, bench.loaded.blocks
-    ids = bench.windows["calibration"]
+    bench.restore()
+    model, blocks = bench.loaded_model.model, bench.loaded_model.blocks
+    ids = bench.windows("calibration")
     dense_last = last_block_output(model, blocks, ids)
     rates = bench.schedule(spec)
-    pruner = bench.stats.pruner
+    pruner = bench.pruner
     for i in range(bench.num_blocks):
         copied = copy.deepcopy(model)
-        copied_blocks = bench.loaded.blocks.__class__(  # the same blocks, in the copy
+        copied_blocks = bench.loaded_model.blocks.__class__(  # the same blocks, in the copy
             [dict(copied.named_modules())[name] for name in block_names(model, blocks)]
         )
         linears = prunable_linears(copied_blocks[i])
@@ -87,13 +87,13 @@ def test_budget_matches_pruning_one_block_alone_in_a_plain_forward(bench: Workbe
     assert np.allclose(result.rates, rates)
     assert np.all(result.local_abs > 0) and np.allclose(result.amplification, result.final_abs / result.local_abs)
     # the budget's blocks got their dense weights back
-    assert all(torch.equal(lin.weight, bench.dense.weights[(i, n)]) for i, b in enumerate(blocks)
+    assert all(torch.equal(lin.weight, bench._dense.weights[(i, n)]) for i, b in enumerate(blocks)
                for n, lin in prunable_linears(b).items())  # fmt: skip
 
 
 def test_stepper_equals_the_sequential_loop(bench: Workbench) -> None:
-    bench.dense.restore()
-    loop = prune_sequential(bench.dense.blocks, bench.stats.calls(), bench.schedule(ATP), bench.stats.pruner,
+    bench.restore()
+    loop = prune_sequential(bench.blocks, bench.block_calls(), bench.schedule(ATP), bench.pruner,
                             batch_size=bench.setup.batch_size)  # fmt: skip
     stepper = lesson.Stepper(bench, ATP)
     first = stepper.advance(2)
@@ -127,8 +127,8 @@ def test_results_are_stored_and_read_back(tmp_path) -> None:  # type: ignore[no-
 
 
 def test_dense_inputs_change_the_masks_but_not_the_first_block(bench: Workbench) -> None:
-    bench.dense.restore()
-    loop = prune_sequential(bench.dense.blocks, bench.stats.calls(), bench.schedule(UNIFORM), bench.stats.pruner,
+    bench.restore()
+    loop = prune_sequential(bench.blocks, bench.block_calls(), bench.schedule(UNIFORM), bench.pruner,
                             batch_size=bench.setup.batch_size)  # fmt: skip
     dense = lesson.dense_input_errors(bench, UNIFORM)
     # block 0 sees the same (dense) input either way; later blocks are calibrated on different inputs

@@ -131,12 +131,12 @@ def test_projection_rates_reach_each_linear_on_a_model(tmp_path: Path, monkeypat
     wb = tiny_workbench("cached")
     spec = ScheduleSpec("lsa", 0.6, granularity="projection", lam=0.05)
     rates = wb.schedule(spec)
-    table = wb.per_linear(spec)
+    table = wb._layout.per_linear(spec, lambda: wb.statistics(spec))
     assert table is not None and table.shape == (wb.num_blocks, len(wb.linear_names[0]))
     rate_map = wb.rate_map(spec, rates)
     assert isinstance(rate_map, LinearRates)
     wb.apply(spec)
-    for i, block in enumerate(wb.loaded.blocks):
+    for i, block in enumerate(wb.loaded_model.blocks):
         for j, (name, lin) in enumerate(prunable_linears(block).items()):
             assert rate_map.rate(i, name) == table[i, j]
             zeros = float((lin.weight == 0).float().mean())
@@ -146,4 +146,7 @@ def test_projection_rates_reach_each_linear_on_a_model(tmp_path: Path, monkeypat
     targets = linear_targets(per_type, wb.linear_names, "model.layers")
     assert len(targets) == len(wb.linear_names[0]) and all(len(v) == wb.num_blocks for v in targets.values())
     layer = ScheduleSpec("lsa", 0.6)
-    assert wb.per_linear(layer) is None and wb.linear_rates(layer, wb.schedule(layer)) == {}
+    assert (
+        wb._layout.per_linear(layer, lambda: wb.statistics(layer)) is None
+        and wb.linear_rates(layer, wb.schedule(layer)) == {}
+    )

@@ -59,10 +59,10 @@ def assert_same(a: tuple, b: tuple) -> None:
 
 
 def no_weights_left(wb: Workbench) -> None:
-    for block in wb.loaded.blocks:
+    for block in wb.loaded_model.blocks:
         assert all(t.is_meta for t in block.state_dict().values())
         assert "forward" not in block.__dict__  # no replay stub left behind
-    assert not wb.dense.blocks.after  # type: ignore[union-attr]
+    assert not wb.blocks.after  # type: ignore[union-attr]
 
 
 @pytest.mark.slow  # many pruned models
@@ -79,18 +79,18 @@ def test_offload_gives_identical_points(family: str, mode: str) -> None:
 def test_trajectory_goes_to_disk_and_is_dropped_when_it_does_not_fit(monkeypatch: pytest.MonkeyPatch) -> None:
     wb = Workbench(tiny_setup("llama", "sequential", True))
     first = points(wb, SPECS[:2])
-    outputs = wb.mode.trajectory.outputs  # type: ignore[union-attr]
+    outputs = wb.calibration.mode.trajectory.outputs  # type: ignore[union-attr]
     assert isinstance(outputs, offload.SpilledOutputs) and outputs.folder is not None
     assert all(outputs.kept) and len(list(outputs.folder.glob("*.safetensors"))) == wb.num_blocks
     monkeypatch.setattr(offload.SpilledOutputs, "free", lambda self: 0)
     dropped = Workbench(tiny_setup("llama", "sequential", True))
     assert_same(first, points(dropped, SPECS[:2]))  # recomputed at every point, same numbers
-    assert not any(dropped.mode.trajectory.outputs.kept)  # type: ignore[union-attr]
+    assert not any(dropped.calibration.mode.trajectory.outputs.kept)  # type: ignore[union-attr]
 
 
 def test_a_loop_left_early_drops_the_block() -> None:
     wb = Workbench(tiny_setup("llama", "cached", True))
-    for block in wb.dense.blocks:
+    for block in wb.blocks:
         assert not any(t.is_meta for t in block.state_dict().values())
         break
     no_weights_left(wb)
@@ -100,9 +100,9 @@ def test_validation_only_points_stream_one_split_and_refuse_the_other() -> None:
     wb = Workbench(tiny_setup("llama", "cached", True))
     point = wb.run(SPECS[0], splits=("validation",))
     assert set(point.metrics) == {"validation/perplexity"}
-    assert wb.evaluation is not None
+    assert wb._evaluation is not None
     with pytest.raises(ValueError, match="not measured during the last offloaded prune pass"):
-        wb.evaluation.perplexity("evaluation")
+        wb._evaluation.perplexity("evaluation")
     memory = Workbench(tiny_setup("llama", "cached", False)).run(SPECS[0])
     assert memory.metrics == wb.run(SPECS[0]).metrics  # the evaluation split measured by a second pass
 
@@ -128,7 +128,7 @@ def test_embedded_model_identical(mode: str, monkeypatch: pytest.MonkeyPatch) ->
     specs = (ScheduleSpec("atp", 0.5, beta=0.01),)
     wb = Workbench(setup(True))
     assert_same(points(Workbench(setup(False)), specs), points(wb, specs))
-    assert wb.loaded.model.get_input_embeddings().weight.device.type == "cpu"
+    assert wb.loaded_model.model.get_input_embeddings().weight.device.type == "cpu"
     no_weights_left(wb)
 
 
@@ -239,7 +239,7 @@ def test_a_model_that_does_not_fit_is_offloaded_automatically(monkeypatch: pytes
     too_small_for_the_whole_model(monkeypatch)
     messages: list[str] = []
     wb = Workbench(tiny_setup("llama", "sequential", False), progress=lambda _f, message: messages.append(message))
-    assert isinstance(wb.loaded, offload.OffloadedModel) and wb.setup.offload
+    assert isinstance(wb.loaded_model, offload.OffloadedModel) and wb.setup.offload
     assert any("is free on cpu: its blocks stream from the weight files" in m for m in messages), messages
     assert_same(memory, points(wb))
     no_weights_left(wb)

@@ -99,7 +99,7 @@ def test_workbench_restores_dense_weights_between_points() -> None:
     wb = Workbench(tiny_setup(pruner="sparsegpt"))
     first = wb.run(ScheduleSpec("atp", 0.5, beta=0.1))
     wb.run(ScheduleSpec("uniform", 0.7))
-    wb.rows.memory.clear()  # measure again instead of reading the first result back
+    wb._ledger.memory.clear()  # measure again instead of reading the first result back
     again = wb.run(ScheduleSpec("atp", 0.5, beta=0.1))
     assert not again.cached
     assert again.perplexity == pytest.approx(first.perplexity, rel=1e-9)
@@ -109,10 +109,10 @@ def test_workbench_restores_dense_weights_between_points() -> None:
 def test_dense_perplexity_matches_reference_loss() -> None:
     wb = Workbench(tiny_setup())
     with torch.inference_mode():
-        ids = wb.windows["evaluation"]
-        loss = wb.loaded.model(input_ids=ids, labels=ids).loss
+        ids = wb.windows("evaluation")
+        loss = wb.loaded_model.model(input_ids=ids, labels=ids).loss
     assert wb.dense_perplexity() == pytest.approx(float(torch.exp(loss)), rel=1e-5)
-    assert perplexity(wb.loaded.model, ids, batch_size=1) == pytest.approx(float(torch.exp(loss)), rel=1e-5)
+    assert perplexity(wb.loaded_model.model, ids, batch_size=1) == pytest.approx(float(torch.exp(loss)), rel=1e-5)
 
 
 @pytest.mark.slow  # many pruned models
@@ -121,11 +121,11 @@ def test_sweep_stores_each_point_and_resumes(tmp_path) -> None:
     wb = Workbench(tiny_setup(), store=store)
     specs = sweep_specs(wb.num_blocks, 0.5, step=0.05)
     assert [s.method for s in specs] == ["uniform"] + ["atp"] * len(beta_grid(wb.num_blocks, 0.5, 0.05))
-    first = list(wb.beta_sweep(0.5, step=0.05))
+    first = list(wb.run_many(sweep_specs(wb.num_blocks, 0.5, 0.05)))
     assert store.count(kind="point") == len(specs)
     assert store.count(kind="metric") == 2 * len(specs)  # perplexity on validation and on evaluation
     assert not any(p.cached for p in first)
-    again = list(Workbench(tiny_setup(), store=store).beta_sweep(0.5, step=0.05))
+    again = list(Workbench(tiny_setup(), store=store).run_many(sweep_specs(wb.num_blocks, 0.5, 0.05)))
     assert all(p.cached for p in again)
     assert [p.perplexity for p in again] == [p.perplexity for p in first]
     best = best_point(first[1:])  # chosen on validation
@@ -146,7 +146,7 @@ def test_owl_and_alphapruning_schedules_on_a_model() -> None:
         assert rates.shape == (wb.num_blocks,)
         weights = wb.param_counts if spec.method == "alphapruning" else None  # OWL and DLP keep the plain mean
         assert np.average(rates, weights=weights) == pytest.approx(0.6, abs=1e-9)
-    assert wb.stats.outlier_ratios(5.0).shape == (wb.num_blocks,)
+    assert wb._stats.outlier_ratios(5.0).shape == (wb.num_blocks,)
 
 
 def test_nm_pruning_keeps_the_pattern() -> None:
@@ -160,7 +160,7 @@ def test_nm_pruning_keeps_the_pattern() -> None:
         )
     )
     wb.apply(ScheduleSpec("uniform", 0.5))
-    for block in wb.loaded.blocks:
+    for block in wb.loaded_model.blocks:
         for linear in prunable_linears(block).values():
             groups = (linear.weight == 0).reshape(linear.weight.shape[0], -1, 4).sum(-1)
             assert torch.all(groups == 2)
@@ -205,7 +205,7 @@ def test_a_method_declares_its_statistic_and_the_parameters_it_is_computed_with(
         params=(Param("estimator", "estimator", "official", choices=("official", "window")),),
     )  # fmt: skip
     wb = Workbench(tiny_setup())
-    official, window = block_alphas(wb.loaded.blocks, "official"), block_alphas(wb.loaded.blocks, "window")
+    official, window = block_alphas(wb.loaded_model.blocks, "official"), block_alphas(wb.loaded_model.blocks, "window")
     assert not np.array_equal(official, window)  # the two estimators differ on this model
     with registered(method):
         wb.schedule(ScheduleSpec("needs_alphas", 0.5, estimator="window"))

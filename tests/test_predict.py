@@ -98,7 +98,7 @@ def tiny_bench(store: ResultStore) -> Workbench:
 def test_tiny_model_prediction_is_stored_and_leaves_the_model_dense(tmp_path) -> None:
     store = ResultStore(tmp_path / "r.sqlite")
     wb = tiny_bench(store)
-    dense = {k: v.clone() for k, v in wb.dense.weights.items()}
+    dense = {k: v.clone() for k, v in wb._dense.weights.items()}
     config = PredictConfig(windows=2, anchors=2)
     assert stored_prediction(wb, 0.7, 0.02, config) is None
     prediction = predict_for(wb, 0.7, 0.02, config)
@@ -108,7 +108,7 @@ def test_tiny_model_prediction_is_stored_and_leaves_the_model_dense(tmp_path) ->
     rates = prediction.profile.rates.size
     assert prediction.forwards == 4 * (1 + rates) + 3 + (3 + 0)  # dense+rates per block, gains, anchors 0 and 3
     assert np.all(np.diff(prediction.profile.local, axis=1) >= 0)  # more pruning, more local error
-    for (i, name), lin in ((k, wb.dense.blocks[k[0]].get_submodule(k[1])) for k in dense):
+    for (i, name), lin in ((k, wb.blocks[k[0]].get_submodule(k[1])) for k in dense):
         assert torch.equal(lin.weight, dense[(i, name)])
     again = predict_for(tiny_bench(store), 0.7, 0.02, config)
     assert again.cached and again.beta == prediction.beta and store.count(kind="beta-prediction") == 1

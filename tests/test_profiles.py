@@ -176,8 +176,8 @@ def test_rates_per_linear_type_reach_the_right_linears(private_cache: Path, mode
     wb = bench(mode=mode)
     spec = ScheduleSpec("atp", 0.5, beta=0.1, offset=0.3)
     rates, _ = wb.apply(spec)
-    split = profiles.split_rates(rates, 0.3, wb.group_counts)
-    for i, block in enumerate(wb.loaded.blocks):
+    split = profiles.split_rates(rates, 0.3, wb._layout.group_counts)
+    for i, block in enumerate(wb.loaded_model.blocks):
         for name, linear in prunable_linears(block).items():
             rows, cols = linear.weight.shape
             rate = split[i, profiles.LINEAR_GROUPS.index(profiles.linear_group(name))]
@@ -192,10 +192,12 @@ def test_rates_per_linear_type_reach_the_right_linears(private_cache: Path, mode
 def test_offset_zero_prunes_exactly_as_block_rates(private_cache: Path) -> None:
     wb = bench()
     wb.apply(ScheduleSpec("atp", 0.5, beta=0.1))
-    block = [lin.weight.clone() for b in wb.loaded.blocks for lin in prunable_linears(b).values()]
+    block = [lin.weight.clone() for b in wb.loaded_model.blocks for lin in prunable_linears(b).values()]
     rates = published.atp(4, 0.5, 0.1)
-    wb.mode.prune(published.LinearRates(rates, profiles.linear_table(np.stack([rates, rates], 1), wb.linear_names)))
-    linear = [lin.weight for b in wb.loaded.blocks for lin in prunable_linears(b).values()]
+    wb.calibration.prune(
+        published.LinearRates(rates, profiles.linear_table(np.stack([rates, rates], 1), wb.linear_names))
+    )
+    linear = [lin.weight for b in wb.loaded_model.blocks for lin in prunable_linears(b).values()]
     assert all(bool((a == b).all()) for a, b in zip(block, linear))
 
 

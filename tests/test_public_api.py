@@ -97,7 +97,7 @@ def test_end_to_end_schedule_prune_perplexity_store(tmp_path) -> None:
     # the stored evaluation perplexity is what perplexity() measures on the same pruned weights
     wb.apply(specs[0])
     assert points[0].value("perplexity", "evaluation") == pytest.approx(
-        perplexity(wb.loaded.model, wb.windows["evaluation"], setup.evaluation.batch_size), rel=1e-6
+        perplexity(wb.loaded_model.model, wb.windows("evaluation"), setup.evaluation.batch_size), rel=1e-6
     )
     # a second workbench on the same store reads every point back without pruning
     again = [Workbench(setup, store=ResultStore(tmp_path / "results.sqlite")).run(spec) for spec in specs]

@@ -44,7 +44,7 @@ def tiny_setup() -> Setup:
 @pytest.fixture(scope="module")
 def loaded():
     """One loaded tiny model for the module; each test attaches its own store."""
-    return Workbench(tiny_setup()).loaded
+    return Workbench(tiny_setup()).loaded_model
 
 
 def bench_with(loaded, store: Path) -> Workbench:

@@ -52,17 +52,16 @@ def digest(path: Path) -> str:
 def test_a_point_is_read_from_the_shipped_file_and_never_written(shipped_file: Path, tmp_path: Path) -> None:
     before = digest(shipped_file)
     user = ResultStore(tmp_path / "user.sqlite")
-    wb = Workbench(tiny_setup(), user)
-    assert wb.stored(SPEC) is None  # nothing without the shipped results
-    wb.rows.shipped = ShippedResults(shipped_file)
+    assert Workbench(tiny_setup(), user).stored(SPEC) is None  # nothing without the shipped results
+    wb = Workbench(tiny_setup(), user, shipped=ShippedResults(shipped_file))
     point = wb.stored(SPEC)
     assert point is not None and math.isfinite(point.perplexity)
-    assert wb.rows.shipped_in_use([wb.point_key(SPEC)]) == [wb.point_key(SPEC)]
+    assert wb.shipped_in_use([wb.point_key(SPEC)]) == [wb.point_key(SPEC)]
     again = wb.run(SPEC)  # found: not computed again, nothing stored in the user's store
     assert again.cached and again.perplexity == point.perplexity
     assert wb.stored_dense_perplexity() is not None and len(user) == 0
     assert wb.reseeded(1).stored(SPEC) is None  # another calibration seed is another key
-    assert wb.reseeded(1).rows.shipped is wb.rows.shipped
+    assert wb.reseeded(1)._ledger.shipped is wb._ledger.shipped
     # a metric the shipped rows lack is measured and lands in the user's store only
     other = wb.variant(replace(tiny_setup(), evaluation=EvalConfig(3, 32)))
     measured = other.run(SPEC)
@@ -71,17 +70,15 @@ def test_a_point_is_read_from_the_shipped_file_and_never_written(shipped_file: P
 
 def test_user_results_win_over_shipped_ones(shipped_file: Path, tmp_path: Path) -> None:
     user = ResultStore(tmp_path / "user.sqlite")
-    wb = Workbench(tiny_setup(), user)
-    wb.rows.shipped = ShippedResults(shipped_file)
-    key = wb.rows.metric_keys(wb.point_key(SPEC))[("perplexity", EVALUATION)]
+    wb = Workbench(tiny_setup(), user, shipped=ShippedResults(shipped_file))
+    key = wb._ledger.metric_keys(wb.point_key(SPEC))[("perplexity", EVALUATION)]
     user.put(key, "metric", "tiny", {}, {"values": {"perplexity": 123.0}, "seconds": 0.0})
     assert wb.stored(SPEC).metrics[metric_key("perplexity", EVALUATION)] == 123.0
-    assert wb.point_key(SPEC) in wb.rows.shipped_in_use([wb.point_key(SPEC)])  # the point row is still shipped
+    assert wb.point_key(SPEC) in wb.shipped_in_use([wb.point_key(SPEC)])  # the point row is still shipped
 
 
 def test_other_settings_do_not_match(shipped_file: Path) -> None:
-    wb = Workbench(tiny_setup(samples=3), None)  # another calibration setting: another pruned model
-    wb.rows.shipped = ShippedResults(shipped_file)
+    wb = Workbench(tiny_setup(samples=3), None, shipped=ShippedResults(shipped_file))  # another pruned model
     assert wb.stored(SPEC) is None and wb.stored_dense_perplexity() is not None  # the dense model is the same
     other = wb.variant(tiny_setup(samples=2, windows=3))  # other evaluation windows: other measurements
     assert other.stored(SPEC) is None and other.stored_dense_perplexity() is None
@@ -132,7 +129,7 @@ def test_recomputing_a_shipped_point_gives_the_same_number(monkeypatch: pytest.M
     wb = Workbench(ui.setup_of(values), None)  # no store: everything is computed now
     shipped = ShippedResults()
     spec = ScheduleSpec("uniform", float(values["sparsity"]))  # type: ignore[arg-type]
-    key = wb.rows.metric_keys(wb.point_key(spec))[("perplexity", EVALUATION)]
+    key = wb._ledger.metric_keys(wb.point_key(spec))[("perplexity", EVALUATION)]
     assert key in shipped, "the shipped file does not hold this point at these settings: regenerate it"
     recomputed = wb.run(spec, splits=[EVALUATION]).metrics[metric_key("perplexity", EVALUATION)]
     # float32 sums run in another order on another CPU, and at S = 0.7 that can flip a near-tie in a pruning mask:

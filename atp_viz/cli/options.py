@@ -15,13 +15,14 @@ from typing import Any
 
 from atp_viz.config import DTYPES, CalibConfig, EvalConfig, parse_nm, parse_seeds
 from atp_viz.experiment.executors import EXECUTORS, Executor, ExecutorConfig, make_executor
-from atp_viz.experiment.workbench import CALIBRATION_MODES, Setup, Workbench
+from atp_viz.experiment.workbench import Setup, Workbench
 from atp_viz.measure.metrics import METRICS, VALIDATION
 from atp_viz.measure.points import PointResult
 from atp_viz.measure.zeroshot import TASKS, ZeroShotConfig, check_tasks
 from atp_viz.models.data import DEFAULT_CORPUS, HUB_CORPORA
 from atp_viz.models.loading import DEFAULT_MODEL, EMBEDDED_MODELS
 from atp_viz.progress import Progress
+from atp_viz.pruning.modes import CALIBRATION_MODES
 from atp_viz.pruning.pruners import PRUNERS, PruneConfig
 from atp_viz.schedules import methods
 from atp_viz.schedules.methods import ScheduleSpec
@@ -161,8 +162,7 @@ def setup_options() -> argparse.ArgumentParser:
         "--calibration",
         default="sequential",
         choices=tuple(CALIBRATION_MODES),
-        help="sequential (paper-faithful) or cached (dense statistics computed once, no per-point calibration "
-        "forward, no reconstruction errors); default %(default)s",
+        help=" or ".join(f"{e.name} ({e.help})" for e in CALIBRATION_MODES.values()) + "; default %(default)s",
     )
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto")
     p.add_argument("--dtype", default="float32", choices=DTYPES)

@@ -140,7 +140,7 @@ def cmd_schedule(args: argparse.Namespace) -> dict[str, Any]:
         )
         wb = load_workbench(setup)
         rates, weights = wb.schedule(spec), wb.param_counts
-        location, names = block_location(wb.loaded), wb.linear_names
+        location, names = block_location(wb.loaded_model), wb.linear_names
         linear = wb.linear_rates(spec, rates)  # {} unless the attention-MLP offset is non-zero
     layers = len(rates)
     sparsity = spec.sparsity if spec.entry.takes_sparsity else published.weighted_mean(rates, weights)
@@ -182,7 +182,7 @@ def cmd_prune(args: argparse.Namespace) -> dict[str, Any]:
         if point.cached:  # the stored result has no pruned weights in memory: prune again
             wb.apply(spec, progress)
         saved = save_pruned(
-            wb.loaded, args.save, {**setup.describe(), **out}, force=args.force, format=args.save_format
+            wb.loaded_model, args.save, {**setup.describe(), **out}, force=args.force, format=args.save_format
         )
         out["saved"] = str(saved)
     return out
@@ -253,7 +253,7 @@ def cmd_speed(args: argparse.Namespace) -> dict[str, Any]:
             raise CliError(f"--threads must be >= 1, got {args.threads}")
         torch.set_num_threads(args.threads)
     wb = attach_store(load_workbench(setup), args, [spec])
-    about = speedup.machine(wb.loaded.device)
+    about = speedup.machine(wb.loaded_model.device)
     log(f"device: {speedup.machine_label(about)} (torch {about['torch']})")
     result = speedup.measure_speedup(wb, spec, args.kernel, config, tqdm_progress())
     times = result.times

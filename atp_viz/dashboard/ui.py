@@ -265,8 +265,7 @@ def start_loading(setup: Setup) -> jobs.Job | None:
     manager, registry, store, shipped = job_manager(), benches(), get_store(store_path()), shipped_results()
 
     def load(job: jobs.Job) -> None:
-        bench = Workbench(base, store, progress=job.report)
-        bench.rows.shipped = shipped  # read under the user's store; variants share it
+        bench = Workbench(base, store, progress=job.report, shipped=shipped)  # read under the user's store
         registry.put(base, bench)
         job.point_stored()
         submit_dense(manager, bench)  # next, unless a session queued a job meanwhile
@@ -525,7 +524,7 @@ def follow(model: str, *candidates: jobs.Job | None) -> None:
 def shipped_note(bench: Workbench, specs: Sequence[ScheduleSpec], seeds: Sequence[int] = ()) -> None:
     """Say how many of the points a page shows come from the shipped results (not the user's store)."""
     keys = [bench.reseeded(seed).point_key(spec) for seed in (seeds or (bench.setup.calib.seed,)) for spec in specs]
-    used = bench.rows.shipped_in_use(keys)
+    used = bench.shipped_in_use(keys)
     if used:
         st.caption(
             f"{len(used)} of these {len(keys)} points are shipped results (regenerate with `{REGENERATE}`), "
@@ -565,7 +564,7 @@ def dense_perplexity(bench: Workbench) -> float | None:
 
 def dense_metrics(bench: Workbench) -> dict[str, float] | None:
     """Every metric of the dense model once stored; None meanwhile (measuring in the background)."""
-    found, missing = bench.rows.metrics_of(bench.rows.dense_key())
+    found, missing = bench.metrics_of()
     if not missing:
         return found
     submit_dense(job_manager(), bench)
@@ -578,17 +577,15 @@ def submit_dense(manager: jobs.JobManager, bench: Workbench) -> None:
     key = ("dense", bench.setup)
     if (last := manager.last(key)) is not None and last.state == jobs.FAILED:
         return
-    if not bench.rows.metrics_of(bench.rows.dense_key())[1]:
+    if not bench.metrics_of()[1]:
         return
 
     def measure(job: jobs.Job) -> None:
-        key = bench.rows.dense_key()
-        missing = sorted(bench.rows.metrics_of(key)[1], key=lambda item: item[1] != EVALUATION)  # shown first
+        missing = sorted(bench.metrics_of()[1], key=lambda item: item[1] != EVALUATION)  # shown first
         for name, split in missing:  # one (metric, split) at a time, each stored at once
             if job.outranked():
                 return  # a session's job waits: it goes first, a later rerun queues the rest again
-            bench.dense.restore()
-            bench.measure(key, [(name, split)], {"method": "dense"}, job.report)
+            bench.dense_metrics(job.report, only=[(name, split)])
             job.point_stored()
 
     manager.submit(jobs.SERVER, bench.setup.model, key, "dense model metrics", measure, priority=jobs.BACKGROUND)

@@ -34,7 +34,8 @@ from typing import Any, Protocol
 from atp_viz.config import check_choice, check_int
 from atp_viz.errors import first_line
 from atp_viz.experiment import classroom
-from atp_viz.experiment.workbench import Ledger, Setup, Workbench, labelled, scaled
+from atp_viz.experiment.ledger import StoredRow
+from atp_viz.experiment.workbench import Setup, Workbench, labelled, scaled
 from atp_viz.measure.points import PointResult
 from atp_viz.progress import Progress
 from atp_viz.schedules.methods import ScheduleSpec
@@ -59,8 +60,6 @@ class PointJob:
 
 # finished points as they are stored; closing it stops the executor (what is in flight is not stored)
 Points = Generator[tuple[PointJob, PointResult], None, None]
-# (key, kind, config, record) exactly as ``Ledger.put`` receives them
-StoredRow = tuple[str, str, dict[str, Any], dict[str, Any]]
 
 
 @dataclass(frozen=True)
@@ -110,18 +109,6 @@ class LocalExecutor:
 
 
 # -- the Ray executor ---------------------------------------------------------------------------
-class CollectingLedger(Ledger):
-    """A ledger without a store that keeps every row put, so a worker can hand them to the driver."""
-
-    def __init__(self, ledger: Ledger) -> None:
-        super().__init__(None, ledger.setup, ledger.model, ledger.corpus, ledger.windows)
-        self.rows: list[StoredRow] = []
-
-    def put(self, key: str, kind: str, config: dict[str, Any], record: dict[str, Any]) -> None:
-        super().put(key, kind, config, record)
-        self.rows.append((key, kind, config, record))
-
-
 def worker_setup(setup: Setup) -> Setup:
     """The setup a worker runs: the same, except that a GPU worker sees only its own device."""
     return replace(setup, device="cuda") if setup.device.startswith("cuda") else setup
@@ -143,8 +130,8 @@ class PointWorker:
     def run(self, job: PointJob) -> tuple[PointResult, list[StoredRow]]:
         """Run one point and return it with the rows the driver must write (point row last)."""
         bench = self.wb.reseeded(job.seed)
-        bench.rows = ledger = CollectingLedger(bench.rows)
-        return bench.run(job.spec, splits=job.splits), ledger.rows
+        rows = bench.collecting()
+        return bench.run(job.spec, splits=job.splits), rows
 
 
 def import_ray() -> Any:
@@ -336,10 +323,10 @@ class RayExecutor:
                 f"{expected[:12]}: the model files or the corpus differ between the machines"
             )
         for key, kind, config, record in rows:
-            if bench.rows.get(key) is None:
-                bench.rows.put(key, kind, config, record)
-        stored = bench.rows.get(point.key)  # the stored row wins over a recomputation of it
-        metrics = bench.rows.metrics_of(point.key)[0]
+            if bench.get(key) is None:
+                bench.put(key, kind, config, record)
+        stored = bench.get(point.key)  # the stored row wins over a recomputation of it
+        metrics = bench.metrics_of(point.key)[0]
         return PointResult.from_record({**(stored or point.to_record()), "metrics": metrics}, point.key, cached=False)
 
     def close(self) -> None:

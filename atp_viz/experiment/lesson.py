@@ -1,7 +1,7 @@
 """The Lesson page's computations (no streamlit): the error budget, the dense-input variant and the stepper.
 
 All three start from the dense model and the calibration batch of a ``Workbench`` and write their results
-to its results store like any point (``Workbench.rows``), so a reload or a second student reads them back
+to its results store like any point (``Workbench.put``), so a reload or a second student reads them back
 and ``scripts/ship_results.py`` ships them at the dashboard defaults.
 
 - **Error budget** of a schedule: for each block i alone, prune it at its rate s_i (every other block dense;
@@ -30,8 +30,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from atp_viz.experiment.workbench import DenseWeights, Progress, Workbench, counted
+from atp_viz.experiment.workbench import Workbench
 from atp_viz.measure.points import PointResult
+from atp_viz.progress import Progress, counted
 from atp_viz.pruning.cached import linear_stats
 from atp_viz.pruning.calibration import (
     BlockCalls,
@@ -160,23 +161,23 @@ def error_budget(
 
 def dense_stats_source(bench: Workbench, progress: Progress | None = None) -> Callable[[int, str], Any]:
     """The pruner's statistics of each linear on the dense model's inputs (one dense pass, cached per machine)."""
-    pruner = bench.stats.pruner
-    stats = bench.stats.linears(progress) if pruner.needs_inputs else None
+    pruner = bench.pruner
+    stats = bench.dense_stats(progress) if pruner.needs_inputs else None
     return lambda i, name: linear_stats(stats, pruner, (i, name))
 
 
 def lesson_key(bench: Workbench, kind: str, spec: ScheduleSpec, **extra: Any) -> str:
     """The store key of a lesson result: what decides the pruned model (as a point's key) plus ``extra``."""
-    return fingerprint(kind=kind, **bench.rows.prune_identity(), schedule=spec.params(), **extra)
+    return fingerprint(kind=kind, **bench.identity(), schedule=spec.params(), **extra)
 
 
 def stored_budget(bench: Workbench, spec: ScheduleSpec) -> Budget | None:
-    record = bench.rows.get(lesson_key(bench, BUDGET_KIND, spec))
+    record = bench.get(lesson_key(bench, BUDGET_KIND, spec))
     return None if record is None else Budget.from_record(record)
 
 
 def check_in_memory(bench: Workbench) -> None:
-    if not isinstance(bench.dense, DenseWeights):
+    if bench.setup.offload:
         raise ValueError(
             f"the lesson's computations need the whole model in memory; {bench.setup.model} is streamed from its "
             "files (offloaded): choose a model that fits"
@@ -190,7 +191,7 @@ def prepared(
     check_in_memory(bench)
     rates = bench.rate_map(spec, bench.schedule(spec))
     stats = dense_stats_source(bench, progress)
-    bench.dense.restore()
+    bench.restore()
     return rates, stats
 
 
@@ -201,17 +202,17 @@ def budget(bench: Workbench, spec: ScheduleSpec, progress: Progress | None = Non
     rates, stats = prepared(bench, spec, progress)
     started = time.perf_counter()
     result = error_budget(
-        bench.dense.blocks,
-        bench.stats.calls(),
+        bench.blocks,
+        bench.block_calls(),
         rates,
-        bench.stats.pruner,
+        bench.pruner,
         stats,
         bench.setup.prune.nm,
         bench.setup.batch_size,
         counted(progress, "error budget: block"),
     )
     result.seconds = time.perf_counter() - started
-    bench.rows.put(
+    bench.put(
         lesson_key(bench, BUDGET_KIND, spec), BUDGET_KIND, {"lesson": "budget", **spec.params()}, result.to_record()
     )
     return result
@@ -230,7 +231,7 @@ def report_from(record: Mapping[str, Any]) -> PruneReport:
 
 
 def stored_dense_input(bench: Workbench, spec: ScheduleSpec) -> PruneReport | None:
-    record = bench.rows.get(lesson_key(bench, DENSE_INPUT_KIND, spec))
+    record = bench.get(lesson_key(bench, DENSE_INPUT_KIND, spec))
     return None if record is None else report_from(record)
 
 
@@ -241,16 +242,16 @@ def dense_input_errors(bench: Workbench, spec: ScheduleSpec, progress: Progress 
         return found
     rates, stats = prepared(bench, spec, progress)
     report = prune_sequential(
-        bench.dense.blocks,
-        bench.stats.calls(),
+        bench.blocks,
+        bench.block_calls(),
         rates,
-        bench.stats.pruner,
+        bench.pruner,
         bench.setup.prune.nm,
         bench.setup.batch_size,
         counted(progress, "dense-input calibration: block"),
         fixed_stats=stats,
     )
-    bench.rows.put(
+    bench.put(
         lesson_key(bench, DENSE_INPUT_KIND, spec),
         DENSE_INPUT_KIND,
         {"lesson": "dense-input", **spec.params()},
@@ -293,7 +294,7 @@ def known_steps(bench: Workbench, spec: ScheduleSpec) -> list[dict[str, float]]:
         )
         return [dict(zip(STEP_FIELDS, (float(c[i]) for c in columns))) for i in range(len(errors.local_error))]
     steps: list[dict[str, float]] = []
-    while len(steps) < bench.num_blocks and (row := bench.rows.get(step_key(bench, spec, len(steps)))) is not None:
+    while len(steps) < bench.num_blocks and (row := bench.get(step_key(bench, spec, len(steps)))) is not None:
         steps.append({name: float(row[name]) for name in STEP_FIELDS})
     return steps
 
@@ -307,12 +308,12 @@ class Stepper:
         check_in_memory(bench)
         self.bench, self.spec = bench, spec
         self.rates = bench.rate_map(spec, bench.schedule(spec))
-        self.calls = bench.stats.calls()
+        self.calls = bench.block_calls()
         self.pruned_in = self.dense_in = self.calls.hidden
         # the dense outputs h_i: shared with the Workbench's sequential points (filled by whoever runs first)
-        mode = bench.mode
+        mode = bench.calibration
         self.trajectory = (
-            mode.trajectory if isinstance(mode, SequentialMode) else DenseTrajectory.empty(len(bench.dense.blocks))
+            mode.trajectory if isinstance(mode, SequentialMode) else DenseTrajectory.empty(len(bench.blocks))
         )
         self.steps: list[dict[str, float]] = []
         self.lock = threading.Lock()
@@ -326,13 +327,9 @@ class Stepper:
         bench, i = self.bench, len(self.steps)
         if i >= bench.num_blocks:
             raise ValueError(f"all {bench.num_blocks} blocks are pruned already (allowed: reset, then step)")
-        dense = bench.dense
-        assert isinstance(dense, DenseWeights)
-        block = dense.blocks[i]
-        linears = prunable_linears(block)
+        block = bench.blocks[i]
         with torch.no_grad():
-            for name, lin in linears.items():  # whatever the last job left there
-                lin.weight.copy_(dense.weights[(i, name)])
+            bench.restore(i)  # whatever the last job left there
             try:
                 result = prune_block(
                     block,
@@ -341,21 +338,18 @@ class Stepper:
                     self.dense_in,
                     self.calls.args[i],
                     self.rates,
-                    bench.stats.pruner,
+                    bench.pruner,
                     bench.setup.prune.nm,
                     bench.setup.batch_size,
                     self.trajectory.outputs[i],  # known: one block forward fewer
                 )
             finally:
-                for name, lin in linears.items():
-                    lin.weight.copy_(dense.weights[(i, name)])
+                bench.restore(i)
         self.pruned_in, self.dense_in = result.pruned_out, result.dense_out
         self.trajectory.outputs[i] = result.dense_out
         row = {name: float(getattr(result, name)) for name in STEP_FIELDS}
         self.steps.append(row)
-        bench.rows.put(
-            step_key(bench, self.spec, i), STEP_KIND, {"lesson": "step", "block": i, **self.spec.params()}, row
-        )
+        bench.put(step_key(bench, self.spec, i), STEP_KIND, {"lesson": "step", "block": i, **self.spec.params()}, row)
         return row
 
     def advance(self, target: int, progress: Progress | None = None) -> list[dict[str, float]]:

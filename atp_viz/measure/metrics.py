@@ -58,12 +58,8 @@ class Metric:
 
 
 def _perplexity(wb: Any, split: str, progress: Progress | None) -> dict[str, float]:
-    from atp_viz.measure.perplexity import perplexity
-
     report = counted(progress, f"{split} perplexity: window")
-    if wb.evaluation is not None:  # offloaded: measured block by block over all windows
-        return {"perplexity": wb.evaluation.perplexity(split, report)}
-    return {"perplexity": perplexity(wb.loaded.model, wb.windows[split], wb.setup.evaluation.batch_size, report)}
+    return {"perplexity": wb.perplexity(split, report)}  # offloaded: measured block by block over all windows
 
 
 def _perplexity_key(setup: Any, corpus: Any, windows: Mapping[str, Any], split: str) -> dict[str, Any]:
@@ -81,7 +77,7 @@ def _zeroshot(wb: Any, split: str, progress: Progress | None) -> dict[str, float
 
     config = wb.setup.zeroshot
     report = counted(progress, f"{split} zero-shot: request")
-    scores = score_tasks(wb.loaded.model, wb.loaded.tokenizer, config.tasks, config.items, config.seed,
+    scores = score_tasks(wb.loaded_model.model, wb.loaded_model.tokenizer, config.tasks, config.items, config.seed,
                          config.batch_size, report, part=ZEROSHOT_PART[split])  # fmt: skip
     if not scores:
         return {"zeroshot": math.nan}

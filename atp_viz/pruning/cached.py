@@ -260,26 +260,35 @@ def prune_cached(
 class CachedMode:
     """Cached calibration: every point prunes from the dense statistics (no calibration forward).
 
-    Reconstruction errors are not measured in this mode (NaN arrays in the report).
+    Reconstruction errors are not measured in this mode (NaN arrays in the report). ``keep_orders``:
+    each dense row's score order is computed once and kept (off for streamed blocks: the orders of
+    every linear would hold half the model in memory; each block's masks then come from the pruner).
     """
 
-    name = "cached"
     measures_errors = False
 
-    def __init__(self, inputs: ModeInputs) -> None:
+    def __init__(self, inputs: ModeInputs, keep_orders: bool = True) -> None:
         self.blocks, self.pruner, self.nm = inputs.blocks, inputs.pruner, inputs.nm
         self.dense_stats: Callable[[], DenseStats] = inputs.dense_stats
         self.restore = inputs.restore
+        self.keep_orders = keep_orders
         self._orders: dict[LinearKey, torch.Tensor] | None = None
         self._ordered = False
 
     def orders(self) -> dict[LinearKey, torch.Tensor] | None:
-        """Each dense row's score order, computed once (None when the pruner has no fixed order)."""
+        """Each dense row's score order, computed once (None when the pruner has no fixed order, or when the
+        orders are not kept)."""
+        if not self.keep_orders:
+            return None
         if not self._ordered:
             stats = self.dense_stats() if self.pruner.needs_inputs else None
             self.restore()
             self._orders, self._ordered = score_orders(self.blocks, stats, self.pruner), True
         return self._orders
+
+    def prepare(self) -> None:
+        if self.pruner.needs_inputs:
+            self.dense_stats()  # its own dense pass
 
     def prune(self, rates: RateMap, progress: Counter | None = None) -> PruneReport:
         stats = self.dense_stats() if self.pruner.needs_inputs else None

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, MutableSequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -253,30 +253,46 @@ def prune_sequential(
 
 @dataclass(frozen=True)
 class ModeInputs:
-    """What a calibration mode (``SequentialMode``, ``stats_cache.CachedMode``) gets from its Workbench."""
+    """What a calibration mode (``SequentialMode``, ``cached.CachedMode``) gets from its Workbench."""
 
     blocks: nn.ModuleList
     calls: Callable[[], BlockCalls]  # block inputs and call arguments on the calibration batch (computed once)
     pruner: Pruner
     nm: tuple[int, int] | None
     batch_size: int
-    dense_stats: Callable[[], Any]  # the dense per-linear statistics (``stats_cache.DenseStats``), computed once
+    dense_stats: Callable[[], Any]  # the dense per-linear statistics (``cached.DenseStats``), computed once
     restore: Callable[[], None]  # puts the dense weights back
+
+
+class CalibrationMode(Protocol):
+    """How a Workbench prunes its dense weights at a rate map (``modes.CALIBRATION_MODES`` builds one)."""
+
+    measures_errors: bool  # whether ``prune`` measures the reconstruction errors (else NaN arrays)
+
+    def prepare(self) -> None:
+        """Whatever needs a pass over the blocks of its own, done before the prune pass (computed once)."""
+
+    def prune(self, rates: RateMap, progress: Counter | None = None) -> PruneReport:
+        """Restore the dense weights, prune them in place at ``rates``; what was measured on the way."""
+        ...
 
 
 class SequentialMode:
     """Paper-faithful calibration: each point re-calibrates block i on the pruned blocks before it.
 
     The dense trajectory (cumulative-error reference) is the same for every point and is kept
-    here, so a point costs two block forwards per block once it is filled.
+    here, so a point costs two block forwards per block once it is filled (``trajectory``: where it
+    is kept; by default on the device).
     """
 
-    name = "sequential"
     measures_errors = True
 
-    def __init__(self, inputs: ModeInputs) -> None:
+    def __init__(self, inputs: ModeInputs, trajectory: DenseTrajectory | None = None) -> None:
         self.inputs = inputs
-        self.trajectory = DenseTrajectory.empty(len(inputs.blocks))
+        self.trajectory = trajectory or DenseTrajectory.empty(len(inputs.blocks))
+
+    def prepare(self) -> None:
+        self.inputs.calls()  # the block inputs: a forward of their own
 
     def prune(self, rates: RateMap, progress: Counter | None = None) -> PruneReport:
         i = self.inputs

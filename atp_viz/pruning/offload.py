@@ -10,7 +10,7 @@ block), and drops its weights before block i + 1 is loaded. The existing loops, 
 ``for i, block in enumerate(blocks)``, therefore stream without a change:
 
 - calibration and pruning: ``calibration.prune_sequential`` (sequential mode) and
-  ``stats_cache.collect_dense_stats`` / ``prune_cached`` (cached mode);
+  ``cached.collect_dense_stats`` / ``prune_cached`` (cached mode);
 - evaluation: during the same pass, each pruned block is run over the activations of every
   evaluation window (all windows held between blocks, as the Wanda / ATP code does for 70B), and
   ``evaluate.perplexity`` then applies the final norm and LM head with every block replaced by the
@@ -58,13 +58,11 @@ from atp_viz.models.loading import (
     weights_fingerprint,
 )
 from atp_viz.progress import Counter
-from atp_viz.pruning.cached import CachedMode
 from atp_viz.pruning.calibration import (
     BlockCalls,
+    CalibrationMode,
     DenseTrajectory,
-    ModeInputs,
     PruneReport,
-    SequentialMode,
     capture_block_calls,
     run_block,
 )
@@ -350,7 +348,8 @@ class FileWeights:
         self.blocks: StreamedBlocks = loaded.streamed
         self.version = 0
 
-    def restore(self) -> None:
+    def restore(self, block: int | None = None) -> None:
+        """A new version of the dense state (of every block: they are all re-read at the next pass)."""
         self.version += 1
 
 
@@ -498,39 +497,18 @@ def spilled_trajectory(num_blocks: int, device: torch.device) -> DenseTrajectory
     return DenseTrajectory(SpilledOutputs(num_blocks, Path(tempfile.mkdtemp(dir=root, prefix="trajectory-"))))
 
 
-class StreamedSequentialMode(SequentialMode):
-    """Sequential calibration over streamed blocks; the dense trajectory lives off the device."""
+class StreamedMode:
+    """A calibration mode over streamed blocks: what needs a pass of its own runs first (``prepare``), then
+    the prune pass also runs each pruned block over the evaluation windows (``StreamedPerplexity.tracking``)."""
 
-    def __init__(self, inputs: ModeInputs, evaluation: StreamedPerplexity) -> None:
-        super().__init__(inputs)
-        self.evaluation = evaluation
-        self.trajectory = spilled_trajectory(len(inputs.blocks), evaluation.loaded.device)
+    def __init__(self, mode: CalibrationMode, evaluation: StreamedPerplexity) -> None:
+        self.mode, self.evaluation = mode, evaluation
+        self.measures_errors = mode.measures_errors
 
-    def prune(self, rates: RateMap, progress: Counter | None = None) -> PruneReport:
-        self.inputs.calls()  # captured before the prune pass (no block weights needed)
-        with self.evaluation.tracking():
-            return super().prune(rates, progress)
-
-
-class StreamedCachedMode(CachedMode):
-    """Cached calibration over streamed blocks. Each block's masks are computed while it is on the device
-    (the same masks; per-row score orders of every linear would hold half the model in memory)."""
-
-    def __init__(self, inputs: ModeInputs, evaluation: StreamedPerplexity) -> None:
-        super().__init__(inputs)
-        self.evaluation = evaluation
-
-    def orders(self) -> None:
-        return None
+    def prepare(self) -> None:
+        self.mode.prepare()
 
     def prune(self, rates: RateMap, progress: Counter | None = None) -> PruneReport:
-        if self.pruner.needs_inputs:
-            self.dense_stats()  # its own dense pass, before the prune pass
+        self.mode.prepare()
         with self.evaluation.tracking():
-            return super().prune(rates, progress)
-
-
-# calibration mode name (``experiment.CALIBRATION_MODES``) -> the same mode over streamed blocks
-STREAMED_MODES: dict[str, type[StreamedSequentialMode] | type[StreamedCachedMode]] = {
-    m.name: m for m in (StreamedSequentialMode, StreamedCachedMode)
-}
+            return self.mode.prune(rates, progress)

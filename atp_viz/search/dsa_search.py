@@ -105,11 +105,13 @@ def evolve(
     mutation: float = MUTATION,
     start: Sequence[str] = (DEFAULT_GRAPH,),
     progress: Callable[[int, int, Evaluated], None] | None = None,
+    should_stop: Callable[[], bool] | None = None,
 ) -> list[Evaluated]:
     """Evaluate up to ``budget`` distinct graphs, generation by generation; returns them in evaluation order.
 
     ``objective(graph)``: the fitness (lower is better, e.g. validation perplexity of the pruned model).
-    ``start``: graphs of generation 0 before the random ones (the published function by default)."""
+    ``start``: graphs of generation 0 before the random ones (the published function by default).
+    ``should_stop()``: checked before each evaluation; the graphs evaluated so far are returned."""
     if budget < 1 or population < 1 or not 1 <= parents <= population or not 0 <= mutation <= 1:
         raise ValueError(
             f"a DSA graph search needs budget >= 1, population >= 1, 1 <= parents <= population and mutation in "
@@ -138,6 +140,8 @@ def evolve(
             key = str(replace(graph, lam=None))  # the lambda never moves the rates: one function, one evaluation
             if key in seen or len(done) >= budget:
                 continue
+            if should_stop is not None and should_stop():
+                return done
             value = float(objective(text))
             entry = Evaluated(text, value if not math.isnan(value) else math.inf, generation, len(done))
             seen[key] = entry

@@ -42,7 +42,7 @@ import numpy as np
 from atp_viz.config import check_sparsity
 from atp_viz.experiment.executors import Executor, ExecutorConfig, LocalExecutor, PointJob
 from atp_viz.experiment.workbench import Workbench, labelled, scaled, sweep_specs
-from atp_viz.measure.metrics import EVALUATION, METRICS, VALIDATION, metric_key
+from atp_viz.measure.metrics import EVALUATION, VALIDATION, metric_key
 from atp_viz.measure.points import PointResult, spread
 from atp_viz.progress import Progress
 from atp_viz.schedules import published
@@ -165,7 +165,7 @@ def journal_dir(store: ResultStore | None) -> Path:
 
 def study_name(wb: Workbench, config: SearchConfig) -> str:
     """Fingerprint of what decides the trials' values and draws (module docstring)."""
-    objective = METRICS[METRIC].values_key(wb.setup, wb.corpus, wb.windows, VALIDATION)
+    objective = wb.values_key(METRIC, VALIDATION)
     return fingerprint(kind=SEARCH_KIND, **wb.identity(), objective=objective, metric=METRIC,
                        sparsity=config.sparsity, sampler=config.sampler, seed=config.seed,
                        max_delta=config.max_delta)  # fmt: skip
@@ -209,6 +209,39 @@ def complete_winner(
     return dataclasses.replace(result, trials=tuple(done if t is best else t for t in result.trials))
 
 
+# ------------------------------------------------------------------------------ the trial loop
+
+
+@dataclass
+class Trials:
+    """What every search's trial loop does the same way (the rate searches' Optuna loop, DSA's evolution): a
+    trial is one stored point, run on the splits selection reads (or read back: a resumed search recomputes
+    nothing), reported as trial k of the budget; the loop asks ``stop()`` between trials."""
+
+    wb: Workbench
+    name: str  # what the progress lines call the search
+    budget: int
+    progress: Progress | None = None
+    splits: tuple[str, ...] | None = (VALIDATION,)  # ``measured_splits``
+    should_stop: Callable[[], bool] | None = None
+    done: int = 0  # finished trials, those stored by an earlier run included
+
+    def run(self, spec: ScheduleSpec) -> PointResult:
+        """The next trial's point: run (each row stored at once) or read back."""
+        start = min(self.done, self.budget - 1) / self.budget
+        report = labelled(scaled(self.progress, start, 1 / self.budget), f"{self.name} trial {self.done + 1}")
+        return self.wb.run(spec, report, self.splits)
+
+    def finished(self, line: str | None = None) -> None:
+        """One more trial done (``line``: reported with the search's progress)."""
+        self.done += 1
+        if self.progress is not None and line is not None:
+            self.progress(self.done / self.budget, line)
+
+    def stop(self) -> bool:
+        return self.should_stop is not None and self.should_stop()
+
+
 # ------------------------------------------------------------------------------ one search
 
 
@@ -237,7 +270,7 @@ class Search:
         if row is not None:
             evaluation = float(row["evaluation_perplexity"])
             if math.isnan(evaluation):  # measured later, for a winner
-                found = self.wb.rows.metrics_of(str(row["point"]))[0]
+                found = self.wb.metrics_of(str(row["point"]))[0]
                 evaluation = found.get(metric_key(METRIC, EVALUATION), math.nan)
             return TrialRecord(int(row["number"]), str(row["point"]), float(row["validation_perplexity"]),
                                evaluation, float(row["seconds"]), trial.rates)  # fmt: skip
@@ -270,25 +303,23 @@ class Search:
         ``every_split=False``: trials are measured on validation only and the winner's evaluation
         perplexity is measured at the end (``complete_winner``). ``executor``: trials are asked
         ``batch`` at a time and their points run together on it (``search.run_search``'s batches)."""
-        budget = self.config.trials
+        budget, splits = self.config.trials, measured_splits(every_split)
         latest: dict[str, PointResult] = {}
-        done = [len(self.stored().trials)]  # also writes rows a killed process finished but did not record
+        done = len(self.stored().trials)  # also writes rows a killed process finished but did not record
+        trials = Trials(self.wb, self.config.sampler, budget, progress, splits, should_stop, done)
 
         def objective(rates: np.ndarray) -> float:
-            start = min(done[0], budget - 1) / budget
-            report = labelled(scaled(progress, start, 1 / budget), f"{self.config.sampler} trial {done[0] + 1}")
-            latest["point"] = point = self.wb.run(_custom(rates), report, measured_splits(every_split))
+            latest["point"] = point = trials.run(_custom(rates))
             return point.value(METRIC, VALIDATION)
 
         def finished(trial: space.Trial) -> None:
             record = _record(latest.pop("point"), trial.number, trial.seconds)
             self._put(record)
-            done[0] += 1
+            trials.finished()
             if on_trial is not None:
                 on_trial(self.config.sampler, record)
 
         points: dict[bytes, PointResult] = {}  # a batch's finished points by their rates
-        splits = measured_splits(every_split)
 
         def evaluate(batch_rates: Sequence[np.ndarray]) -> Iterator[tuple[int, float]]:
             assert executor is not None
@@ -317,7 +348,7 @@ class Search:
             timeout_s=self.config.timeout_s,
             max_delta=self.config.max_delta,
             on_trial=finished if executor is None else told,
-            should_stop=should_stop,
+            should_stop=trials.stop,
             batch=batch,
             evaluate=None if executor is None else evaluate,
         )
@@ -443,24 +474,11 @@ def _configs(
 
 
 def stored_comparison(
-    wb: Workbench,
-    sparsity: float,
-    samplers: Sequence[str],
-    trials: int | None = None,
-    *,
-    seed: int = 0,
-    max_delta: float | None = None,
-    step: float = published.GRID_STEP,
+    wb: Workbench, sparsity: float, samplers: Sequence[str], trials: int | None = None, **options: Any
 ) -> Comparison:
-    """What is stored of ``versus_atp`` with these arguments; never computes (a dashboard revisit)."""
-    _check_setup(wb)
-    specs = atp_specs(wb.num_blocks, sparsity, step)
-    budget = trials or len(specs)
-    atp, uniform = _atp_result([wb.stored(spec, need=(VALIDATION,)) for spec in specs])
-    results = {ATP: atp}
-    for config in _configs(sparsity, samplers, budget, seed, None, max_delta):
-        results[config.sampler] = Search(wb, config).stored()
-    return Comparison(sparsity, budget, results, uniform)
+    """What is stored of ``versus_atp`` with these arguments (``seed``, ``max_delta``, ``step``); never computes
+    (a dashboard revisit)."""
+    return versus_atp(wb, sparsity, samplers, trials, stored_only=True, **options)
 
 
 def versus_atp(
@@ -479,6 +497,7 @@ def versus_atp(
     every_split: bool = True,
     executor: Executor | None = None,
     batch: int = 1,
+    stored_only: bool = False,
 ) -> Comparison:
     """ATP's sweep, then each sampler with ``trials`` trials (default: the sweep's size), all stored.
 
@@ -487,12 +506,15 @@ def versus_atp(
     ``every_split=False``: every point is measured on validation only (what selection reads) and
     each winner's evaluation perplexity at the end; seconds then count validation only, for all.
     ``executor`` (default: this process): ATP's grid runs on it in one go, and each search asks ``batch``
-    trials at a time.
+    trials at a time. ``stored_only``: what is stored, never computing (``stored_comparison``).
     """
     _check_setup(wb)
     specs = atp_specs(wb.num_blocks, sparsity, step)
     budget = trials or len(specs)
     configs = _configs(sparsity, samplers, budget, seed, timeout_s, max_delta)
+    if stored_only:
+        atp, uniform = _atp_result([wb.stored(spec, need=(VALIDATION,)) for spec in specs])
+        return Comparison(sparsity, budget, {ATP: atp, **{c.sampler: Search(wb, c).stored() for c in configs}}, uniform)
     parts = 1 + len(configs)
     points: list[PointResult | None] = []
     started = time.monotonic()
@@ -599,26 +621,28 @@ def dsa_graph_search(
     seed: int = 0,
     step: float = published.GRID_STEP,
     progress: Progress | None = None,
+    should_stop: Callable[[], bool] | None = None,
 ) -> list[dsa_search.Evaluated]:
     """DSA's evolutionary search over graphs (``dsa_search.evolve``) on this Workbench: each graph is a stored
     ``dsa`` point and its validation perplexity the fitness. ``budget`` defaults to ATP's grid (its betas plus
     uniform), so the two searches cost the same number of pruned models. Resumable: the graphs a run asks for
-    depend only on the fitnesses before them, and stored points are read back."""
+    depend only on the fitnesses before them, and stored points are read back. ``should_stop()`` is checked
+    between graphs."""
     sparsity = check_sparsity(sparsity)
     budget = grid_budget(wb.num_blocks, sparsity, step) if budget is None else budget
+    trials = Trials(wb, "DSA graph", budget, progress, measured_splits(False), should_stop)
 
     def fitness(graph: str) -> float:
         spec = ScheduleSpec("dsa", sparsity, graph=graph)
         try:
             with warnings.catch_warnings():  # a graph not finite on some blocks is a normal candidate here
                 warnings.simplefilter("ignore", NonFiniteImportanceWarning)
-                point = wb.run(spec, splits=measured_splits(False))
+                point = trials.run(spec)
         except ValueError:
             return math.inf
         return point.value(METRIC, VALIDATION)
 
     def report(done: int, total: int, entry: dsa_search.Evaluated) -> None:
-        if progress:
-            progress(done / total, f"DSA graph {done}/{total}: {entry.graph} -> {entry.fitness:.4g}")
+        trials.finished(f"DSA graph {done}/{total}: {entry.graph} -> {entry.fitness:.4g}")
 
-    return dsa_search.evolve(fitness, budget, seed, progress=report)
+    return dsa_search.evolve(fitness, budget, seed, progress=report, should_stop=trials.stop)

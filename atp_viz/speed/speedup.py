@@ -111,7 +111,7 @@ class SpeedResult:
 
 def speed_key(wb: Workbench, spec: ScheduleSpec, kernel: str, config: kernels.SpeedConfig) -> str:
     """The store key of a speed row: the pruned model (its point key), the kernel, the shapes, the machine."""
-    point, where = wb.point_key(spec), machine(wb.loaded.device)
+    point, where = wb.point_key(spec), machine(wb.loaded_model.device)
     return fingerprint(kind=SPEED_KIND, point=point, kernel=kernel, config=asdict(config), machine=where)
 
 
@@ -140,16 +140,16 @@ def measure_speedup(
     try:
         if progress:
             progress(0.5, f"timing dense vs {kernel} forwards")
-        model_config: Any = wb.loaded.model.config
+        model_config: Any = wb.loaded_model.model.config
         vocab = int(model_config.vocab_size)
-        times = kernels.measure_speed(wb.loaded.model, wb.loaded.blocks, kernel, config, vocab)
-        storage = kernels.storage_bytes(wb.loaded.blocks)
+        times = kernels.measure_speed(wb.loaded_model.model, wb.loaded_model.blocks, kernel, config, vocab)
+        storage = kernels.storage_bytes(wb.loaded_model.blocks)
     finally:
         wb.restore()
     result = SpeedResult(
         spec=spec.params(),
         kernel=kernel,
-        machine=machine(wb.loaded.device),
+        machine=machine(wb.loaded_model.device),
         config=asdict(config),
         times=times,
         storage=storage,
@@ -177,7 +177,7 @@ def speed_columns(
     """``compare_rows`` rows with the stored speedups of their chosen schedules on this machine:
     ``prefill_speedup`` and ``decode_speedup`` (dense-kernel time / sparse-kernel time; NaN where
     not measured yet) and ``speed_device``."""
-    label = machine_label(machine(wb.loaded.device))
+    label = machine_label(machine(wb.loaded_model.device))
     out = []
     for row in rows:
         found = stored_speedup(wb, chosen_spec(row), kernel, config)

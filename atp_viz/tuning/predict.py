@@ -49,10 +49,10 @@ from numpy.typing import ArrayLike
 from torch import nn
 
 from atp_viz.config import check_int, check_sparsity
-from atp_viz.experiment.workbench import Workbench, counted, scaled
+from atp_viz.experiment.workbench import Workbench
 from atp_viz.models.loading import base_model
-from atp_viz.progress import Progress
-from atp_viz.pruning.cached import DenseStats, LinearKey, linear_stats, zero_prefix_
+from atp_viz.progress import Progress, counted, scaled
+from atp_viz.pruning.cached import CachedMode, DenseStats, LinearKey, linear_stats, score_orders, zero_prefix_
 from atp_viz.pruning.calibration import BlockCalls, run_block, squared_norm
 from atp_viz.pruning.layer_stats import prunable_linears
 from atp_viz.pruning.pruners import Pruner
@@ -380,21 +380,19 @@ def predict_for(
     if (found := stored_prediction(wb, sparsity, step, config)) is not None:
         return found
     started = time.perf_counter()
-    pruner, nm = wb.stats.pruner, wb.setup.prune.nm
-    stats = wb.stats.linears(scaled(progress, 0.0, 0.2)) if pruner.needs_inputs else None
+    pruner, nm = wb.pruner, wb.setup.prune.nm
+    stats = wb.dense_stats(scaled(progress, 0.0, 0.2)) if pruner.needs_inputs else None
     wb.restore()
-    orders = wb.mode.orders() if nm is None and hasattr(wb.mode, "orders") else None
+    orders = wb.calibration.orders() if nm is None and isinstance(wb.calibration, CachedMode) else None
     if orders is None and nm is None:
-        from atp_viz.pruning.cached import score_orders
-
-        orders = score_orders(wb.loaded.blocks, stats, pruner)
+        orders = score_orders(wb.loaded_model.blocks, stats, pruner)
     wb.restore()
     rates = measured_rates(wb.num_blocks, sparsity, step)
     profile = measure_profile(
-        wb.loaded.blocks, wb.stats.calls(), rates, sparsity,
-        lambda i, rate: pruned_block(wb.loaded.blocks[i], i, rate, pruner, stats, orders, nm),
+        wb.loaded_model.blocks, wb.block_calls(), rates, sparsity,
+        lambda i, rate: pruned_block(wb.loaded_model.blocks[i], i, rate, pruner, stats, orders, nm),
         min(config.windows, wb.setup.calib.samples), wb.setup.batch_size, config.anchors,
-        logit_readout(wb.loaded.model), counted(progress, "predicting: block", 0.2, 0.8),
+        logit_readout(wb.loaded_model.model), counted(progress, "predicting: block", 0.2, 0.8),
     )  # fmt: skip
     seconds = time.perf_counter() - started
     prediction = predict_from_profile(profile, sparsity, step, config.amplification, seconds)
