@@ -44,7 +44,8 @@ def verdict(row: dict[str, Any], uniform: dict[str, Any]) -> str:
 
 
 def rows_of(folder: Path, model: str) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-    rows, header = [], {}
+    rows: list[dict[str, Any]] = []
+    header: dict[str, Any] = {}
     for suffix, names in VARIANTS.items():
         path = folder / f"{model}-{suffix}.json"
         if not path.exists():

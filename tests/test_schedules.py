@@ -453,7 +453,9 @@ def test_dlp_matches_its_code_and_keeps_the_mean(scores: list[float], sparsity: 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ScheduleClipWarning)
         rates = dlp(scores, sparsity, alpha)
-    np.testing.assert_allclose(rates, reference, atol=1e-6)  # torch float32 vs float64
+    # torch float32 vs float64; a rate within float error of 0 may land on either side of the code's "<= 0 -> 0.01"
+    tie = np.isclose(rates, 0.0, atol=1e-6) & np.isclose(reference, 0.01)
+    np.testing.assert_allclose(rates[~tie], np.asarray(reference)[~tie], atol=1e-6)
     if 0.01 < rates.min() and rates.max() < 1:  # not clipped: the mean is exactly S
         assert rates.mean() == pytest.approx(sparsity, abs=1e-9)
     order = np.argsort(scores, kind="stable")
