@@ -91,8 +91,9 @@ if base_errors is None or budget is None or dense_in is None:
 @st.fragment
 def stepper(reference: np.ndarray | None) -> None:
     """The 'prune next block' stepper (a fragment: a press redraws only this chapter): stored blocks are read
-    back; a block not stored yet is computed in the background (three block forwards, the inputs of the next
-    block kept in memory) and the whole page follows that job."""
+    back; after the first press the next block is computed and stored in the background while the student reads
+    (``lesson.step_target``: three block forwards, the inputs of the next block kept in memory), so a press
+    only redraws; a press faster than that waits for the job, and the whole page follows it."""
     st.markdown(
         "Each press prunes the next block, calibrated on the **pruned** model's outputs of the blocks before it "
         "(the paper's sequential loop), and adds its point to the curve."
@@ -108,14 +109,14 @@ def stepper(reference: np.ndarray | None) -> None:
     step_job = ui.last_job(("lesson step", bench.setup, uniform))
     if step_job is not None and step_job.state == jobs.FAILED:
         st.error(f"{step_job.label} stopped: {step_job.error}")
-    elif shown > len(steps) and ui.idle(step_job):
+    elif len(steps) < (target := lesson.step_target(shown, L)) and ui.idle(step_job):
 
-        def step_work(job: jobs.Job) -> None:
-            steppers = ui.lesson_steppers()
-            steppers.get(bench, uniform).advance(shown, job.report)
-            job.point_stored()
+        def step_work(job: jobs.Job) -> None:  # each block stored: the page redraws while the next one computes
+            ui.lesson_steppers().get(bench, uniform).advance(target, job.report, job.point_stored)
 
-        if ui.submit(bench, ("lesson step", bench.setup, uniform), f"pruning block {shown - 1}", step_work):
+        waits = shown > len(steps)
+        label = f"pruning block {shown - 1}" if waits else f"pruning block {target - 1} ahead"
+        if ui.submit(bench, ("lesson step", bench.setup, uniform), label, step_work) and waits:
             st.rerun(scope="app")  # the page's follow() shows the progress and redraws when the block is stored
     visible = steps[: min(shown, len(steps))]
     ui.chart(

@@ -96,8 +96,9 @@ def test_stepper_equals_the_sequential_loop(bench: Workbench) -> None:
     loop = prune_sequential(bench.dense.blocks, bench.stats.calls(), bench.schedule(ATP), bench.stats.pruner,
                             batch_size=bench.setup.batch_size)  # fmt: skip
     stepper = lesson.Stepper(bench, ATP)
-    first = stepper.advance(2)
-    assert len(first) == 2
+    stored: list[int] = []
+    first = stepper.advance(2, stored=lambda: stored.append(stepper.done))
+    assert len(first) == 2 and stored == [1, 2]  # told as each block's row is stored
     steps = stepper.advance(bench.num_blocks)
     for field, name in (("local_error", "local_error"), ("cumulative_error", "cumulative_error"),
                         ("local_error_abs", "local_error_abs"), ("cumulative_error_abs", "cumulative_error_abs"),
@@ -107,6 +108,13 @@ def test_stepper_equals_the_sequential_loop(bench: Workbench) -> None:
         stepper.advance(bench.num_blocks + 1)
     with pytest.raises(ValueError, match=f"all {bench.num_blocks} blocks are pruned already"):
         stepper.step()
+
+
+def test_the_page_keeps_one_block_computed_ahead_after_the_first_press() -> None:
+    assert [lesson.step_target(shown, 4) for shown in range(5)] == [0, 2, 3, 4, 4]  # nothing before a press
+    assert lesson.step_target(1, 4, ahead=0) == 1
+    with pytest.raises(ValueError, match="blocks to prune must be in 0..4, got 5"):
+        lesson.step_target(5, 4)
 
 
 def test_results_are_stored_and_read_back(tmp_path) -> None:  # type: ignore[no-untyped-def]

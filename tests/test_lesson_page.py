@@ -53,15 +53,23 @@ class TestTinyModel:
             yield
 
     def test_the_stepper_computes_a_block_per_press_before_anything_is_stored(self) -> None:
+        from atp_viz.dashboard import ui
+        from atp_viz.experiment.lesson import STEP_KIND
+
+        def stored_steps() -> int:
+            return ui.get_store(ui.store_path()).count(kind=STEP_KIND)
+
         at = lesson(_sparsity=0.53)
         ok(at)
         assert has_button(at, "lesson_run") and has_button(at, "lesson_step")
+        assert stored_steps() == 0  # opening the page computes nothing
         for expected in (1, 2):
             at.button(key="lesson_step").click().run()
             ok(at)
             fig = charts(at)["lesson_stepper"]
             assert fig["layout"]["title"]["text"].startswith(f"{expected} of 4 blocks pruned")
             assert len(fig["data"][0]["x"]) == expected
+            assert stored_steps() == expected + 1  # the next block was computed ahead: the next press redraws
 
     def test_compute_then_every_chapter_reads_back(self) -> None:
         at = lesson(_sparsity=0.57)

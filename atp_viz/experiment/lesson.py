@@ -15,7 +15,10 @@ and ``scripts/ship_results.py`` ships them at the dashboard defaults.
   dense model's inputs instead of the pruned model's (Wanda issue #38); the errors are measured along the
   pruned model as usual.
 - **Stepper**: the sequential loop one block at a time (``calibration.prune_block``), keeping the pruned and
-  dense inputs of the next block in memory, so a step costs three block forwards.
+  dense inputs of the next block in memory (per server process, keyed by the model setting and schedule), so a
+  step costs three block forwards (two once the dense outputs are known) and the Wanda pruning of the block's
+  linears, whatever the block's depth. The page keeps ``AHEAD`` block computed and stored beyond the ones
+  shown (``step_target``): a press then only redraws.
 """
 
 from __future__ import annotations
@@ -358,13 +361,18 @@ class Stepper:
         )
         return row
 
-    def advance(self, target: int, progress: Progress | None = None) -> list[dict[str, float]]:
-        """Step until ``target`` blocks are pruned (replaying earlier blocks after a restart of the server)."""
+    def advance(
+        self, target: int, progress: Progress | None = None, stored: Callable[[], object] | None = None
+    ) -> list[dict[str, float]]:
+        """Step until ``target`` blocks are pruned (replaying earlier blocks after a restart of the server);
+        ``stored`` is called as each block's row is stored (a page redraws then, while the next one computes)."""
         check_step_target(target, self.bench.num_blocks)
         with self.lock:
             start = self.done
             while self.done < target:
                 self.step()
+                if stored:
+                    stored()
                 if progress:
                     progress((self.done - start) / max(target - start, 1), f"pruned block {self.done - 1}")
             return list(self.steps)
@@ -384,6 +392,17 @@ class Steppers:
             while len(self._items) > self.keep:
                 self._items.pop(next(iter(self._items)))
             return stepper
+
+
+AHEAD = 1  # blocks the stepper computes and stores beyond the ones shown, while the student looks at the last one
+
+
+def step_target(shown: int, num_blocks: int, ahead: int = AHEAD) -> int:
+    """How many blocks the stepper should have stored when ``shown`` are on screen: ``ahead`` more, so that the
+    next press only redraws (its block was computed while the student read the last one); none before the first
+    press (nothing is computed unless asked)."""
+    check_step_target(shown, num_blocks)
+    return min(num_blocks, shown + ahead) if shown else 0
 
 
 # ------------------------------------------------------------------ checks of lesson settings (query parameters)
