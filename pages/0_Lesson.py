@@ -12,7 +12,7 @@ from atp_viz.dashboard import figures, jobs, ui
 from atp_viz.dashboard import lesson_figures as lf
 from atp_viz.display import perplexity_text
 from atp_viz.experiment import lesson
-from atp_viz.experiment.workbench import compare_cells, compare_rows, scaled, summarize_sweep, sweep_specs
+from atp_viz.experiment.workbench import Workbench, compare_cells, compare_rows, scaled, summarize_sweep, sweep_specs
 from atp_viz.schedules import methods, published
 
 st.set_page_config(page_title="Lesson - atp-viz", layout="wide")
@@ -204,6 +204,7 @@ with st.container(key="lesson_strip_box"):
                 f"{amp:.3g}x, ||h|| = {math.sqrt(budget.dense_norm[block]):.3g}"
             )
         st.caption("  \n".join(lines))
+        show_scores = st.toggle("Its weight scores", **ui.state("lesson_scores", False))
     with strip_col:
         strip = lf.strip_figure(
             strip_point.rates,
@@ -215,6 +216,37 @@ with st.container(key="lesson_strip_box"):
         st.plotly_chart(
             strip, key="lesson_strip", on_select=pick_block, selection_mode="points", config=figures.PLOTLY_CONFIG
         )
+
+
+@st.cache_data(show_spinner=False, max_entries=64)
+def block_scores(_bench: Workbench, setup_key: str, block: int, rate: float) -> lesson.ScoreHistogram:
+    return lesson.score_histogram(_bench, block, rate)  # binned: a few kB per block
+
+
+if show_scores:  # block detail on demand: the histogram of the pruner's scores, the block's rate marked
+    rate = float(strip_point.rates[block])
+    if not lesson.score_stats_ready(bench):
+        scores_key = ("lesson scores", bench.setup)
+        scores_job = ui.job_button(
+            "Compute the dense statistics the scores need (one dense pass)",
+            scores_key,
+            lambda: ui.submit(
+                bench,
+                scores_key,
+                "dense statistics",
+                lambda job: lesson.score_histogram(bench, block, rate, job.report),
+            ),
+            key="lesson_scores_run",
+        )
+        ui.follow(setup.model, scores_job)
+    else:
+        hist = block_scores(bench, str(setup), block, rate)
+        options = ["all", *hist.linears]
+        if (asked := st.session_state.get("_lesson_scores_linear", "all")) not in options:
+            st.error(f"Linear refused: it must be one of {', '.join(options)}, got {asked!r}")
+            ui.set_state("lesson_scores_linear", "all")
+        linear = st.selectbox("Linear", options, **ui.state("lesson_scores_linear", "all"))
+        ui.chart(lf.score_histogram_figure(hist, None if linear == "all" else linear), key="lesson_scores_chart")
 
 cum = base_errors.cumulative_error
 # ------------------------------------------------------------------ 1. one block

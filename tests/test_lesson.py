@@ -134,6 +134,54 @@ def test_results_are_stored_and_read_back(tmp_path) -> None:  # type: ignore[no-
     assert lesson.stored_budget(again, ATP) is None  # another schedule is another key
 
 
+def test_a_blocks_weight_score_histogram(bench: Workbench) -> None:
+    """Wanda's |W| x ||X|| of block 1's dense weights, ||X|| from the dense model's own inputs (checked against a
+    plain forward pass with input hooks), split into pruned and kept at the block's rate."""
+    from atp_viz.dashboard.lesson_figures import score_histogram_figure
+
+    bench.dense.restore()
+    block, rate = 1, 0.6
+    hist = lesson.score_histogram(bench, block, rate)
+    linears = prunable_linears(bench.loaded.blocks[block])
+    assert hist.linears == list(linears) and hist.score.startswith("Wanda")
+    stats = {name: bench.stats.pruner.new_stats(lin.in_features) for name, lin in linears.items()}
+    with input_hooks(linears, recorder(stats)), torch.no_grad():
+        bench.loaded.model(input_ids=bench.windows["calibration"], use_cache=False)
+    pooled = []
+    for name, lin in linears.items():
+        out, inp = lin.weight.shape
+        pruned, kept = hist.pruned[name], hist.kept[name]
+        assert pruned.sum() == out * int(inp * rate) and pruned.sum() + kept.sum() == out * inp  # per row, as Wanda
+        scores = (lin.weight.abs() * stats[name].result().reshape(1, -1)).flatten().double()
+        logs = np.log10(scores.numpy())
+        pooled.append(logs)
+        counts = np.histogram(np.clip(logs, hist.edges[0], hist.edges[-1]), hist.edges)[0]
+        assert np.abs(counts - (pruned + kept)).sum() <= 2  # the same scores (a value on a bin edge may move)
+    fig = score_histogram_figure(hist)
+    assert [t.name for t in fig.data] == ["kept", f"pruned at s = {rate:.3f}"]
+    assert sum(fig.data[1].y) == sum(int(p.sum()) for p in hist.pruned.values())
+    width = hist.edges[1] - hist.edges[0]
+    assert fig.layout.shapes[0].x0 == pytest.approx(np.quantile(np.concatenate(pooled), rate), abs=width)
+    name = hist.linears[-1]
+    single = score_histogram_figure(hist, name)
+    assert sum(single.data[0].y) + sum(single.data[1].y) == linears[name].weight.numel()
+    with pytest.raises(ValueError, match="linear must be one of"):
+        score_histogram_figure(hist, "nope")
+    with pytest.raises(ValueError, match=f"block must be in 0..{bench.num_blocks - 1}"):
+        lesson.score_histogram(bench, bench.num_blocks, rate)
+    with pytest.raises(ValueError, match=r"rate must be in \[0, 1\], got 1.5"):
+        lesson.score_histogram(bench, 0, 1.5)
+    assert lesson.score_stats_ready(bench)  # the statistics are loaded now
+
+
+def test_pool_quantile_reads_binned_counts() -> None:
+    from atp_viz.dashboard.lesson_figures import pool_quantile
+
+    assert pool_quantile([0.0, 1.0, 2.0], [1, 3], 0.25) == pytest.approx(1.0)
+    assert pool_quantile([0.0, 1.0, 2.0], [1, 3], 0.5) == pytest.approx(1 + 0.25 / 0.75)
+    assert pool_quantile([0.0, 1.0, 2.0], [0, 0], 0.5) == pytest.approx(0.0)
+
+
 def test_dense_inputs_change_the_masks_but_not_the_first_block(bench: Workbench) -> None:
     bench.dense.restore()
     loop = prune_sequential(bench.dense.blocks, bench.stats.calls(), bench.schedule(UNIFORM), bench.stats.pruner,

@@ -97,6 +97,26 @@ class TestTinyModel:
         names = [t["name"] for t in charts(again)["lesson_masked"]["data"]]
         assert names == ["calibrated on dense inputs", "the other choice"]
 
+    def test_a_blocks_weight_scores_on_demand(self) -> None:
+        at = lesson(_sparsity=0.57, _lesson_block=1)
+        ok(at)
+        assert "lesson_scores_chart" not in charts(at)  # not drawn (nor computed) until asked
+        at.toggle(key="lesson_scores").set_value(True).run()
+        ok(at)
+        if has_button(at, "lesson_scores_run"):  # no dense statistics cached yet: one dense pass behind a button
+            at.button(key="lesson_scores_run").click().run()
+            ok(at)
+        fig = charts(at)["lesson_scores_chart"]
+        assert fig["layout"]["title"]["text"].startswith("Block 1: Wanda")
+        assert [t["name"] for t in fig["data"]][0] == "kept" and fig["layout"]["shapes"]
+        at.selectbox(key="lesson_scores_linear").set_value(at.selectbox(key="lesson_scores_linear").options[1]).run()
+        ok(at)
+        assert "all" not in charts(at)["lesson_scores_chart"]["layout"]["title"]["text"]
+        bad = lesson(_sparsity=0.57, _lesson_scores=True, _lesson_scores_linear="nope")
+        ok(bad)
+        assert [e for e in errors(bad) if e.startswith("Linear refused: it must be one of all, ")]
+        assert "all 7 linears" in charts(bad)["lesson_scores_chart"]["layout"]["title"]["text"]
+
     def test_a_bad_link_parameter_is_refused_with_one_line(self) -> None:
         at = lesson({"chapter": "9", "block": "2", "presenter": "maybe"}, _sparsity=0.57)
         ok(at)

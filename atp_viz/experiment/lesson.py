@@ -47,7 +47,7 @@ from atp_viz.pruning.calibration import (
     squared_norm,
 )
 from atp_viz.pruning.layer_stats import prunable_linears
-from atp_viz.pruning.pruners import Pruner
+from atp_viz.pruning.pruners import Pruner, check_rate, row_prune_mask
 from atp_viz.schedules.methods import ScheduleSpec
 from atp_viz.schedules.published import RateMap, as_rate_map
 from atp_viz.store import fingerprint
@@ -218,6 +218,65 @@ def budget(bench: Workbench, spec: ScheduleSpec, progress: Progress | None = Non
         lesson_key(bench, BUDGET_KIND, spec), BUDGET_KIND, {"lesson": "budget", **spec.params()}, result.to_record()
     )
     return result
+
+
+# ------------------------------------------------------------------ one block's weight scores
+SCORE_BINS = 60  # histogram bins over log10 of the scores
+
+
+@dataclass
+class ScoreHistogram:
+    """The pruner's scores of one block's dense weights (Wanda: |W_jk| ||X_k||, X the dense model's own inputs of
+    that linear), binned on a log scale per linear and split into the weights pruned at ``rate`` (each row's lowest
+    floor(in * rate), as the pruner does) and the kept ones."""
+
+    block: int
+    rate: float
+    score: str  # what is binned, e.g. "Wanda |W| x ||X||"
+    edges: np.ndarray  # (bins + 1,) log10 of the score; zero scores fall in the first bin
+    pruned: dict[str, np.ndarray]  # per linear: (bins,) counts of the weights pruned at ``rate``
+    kept: dict[str, np.ndarray]  # per linear: (bins,) counts of the others
+
+    @property
+    def linears(self) -> list[str]:
+        return list(self.pruned)
+
+
+def score_stats_ready(bench: Workbench) -> bool:
+    """Whether the dense statistics the scores need are there without a dense pass (loaded, or a cache file)."""
+    return not bench.stats.pruner.needs_inputs or bench.stats.source != "" or bench.stats.path().exists()
+
+
+def score_histogram(
+    bench: Workbench, block: int, rate: float, progress: Progress | None = None, bins: int = SCORE_BINS
+) -> ScoreHistogram:
+    """``block``'s weight scores from its dense weights and the dense statistics (one dense pass if not cached),
+    binned; ``rate`` in [0, 1] splits each linear's rows into pruned and kept (the model is not touched)."""
+    check_in_memory(bench)
+    if not 0 <= block < bench.num_blocks:
+        raise ValueError(f"block must be in 0..{bench.num_blocks - 1}, got {block}")
+    rate = check_rate(rate, "rate")
+    pruner, stats = bench.stats.pruner, dense_stats_source(bench, progress)
+    dense = bench.dense
+    assert isinstance(dense, DenseWeights)
+    scores: dict[str, torch.Tensor] = {}
+    for name in prunable_linears(dense.blocks[block]):
+        found = pruner.scores(dense.weights[(block, name)], stats(block, name))
+        if found is None:
+            raise ValueError(f"{pruner.name} prunes by no per-weight score; allowed: magnitude, wanda")
+        scores[name] = found.float()
+    logs = {name: torch.log10(s.clamp_min(torch.finfo(torch.float32).tiny)) for name, s in scores.items()}
+    positive = [lg[s > 0] for lg, s in zip(logs.values(), scores.values())]
+    low = min(float(lg.min()) for lg in positive if lg.numel())
+    high = max(float(lg.max()) for lg in positive if lg.numel())
+    edges = np.linspace(low, max(high, low + 1e-6), bins + 1)
+    pruned, kept = {}, {}
+    for name, s in scores.items():
+        mask = row_prune_mask(s, rate)
+        values = logs[name].clamp_min(low).numpy()
+        pruned[name] = np.histogram(values[mask.numpy()], edges)[0]
+        kept[name] = np.histogram(values[~mask.numpy()], edges)[0]
+    return ScoreHistogram(block, rate, pruner.label, edges, pruned, kept)
 
 
 # ------------------------------------------------------------------ calibrated on dense inputs
