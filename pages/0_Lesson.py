@@ -468,20 +468,42 @@ if show(7):
             f"error (amplification {budget.amplification[top]:.3g}x). A straight line cannot single out one block "
             "in the middle; OWL-style methods, which react to outlier weights, can."
         )
+    story = lesson.measured_story(setup.model, S)  # shipped: drawn at once, no computation
+    if story is not None:
+        profiles_text, band_text = lesson.story_text(story)
+        c = story["settings"]
+        st.markdown(
+            f"Measured on {setup.model} at S = {S:g} under other settings than this page's ({c['calib_samples']} x "
+            f"{c['calib_seqlen']} calibration tokens, {c['calibration']} calibration, {c['eval_windows']} x "
+            f"{c['eval_seqlen']} evaluation tokens, {story['date']}; `{', '.join(story['sources'])}`):"
+        )
+        st.markdown(f"- **A curved profile beats the line.** {profiles_text}")
+        left, mid, right = st.columns(3)
+        with left:
+            ui.chart(figures.schedule_figure(lesson.story_rates(story), title="Power profiles s_i (x_i^p)"),
+                     key="lesson_curved_schedules")  # fmt: skip
+        with mid:
+            ui.chart(lf.band_figure(story["curved"], "validation", "Curved profiles: validation perplexity"),
+                     key="lesson_curved")  # fmt: skip
+        st.markdown(f"- **The seed band.** {band_text}")
+        with right:
+            ui.chart(lf.band_figure(story["seed_band"], "evaluation", f"The seed band at S = {S:g}"),
+                     key="lesson_seed_band")  # fmt: skip
+    where = "at this page's settings" if story is not None else "at these settings"
     curved = [spec for name in ("power", "prefix") for spec in methods.sweep_grid(name, L, S, published.GRID_STEP)]
     curved_points = [p for p in ui.stored_points(bench, curved) if p is not None]
     if curved_points:
         best_curved = min(curved_points, key=lambda p: p.value("perplexity", "validation"))
         st.markdown(
-            f"- **A curved profile.** Best stored curved profile ({best_curved.method}, chosen on validation): "
-            f"perplexity {perplexity_text(best_curved.perplexity)} against the line's "
+            f"- **A curved profile {where}.** Best stored curved profile ({best_curved.method}, chosen on "
+            f"validation): perplexity {perplexity_text(best_curved.perplexity)} against the line's "
             f"{perplexity_text(summary.evaluation[summary.best].mean) if summary.best is not None else 'n/a'} "
             f"({len(curved_points)} of {len(curved)} profiles stored)."
         )
     else:
         st.markdown(
-            f"- **A curved profile**: not computed yet at these settings ({len(curved)} profile points; the "
-            "Profile shapes page computes them)."
+            f"- **A curved profile {where}**: not computed yet ({len(curved)} profile points; the Profile shapes "
+            "page computes them)."
         )
     band_specs = [uniform] + ([specs[1 + summary.best]] if summary.best is not None else [])
     band, _ = ui.stored_groups(bench, band_specs, (seed, seed + 1, seed + 2))
@@ -489,11 +511,11 @@ if show(7):
         text = "; ".join(
             f"{ui.spec_label(s)}: " + ", ".join(perplexity_text(p.perplexity) for p in v) for s, v in band.items()
         )
-        st.markdown(f"- **The seed band** (calibration seeds {seed}..{seed + 2}): {text}.")
+        st.markdown(f"- **The seed band {where}** (calibration seeds {seed}..{seed + 2}): {text}.")
     else:
         st.markdown(
-            "- **The seed band**: not computed yet at these settings (uniform and the best beta under "
-            "three calibration seeds; set 'Seeds per point' to 3 on the Beta tuning page)."
+            f"- **The seed band {where}**: not computed yet (uniform and the best beta under three calibration "
+            "seeds; set 'Seeds per point' to 3 on the Beta tuning page)."
         )
 
 link = lesson.share_link(

@@ -182,6 +182,28 @@ def test_pool_quantile_reads_binned_counts() -> None:
     assert pool_quantile([0.0, 1.0, 2.0], [0, 0], 0.5) == pytest.approx(0.0)
 
 
+def test_chapter_7_reads_the_shipped_measurements() -> None:
+    from atp_viz.dashboard.lesson_figures import band_figure
+
+    story = lesson.measured_story("smollm2-135m", 0.7)
+    assert story is not None and lesson.measured_story("smollm2-135m", 0.6) is None
+    assert lesson.measured_story("gemma3-270m", 0.7) is None
+    rates = lesson.story_rates(story)
+    assert list(rates) == ["p = 0.5", "p = 1 (ATP's line)", "p = 2"]
+    for r in rates.values():
+        assert r.size == 30 and r.mean() == pytest.approx(0.7)  # the same mean sparsity
+    assert rates["p = 0.5"][0] < rates["p = 1 (ATP's line)"][0]  # concave: steeper over the first blocks
+    profiles, band = lesson.story_text(story)
+    assert "p = 0.5 has the lowest validation perplexity (235.0, the line 260.9)" in profiles
+    assert "217.0 +- 5.9 against the line's 237.4 +- 1.9, lower at every seed" in profiles
+    assert "uniform 688.3 +- 126.1 (+-18 %)" in band and "factor 2.7" in band
+    fig = band_figure(story["curved"], "evaluation", "t")  # p = 2 has no evaluation value: left out
+    assert list(fig.data[0].x) == ["p = 0.5", "p = 1 (ATP's line)"] and len(fig.data[1].y) == 6  # 3 seeds each
+    assert list(fig.data[0].error_y.array) == pytest.approx([5.946, 1.927], abs=1e-3)
+    seeds = band_figure(story["seed_band"], "evaluation", "t")
+    assert len(seeds.data) == 1 and list(seeds.data[0].y) == pytest.approx([688.27, 256.55], abs=0.01)
+
+
 def test_dense_inputs_change_the_masks_but_not_the_first_block(bench: Workbench) -> None:
     bench.dense.restore()
     loop = prune_sequential(bench.dense.blocks, bench.stats.calls(), bench.schedule(UNIFORM), bench.stats.pruner,

@@ -151,11 +151,21 @@ class TestShippedDefaults:
         ok(at)
         drawn = charts(at)
         for key in ("lesson_strip", "lesson_local", "lesson_reveal", "lesson_stepper", "lesson_budget", "lesson_upoint",
-                    "lesson_masked", "lesson_schedule", "lesson_tilt", "lesson_ucurve", "lesson_peers"):  # fmt: skip
+                    "lesson_masked", "lesson_schedule", "lesson_tilt", "lesson_ucurve", "lesson_peers",
+                    "lesson_curved_schedules", "lesson_curved", "lesson_seed_band"):  # fmt: skip
             assert key in drawn, key
         assert not has_button(at, "lesson_run")  # nothing to compute at the defaults
         budget = drawn["lesson_budget"]["data"][0]["y"]
         assert len(budget) == 30 and max(budget) == budget[11]  # the outlier block
+        # chapter 7 from shipped measurements: the curved profile that beats the line, the seed band, block 11
+        assert [t["name"] for t in drawn["lesson_curved_schedules"]["data"]] == [
+            "p = 0.5",
+            "p = 1 (ATP's line)",
+            "p = 2",
+        ]
+        assert drawn["lesson_seed_band"]["data"][0]["x"] == ["uniform", "ATP, beta = 0.012"]
+        text = " ".join(m.value for m in at.markdown)
+        assert "The outlier block.** Block 11" in text and "lower at every seed" in text
         before = ui.job_manager().epoch()
         at.slider(key="beta").set_value(0.012).run()
         ok(at)

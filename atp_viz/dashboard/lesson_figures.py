@@ -4,6 +4,7 @@ axis titles with units, a legend, exact values in the hover."""
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import plotly.graph_objects as go
@@ -232,3 +233,35 @@ def score_histogram_figure(hist: ScoreHistogram, linear: str | None = None) -> g
     fig.update_layout(barmode="stack", bargap=0)
     fig.update_xaxes(tickvals=ticks, ticktext=[f"1e{t}" for t in ticks])
     return fig
+
+
+def band_figure(rows: Sequence[Mapping[str, Any]], split: str, title: str) -> go.Figure:
+    """Chapter 7: one bar per schedule, its mean perplexity on ``split`` over calibration seeds with +- one standard
+    deviation (``<split>_std``, absent for one seed), each seed's value as a dot where known
+    (``<split>_per_seed``). Rows without a value on ``split`` are left out."""
+    shown = [r for r in rows if r.get(split) is not None]
+    fig = go.Figure(
+        go.Bar(
+            x=[r["label"] for r in shown],
+            y=[float(r[split]) for r in shown],
+            error_y=dict(type="data", array=[float(r.get(f"{split}_std") or 0.0) for r in shown], visible=True),
+            customdata=[[r.get("seeds", 1), float(r.get(f"{split}_std") or 0.0)] for r in shown],
+            name=f"mean over seeds ({split})",
+            marker=dict(color=[color_for(str(r.get("method", "uniform"))) for r in shown]),
+            hovertemplate="%{x}<br>perplexity %{y:.1f} +- %{customdata[1]:.1f}<br>%{customdata[0]} seed(s)"
+            "<extra></extra>",
+        )
+    )
+    seeds = [(r["label"], float(v)) for r in shown for v in r.get(f"{split}_per_seed") or []]
+    if seeds:
+        fig.add_trace(
+            go.Scatter(
+                x=[x for x, _ in seeds],
+                y=[y for _, y in seeds],
+                mode="markers",
+                name="one calibration seed",
+                marker=dict(color="black", size=7),
+                hovertemplate="%{x}<br>one seed: %{y:.1f}<extra></extra>",
+            )
+        )
+    return _layout(fig, title, "schedule", f"perplexity ({split})")

@@ -23,11 +23,13 @@ and ``scripts/ship_results.py`` ships them at the dashboard defaults.
 
 from __future__ import annotations
 
+import json
 import math
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -462,6 +464,68 @@ def step_target(shown: int, num_blocks: int, ahead: int = AHEAD) -> int:
     press (nothing is computed unless asked)."""
     check_step_target(shown, num_blocks)
     return min(num_blocks, shown + ahead) if shown else 0
+
+
+# ------------------------------------------------------------------ chapter 7: measured elsewhere, shipped
+STORY_PATH = Path(__file__).resolve().parent / "shipped" / "lesson_story.json"  # scripts/lesson_story.py
+
+
+def measured_story(model: str, sparsity: float, path: Path = STORY_PATH) -> dict[str, Any] | None:
+    """The curved profiles and the seed band measured on ``model`` at ``sparsity`` under their own settings (see
+    ``story["settings"]``), shipped for chapter 7; None for another model or sparsity."""
+    story = json.loads(path.read_text(encoding="utf-8"))
+    if story["settings"]["model"] != model or not math.isclose(float(story["sparsity"]), sparsity, abs_tol=1e-9):
+        return None
+    return story
+
+
+def story_rates(story: Mapping[str, Any]) -> dict[str, np.ndarray]:
+    """Each curved profile's rates s_i (the registry's schedules, as measured)."""
+    from atp_viz.schedules.methods import build_schedule
+
+    return {
+        row["label"]: build_schedule(
+            ScheduleSpec(row["method"], float(story["sparsity"]), **row["params"]), int(story["num_blocks"])
+        )  # fmt: skip
+        for row in story["curved"]
+    }
+
+
+def story_text(story: Mapping[str, Any]) -> tuple[str, str]:
+    """What the curved profiles and the seed band show, from their numbers: (profiles, band)."""
+    line = next(r for r in story["curved"] if r["method"] == "atp")
+    best = min(story["curved"], key=lambda r: r["validation"])
+    seeds = listed([str(s) for s in story["seed_list"]])
+    parts = [
+        f"At beta = {line['params']['beta']:g} (the same total rise over the blocks), the profile {best['label']} "
+        f"has the lowest validation perplexity ({best['validation']:.1f}, the line {line['validation']:.1f})."
+    ]
+    a, b = best.get("evaluation_per_seed") or [], line.get("evaluation_per_seed") or []
+    if best is not line and best["evaluation"] is not None and len(a) == len(b) > 1:
+        every = all(x < y for x, y in zip(a, b))
+        parts.append(
+            f"Reported on evaluation over calibration seeds {seeds}: {best['evaluation']:.1f} +- "
+            f"{best['evaluation_std']:.1f} against the line's {line['evaluation']:.1f} +- {line['evaluation_std']:.1f}"
+            + (", lower at every seed." if every else "; not lower at every seed.")
+        )
+    others = [r for r in story["curved"] if r is not best and r is not line]
+    parts += [
+        f"{r['label']}: validation {r['validation']:.1f} ({r['seeds']} seed{'s' * (r['seeds'] > 1)})." for r in others
+    ]
+    band = story["seed_band"]
+    spread = ", ".join(
+        f"{r['label']} {r['evaluation']:.1f} +- {r['evaluation_std']:.1f} "
+        f"(+-{100 * r['evaluation_std'] / r['evaluation']:.0f} %)"
+        for r in band
+    )
+    high, low = max(band, key=lambda r: r["evaluation"]), min(band, key=lambda r: r["evaluation"])
+    band_text = (
+        f"Over calibration seeds {seeds}, evaluation perplexity: {spread}. At {100 * float(story['sparsity']):.0f} % "
+        "a single point is chaotic (one near-tie swapped in an early block can move uniform by about a hundred "
+        "points), so a difference of a few percent at one seed is noise; the factor "
+        f"{high['evaluation'] / low['evaluation']:.2g} between {high['label']} and {low['label']} is not."
+    )
+    return " ".join(parts), band_text
 
 
 # ------------------------------------------------------------------ checks of lesson settings (query parameters)
