@@ -16,7 +16,7 @@ from atp_viz.config import CalibConfig, EvalConfig
 from atp_viz.experiment import lesson
 from atp_viz.experiment.workbench import Setup, Workbench
 from atp_viz.models.hooks import input_hooks
-from atp_viz.pruning.calibration import prune_sequential
+from atp_viz.pruning.calibration import prune_sequential, run_block
 from atp_viz.pruning.layer_stats import prunable_linears
 from atp_viz.pruning.pruners import recorder
 from atp_viz.schedules.methods import ScheduleSpec
@@ -115,6 +115,27 @@ def test_the_page_keeps_one_block_computed_ahead_after_the_first_press() -> None
     assert lesson.step_target(1, 4, ahead=0) == 1
     with pytest.raises(ValueError, match="blocks to prune must be in 0..4, got 5"):
         lesson.step_target(5, 4)
+
+
+def test_gemma_blocks_keep_their_own_attention_arguments() -> None:
+    """Gemma-3 alternates sliding-window and global attention: the stepper and the budget replay each block with its
+    own captured mask and rotary tables (a block given another block's arguments computes something else)."""
+    wb = tiny_bench(family="gemma3")
+    calls = wb.stats.calls()
+    masks = [kwargs["attention_mask"] for _, kwargs in calls.args]
+    assert masks[0] is not None and masks[1] is None and masks[2] is not None  # sliding (a band) vs global (causal)
+    wb.dense.restore()
+    with torch.no_grad():
+        own = run_block(wb.dense.blocks[0], calls.hidden, calls.args[0], wb.setup.batch_size)
+        other = run_block(wb.dense.blocks[0], calls.hidden, calls.args[1], wb.setup.batch_size)
+    assert not torch.allclose(own, other)
+    stepper = lesson.Stepper(wb, UNIFORM)
+    steps = stepper.advance(lesson.step_target(1, wb.num_blocks))  # a first press and the block ahead
+    loop = prune_sequential(wb.dense.blocks, calls, wb.schedule(UNIFORM), wb.stats.pruner,
+                            batch_size=wb.setup.batch_size)  # fmt: skip
+    assert [s["cumulative_error"] for s in steps] == pytest.approx(loop.cumulative_error[:2].tolist(), rel=1e-5)
+    result = lesson.budget(wb, UNIFORM)
+    assert result.final_abs.size == wb.num_blocks and np.isfinite(result.amplification).all()
 
 
 def test_results_are_stored_and_read_back(tmp_path) -> None:  # type: ignore[no-untyped-def]
