@@ -12,7 +12,7 @@ from atp_viz.dashboard import figures, jobs, ui
 from atp_viz.dashboard import lesson_figures as lf
 from atp_viz.display import perplexity_text
 from atp_viz.experiment import lesson
-from atp_viz.experiment.workbench import compare_cells, compare_rows, scaled, summarize_sweep, sweep_specs
+from atp_viz.experiment.workbench import Workbench, compare_cells, compare_rows, scaled, summarize_sweep, sweep_specs
 from atp_viz.schedules import methods, published
 
 st.set_page_config(page_title="Lesson - atp-viz", layout="wide")
@@ -91,8 +91,9 @@ if base_errors is None or budget is None or dense_in is None:
 @st.fragment
 def stepper(reference: np.ndarray | None) -> None:
     """The 'prune next block' stepper (a fragment: a press redraws only this chapter): stored blocks are read
-    back; a block not stored yet is computed in the background (three block forwards, the inputs of the next
-    block kept in memory) and the whole page follows that job."""
+    back; after the first press the next block is computed and stored in the background while the student reads
+    (``lesson.step_target``: three block forwards, the inputs of the next block kept in memory), so a press
+    only redraws; a press faster than that waits for the job, and the whole page follows it."""
     st.markdown(
         "Each press prunes the next block, calibrated on the **pruned** model's outputs of the blocks before it "
         "(the paper's sequential loop), and adds its point to the curve."
@@ -108,14 +109,14 @@ def stepper(reference: np.ndarray | None) -> None:
     step_job = ui.last_job(("lesson step", bench.setup, uniform))
     if step_job is not None and step_job.state == jobs.FAILED:
         st.error(f"{step_job.label} stopped: {step_job.error}")
-    elif shown > len(steps) and ui.idle(step_job):
+    elif len(steps) < (target := lesson.step_target(shown, L)) and ui.idle(step_job):
 
-        def step_work(job: jobs.Job) -> None:
-            steppers = ui.lesson_steppers()
-            steppers.get(bench, uniform).advance(shown, job.report)
-            job.point_stored()
+        def step_work(job: jobs.Job) -> None:  # each block stored: the page redraws while the next one computes
+            ui.lesson_steppers().get(bench, uniform).advance(target, job.report, job.point_stored)
 
-        if ui.submit(bench, ("lesson step", bench.setup, uniform), f"pruning block {shown - 1}", step_work):
+        waits = shown > len(steps)
+        label = f"pruning block {shown - 1}" if waits else f"pruning block {target - 1} ahead"
+        if ui.submit(bench, ("lesson step", bench.setup, uniform), label, step_work) and waits:
             st.rerun(scope="app")  # the page's follow() shows the progress and redraws when the block is stored
     visible = steps[: min(shown, len(steps))]
     ui.chart(
@@ -203,6 +204,7 @@ with st.container(key="lesson_strip_box"):
                 f"{amp:.3g}x, ||h|| = {math.sqrt(budget.dense_norm[block]):.3g}"
             )
         st.caption("  \n".join(lines))
+        show_scores = st.toggle("Its weight scores", **ui.state("lesson_scores", False))
     with strip_col:
         strip = lf.strip_figure(
             strip_point.rates,
@@ -214,6 +216,37 @@ with st.container(key="lesson_strip_box"):
         st.plotly_chart(
             strip, key="lesson_strip", on_select=pick_block, selection_mode="points", config=figures.PLOTLY_CONFIG
         )
+
+
+@st.cache_data(show_spinner=False, max_entries=64)
+def block_scores(_bench: Workbench, setup_key: str, block: int, rate: float) -> lesson.ScoreHistogram:
+    return lesson.score_histogram(_bench, block, rate)  # binned: a few kB per block
+
+
+if show_scores:  # block detail on demand: the histogram of the pruner's scores, the block's rate marked
+    rate = float(strip_point.rates[block])
+    if not lesson.score_stats_ready(bench):
+        scores_key = ("lesson scores", bench.setup)
+        scores_job = ui.job_button(
+            "Compute the dense statistics the scores need (one dense pass)",
+            scores_key,
+            lambda: ui.submit(
+                bench,
+                scores_key,
+                "dense statistics",
+                lambda job: lesson.score_histogram(bench, block, rate, job.report),
+            ),
+            key="lesson_scores_run",
+        )
+        ui.follow(setup.model, scores_job)
+    else:
+        hist = block_scores(bench, str(setup), block, rate)
+        options = ["all", *hist.linears]
+        if (asked := st.session_state.get("_lesson_scores_linear", "all")) not in options:
+            st.error(f"Linear refused: it must be one of {', '.join(options)}, got {asked!r}")
+            ui.set_state("lesson_scores_linear", "all")
+        linear = st.selectbox("Linear", options, **ui.state("lesson_scores_linear", "all"))
+        ui.chart(lf.score_histogram_figure(hist, None if linear == "all" else linear), key="lesson_scores_chart")
 
 cum = base_errors.cumulative_error
 # ------------------------------------------------------------------ 1. one block
@@ -435,20 +468,42 @@ if show(7):
             f"error (amplification {budget.amplification[top]:.3g}x). A straight line cannot single out one block "
             "in the middle; OWL-style methods, which react to outlier weights, can."
         )
+    story = lesson.measured_story(setup.model, S)  # shipped: drawn at once, no computation
+    if story is not None:
+        profiles_text, band_text = lesson.story_text(story)
+        c = story["settings"]
+        st.markdown(
+            f"Measured on {setup.model} at S = {S:g} under other settings than this page's ({c['calib_samples']} x "
+            f"{c['calib_seqlen']} calibration tokens, {c['calibration']} calibration, {c['eval_windows']} x "
+            f"{c['eval_seqlen']} evaluation tokens, {story['date']}; `{', '.join(story['sources'])}`):"
+        )
+        st.markdown(f"- **A curved profile beats the line.** {profiles_text}")
+        left, mid, right = st.columns(3)
+        with left:
+            ui.chart(figures.schedule_figure(lesson.story_rates(story), title="Power profiles s_i (x_i^p)"),
+                     key="lesson_curved_schedules")  # fmt: skip
+        with mid:
+            ui.chart(lf.band_figure(story["curved"], "validation", "Curved profiles: validation perplexity"),
+                     key="lesson_curved")  # fmt: skip
+        st.markdown(f"- **The seed band.** {band_text}")
+        with right:
+            ui.chart(lf.band_figure(story["seed_band"], "evaluation", f"The seed band at S = {S:g}"),
+                     key="lesson_seed_band")  # fmt: skip
+    where = "at this page's settings" if story is not None else "at these settings"
     curved = [spec for name in ("power", "prefix") for spec in methods.sweep_grid(name, L, S, published.GRID_STEP)]
     curved_points = [p for p in ui.stored_points(bench, curved) if p is not None]
     if curved_points:
         best_curved = min(curved_points, key=lambda p: p.value("perplexity", "validation"))
         st.markdown(
-            f"- **A curved profile.** Best stored curved profile ({best_curved.method}, chosen on validation): "
-            f"perplexity {perplexity_text(best_curved.perplexity)} against the line's "
+            f"- **A curved profile {where}.** Best stored curved profile ({best_curved.method}, chosen on "
+            f"validation): perplexity {perplexity_text(best_curved.perplexity)} against the line's "
             f"{perplexity_text(summary.evaluation[summary.best].mean) if summary.best is not None else 'n/a'} "
             f"({len(curved_points)} of {len(curved)} profiles stored)."
         )
     else:
         st.markdown(
-            f"- **A curved profile**: not computed yet at these settings ({len(curved)} profile points; the "
-            "Profile shapes page computes them)."
+            f"- **A curved profile {where}**: not computed yet ({len(curved)} profile points; the Profile shapes "
+            "page computes them)."
         )
     band_specs = [uniform] + ([specs[1 + summary.best]] if summary.best is not None else [])
     band, _ = ui.stored_groups(bench, band_specs, (seed, seed + 1, seed + 2))
@@ -456,11 +511,11 @@ if show(7):
         text = "; ".join(
             f"{ui.spec_label(s)}: " + ", ".join(perplexity_text(p.perplexity) for p in v) for s, v in band.items()
         )
-        st.markdown(f"- **The seed band** (calibration seeds {seed}..{seed + 2}): {text}.")
+        st.markdown(f"- **The seed band {where}** (calibration seeds {seed}..{seed + 2}): {text}.")
     else:
         st.markdown(
-            "- **The seed band**: not computed yet at these settings (uniform and the best beta under "
-            "three calibration seeds; set 'Seeds per point' to 3 on the Beta tuning page)."
+            f"- **The seed band {where}**: not computed yet (uniform and the best beta under three calibration "
+            "seeds; set 'Seeds per point' to 3 on the Beta tuning page)."
         )
 
 link = lesson.share_link(

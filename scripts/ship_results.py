@@ -43,6 +43,7 @@ if str(ROOT) not in sys.path:
 import torch  # noqa: E402
 
 from atp_viz.experiment import lesson  # noqa: E402
+from atp_viz.experiment.ledger import METRIC_KIND  # noqa: E402
 from atp_viz.experiment.shipped import SHIPPED_PATH, ShippedResults, write_shipped  # noqa: E402
 from atp_viz.experiment.workbench import Setup, Workbench, compare_cells, sweep_specs  # noqa: E402
 from atp_viz.models.loading import cache_dir  # noqa: E402
@@ -89,9 +90,14 @@ def compare_groups(num_blocks: int, sparsity: float) -> list[list[ScheduleSpec]]
     return [list(cell.specs) for cell in cells]
 
 
-def keys_of(wb: Workbench, spec: ScheduleSpec) -> list[str]:
+def keys_of(wb: Workbench, spec: ScheduleSpec | None = None) -> list[str]:
+    """A point's row and its metric rows in the working store (each names its point); None: the dense model's
+    metric rows (the dense model has no point row)."""
+    assert wb.store is not None
+    if spec is None:
+        return [row["key"] for row in wb.store.query(METRIC_KIND, method="dense")]
     point = wb.point_key(spec)
-    return [point, *wb.rows.metric_keys(point).values()]
+    return [point, *(row["key"] for row in wb.store.query(METRIC_KIND, point=point))]
 
 
 def export(work: ResultStore, keys: set[str], out: Path, about: dict[str, Any]) -> int:
@@ -148,8 +154,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     if "dense" in views:
         wb.dense_metrics()
-        dense = wb.rows.dense_key()
-        keys.update([dense, *wb.rows.metric_keys(dense).values()])
+        keys.update(keys_of(wb))
         shipped("dense", 1, 1)
     if "lesson" in views:
         uniform = ScheduleSpec("uniform", sparsity)

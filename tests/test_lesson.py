@@ -16,7 +16,7 @@ from atp_viz.config import CalibConfig, EvalConfig
 from atp_viz.experiment import lesson
 from atp_viz.experiment.workbench import Setup, Workbench
 from atp_viz.models.hooks import input_hooks
-from atp_viz.pruning.calibration import prune_sequential
+from atp_viz.pruning.calibration import prune_sequential, run_block
 from atp_viz.pruning.layer_stats import prunable_linears
 from atp_viz.pruning.pruners import recorder
 from atp_viz.schedules.methods import ScheduleSpec
@@ -96,8 +96,9 @@ def test_stepper_equals_the_sequential_loop(bench: Workbench) -> None:
     loop = prune_sequential(bench.blocks, bench.block_calls(), bench.schedule(ATP), bench.pruner,
                             batch_size=bench.setup.batch_size)  # fmt: skip
     stepper = lesson.Stepper(bench, ATP)
-    first = stepper.advance(2)
-    assert len(first) == 2
+    stored: list[int] = []
+    first = stepper.advance(2, stored=lambda: stored.append(stepper.done))
+    assert len(first) == 2 and stored == [1, 2]  # told as each block's row is stored
     steps = stepper.advance(bench.num_blocks)
     for field, name in (("local_error", "local_error"), ("cumulative_error", "cumulative_error"),
                         ("local_error_abs", "local_error_abs"), ("cumulative_error_abs", "cumulative_error_abs"),
@@ -107,6 +108,34 @@ def test_stepper_equals_the_sequential_loop(bench: Workbench) -> None:
         stepper.advance(bench.num_blocks + 1)
     with pytest.raises(ValueError, match=f"all {bench.num_blocks} blocks are pruned already"):
         stepper.step()
+
+
+def test_the_page_keeps_one_block_computed_ahead_after_the_first_press() -> None:
+    assert [lesson.step_target(shown, 4) for shown in range(5)] == [0, 2, 3, 4, 4]  # nothing before a press
+    assert lesson.step_target(1, 4, ahead=0) == 1
+    with pytest.raises(ValueError, match="blocks to prune must be in 0..4, got 5"):
+        lesson.step_target(5, 4)
+
+
+def test_gemma_blocks_keep_their_own_attention_arguments() -> None:
+    """Gemma-3 alternates sliding-window and global attention: the stepper and the budget replay each block with its
+    own captured mask and rotary tables (a block given another block's arguments computes something else)."""
+    wb = tiny_bench(family="gemma3")
+    calls = wb.block_calls()
+    masks = [kwargs["attention_mask"] for _, kwargs in calls.args]
+    assert masks[0] is not None and masks[1] is None and masks[2] is not None  # sliding (a band) vs global (causal)
+    wb.restore()
+    with torch.no_grad():
+        own = run_block(wb.blocks[0], calls.hidden, calls.args[0], wb.setup.batch_size)
+        other = run_block(wb.blocks[0], calls.hidden, calls.args[1], wb.setup.batch_size)
+    assert not torch.allclose(own, other)
+    stepper = lesson.Stepper(wb, UNIFORM)
+    steps = stepper.advance(lesson.step_target(1, wb.num_blocks))  # a first press and the block ahead
+    loop = prune_sequential(wb.blocks, calls, wb.schedule(UNIFORM), wb.pruner,
+                            batch_size=wb.setup.batch_size)  # fmt: skip
+    assert [s["cumulative_error"] for s in steps] == pytest.approx(loop.cumulative_error[:2].tolist(), rel=1e-5)
+    result = lesson.budget(wb, UNIFORM)
+    assert result.final_abs.size == wb.num_blocks and np.isfinite(result.amplification).all()
 
 
 def test_results_are_stored_and_read_back(tmp_path) -> None:  # type: ignore[no-untyped-def]
@@ -124,6 +153,76 @@ def test_results_are_stored_and_read_back(tmp_path) -> None:  # type: ignore[no-
     steps = lesson.known_steps(again, UNIFORM)
     assert [s["cumulative_error"] for s in steps] == pytest.approx(point.cumulative_error.tolist())
     assert lesson.stored_budget(again, ATP) is None  # another schedule is another key
+
+
+def test_a_blocks_weight_score_histogram(bench: Workbench) -> None:
+    """Wanda's |W| x ||X|| of block 1's dense weights, ||X|| from the dense model's own inputs (checked against a
+    plain forward pass with input hooks), split into pruned and kept at the block's rate."""
+    from atp_viz.dashboard.lesson_figures import score_histogram_figure
+
+    bench.restore()
+    block, rate = 1, 0.6
+    hist = lesson.score_histogram(bench, block, rate)
+    linears = prunable_linears(bench.blocks[block])
+    assert hist.linears == list(linears) and hist.score.startswith("Wanda")
+    stats = {name: bench.pruner.new_stats(lin.in_features) for name, lin in linears.items()}
+    with input_hooks(linears, recorder(stats)), torch.no_grad():
+        bench.loaded_model.model(input_ids=bench.windows("calibration"), use_cache=False)
+    pooled = []
+    for name, lin in linears.items():
+        out, inp = lin.weight.shape
+        pruned, kept = hist.pruned[name], hist.kept[name]
+        assert pruned.sum() == out * int(inp * rate) and pruned.sum() + kept.sum() == out * inp  # per row, as Wanda
+        scores = (lin.weight.abs() * stats[name].result().reshape(1, -1)).flatten().double()
+        logs = np.log10(scores.numpy())
+        pooled.append(logs)
+        counts = np.histogram(np.clip(logs, hist.edges[0], hist.edges[-1]), hist.edges)[0]
+        assert np.abs(counts - (pruned + kept)).sum() <= 2  # the same scores (a value on a bin edge may move)
+    fig = score_histogram_figure(hist)
+    assert [t.name for t in fig.data] == ["kept", f"pruned at s = {rate:.3f}"]
+    assert sum(fig.data[1].y) == sum(int(p.sum()) for p in hist.pruned.values())
+    width = hist.edges[1] - hist.edges[0]
+    assert fig.layout.shapes[0].x0 == pytest.approx(np.quantile(np.concatenate(pooled), rate), abs=width)
+    name = hist.linears[-1]
+    single = score_histogram_figure(hist, name)
+    assert sum(single.data[0].y) + sum(single.data[1].y) == linears[name].weight.numel()
+    with pytest.raises(ValueError, match="linear must be one of"):
+        score_histogram_figure(hist, "nope")
+    with pytest.raises(ValueError, match=f"block must be in 0..{bench.num_blocks - 1}"):
+        lesson.score_histogram(bench, bench.num_blocks, rate)
+    with pytest.raises(ValueError, match=r"rate must be in \[0, 1\], got 1.5"):
+        lesson.score_histogram(bench, 0, 1.5)
+    assert lesson.score_stats_ready(bench)  # the statistics are loaded now
+
+
+def test_pool_quantile_reads_binned_counts() -> None:
+    from atp_viz.dashboard.lesson_figures import pool_quantile
+
+    assert pool_quantile([0.0, 1.0, 2.0], [1, 3], 0.25) == pytest.approx(1.0)
+    assert pool_quantile([0.0, 1.0, 2.0], [1, 3], 0.5) == pytest.approx(1 + 0.25 / 0.75)
+    assert pool_quantile([0.0, 1.0, 2.0], [0, 0], 0.5) == pytest.approx(0.0)
+
+
+def test_chapter_7_reads_the_shipped_measurements() -> None:
+    from atp_viz.dashboard.lesson_figures import band_figure
+
+    story = lesson.measured_story("smollm2-135m", 0.7)
+    assert story is not None and lesson.measured_story("smollm2-135m", 0.6) is None
+    assert lesson.measured_story("gemma3-270m", 0.7) is None
+    rates = lesson.story_rates(story)
+    assert list(rates) == ["p = 0.5", "p = 1 (ATP's line)", "p = 2"]
+    for r in rates.values():
+        assert r.size == 30 and r.mean() == pytest.approx(0.7)  # the same mean sparsity
+    assert rates["p = 0.5"][0] < rates["p = 1 (ATP's line)"][0]  # concave: steeper over the first blocks
+    profiles, band = lesson.story_text(story)
+    assert "p = 0.5 has the lowest validation perplexity (235.0, the line 260.9)" in profiles
+    assert "217.0 +- 5.9 against the line's 237.4 +- 1.9, lower at every seed" in profiles
+    assert "uniform 688.3 +- 126.1 (+-18 %)" in band and "factor 2.7" in band
+    fig = band_figure(story["curved"], "evaluation", "t")  # p = 2 has no evaluation value: left out
+    assert list(fig.data[0].x) == ["p = 0.5", "p = 1 (ATP's line)"] and len(fig.data[1].y) == 6  # 3 seeds each
+    assert list(fig.data[0].error_y.array) == pytest.approx([5.946, 1.927], abs=1e-3)
+    seeds = band_figure(story["seed_band"], "evaluation", "t")
+    assert len(seeds.data) == 1 and list(seeds.data[0].y) == pytest.approx([688.27, 256.55], abs=0.01)
 
 
 def test_dense_inputs_change_the_masks_but_not_the_first_block(bench: Workbench) -> None:

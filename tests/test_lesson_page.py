@@ -53,15 +53,23 @@ class TestTinyModel:
             yield
 
     def test_the_stepper_computes_a_block_per_press_before_anything_is_stored(self) -> None:
+        from atp_viz.dashboard import ui
+        from atp_viz.experiment.lesson import STEP_KIND
+
+        def stored_steps() -> int:
+            return ui.get_store(ui.store_path()).count(kind=STEP_KIND)
+
         at = lesson(_sparsity=0.53)
         ok(at)
         assert has_button(at, "lesson_run") and has_button(at, "lesson_step")
+        assert stored_steps() == 0  # opening the page computes nothing
         for expected in (1, 2):
             at.button(key="lesson_step").click().run()
             ok(at)
             fig = charts(at)["lesson_stepper"]
             assert fig["layout"]["title"]["text"].startswith(f"{expected} of 4 blocks pruned")
             assert len(fig["data"][0]["x"]) == expected
+            assert stored_steps() == expected + 1  # the next block was computed ahead: the next press redraws
 
     def test_compute_then_every_chapter_reads_back(self) -> None:
         at = lesson(_sparsity=0.57)
@@ -88,6 +96,26 @@ class TestTinyModel:
         ok(again)
         names = [t["name"] for t in charts(again)["lesson_masked"]["data"]]
         assert names == ["calibrated on dense inputs", "the other choice"]
+
+    def test_a_blocks_weight_scores_on_demand(self) -> None:
+        at = lesson(_sparsity=0.57, _lesson_block=1)
+        ok(at)
+        assert "lesson_scores_chart" not in charts(at)  # not drawn (nor computed) until asked
+        at.toggle(key="lesson_scores").set_value(True).run()
+        ok(at)
+        if has_button(at, "lesson_scores_run"):  # no dense statistics cached yet: one dense pass behind a button
+            at.button(key="lesson_scores_run").click().run()
+            ok(at)
+        fig = charts(at)["lesson_scores_chart"]
+        assert fig["layout"]["title"]["text"].startswith("Block 1: Wanda")
+        assert [t["name"] for t in fig["data"]][0] == "kept" and fig["layout"]["shapes"]
+        at.selectbox(key="lesson_scores_linear").set_value(at.selectbox(key="lesson_scores_linear").options[1]).run()
+        ok(at)
+        assert "all" not in charts(at)["lesson_scores_chart"]["layout"]["title"]["text"]
+        bad = lesson(_sparsity=0.57, _lesson_scores=True, _lesson_scores_linear="nope")
+        ok(bad)
+        assert [e for e in errors(bad) if e.startswith("Linear refused: it must be one of all, ")]
+        assert "all 7 linears" in charts(bad)["lesson_scores_chart"]["layout"]["title"]["text"]
 
     def test_a_bad_link_parameter_is_refused_with_one_line(self) -> None:
         at = lesson({"chapter": "9", "block": "2", "presenter": "maybe"}, _sparsity=0.57)
@@ -123,11 +151,21 @@ class TestShippedDefaults:
         ok(at)
         drawn = charts(at)
         for key in ("lesson_strip", "lesson_local", "lesson_reveal", "lesson_stepper", "lesson_budget", "lesson_upoint",
-                    "lesson_masked", "lesson_schedule", "lesson_tilt", "lesson_ucurve", "lesson_peers"):  # fmt: skip
+                    "lesson_masked", "lesson_schedule", "lesson_tilt", "lesson_ucurve", "lesson_peers",
+                    "lesson_curved_schedules", "lesson_curved", "lesson_seed_band"):  # fmt: skip
             assert key in drawn, key
         assert not has_button(at, "lesson_run")  # nothing to compute at the defaults
         budget = drawn["lesson_budget"]["data"][0]["y"]
         assert len(budget) == 30 and max(budget) == budget[11]  # the outlier block
+        # chapter 7 from shipped measurements: the curved profile that beats the line, the seed band, block 11
+        assert [t["name"] for t in drawn["lesson_curved_schedules"]["data"]] == [
+            "p = 0.5",
+            "p = 1 (ATP's line)",
+            "p = 2",
+        ]
+        assert drawn["lesson_seed_band"]["data"][0]["x"] == ["uniform", "ATP, beta = 0.012"]
+        text = " ".join(m.value for m in at.markdown)
+        assert "The outlier block.** Block 11" in text and "lower at every seed" in text
         before = ui.job_manager().epoch()
         at.slider(key="beta").set_value(0.012).run()
         ok(at)

@@ -102,7 +102,7 @@ def test_versus_atp_returns_both_and_chooses_atp_on_validation(loaded, tmp_path:
     grid = atp.trials[1:]
     best = atp.winner()
     assert best is not None and best.validation == min(t.validation for t in grid)  # uniform is the baseline
-    assert best.evaluation == pytest.approx(wb.rows.metrics_of(best.point_key)[0][f"{EVALUATION}/perplexity"])
+    assert best.evaluation == pytest.approx(wb.metrics_of(best.point_key)[0][f"{EVALUATION}/perplexity"])
     for name in ("tpe", "evo"):
         result = comparison.methods[name]
         assert len(result.trials) == 4

@@ -4,13 +4,14 @@ axis titles with units, a legend, exact values in the hover."""
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import plotly.graph_objects as go
 from numpy.typing import ArrayLike
 
 from atp_viz.dashboard.figures import BLOCK_AXIS, _block_ticks, _layout, color_for
-from atp_viz.experiment.lesson import Budget
+from atp_viz.experiment.lesson import Budget, ScoreHistogram
 
 RATE_SCALE = "Viridis"  # colour = the block's sparsity s_i
 STRIP_HEIGHT = 260
@@ -178,3 +179,89 @@ def guess_line(fig: go.Figure, block: int | None, text: str = "your guess") -> g
     if block is not None:
         fig.add_vline(x=block, line=dict(color="#ff7f0e", dash="dash", width=2), annotation_text=text)
     return fig
+
+
+def pool_quantile(edges: ArrayLike, counts: ArrayLike, q: float) -> float:
+    """The q-quantile of binned values (``counts`` per bin between ``edges``), linear inside its bin."""
+    e, c = np.asarray(edges, dtype=np.float64), np.asarray(counts, dtype=np.float64)
+    if c.sum() <= 0:
+        return float(e[0])
+    cdf = np.concatenate([[0.0], np.cumsum(c)]) / float(c.sum())
+    i = int(np.clip(np.searchsorted(cdf, q, side="left"), 1, e.size - 1))  # the bin where the CDF reaches q
+    span = cdf[i] - cdf[i - 1]
+    return float(e[i - 1] + (e[i] - e[i - 1]) * ((q - cdf[i - 1]) / span if span > 0 else 0.0))
+
+
+def score_histogram_figure(hist: ScoreHistogram, linear: str | None = None) -> go.Figure:
+    """Block detail: the histogram of the block's weight scores (``linear``, or all its linears pooled), on a log
+    axis, stacked into the weights pruned at the block's rate and the kept ones. The dashed line is the rate's
+    quantile of the scores shown: the threshold if they were pruned as one pool; the pruner cuts each output row at
+    its own threshold, so pruned and kept weights overlap around it."""
+    if linear is not None and linear not in hist.pruned:
+        raise ValueError(f"linear must be one of {', '.join(hist.linears)}, got {linear!r}")
+    names = [linear] if linear is not None else hist.linears
+    pruned = np.sum([hist.pruned[n] for n in names], axis=0)
+    kept = np.sum([hist.kept[n] for n in names], axis=0)
+    centers = (hist.edges[:-1] + hist.edges[1:]) / 2
+    width = float(hist.edges[1] - hist.edges[0])
+    fig = go.Figure()
+    for name, counts, color in (("kept", kept, "#1f77b4"), (f"pruned at s = {hist.rate:.3f}", pruned, "#d62728")):
+        fig.add_trace(
+            go.Bar(
+                x=centers.tolist(),
+                y=counts.tolist(),
+                width=width,
+                name=name,
+                marker=dict(color=color),
+                customdata=(10**centers).tolist(),
+                hovertemplate=f"score ~%{{customdata:.3g}}<br>{name}: %{{y}} weights<extra></extra>",
+            )
+        )
+    threshold = pool_quantile(hist.edges, pruned + kept, hist.rate)
+    fig.add_vline(
+        x=threshold,
+        line=dict(color="black", dash="dash"),
+        annotation_text=f"{hist.rate:.0%} quantile: {10**threshold:.3g}",
+        annotation_position="top",
+    )
+    what = linear if linear is not None else f"all {len(names)} linears"
+    total = int(pruned.sum() + kept.sum())
+    fig = _layout(fig, f"Block {hist.block}: {hist.score} scores of its {total:,} weights ({what})",
+                  "score (log scale)", "weights")  # fmt: skip
+    low, high = int(np.floor(hist.edges[0])), int(np.ceil(hist.edges[-1]))
+    ticks = list(range(low, high + 1))
+    fig.update_layout(barmode="stack", bargap=0)
+    fig.update_xaxes(tickvals=ticks, ticktext=[f"1e{t}" for t in ticks])
+    return fig
+
+
+def band_figure(rows: Sequence[Mapping[str, Any]], split: str, title: str) -> go.Figure:
+    """Chapter 7: one bar per schedule, its mean perplexity on ``split`` over calibration seeds with +- one standard
+    deviation (``<split>_std``, absent for one seed), each seed's value as a dot where known
+    (``<split>_per_seed``). Rows without a value on ``split`` are left out."""
+    shown = [r for r in rows if r.get(split) is not None]
+    fig = go.Figure(
+        go.Bar(
+            x=[r["label"] for r in shown],
+            y=[float(r[split]) for r in shown],
+            error_y=dict(type="data", array=[float(r.get(f"{split}_std") or 0.0) for r in shown], visible=True),
+            customdata=[[r.get("seeds", 1), float(r.get(f"{split}_std") or 0.0)] for r in shown],
+            name=f"mean over seeds ({split})",
+            marker=dict(color=[color_for(str(r.get("method", "uniform"))) for r in shown]),
+            hovertemplate="%{x}<br>perplexity %{y:.1f} +- %{customdata[1]:.1f}<br>%{customdata[0]} seed(s)"
+            "<extra></extra>",
+        )
+    )
+    seeds = [(r["label"], float(v)) for r in shown for v in r.get(f"{split}_per_seed") or []]
+    if seeds:
+        fig.add_trace(
+            go.Scatter(
+                x=[x for x, _ in seeds],
+                y=[y for _, y in seeds],
+                mode="markers",
+                name="one calibration seed",
+                marker=dict(color="black", size=7),
+                hovertemplate="%{x}<br>one seed: %{y:.1f}<extra></extra>",
+            )
+        )
+    return _layout(fig, title, "schedule", f"perplexity ({split})")

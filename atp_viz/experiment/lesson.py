@@ -15,16 +15,21 @@ and ``scripts/ship_results.py`` ships them at the dashboard defaults.
   dense model's inputs instead of the pruned model's (Wanda issue #38); the errors are measured along the
   pruned model as usual.
 - **Stepper**: the sequential loop one block at a time (``calibration.prune_block``), keeping the pruned and
-  dense inputs of the next block in memory, so a step costs three block forwards.
+  dense inputs of the next block in memory (per server process, keyed by the model setting and schedule), so a
+  step costs three block forwards (two once the dense outputs are known) and the Wanda pruning of the block's
+  linears, whatever the block's depth. The page keeps ``AHEAD`` block computed and stored beyond the ones
+  shown (``step_target``): a press then only redraws.
 """
 
 from __future__ import annotations
 
+import json
 import math
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -45,7 +50,7 @@ from atp_viz.pruning.calibration import (
     squared_norm,
 )
 from atp_viz.pruning.layer_stats import prunable_linears
-from atp_viz.pruning.pruners import Pruner
+from atp_viz.pruning.pruners import Pruner, check_rate, row_prune_mask
 from atp_viz.schedules.methods import ScheduleSpec
 from atp_viz.schedules.published import RateMap, as_rate_map
 from atp_viz.store import fingerprint
@@ -218,6 +223,63 @@ def budget(bench: Workbench, spec: ScheduleSpec, progress: Progress | None = Non
     return result
 
 
+# ------------------------------------------------------------------ one block's weight scores
+SCORE_BINS = 60  # histogram bins over log10 of the scores
+
+
+@dataclass
+class ScoreHistogram:
+    """The pruner's scores of one block's dense weights (Wanda: |W_jk| ||X_k||, X the dense model's own inputs of
+    that linear), binned on a log scale per linear and split into the weights pruned at ``rate`` (each row's lowest
+    floor(in * rate), as the pruner does) and the kept ones."""
+
+    block: int
+    rate: float
+    score: str  # what is binned, e.g. "Wanda |W| x ||X||"
+    edges: np.ndarray  # (bins + 1,) log10 of the score; zero scores fall in the first bin
+    pruned: dict[str, np.ndarray]  # per linear: (bins,) counts of the weights pruned at ``rate``
+    kept: dict[str, np.ndarray]  # per linear: (bins,) counts of the others
+
+    @property
+    def linears(self) -> list[str]:
+        return list(self.pruned)
+
+
+def score_stats_ready(bench: Workbench) -> bool:
+    """Whether the dense statistics the scores need are there without a dense pass (loaded, or a cache file)."""
+    return not bench.pruner.needs_inputs or bench.stats_source != "" or bench.stats_file().exists()
+
+
+def score_histogram(
+    bench: Workbench, block: int, rate: float, progress: Progress | None = None, bins: int = SCORE_BINS
+) -> ScoreHistogram:
+    """``block``'s weight scores from its dense weights and the dense statistics (one dense pass if not cached),
+    binned; ``rate`` in [0, 1] splits each linear's rows into pruned and kept (the model is not touched)."""
+    check_in_memory(bench)
+    if not 0 <= block < bench.num_blocks:
+        raise ValueError(f"block must be in 0..{bench.num_blocks - 1}, got {block}")
+    rate = check_rate(rate, "rate")
+    pruner, stats = bench.pruner, dense_stats_source(bench, progress)
+    scores: dict[str, torch.Tensor] = {}
+    for name in prunable_linears(bench.blocks[block]):
+        found = pruner.scores(bench.dense_weight(block, name), stats(block, name))
+        if found is None:
+            raise ValueError(f"{pruner.name} prunes by no per-weight score; allowed: magnitude, wanda")
+        scores[name] = found.float()
+    logs = {name: torch.log10(s.clamp_min(torch.finfo(torch.float32).tiny)) for name, s in scores.items()}
+    positive = [lg[s > 0] for lg, s in zip(logs.values(), scores.values())]
+    low = min(float(lg.min()) for lg in positive if lg.numel())
+    high = max(float(lg.max()) for lg in positive if lg.numel())
+    edges = np.linspace(low, max(high, low + 1e-6), bins + 1)
+    pruned, kept = {}, {}
+    for name, s in scores.items():
+        mask = row_prune_mask(s, rate)
+        values = logs[name].clamp_min(low).numpy()
+        pruned[name] = np.histogram(values[mask.numpy()], edges)[0]
+        kept[name] = np.histogram(values[~mask.numpy()], edges)[0]
+    return ScoreHistogram(block, rate, pruner.label, edges, pruned, kept)
+
+
 # ------------------------------------------------------------------ calibrated on dense inputs
 REPORT_FIELDS = ("layer_sparsity", "cumulative_error", "local_error", "cumulative_error_abs", "local_error_abs")
 
@@ -352,13 +414,18 @@ class Stepper:
         bench.put(step_key(bench, self.spec, i), STEP_KIND, {"lesson": "step", "block": i, **self.spec.params()}, row)
         return row
 
-    def advance(self, target: int, progress: Progress | None = None) -> list[dict[str, float]]:
-        """Step until ``target`` blocks are pruned (replaying earlier blocks after a restart of the server)."""
+    def advance(
+        self, target: int, progress: Progress | None = None, stored: Callable[[], object] | None = None
+    ) -> list[dict[str, float]]:
+        """Step until ``target`` blocks are pruned (replaying earlier blocks after a restart of the server);
+        ``stored`` is called as each block's row is stored (a page redraws then, while the next one computes)."""
         check_step_target(target, self.bench.num_blocks)
         with self.lock:
             start = self.done
             while self.done < target:
                 self.step()
+                if stored:
+                    stored()
                 if progress:
                     progress((self.done - start) / max(target - start, 1), f"pruned block {self.done - 1}")
             return list(self.steps)
@@ -378,6 +445,79 @@ class Steppers:
             while len(self._items) > self.keep:
                 self._items.pop(next(iter(self._items)))
             return stepper
+
+
+AHEAD = 1  # blocks the stepper computes and stores beyond the ones shown, while the student looks at the last one
+
+
+def step_target(shown: int, num_blocks: int, ahead: int = AHEAD) -> int:
+    """How many blocks the stepper should have stored when ``shown`` are on screen: ``ahead`` more, so that the
+    next press only redraws (its block was computed while the student read the last one); none before the first
+    press (nothing is computed unless asked)."""
+    check_step_target(shown, num_blocks)
+    return min(num_blocks, shown + ahead) if shown else 0
+
+
+# ------------------------------------------------------------------ chapter 7: measured elsewhere, shipped
+STORY_PATH = Path(__file__).resolve().parent / "shipped" / "lesson_story.json"  # scripts/lesson_story.py
+
+
+def measured_story(model: str, sparsity: float, path: Path = STORY_PATH) -> dict[str, Any] | None:
+    """The curved profiles and the seed band measured on ``model`` at ``sparsity`` under their own settings (see
+    ``story["settings"]``), shipped for chapter 7; None for another model or sparsity."""
+    story = json.loads(path.read_text(encoding="utf-8"))
+    if story["settings"]["model"] != model or not math.isclose(float(story["sparsity"]), sparsity, abs_tol=1e-9):
+        return None
+    return story
+
+
+def story_rates(story: Mapping[str, Any]) -> dict[str, np.ndarray]:
+    """Each curved profile's rates s_i (the registry's schedules, as measured)."""
+    from atp_viz.schedules.methods import build_schedule
+
+    return {
+        row["label"]: build_schedule(
+            ScheduleSpec(row["method"], float(story["sparsity"]), **row["params"]), int(story["num_blocks"])
+        )  # fmt: skip
+        for row in story["curved"]
+    }
+
+
+def story_text(story: Mapping[str, Any]) -> tuple[str, str]:
+    """What the curved profiles and the seed band show, from their numbers: (profiles, band)."""
+    line = next(r for r in story["curved"] if r["method"] == "atp")
+    best = min(story["curved"], key=lambda r: r["validation"])
+    seeds = listed([str(s) for s in story["seed_list"]])
+    parts = [
+        f"At beta = {line['params']['beta']:g} (the same total rise over the blocks), the profile {best['label']} "
+        f"has the lowest validation perplexity ({best['validation']:.1f}, the line {line['validation']:.1f})."
+    ]
+    a, b = best.get("evaluation_per_seed") or [], line.get("evaluation_per_seed") or []
+    if best is not line and best["evaluation"] is not None and len(a) == len(b) > 1:
+        every = all(x < y for x, y in zip(a, b))
+        parts.append(
+            f"Reported on evaluation over calibration seeds {seeds}: {best['evaluation']:.1f} +- "
+            f"{best['evaluation_std']:.1f} against the line's {line['evaluation']:.1f} +- {line['evaluation_std']:.1f}"
+            + (", lower at every seed." if every else "; not lower at every seed.")
+        )
+    others = [r for r in story["curved"] if r is not best and r is not line]
+    parts += [
+        f"{r['label']}: validation {r['validation']:.1f} ({r['seeds']} seed{'s' * (r['seeds'] > 1)})." for r in others
+    ]
+    band = story["seed_band"]
+    spread = ", ".join(
+        f"{r['label']} {r['evaluation']:.1f} +- {r['evaluation_std']:.1f} "
+        f"(+-{100 * r['evaluation_std'] / r['evaluation']:.0f} %)"
+        for r in band
+    )
+    high, low = max(band, key=lambda r: r["evaluation"]), min(band, key=lambda r: r["evaluation"])
+    band_text = (
+        f"Over calibration seeds {seeds}, evaluation perplexity: {spread}. At {100 * float(story['sparsity']):.0f} % "
+        "a single point is chaotic (one near-tie swapped in an early block can move uniform by about a hundred "
+        "points), so a difference of a few percent at one seed is noise; the factor "
+        f"{high['evaluation'] / low['evaluation']:.2g} between {high['label']} and {low['label']} is not."
+    )
+    return " ".join(parts), band_text
 
 
 # ------------------------------------------------------------------ checks of lesson settings (query parameters)

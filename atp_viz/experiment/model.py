@@ -107,6 +107,13 @@ class PrunableModel:
             return self._evaluation.perplexity(split, progress)
         return perplexity(self._loaded.model, self._windows[split], self.setup.evaluation.batch_size, progress)
 
+    def dense_weight(self, block: int, linear: str) -> torch.Tensor:
+        """The dense weight of ``linear`` in ``block`` (the copy every point starts from; in memory only)."""
+        weights = getattr(self._dense, "weights", None)
+        if weights is None:
+            raise ValueError(f"{self.setup.model} is streamed from its files (offloaded): no dense copy in memory")
+        return weights[(block, linear)]
+
     def restore(self, block: int | None = None) -> None:
         """Put the dense weights back (after a caller pruned them with ``apply``), of one block or all."""
         self._dense.restore(block)

@@ -129,12 +129,11 @@ class Workbench(PrunableModel):
             found, _ = self._ledger.metrics_of(key)
         return found
 
-    def stored_dense_perplexity(self) -> float | None:
-        """The dense evaluation perplexity if it is stored already; never computes."""
-        return self.metrics_of()[0].get(metric_key("perplexity", EVALUATION))
-
     def dense_perplexity(self, progress: Progress | None = None) -> float:
         return self.dense_metrics(progress)[metric_key("perplexity", EVALUATION)]
+
+    def stored_dense_perplexity(self) -> float | None:  # never computes
+        return self.metrics_of()[0].get(metric_key("perplexity", EVALUATION))
 
     def stored(self, spec: ScheduleSpec, need: Sequence[str] | None = None) -> PointResult | None:
         """The stored point if complete on the splits of ``need`` (default: the setup's; ``()``: its row alone)."""
