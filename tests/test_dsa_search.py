@@ -120,3 +120,33 @@ def test_cli_search_space_dsa_prints_the_graphs_and_the_best(capsys: pytest.Capt
     out = json.loads(capsys.readouterr().out)
     assert out["budget"] == 2 and out["graphs"][0]["graph"] == DEFAULT_GRAPH
     assert out["best"]["graph"] in {g["graph"] for g in out["graphs"]} and len(out["best"]["rates"]) == 4
+
+
+def test_graph_search_beside_atp_stops_resumes_and_a_revisit_replays_the_store(tmp_path) -> None:
+    from atp_viz.search import study
+    from atp_viz.store import ResultStore
+
+    wb = tiny_workbench("cached")
+    wb.store = ResultStore(tmp_path / "r.sqlite")
+    asked = [0]
+
+    def stop_after_two() -> bool:  # checked before each graph not stored yet
+        asked[0] += 1
+        return asked[0] > 2
+
+    halted = study.GraphSearch(wb, 0.6, budget=4).run(should_stop=stop_after_two)
+    assert len(halted.trials) == 2 and study.GraphSearch(wb, 0.6, budget=4).stored().trials == halted.trials
+    comparison = study.versus_atp(wb, 0.6, [study.DSA], step=0.1)  # the budget: ATP's sweep
+    dsa = comparison.methods[study.DSA]
+    assert dsa.label == study.DSA_LABEL
+    assert len(dsa.trials) == comparison.budget == len(comparison.methods["atp"].trials)
+    assert dsa.trials[:2] == halted.trials  # resumed: the two finished graphs read back, the sequence continued
+    assert all(t.spec is not None and t.spec.method == "dsa" for t in dsa.trials)
+    assert all(math.isfinite(t.evaluation) for t in dsa.trials)
+    revisit = study.stored_comparison(wb, 0.6, [study.DSA], step=0.1)
+    assert revisit.methods[study.DSA].trials == dsa.trials
+    best = dsa.winner()
+    assert best is not None and best.spec is not None
+    assert study.winner_notes(revisit) == [f"{study.DSA_LABEL}: winner {best.spec.describe()}"]
+    with pytest.raises(ValueError, match="search must be one of .*dsa"):
+        study.versus_atp(wb, 0.6, ["nope"], step=0.1)

@@ -312,9 +312,9 @@ def tiny_dashboard(dashboard_env: dict[str, str], tmp_path: Path, settle_jobs: N
         yield
 
 
-def page() -> AppTest:
+def page(searches: tuple[str, ...] = ("evo",)) -> AppTest:
     at = AppTest.from_file(str(ROOT / "pages" / "6_ATP_vs_search.py"), default_timeout=PAGE_TIMEOUT)
-    for key, value in {"_sparsity": SPARSITY, "_search_step": STEP, "_search_samplers": ["evo"]}.items():
+    for key, value in {"_sparsity": SPARSITY, "_search_step": STEP, "_search_samplers": list(searches)}.items():
         at.session_state[key] = value
     return at.run()
 
@@ -345,6 +345,29 @@ def test_page_runs_a_search_and_a_revisit_shows_it(tiny_dashboard) -> None:
     again = revisit.dataframe[-1].value
     assert list(again["evaluation_perplexity"]) == pytest.approx(list(table["evaluation_perplexity"]))
     assert len(charts(revisit)) == 3
+
+
+@pytest.mark.slow
+def test_page_runs_dsas_graph_search_against_atps_grid_at_its_budget(tiny_dashboard) -> None:
+    at = page(("dsa",))
+    assert not at.exception, [e.value for e in at.exception]
+    assert "DSA graphs (evolutionary)" in at.multiselect(key="search_samplers").options
+    at.button(key="search_run").click().run()
+    assert not at.exception, [e.value for e in at.exception]
+    trials, seconds, overlay = charts(at)[-3:]
+    names = {trace["name"] for trace in trials["data"]}
+    assert any(n.startswith("ATP grid best") for n in names) and "DSA graphs (evolutionary)" in names
+    assert {trace["name"] for trace in overlay["data"]} == {"ATP best", "DSA graphs (evolutionary)"}
+    table = at.dataframe[-1].value
+    assert list(table["label"]) == ["ATP grid (beta)", "DSA graphs (evolutionary)", "uniform (baseline)"]
+    assert list(table["trials"])[:2] == [4, 4]  # ATP's sweep (3 betas + uniform) is DSA's budget
+    assert all(math.isfinite(v) for v in table["validation_perplexity"][:2])  # selected on validation
+    assert all(math.isfinite(v) for v in table["evaluation_perplexity"][:2])  # reported on evaluation
+    assert any("DSA graphs (evolutionary): winner dsa" in c.value for c in at.caption)
+    revisit = page(("dsa",))  # a new session: the graphs are replayed from the store (each a stored point)
+    assert not revisit.exception
+    again = revisit.dataframe[-1].value
+    assert list(again["evaluation_perplexity"]) == pytest.approx(list(table["evaluation_perplexity"]))
 
 
 @pytest.mark.slow
