@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import signal
 import subprocess
 import threading
@@ -297,6 +298,79 @@ def test_cli_search_killed_mid_run_resumes_with_nothing_lost(tmp_path: Path) -> 
         1,
         lost,
         "rerun reads the finished trials back (journal + trial rows), computes only the missing ones",
+    )
+
+
+DSA_LINE = re.compile(r"dsa graph (\d+) \(generation \d+\): (\S+): validation ppl [\d.a-z]+( \(stored\))?")
+
+
+def dsa_points(store: Path) -> int:
+    return len(ResultStore(store).query(kind="point", method="dsa"))
+
+
+@pytest.mark.slow  # three CLI processes, one of them SIGKILLed
+def test_cli_dsa_search_killed_mid_run_resumes_the_same_sequence_with_nothing_measured_twice(tmp_path: Path) -> None:
+    """SIGKILL ``atp-viz search --space dsa`` in its second generation, rerun: the rerun reads every finished graph
+    back (none is measured again), computes only the rest, and its graphs and fitnesses are those of an uninterrupted
+    run (same seeded generations: the population and the random draws continue where the killed run stopped)."""
+    total, kill_after = 14, 9  # generation 0 has 8 graphs: the kill lands in generation 1
+    reference = run_main(search_args(tmp_path / "reference.sqlite", "--space", "dsa", "--trials", str(total), "--json"))
+    assert reference[0] == 0, reference[2][-2000:]
+    expected = json.loads(reference[1])["graphs"]
+    assert len(expected) == total and max(g["generation"] for g in expected) >= 1
+
+    store = tmp_path / "r.sqlite"
+    args = search_args(store, "--space", "dsa", "--trials", str(total), "--json")
+    proc = subprocess.Popen(cli_command(args), stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=cli_env())
+    computed: list[str] = []
+    lines: list[str] = []
+    seen = threading.Event()
+
+    def read() -> None:
+        assert proc.stderr is not None
+        for raw in proc.stderr:
+            line = raw.decode(errors="replace")
+            lines.append(line)
+            if (match := DSA_LINE.search(line)) and not match.group(3):
+                computed.append(match.group(2))
+                if len(computed) >= kill_after:
+                    seen.set()
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    try:
+        seen.wait(KILL_TIMEOUT_S)
+        assert proc.poll() is None, "the search ended before it could be killed: " + "".join(lines)[-1500:]
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    reader.join(timeout=10)
+    assert proc.returncode == -signal.SIGKILL
+    finished = dsa_points(store)
+    assert kill_after <= finished < total  # every announced graph is stored; some are still to come
+
+    rerun = subprocess.run(cli_command(args), capture_output=True, text=True, env=cli_env(), timeout=300)
+    assert rerun.returncode == 0, rerun.stderr[-2000:]
+    matches = [m for line in rerun.stderr.splitlines() if (m := DSA_LINE.search(line))]
+    read_back = [m.group(2) for m in matches if m.group(3)]
+    again = [m.group(2) for m in matches if not m.group(3)]
+    assert len(read_back) == finished and len(again) == total - finished
+    assert not set(again) & set(computed)  # no graph the killed run finished is measured twice
+    got = json.loads(rerun.stdout)["graphs"]
+    assert [(g["graph"], g["generation"], g["index"]) for g in got] == [
+        (g["graph"], g["generation"], g["index"]) for g in expected
+    ]
+    assert [g["fitness"] for g in got] == pytest.approx([g["fitness"] for g in expected], rel=1e-9)
+    assert dsa_points(store) == total
+    record(
+        "interruption",
+        "CLI DSA graph search SIGKILLed in its second generation, then rerun",
+        1,
+        0,
+        "rerun replays the seeded generations: finished graphs read back, the rest computed; same graphs as an "
+        "uninterrupted run",
     )
 
 
