@@ -62,6 +62,7 @@ means = pd.DataFrame(
         ],
         "min": [r.min() for r in named.values()],
         "max": [r.max() for r in named.values()],
+        "blocks pruned whole (rate 1)": [", ".join(map(str, methods.removed_blocks(r))) or "-" for r in named.values()],
     }
 )
 st.dataframe(means, hide_index=True, key="sched_means")

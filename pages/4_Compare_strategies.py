@@ -95,7 +95,10 @@ if missing:
     job = ui.points_button(  # the same comparison started by any session: followed
         f"Run {len(missing)} missing", bench, todo, "strategy comparison", key="cmp_run", type="primary"
     )
-rows = compare_rows(cells, stored)
+rows = methods.with_removed(compare_rows(cells, stored))
+for row in rows:  # a chosen schedule that prunes a block whole says so (also a column of the CSV)
+    if row["removed_blocks"]:
+        st.warning(f"{row['label']} at S = {row['sparsity']:g} {methods.removed_note(row['rates'])}.")
 if rows:
     ui.chart(
         figures.compare_figure(rows, dense, log_y),

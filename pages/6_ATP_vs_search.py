@@ -17,7 +17,8 @@ st.markdown(
     "The ATP paper (Table 5) reports that a Bayesian search over all per-block rates ends within a "
     "hair of ATP's one-parameter line after hours instead of minutes. Here ATP's beta grid and "
     "searches over every block's rate (TPE, CMA-ES, an evolutionary level-switch search; each trial "
-    "keeps the weighted mean sparsity S) get the **same number of pruned models**. Every method "
+    "keeps the weighted mean sparsity S), or DSA's evolutionary search over allocation functions (each "
+    "trial a DSA graph), get the **same number of pruned models**. Every method "
     "chooses its winner on **validation** perplexity; the table reports the winner's **evaluation** "
     "perplexity. Theorem 3.5 predicts increasing winners: Spearman near 1, few inversions. Every "
     "trial is stored as it finishes, so closing the tab loses nothing."
@@ -49,9 +50,9 @@ seeds = right.multiselect(
 )
 samplers = st.multiselect(
     "Searches",
-    tuple(space.SAMPLERS),
-    format_func=lambda n: space.SAMPLERS[n].label,
-    **ui.state("search_samplers", list(space.SAMPLERS)),
+    study.SEARCHES,
+    format_func=study.labels().__getitem__,
+    **ui.state("search_samplers", list(space.SAMPLERS)),  # DSA's graph search is opt-in
 )
 if not samplers or not seeds:
     st.info("Choose at least one search and one search seed.")
@@ -121,6 +122,8 @@ def draw() -> None:
         atp_rates = found.pop(study.ATP, None)
         overlay = figures.winners_figure({labels[m]: r for m, r in found.items()}, atp_rates, named)
         ui.chart(overlay, key=f"search_winners_{drawn[0]}")
+        for note in study.winner_notes(comparison):
+            st.caption(note)
         table = pd.DataFrame(comparison.rows()).drop(columns="method")
         st.dataframe(table, hide_index=True, key=f"search_table_{drawn[0]}")
         if len(seeds) > 1:

@@ -132,3 +132,33 @@ def test_evolve_stops_between_graphs_when_asked() -> None:
     done = dsa_search.evolve(counted, 10, seed=1, should_stop=lambda: len(calls) >= 3)
     assert len(done) == len(calls) == 3
     assert [e.graph for e in done] == [e.graph for e in dsa_search.evolve(fitness, 10, seed=1)][:3]
+
+
+def test_graph_search_beside_atp_stops_resumes_and_a_revisit_replays_the_store(tmp_path) -> None:
+    from atp_viz.search import study
+    from atp_viz.store import ResultStore
+
+    wb = tiny_workbench("cached")
+    wb.store = ResultStore(tmp_path / "r.sqlite")
+    asked = [0]
+
+    def stop_after_two() -> bool:  # checked before each graph not stored yet
+        asked[0] += 1
+        return asked[0] > 2
+
+    halted = study.GraphSearch(wb, 0.6, budget=4).run(should_stop=stop_after_two)
+    assert len(halted.trials) == 2 and study.GraphSearch(wb, 0.6, budget=4).stored().trials == halted.trials
+    comparison = study.versus_atp(wb, 0.6, [study.DSA], step=0.1)  # the budget: ATP's sweep
+    dsa = comparison.methods[study.DSA]
+    assert dsa.label == study.DSA_LABEL
+    assert len(dsa.trials) == comparison.budget == len(comparison.methods["atp"].trials)
+    assert dsa.trials[:2] == halted.trials  # resumed: the two finished graphs read back, the sequence continued
+    assert all(t.spec is not None and t.spec.method == "dsa" for t in dsa.trials)
+    assert all(math.isfinite(t.evaluation) for t in dsa.trials)
+    revisit = study.stored_comparison(wb, 0.6, [study.DSA], step=0.1)
+    assert revisit.methods[study.DSA].trials == dsa.trials
+    best = dsa.winner()
+    assert best is not None and best.spec is not None
+    assert study.winner_notes(revisit) == [f"{study.DSA_LABEL}: winner {best.spec.describe()}"]
+    with pytest.raises(ValueError, match="search must be one of .*dsa"):
+        study.versus_atp(wb, 0.6, ["nope"], step=0.1)

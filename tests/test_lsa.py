@@ -150,3 +150,36 @@ def test_projection_rates_reach_each_linear_on_a_model(tmp_path: Path, monkeypat
         wb._layout.per_linear(layer, lambda: wb.statistics(layer)) is None
         and wb.linear_rates(layer, wb.schedule(layer)) == {}
     )
+
+
+@pytest.mark.slow  # two Workbenches on the tiny model
+def test_lsa_errors_are_cached_beside_the_dense_statistics_and_read_back(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from atp_viz.experiment import statistics
+    from atp_viz.pruning.cached import load_stats
+    from atp_viz.pruning.lsa_stats import ERROR_KIND
+
+    monkeypatch.setenv("ATP_VIZ_CACHE", str(tmp_path / "cache"))
+    first = tiny_workbench("cached")
+    errors = first.statistics(ScheduleSpec("lsa", 0.6))["lsa_errors"]
+    path = first._stats.path((ERROR_KIND,))
+    assert first._stats.lsa_source == "computed" and path.parent == first._stats.path().parent  # one cache folder
+    assert path.parent.parent == tmp_path / "cache" and load_stats(path, kinds=(ERROR_KIND,)) is not None
+
+    def recomputed(*args: object, **kwargs: object) -> np.ndarray:
+        raise AssertionError("LSA errors recomputed instead of read from the cache file")
+
+    monkeypatch.setattr(statistics, "block_errors", recomputed)
+    second = tiny_workbench("cached")
+    again = second.statistics(ScheduleSpec("lsa", 0.6))["lsa_errors"]
+    assert second._stats.lsa_source == "file" and second._stats._calls is None  # no calibration forward at all
+    np.testing.assert_array_equal(again, errors)
+    rates = build_schedule(ScheduleSpec("lsa", 0.6), 4, second.statistics(ScheduleSpec("lsa", 0.6)))
+    np.testing.assert_array_equal(rates, first.schedule(ScheduleSpec("lsa", 0.6)))
+    path.write_bytes(b"not safetensors")  # a damaged file is recomputed, never trusted
+    monkeypatch.undo()
+    monkeypatch.setenv("ATP_VIZ_CACHE", str(tmp_path / "cache"))
+    third = tiny_workbench("cached")
+    np.testing.assert_array_equal(third.statistics(ScheduleSpec("lsa", 0.6))["lsa_errors"], errors)
+    assert third._stats.lsa_source == "computed"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import signal
 import subprocess
 import threading
@@ -300,6 +301,79 @@ def test_cli_search_killed_mid_run_resumes_with_nothing_lost(tmp_path: Path) -> 
     )
 
 
+DSA_LINE = re.compile(r"dsa graph (\d+) \(generation \d+\): (\S+): validation ppl [\d.a-z]+( \(stored\))?")
+
+
+def dsa_points(store: Path) -> int:
+    return len(ResultStore(store).query(kind="point", method="dsa"))
+
+
+@pytest.mark.slow  # three CLI processes, one of them SIGKILLed
+def test_cli_dsa_search_killed_mid_run_resumes_the_same_sequence_with_nothing_measured_twice(tmp_path: Path) -> None:
+    """SIGKILL ``atp-viz search --space dsa`` in its second generation, rerun: the rerun reads every finished graph
+    back (none is measured again), computes only the rest, and its graphs and fitnesses are those of an uninterrupted
+    run (same seeded generations: the population and the random draws continue where the killed run stopped)."""
+    total, kill_after = 14, 9  # generation 0 has 8 graphs: the kill lands in generation 1
+    reference = run_main(search_args(tmp_path / "reference.sqlite", "--space", "dsa", "--trials", str(total), "--json"))
+    assert reference[0] == 0, reference[2][-2000:]
+    expected = json.loads(reference[1])["graphs"]
+    assert len(expected) == total and max(g["generation"] for g in expected) >= 1
+
+    store = tmp_path / "r.sqlite"
+    args = search_args(store, "--space", "dsa", "--trials", str(total), "--json")
+    proc = subprocess.Popen(cli_command(args), stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=cli_env())
+    computed: list[str] = []
+    lines: list[str] = []
+    seen = threading.Event()
+
+    def read() -> None:
+        assert proc.stderr is not None
+        for raw in proc.stderr:
+            line = raw.decode(errors="replace")
+            lines.append(line)
+            if (match := DSA_LINE.search(line)) and not match.group(3):
+                computed.append(match.group(2))
+                if len(computed) >= kill_after:
+                    seen.set()
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    try:
+        seen.wait(KILL_TIMEOUT_S)
+        assert proc.poll() is None, "the search ended before it could be killed: " + "".join(lines)[-1500:]
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    reader.join(timeout=10)
+    assert proc.returncode == -signal.SIGKILL
+    finished = dsa_points(store)
+    assert kill_after <= finished < total  # every announced graph is stored; some are still to come
+
+    rerun = subprocess.run(cli_command(args), capture_output=True, text=True, env=cli_env(), timeout=300)
+    assert rerun.returncode == 0, rerun.stderr[-2000:]
+    matches = [m for line in rerun.stderr.splitlines() if (m := DSA_LINE.search(line))]
+    read_back = [m.group(2) for m in matches if m.group(3)]
+    again = [m.group(2) for m in matches if not m.group(3)]
+    assert len(read_back) == finished and len(again) == total - finished
+    assert not set(again) & set(computed)  # no graph the killed run finished is measured twice
+    got = json.loads(rerun.stdout)["graphs"]
+    assert [(g["graph"], g["generation"], g["index"]) for g in got] == [
+        (g["graph"], g["generation"], g["index"]) for g in expected
+    ]
+    assert [g["fitness"] for g in got] == pytest.approx([g["fitness"] for g in expected], rel=1e-9)
+    assert dsa_points(store) == total
+    record(
+        "interruption",
+        "CLI DSA graph search SIGKILLed in its second generation, then rerun",
+        1,
+        0,
+        "rerun replays the seeded generations: finished graphs read back, the rest computed; same graphs as an "
+        "uninterrupted run",
+    )
+
+
 # ------------------------------------------------------------------------------ the page
 
 
@@ -312,9 +386,9 @@ def tiny_dashboard(dashboard_env: dict[str, str], tmp_path: Path, settle_jobs: N
         yield
 
 
-def page() -> AppTest:
+def page(searches: tuple[str, ...] = ("evo",)) -> AppTest:
     at = AppTest.from_file(str(ROOT / "pages" / "6_ATP_vs_search.py"), default_timeout=PAGE_TIMEOUT)
-    for key, value in {"_sparsity": SPARSITY, "_search_step": STEP, "_search_samplers": ["evo"]}.items():
+    for key, value in {"_sparsity": SPARSITY, "_search_step": STEP, "_search_samplers": list(searches)}.items():
         at.session_state[key] = value
     return at.run()
 
@@ -345,6 +419,29 @@ def test_page_runs_a_search_and_a_revisit_shows_it(tiny_dashboard) -> None:
     again = revisit.dataframe[-1].value
     assert list(again["evaluation_perplexity"]) == pytest.approx(list(table["evaluation_perplexity"]))
     assert len(charts(revisit)) == 3
+
+
+@pytest.mark.slow
+def test_page_runs_dsas_graph_search_against_atps_grid_at_its_budget(tiny_dashboard) -> None:
+    at = page(("dsa",))
+    assert not at.exception, [e.value for e in at.exception]
+    assert "DSA graphs (evolutionary)" in at.multiselect(key="search_samplers").options
+    at.button(key="search_run").click().run()
+    assert not at.exception, [e.value for e in at.exception]
+    trials, seconds, overlay = charts(at)[-3:]
+    names = {trace["name"] for trace in trials["data"]}
+    assert any(n.startswith("ATP grid best") for n in names) and "DSA graphs (evolutionary)" in names
+    assert {trace["name"] for trace in overlay["data"]} == {"ATP best", "DSA graphs (evolutionary)"}
+    table = at.dataframe[-1].value
+    assert list(table["label"]) == ["ATP grid (beta)", "DSA graphs (evolutionary)", "uniform (baseline)"]
+    assert list(table["trials"])[:2] == [4, 4]  # ATP's sweep (3 betas + uniform) is DSA's budget
+    assert all(math.isfinite(v) for v in table["validation_perplexity"][:2])  # selected on validation
+    assert all(math.isfinite(v) for v in table["evaluation_perplexity"][:2])  # reported on evaluation
+    assert any("DSA graphs (evolutionary): winner dsa" in c.value for c in at.caption)
+    revisit = page(("dsa",))  # a new session: the graphs are replayed from the store (each a stored point)
+    assert not revisit.exception
+    again = revisit.dataframe[-1].value
+    assert list(again["evaluation_perplexity"]) == pytest.approx(list(table["evaluation_perplexity"]))
 
 
 @pytest.mark.slow

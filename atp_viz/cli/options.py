@@ -350,8 +350,10 @@ def attach_store(wb: Workbench, args: argparse.Namespace, specs: Sequence[Schedu
 
 
 def point_json(point: PointResult) -> dict[str, Any]:
-    """A point as JSON: its record, ``beta`` and ``perplexity`` (evaluation) at the top for scripts."""
-    return to_jsonable(point.to_record() | {"beta": point.beta, "perplexity": point.perplexity, "cached": point.cached})
+    """A point as JSON: its record, ``beta`` and ``perplexity`` (evaluation) at the top for scripts, and the blocks
+    its schedule prunes whole (``removed_blocks``)."""
+    return to_jsonable(point.to_record() | {"beta": point.beta, "perplexity": point.perplexity, "cached": point.cached,
+                                            "removed_blocks": methods.removed_blocks(point.rates)})  # fmt: skip
 
 
 def seeds_of(args: argparse.Namespace) -> tuple[int, ...]:

@@ -150,6 +150,7 @@ def cmd_schedule(args: argparse.Namespace) -> dict[str, Any]:
         "sparsity": sparsity,
         "beta_max": published.beta_max(layers, check_sparsity(sparsity)) if 0 < sparsity < 1 else 0.0,
         "rates": rates.tolist(),
+        "removed_blocks": methods.removed_blocks(rates),
         "mean": float(np.mean(rates)),
         "weighted_mean": published.weighted_mean(rates, weights),
         **({"linear_rates": linear} if linear else {}),

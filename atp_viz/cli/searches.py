@@ -25,6 +25,7 @@ from atp_viz.config import check_sparsity
 from atp_viz.experiment.executors import Executor
 from atp_viz.experiment.workbench import Setup
 from atp_viz.measure.metrics import EVALUATION, VALIDATION
+from atp_viz.measure.points import PointResult
 from atp_viz.schedules import published
 from atp_viz.schedules.methods import ScheduleSpec
 from atp_viz.search import space, study
@@ -135,10 +136,12 @@ def dsa_search_with(args: argparse.Namespace, setup: Setup) -> dict[str, Any]:
     wb.store = open_store(args)
     progress = tqdm_progress()
     dense = wb.dense_perplexity(progress)
-    done = study.dsa_graph_search(wb, args.sparsity, args.trials, args.search_seed, args.step, progress)
-    for entry in done:
+
+    def finished(entry: study.dsa_search.Evaluated, point: PointResult) -> None:  # one line per graph, as it ends
         log(f"dsa graph {entry.index} (generation {entry.generation}): {entry.graph}: validation ppl "
-            f"{entry.fitness:.4f}")  # fmt: skip
+            f"{entry.fitness:.4f}{' (stored)' if point.cached else ''}")  # fmt: skip
+
+    done = study.dsa_graph_search(wb, args.sparsity, args.trials, args.search_seed, args.step, progress, finished)
     best = study.dsa_search.best(done)
     point = wb.run(ScheduleSpec("dsa", args.sparsity, graph=best.graph))
     out: dict[str, Any] = {
@@ -154,7 +157,7 @@ def dsa_search_with(args: argparse.Namespace, setup: Setup) -> dict[str, Any]:
     if args.versus_atp:
         specs = study.atp_specs(wb.num_blocks, args.sparsity, args.step)
         points = list(wb.run_many(specs, progress, splits=(VALIDATION,)))
-        pick = min(range(len(points)), key=lambda i: points[i].value("perplexity", VALIDATION))
+        pick = min(range(1, len(points)), key=lambda i: points[i].value("perplexity", VALIDATION))  # uniform: baseline
         winner = wb.run(specs[pick])
         out["atp"] = {"points": len(points), "params": specs[pick].params(),
                       "validation_perplexity": winner.value("perplexity", VALIDATION),

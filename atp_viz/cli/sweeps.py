@@ -284,10 +284,11 @@ def cmd_compare(args: argparse.Namespace) -> dict[str, Any]:
             }
         else:
             found = run_seeds(wb, seeds, flat, executor, progress)
-    rows = compare_rows(cells, found, select=setup.select_split, extra=("zeroshot",))
+    rows = methods.with_removed(compare_rows(cells, found, select=setup.select_split, extra=("zeroshot",)))
     for row in rows:
         std = f" +- {row['perplexity_std']:.3f}" if len(seeds) > 1 else ""
-        log(f"{row['method']} S={row['sparsity']:g}: ppl {row['perplexity']:.3f}{std} {row['params'] or ''}")
+        whole = f"; {methods.removed_note(row['rates'])}" if row["removed_blocks"] else ""
+        log(f"{row['method']} S={row['sparsity']:g}: ppl {row['perplexity']:.3f}{std} {row['params'] or ''}{whole}")
     dense_metrics = wb.dense_metrics()
     zeroshot = {}
     if "zeroshot" in setup.metrics:

@@ -990,7 +990,15 @@ def perplexity_frame(frame: Any, columns: Sequence[str] | None = None, **kwargs:
 
 
 def schedule_json(named: dict[str, np.ndarray], meta: dict[str, object]) -> str:
-    return json.dumps({**meta, "schedules": {k: [float(x) for x in v] for k, v in named.items()}}, indent=2)
+    """The Schedules page's JSON download: ``meta``, every schedule's rates and the blocks each prunes whole."""
+    return json.dumps(
+        {
+            **meta,
+            "schedules": {k: [float(x) for x in v] for k, v in named.items()},
+            "removed_blocks": {k: methods.removed_blocks(v) for k, v in named.items()},
+        },
+        indent=2,
+    )
 
 
 # ------------------------------------------------------------------ schedule methods (from the registry)

@@ -31,7 +31,7 @@ from atp_viz.pruning.cached import (
 )
 from atp_viz.pruning.calibration import BlockCalls, capture_block_calls
 from atp_viz.pruning.layer_stats import block_alphas, prunable_linears
-from atp_viz.pruning.lsa_stats import block_errors
+from atp_viz.pruning.lsa_stats import ERROR_KIND, block_errors, cached_errors
 from atp_viz.pruning.offload import FileWeights
 from atp_viz.pruning.pruners import get_pruner
 from atp_viz.schedules import published
@@ -96,6 +96,7 @@ class DenseStatistics:
         self._stats: DenseStats | None = None
         self._per_block: dict[tuple[str, Any], np.ndarray] = {}
         self.source = ""  # "file" or "computed" once the per-linear statistics are there
+        self.lsa_source = ""  # the same for LSA's errors
 
     def calls(self) -> BlockCalls:
         if self._calls is None:
@@ -104,9 +105,9 @@ class DenseStatistics:
             )
         return self._calls
 
-    def path(self) -> Path:
-        """Where this model + calibration setting keeps its dense statistics."""
-        key = fingerprint(kind=STATS_KIND, **self.identity, kinds=stat_kinds(self.pruner))
+    def path(self, kinds: tuple[str, ...] | None = None) -> Path:
+        """Where this model + calibration setting keeps its dense statistics (``kinds``: default the pruner's)."""
+        key = fingerprint(kind=STATS_KIND, **self.identity, kinds=kinds or stat_kinds(self.pruner))
         return cache_dir() / STATS_FOLDER / f"{key}.safetensors"
 
     def linears(self, progress: Progress | None = None) -> DenseStats:
@@ -154,12 +155,18 @@ class DenseStatistics:
         return self._per_block[("dsa", (graph, nonfinite))]
 
     def lsa_errors(self, progress: Progress | None = None) -> np.ndarray:
-        """LSA's minimal linear reconstruction error of every (block, linear), from one dense pass."""
+        """LSA's minimal linear reconstruction error of every (block, linear), from one dense pass (then a cache file
+        beside the per-linear statistics': ``lsa_stats.cached_errors``)."""
         if ("lsa", 0) not in self._per_block:
-            self.dense.restore()
-            self._per_block[("lsa", 0)] = block_errors(
-                self.dense.blocks, self.calls(), self.setup.batch_size, progress=counted(progress, "LSA errors: block")
-            )
+
+            def compute() -> np.ndarray:
+                self.dense.restore()
+                calls, report = self.calls(), counted(progress, "LSA errors: block")
+                return block_errors(self.dense.blocks, calls, self.setup.batch_size, progress=report)
+
+            meta = {"model": self.setup.model, "corpus": self.setup.corpus}
+            errors, read = cached_errors(self.path((ERROR_KIND,)), self.dense.blocks, compute, meta)
+            self._per_block[("lsa", 0)], self.lsa_source = errors, "file" if read else "computed"
         return self._per_block[("lsa", 0)]
 
     def linear_sizes(self) -> np.ndarray:

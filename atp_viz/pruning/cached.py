@@ -18,7 +18,7 @@ from __future__ import annotations
 import math
 import os
 import tempfile
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -93,8 +93,11 @@ def save_stats(stats: DenseStats, path: Path, meta: dict[str, str]) -> None:
             os.unlink(temp)
 
 
-def load_stats(path: Path, device: torch.device | str = "cpu") -> DenseStats | None:
-    """The statistics stored at ``path``, or None when the file is missing, damaged or stale."""
+def load_stats(
+    path: Path, device: torch.device | str = "cpu", kinds: Collection[str] = tuple(STAT_KINDS)
+) -> DenseStats | None:
+    """The statistics stored at ``path``, or None when the file is missing, damaged or stale (or holds a kind not
+    in ``kinds``: the accumulators' by default; LSA's errors are one more kind, ``lsa_stats.ERROR_KIND``)."""
     from safetensors import safe_open
 
     if not path.is_file():
@@ -107,7 +110,7 @@ def load_stats(path: Path, device: torch.device | str = "cpu") -> DenseStats | N
                 return None
             for name in f.keys():
                 block, linear, kind = name.split("/")
-                if kind not in STAT_KINDS:
+                if kind not in kinds:
                     return None
                 states.setdefault(kind, {})[(int(block), linear)] = f.get_tensor(name)
         return DenseStats(states, int(meta["tokens"]))

@@ -12,16 +12,20 @@ total over all rows is the linear's error. Nothing is pruned.
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
 
 from atp_viz.models.hooks import input_hooks
+from atp_viz.pruning.cached import DenseStats, load_stats, save_stats
 from atp_viz.pruning.calibration import BlockCalls, run_block
 from atp_viz.pruning.layer_stats import prunable_linears
 from atp_viz.pruning.pruners import Hessian
 from atp_viz.schedules.lsa import FRACTION, GROUP
+
+ERROR_KIND = "lsa_error"  # LSA's errors in a dense-statistics cache file: one float64 scalar per (block, linear)
 
 
 @torch.inference_mode()
@@ -83,3 +87,22 @@ def block_errors(
     if len({len(row) for row in rows}) != 1:
         raise ValueError("LSA needs the same linears in every block")
     return np.array(rows, dtype=np.float64)
+
+
+def cached_errors(
+    path: Path, blocks: nn.ModuleList, compute: Callable[[], np.ndarray], meta: dict[str, str]
+) -> tuple[np.ndarray, bool]:
+    """(``compute()``'s blocks x linears errors, whether they were read back): read from the dense-statistics cache
+    file ``path`` when it holds every linear's error, else computed and saved there with ``cached.save_stats`` (the
+    cache of the other dense statistics: same folder, format, atomic write, damaged files recomputed)."""
+    names = [list(prunable_linears(block)) for block in blocks]
+    keys = [(i, name) for i, row in enumerate(names) for name in row]
+    found = load_stats(path, kinds=(ERROR_KIND,))
+    table = found.states.get(ERROR_KIND, {}) if found is not None else {}
+    if table and set(table) == set(keys):
+        return np.array([[float(table[(i, n)]) for n in row] for i, row in enumerate(names)], dtype=np.float64), True
+    errors = compute()
+    states = {(i, n): torch.tensor(float(errors[i, row.index(n)]), dtype=torch.float64) for i, row in enumerate(names)
+              for n in row}  # fmt: skip
+    save_stats(DenseStats({ERROR_KIND: states}, 0), path, meta)
+    return errors, False

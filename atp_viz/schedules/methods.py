@@ -13,7 +13,7 @@ from __future__ import annotations
 import contextlib
 import math
 import warnings
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -243,14 +243,8 @@ def build_schedule(
     w = None if weights is None else np.asarray(weights, dtype=np.float64)
     params: dict[str, Any] = {**dict(spec.args), "rates": spec.rates}
     rates = entry.build(num_layers, spec.sparsity, params, stats, w)
-    whole = removed_blocks(rates)
-    if whole:
-        warnings.warn(
-            f"{spec.describe()} prunes {'blocks' if len(whole) > 1 else 'block'} {', '.join(map(str, whole))} whole "
-            "(rate 1: every weight of its linears set to zero, only the residual path is left)",
-            BlockRemovedWarning,
-            stacklevel=2,
-        )
+    if removed_blocks(rates):
+        warnings.warn(f"{spec.describe()} {removed_note(rates)}", BlockRemovedWarning, stacklevel=2)
     return rates
 
 
@@ -261,6 +255,23 @@ class BlockRemovedWarning(UserWarning):
 def removed_blocks(rates: ArrayLike) -> list[int]:
     """The blocks a schedule prunes whole: rate >= 1 (floor(columns * rate) = every column of every row)."""
     return [int(i) for i in np.flatnonzero(np.asarray(rates, dtype=np.float64) >= 1.0 - published.CLIP_TOL)]
+
+
+def removed_note(rates: ArrayLike) -> str:
+    """What every place that shows a schedule says of the blocks it prunes whole ("" when none): "prunes block 4
+    whole (rate 1: ...)"."""
+    whole = removed_blocks(rates)
+    if not whole:
+        return ""
+    return (
+        f"prunes {'blocks' if len(whole) > 1 else 'block'} {', '.join(map(str, whole))} whole "
+        "(rate 1: every weight of its linears set to zero, only the residual path is left)"
+    )
+
+
+def with_removed(rows: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """Rows that hold a schedule's ``rates`` (a comparison's rows), each with ``removed_blocks`` added."""
+    return [{**row, "removed_blocks": removed_blocks(row["rates"])} for row in rows]
 
 
 def per_linear_rates(spec: ScheduleSpec, stats: BlockStats) -> np.ndarray | None:

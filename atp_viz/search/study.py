@@ -21,6 +21,8 @@ Budget-matched comparison (``versus_atp``): ATP's grid (beta = step, 2 step, ...
 the uniform schedule (beta = 0) cost ``B = len(sweep_specs)`` points; each sampler gets B trials by
 default. ATP's winner is the grid beta with the best validation perplexity (uniform is the baseline,
 as in ``atp-viz sweep``); a search's winner is its trial with the best validation perplexity.
+DSA's evolutionary search over allocation graphs (``GraphSearch``, name ``DSA``) is one more search there:
+each trial a stored ``dsa`` point, resumed by replaying its seeded generations (no journal).
 """
 
 from __future__ import annotations
@@ -57,6 +59,9 @@ JOURNAL_SUFFIX = ".optuna"  # <store path>.optuna/ holds one journal file per st
 JOURNAL_EXT = ".log"
 METRIC = "perplexity"  # the objective: this metric on the validation split (lower is better)
 ATP, UNIFORM = "atp", "uniform"
+DSA = "dsa"  # DSA's evolutionary search over allocation graphs: a search beside the samplers (``GraphSearch``)
+DSA_LABEL = "DSA graphs (evolutionary)"
+SEARCHES = (*space.SAMPLERS, DSA)  # what ``versus_atp`` may run against ATP's grid
 
 # (method name, the trial that just finished) -> None: live curves, progress lines
 OnTrial = Callable[[str, "TrialRecord"], None]
@@ -93,6 +98,11 @@ class TrialRecord:
     evaluation: float  # evaluation perplexity: what is reported
     seconds: float  # the method's wall clock when this trial finished (cumulated over resumed runs)
     rates: np.ndarray = field(repr=False, compare=False)  # (L,) the schedule
+    spec: ScheduleSpec | None = field(default=None, repr=False, compare=False)  # None: the custom rates above
+
+    def schedule(self) -> ScheduleSpec:
+        """The trial's schedule: its own spec (a DSA graph), else its custom rates."""
+        return self.spec if self.spec is not None else _custom(self.rates)
 
     def to_record(self) -> dict[str, Any]:
         return {"number": self.number, "point": self.point_key, "validation_perplexity": self.validation,
@@ -173,6 +183,16 @@ def study_name(wb: Workbench, config: SearchConfig) -> str:
 
 def trial_key(study: str, number: int) -> str:
     return fingerprint(kind=TRIAL_KIND, study=study, number=number)
+
+
+def check_searches(searches: Sequence[str]) -> list[str]:
+    """``searches`` without repeats, if each is a sampler or ``DSA`` and there is one at least; else ValueError."""
+    if not searches:
+        raise ValueError(f"choose at least one search; allowed: {', '.join(SEARCHES)}")
+    for name in searches:
+        if name not in SEARCHES:
+            raise ValueError(f"search must be one of {', '.join(SEARCHES)}; got {name!r}")
+    return list(dict.fromkeys(searches))
 
 
 def _check_setup(wb: Workbench) -> None:
@@ -410,7 +430,7 @@ class Comparison:
 def completed(wb: Workbench, comparison: Comparison) -> Comparison:
     """``comparison`` with every search winner's evaluation perplexity measured (and stored) if missing."""
     methods = {
-        name: r if name == ATP else complete_winner(wb, r, lambda trial: _custom(trial.rates))
+        name: r if name == ATP else complete_winner(wb, r, lambda trial: trial.schedule())
         for name, r in comparison.methods.items()
     }
     return dataclasses.replace(comparison, methods=methods)
@@ -468,9 +488,30 @@ def _configs(
     timeout_s: float | None,
     max_delta: float | None,
 ) -> list[SearchConfig]:
-    if not samplers:
-        raise ValueError(f"choose at least one sampler; allowed: {', '.join(space.SAMPLERS)}")
-    return [SearchConfig(name, trials, sparsity, seed, timeout_s, max_delta) for name in dict.fromkeys(samplers)]
+    """The rate searches among ``samplers`` (``DSA``, the graph search, is not one of them)."""
+    check_searches(samplers)
+    return [
+        SearchConfig(name, trials, sparsity, seed, timeout_s, max_delta)
+        for name in dict.fromkeys(samplers)
+        if name != DSA
+    ]
+
+
+def _searches(
+    wb: Workbench,
+    sparsity: float,
+    samplers: Sequence[str],
+    trials: int,
+    seed: int,
+    timeout_s: float | None,
+    max_delta: float | None,
+) -> dict[str, Search | GraphSearch]:
+    """Each search asked, in the order asked: a rate search per sampler, DSA's graph search for ``DSA``."""
+    configs = {c.sampler: c for c in _configs(sparsity, samplers, trials, seed, timeout_s, max_delta)}
+    return {
+        name: Search(wb, configs[name]) if name != DSA else GraphSearch(wb, sparsity, trials, seed, timeout_s)
+        for name in dict.fromkeys(samplers)
+    }
 
 
 def stored_comparison(
@@ -499,23 +540,25 @@ def versus_atp(
     batch: int = 1,
     stored_only: bool = False,
 ) -> Comparison:
-    """ATP's sweep, then each sampler with ``trials`` trials (default: the sweep's size), all stored.
+    """ATP's sweep, then each search of ``samplers`` (a sampler, or ``DSA``: DSA's graph search, ``GraphSearch``)
+    with ``trials`` trials (default: the sweep's size), all stored.
 
     Stored points and trials are read back, so a rerun computes only what is missing. ``timeout_s``
     bounds each search's wall clock; ``should_stop()`` is checked between points and trials.
     ``every_split=False``: every point is measured on validation only (what selection reads) and
     each winner's evaluation perplexity at the end; seconds then count validation only, for all.
     ``executor`` (default: this process): ATP's grid runs on it in one go, and each search asks ``batch``
-    trials at a time. ``stored_only``: what is stored, never computing (``stored_comparison``).
+    trials at a time (DSA's graphs run in this process, one at a time). ``stored_only``: what is stored, never
+    computing (``stored_comparison``).
     """
     _check_setup(wb)
     specs = atp_specs(wb.num_blocks, sparsity, step)
     budget = trials or len(specs)
-    configs = _configs(sparsity, samplers, budget, seed, timeout_s, max_delta)
+    runners = _searches(wb, sparsity, samplers, budget, seed, timeout_s, max_delta)
     if stored_only:
         atp, uniform = _atp_result([wb.stored(spec, need=(VALIDATION,)) for spec in specs])
-        return Comparison(sparsity, budget, {ATP: atp, **{c.sampler: Search(wb, c).stored() for c in configs}}, uniform)
-    parts = 1 + len(configs)
+        return Comparison(sparsity, budget, {ATP: atp, **{name: r.stored() for name, r in runners.items()}}, uniform)
+    parts = 1 + len(runners)
     points: list[PointResult | None] = []
     started = time.monotonic()
     jobs = [PointJob(wb.setup.calib.seed, spec, measured_splits(every_split)) for spec in specs]
@@ -537,13 +580,12 @@ def versus_atp(
         if uniform is not None and math.isnan(uniform.evaluation):
             uniform = dataclasses.replace(uniform, evaluation=wb.run(specs[0]).value(METRIC, EVALUATION))
     results = {ATP: atp}
-    for index, config in enumerate(configs):
-        runner = Search(wb, config)
+    for index, (name, runner) in enumerate(runners.items()):
         if stop():
-            results[config.sampler] = runner.stored()
+            results[name] = runner.stored()
             continue
         sub = scaled(progress, (1 + index) / parts, 1 / parts)
-        results[config.sampler] = runner.run(sub, on_trial, should_stop, every_split, executor, batch)
+        results[name] = runner.run(sub, on_trial, should_stop, every_split, executor, batch)
     if progress is not None:
         progress(1.0, f"done in {time.monotonic() - started:.0f} s")
     return Comparison(sparsity, budget, results, uniform)
@@ -567,11 +609,13 @@ def sampler_colors() -> dict[str, str]:
     """Figure colours: ATP's from the method registry, each sampler's from ``search.SAMPLERS``."""
     from atp_viz.schedules.methods import colors
 
-    return {ATP: colors()[ATP], UNIFORM: colors()[UNIFORM], **{n: e.color for n, e in space.SAMPLERS.items()}}
+    return {ATP: colors()[ATP], UNIFORM: colors()[UNIFORM], **{n: e.color for n, e in space.SAMPLERS.items()},
+            DSA: colors()[DSA]}  # fmt: skip
 
 
 def labels() -> dict[str, str]:
-    return {ATP: "ATP grid (beta)", UNIFORM: "uniform", **{n: e.label for n, e in space.SAMPLERS.items()}}
+    return {ATP: "ATP grid (beta)", UNIFORM: "uniform", **{n: e.label for n, e in space.SAMPLERS.items()},
+            DSA: DSA_LABEL}  # fmt: skip
 
 
 def curves(comparison: Comparison, x: str = "trial") -> dict[str, tuple[list[float], list[float]]]:
@@ -585,19 +629,33 @@ def curves(comparison: Comparison, x: str = "trial") -> dict[str, tuple[list[flo
     return out
 
 
+def winner_notes(comparison: Comparison) -> list[str]:
+    """One line per search whose winner is a schedule of its own rather than free rates (DSA: its graph)."""
+    return [
+        f"{result.label}: winner {best.spec.describe()}"
+        for result in comparison.methods.values()
+        if (best := result.winner()) is not None and best.spec is not None
+    ]
+
+
 def winners(comparison: Comparison) -> dict[str, np.ndarray]:
     """method -> the winner's rates (methods without a trial left out)."""
     return {name: best.rates for name, result in comparison.methods.items() if (best := result.winner()) is not None}
 
 
 __all__ = [
+    "DSA",
+    "SEARCHES",
     "Comparison",
+    "GraphSearch",
     "MethodResult",
     "Search",
     "SearchConfig",
     "TrialRecord",
     "atp_specs",
+    "check_searches",
     "curves",
+    "dsa_graph_search",
     "grid_budget",
     "journal_dir",
     "labels",
@@ -607,11 +665,123 @@ __all__ = [
     "study_name",
     "trial_key",
     "versus_atp",
+    "winner_notes",
     "winners",
 ]
 
 
 # ------------------------------------------------------------------------------ DSA's search over graphs
+
+
+class _Halt(Exception):
+    """A graph's point is not stored (a revisit) or the search must stop: the replay ends there."""
+
+
+class GraphSearch:
+    """DSA's evolutionary search over graphs (``dsa_search.evolve``) at one sparsity, budget and seed: every graph
+    is a stored ``dsa`` point and its validation perplexity the fitness; ``budget`` defaults to ATP's grid (its betas
+    plus uniform), so the two cost the same number of pruned models.
+
+    Resumable without a journal: the graphs of generation g come from ``default_rng([seed, g])`` and the fitnesses
+    before them, so a run started again replays the same sequence, reads each finished graph back from the store
+    (none is measured twice) and continues with the first one missing; ``stored()`` replays as far as the store
+    goes. A trial's seconds: the cumulated wall time of the points so far (as ATP's sweep)."""
+
+    def __init__(
+        self,
+        wb: Workbench,
+        sparsity: float,
+        budget: int | None = None,
+        seed: int = 0,
+        timeout_s: float | None = None,
+        step: float = published.GRID_STEP,
+    ) -> None:
+        _check_setup(wb)
+        self.wb, self.sparsity = wb, check_sparsity(sparsity)
+        self.budget = grid_budget(wb.num_blocks, self.sparsity, step) if budget is None else budget
+        space.check_budget(self.budget, timeout_s)
+        if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+            raise ValueError(f"search seed must be an integer >= 0, got {seed!r}")
+        self.seed, self.timeout_s = seed, timeout_s
+        self.evaluated: list[dsa_search.Evaluated] = []  # the last replay's graphs, in evaluation order
+
+    def spec(self, graph: str) -> ScheduleSpec:
+        return ScheduleSpec(DSA, self.sparsity, graph=graph)
+
+    def _replay(
+        self,
+        point: Callable[[ScheduleSpec, int], PointResult | None],
+        on_graph: Callable[[dsa_search.Evaluated, PointResult, TrialRecord], None] | None = None,
+    ) -> MethodResult:
+        """``evolve`` with ``point(spec, index)`` as the source of each graph's point, until the budget is spent or
+        ``point`` gives None; ``on_graph(entry, point, trial)`` after each graph."""
+        points: dict[str, PointResult] = {}
+        trials: list[TrialRecord] = []
+        self.evaluated = []
+
+        def fitness(graph: str) -> float:
+            with warnings.catch_warnings():  # a graph not finite on some blocks is a normal candidate here
+                warnings.simplefilter("ignore", NonFiniteImportanceWarning)
+                found = point(self.spec(graph), len(self.evaluated))
+            if found is None:
+                raise _Halt
+            points[graph] = found
+            return found.value(METRIC, VALIDATION)
+
+        def finished(done: int, total: int, entry: dsa_search.Evaluated) -> None:
+            found = points[entry.graph]
+            clock = (trials[-1].seconds if trials else 0.0) + found.wall_time
+            trials.append(dataclasses.replace(_record(found, entry.index, clock), spec=self.spec(entry.graph)))
+            self.evaluated.append(entry)
+            if on_graph is not None:
+                on_graph(entry, found, trials[-1])
+
+        with contextlib.suppress(_Halt):
+            dsa_search.evolve(fitness, self.budget, self.seed, progress=finished)
+        return MethodResult(DSA, DSA_LABEL, tuple(trials), study=f"dsa graphs S={self.sparsity:g} seed={self.seed}")
+
+    def stored(self) -> MethodResult:
+        """The graphs finished so far (the replay up to the first one not stored); never computes."""
+        return self._replay(lambda spec, _: self.wb.stored(spec, need=(VALIDATION,)))
+
+    def run(
+        self,
+        progress: Progress | None = None,
+        on_trial: OnTrial | None = None,
+        should_stop: Callable[[], bool] | None = None,
+        every_split: bool = True,
+        executor: Executor | None = None,
+        batch: int = 1,
+        on_graph: Callable[[dsa_search.Evaluated, PointResult], None] | None = None,
+    ) -> MethodResult:
+        """Evaluate graphs until ``budget`` are (finished ones read back), each point stored as it ends; stops
+        early when ``should_stop()`` or the timeout says so (checked before each graph not stored yet).
+
+        ``every_split=False``: graphs measured on validation only, the winner's evaluation at the end. The graphs
+        run in this process one at a time (``executor`` and ``batch`` are accepted for ``versus_atp``, unused)."""
+        splits = measured_splits(every_split)
+        need = self.wb.setup.splits if splits is None else splits
+        deadline = math.inf if self.timeout_s is None else time.monotonic() + self.timeout_s
+        trials = Trials(self.wb, "DSA graph", self.budget, progress, splits, should_stop)
+
+        def point(spec: ScheduleSpec, index: int) -> PointResult | None:
+            trials.done = index
+            if self.wb.stored(spec, need=need) is None and (trials.stop() or time.monotonic() > deadline):
+                return None
+            return trials.run(spec)
+
+        def finished(entry: dsa_search.Evaluated, found: PointResult, trial: TrialRecord) -> None:
+            if on_graph is not None:
+                on_graph(entry, found)
+            if on_trial is not None and not found.cached:  # a new trial, as a rate search reports them
+                on_trial(DSA, trial)
+
+        result = self._replay(point, finished)
+        if every_split:
+            return result
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", NonFiniteImportanceWarning)
+            return complete_winner(self.wb, result, lambda trial: trial.schedule())
 
 
 def dsa_graph_search(
@@ -621,28 +791,10 @@ def dsa_graph_search(
     seed: int = 0,
     step: float = published.GRID_STEP,
     progress: Progress | None = None,
-    should_stop: Callable[[], bool] | None = None,
+    on_graph: Callable[[dsa_search.Evaluated, PointResult], None] | None = None,
 ) -> list[dsa_search.Evaluated]:
-    """DSA's evolutionary search over graphs (``dsa_search.evolve``) on this Workbench: each graph is a stored
-    ``dsa`` point and its validation perplexity the fitness. ``budget`` defaults to ATP's grid (its betas plus
-    uniform), so the two searches cost the same number of pruned models. Resumable: the graphs a run asks for
-    depend only on the fitnesses before them, and stored points are read back. ``should_stop()`` is checked
-    between graphs."""
-    sparsity = check_sparsity(sparsity)
-    budget = grid_budget(wb.num_blocks, sparsity, step) if budget is None else budget
-    trials = Trials(wb, "DSA graph", budget, progress, measured_splits(False), should_stop)
-
-    def fitness(graph: str) -> float:
-        spec = ScheduleSpec("dsa", sparsity, graph=graph)
-        try:
-            with warnings.catch_warnings():  # a graph not finite on some blocks is a normal candidate here
-                warnings.simplefilter("ignore", NonFiniteImportanceWarning)
-                point = trials.run(spec)
-        except ValueError:
-            return math.inf
-        return point.value(METRIC, VALIDATION)
-
-    def report(done: int, total: int, entry: dsa_search.Evaluated) -> None:
-        trials.finished(f"DSA graph {done}/{total}: {entry.graph} -> {entry.fitness:.4g}")
-
-    return dsa_search.evolve(fitness, budget, seed, progress=report, should_stop=trials.stop)
+    """``GraphSearch(...).run`` on validation alone (``atp-viz search --space dsa``): the graphs in evaluation order;
+    ``on_graph(entry, point)`` after each (``point.cached``: read back from the store)."""
+    search = GraphSearch(wb, sparsity, budget, seed, step=step)
+    search.run(progress, every_split=False, on_graph=on_graph)
+    return search.evaluated

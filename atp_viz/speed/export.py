@@ -30,6 +30,7 @@ from atp_viz.config import check_choice, check_nm
 from atp_viz.models.loading import LoadedModel, blocks_path, swap_conv1d
 from atp_viz.pruning.layer_stats import prunable_linears
 from atp_viz.pruning.pruners import PRUNERS
+from atp_viz.schedules.methods import removed_note
 from atp_viz.store import to_jsonable
 
 SCHEDULE_FILE = "schedule.json"
@@ -321,10 +322,12 @@ def schedule_recipe(
     """The llm-compressor oneshot recipe of one schedule with ``pruner``'s modifier (``PRUNERS``): one
     sparsity per decoder block, or one per linear type when ``linear_rates`` gives them their own
     (``Workbench.linear_rates``, with ``Workbench.linear_names``). The CLI's ``schedule --recipe`` and the
-    Schedules page both print this."""
+    Schedules page both print this; a first comment line names the blocks it prunes whole (rate 1)."""
     entry = PRUNERS[pruner]
     targets = linear_targets(linear_rates, linear_names, location[0]) if linear_rates else [float(r) for r in rates]
-    return recipe_snippet(targets, entry.recipe_modifier, *location, note=entry.recipe_note, nm=nm)
+    recipe = recipe_snippet(targets, entry.recipe_modifier, *location, note=entry.recipe_note, nm=nm)
+    whole = removed_note(rates)
+    return f"# this schedule {whole}\n{recipe}" if whole else recipe
 
 
 def recipe_snippet(
