@@ -2,8 +2,8 @@
 
 Starts ``streamlit run app.py`` on a free localhost port with the tiny model (or, with
 ATP_VIZ_BROWSER_REAL=1, the real default model), opens Schedules by its URL first (the page list must be
-app.py's, with Home), then walks Home -> Schedules -> Error explosion ->
-Beta tuning -> Compare strategies -> Theory sandbox through the sidebar navigation (one session,
+app.py's, with Home), then walks Home -> Lesson -> Schedules -> Error explosion -> Beta tuning -> Compare
+strategies -> Theory sandbox -> ATP vs search -> Profile shapes through the sidebar navigation (one session,
 so settings carry over), asserts a Plotly chart is drawn on each page, and saves one screenshot per
 page to artifacts/screenshots (and to docs/screenshots when ATP_VIZ_SCREENSHOTS is set).
 """
@@ -113,6 +113,14 @@ def test_every_page_draws_a_plotly_chart(server: str, browser_page) -> None:
     page.get_by_text("Dense perplexity:").wait_for()  # the model loads, then is measured, in the background
     shoot(page, "1_home")
 
+    goto(page, "Lesson")
+    if not REAL:  # the embedded model's lesson is shipped; the tiny model's is computed on a press
+        page.get_by_role("button", name="Compute the lesson's data").click()
+    page.locator(".js-plotly-plot .gtitle", has_text="Each block's own error").wait_for()
+    page.locator(".js-plotly-plot .gtitle", has_text="Error budget").wait_for()
+    wait_idle(page)
+    shoot(page, "2_lesson")
+
     goto(page, "Schedules")
     page.locator(".js-plotly-plot .gtitle", has_text="Per-block sparsity").wait_for()
     # uniform, ATP and custom are drawn at once; OWL, AlphaPruning, DLP, DSA and LSA once their statistics are in
@@ -132,14 +140,14 @@ def test_every_page_draws_a_plotly_chart(server: str, browser_page) -> None:
         arg=before,
     )
     wait_idle(page)
-    shoot(page, "2_schedules")
+    shoot(page, "3_schedules")
 
     goto(page, "Error explosion")
     page.get_by_role("button", name=re.compile("^Measure")).click()
     page.locator(".js-plotly-plot .gtitle", has_text="reconstruction error per block").wait_for()
     wait_idle(page)
     assert "last/first" in page.locator(".js-plotly-plot .infolayer").first.text_content()
-    shoot(page, "3_error_explosion")
+    shoot(page, "4_error_explosion")
 
     goto(page, "Beta tuning")
     set_number(page, "Grid step (> 0)", BETA_STEP)
@@ -148,7 +156,7 @@ def test_every_page_draws_a_plotly_chart(server: str, browser_page) -> None:
     page.get_by_text(re.compile("^Best beta =")).first.wait_for()  # a rerun may briefly show a stale copy too
     wait_idle(page)
     wait_charts(page, 3)
-    shoot(page, "4_beta_tuning")
+    shoot(page, "5_beta_tuning")
 
     goto(page, "Compare strategies")
     page.locator('input[aria-label="Grid step"]').wait_for()
@@ -166,11 +174,29 @@ def test_every_page_draws_a_plotly_chart(server: str, browser_page) -> None:
     wait_idle(page)
     page.locator(".js-plotly-plot .legendtext", has_text="ATP").first.wait_for()
     assert page.locator(".js-plotly-plot .barlayer .point").count() >= 4
-    shoot(page, "5_compare_strategies")
+    shoot(page, "6_compare_strategies")
 
     goto(page, "Theory sandbox")
     page.locator(".js-plotly-plot .gtitle", has_text="toy network").wait_for()
     page.locator(".js-plotly-plot .gtitle", has_text="same rates, different order").wait_for()
     wait_idle(page)
     wait_charts(page, 2)
-    shoot(page, "6_theory_sandbox")
+    shoot(page, "7_theory_sandbox")
+
+    goto(page, "ATP vs search")
+    run = page.get_by_role("button", name=re.compile("^Run$"))
+    if run.is_enabled():
+        run.click()
+    page.locator(".js-plotly-plot .xtitle", has_text="trial (points evaluated)").wait_for()
+    wait_idle(page)
+    shoot(page, "8_atp_vs_search")
+
+    goto(page, "Profile shapes")
+    grid = page.get_by_role("button", name=re.compile("^(Run grid|Grid complete)"))
+    grid.wait_for()
+    if grid.is_enabled():
+        grid.click()
+    page.locator(".js-plotly-plot .gtitle", has_text="validation perplexity").wait_for()
+    wait_idle(page)
+    assert page.locator(".js-plotly-plot").count() >= 3  # two heatmaps, the chosen schedule's rates and profiles
+    shoot(page, "9_profile_shapes")

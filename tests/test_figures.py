@@ -124,3 +124,13 @@ def test_colours_follow_the_method_not_the_first_word_of_its_label() -> None:
     assert figures.color_for("dense") == figures.COLORS["dense"] and figures.color_for("tpe") is None
     rows = [{"method": "prefix", "label": "my prefix run", "sparsity": 0.5, "perplexity": 30.0}]
     assert figures.compare_figure(rows).data[0].marker.color == prefix.color
+
+
+def test_log_axes_write_every_tick_out() -> None:
+    """A log axis gets 1-2-5 ticks written in full, never Plotly's bare minor digits ("2", "5")."""
+    from atp_viz.dashboard.figures import error_figure
+
+    fig = error_figure({"uniform": [0.003, 0.02, 0.4], "ATP": [0.002, 0.01, 0.9]})
+    text = list(fig.layout.yaxis.ticktext)
+    assert "0.002" in text and "0.5" in text and "1" in text and "2" not in text and "5" not in text
+    assert all(0.001 <= v <= 2 for v in fig.layout.yaxis.tickvals)

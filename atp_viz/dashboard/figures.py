@@ -69,6 +69,11 @@ def _layout(fig: go.Figure, title: str, x_title: str, y_title: str, log_y: bool 
         height=HEIGHT,
         margin=dict(l=70, r=20, t=60, b=60),
     )
+    if log_y:  # 1-2-5 ticks written out in full, instead of Plotly's bare "2" and "5" between the decades
+        values = [float(v) for t in fig.data if getattr(t, "yaxis", None) in (None, "y") and t.y is not None
+                  for v in t.y if v is not None]  # fmt: skip
+        ticks = log_ticks(values)
+        fig.update_yaxes(tickvals=ticks, ticktext=[f"{t:,g}" for t in ticks])
     return fig
 
 
@@ -291,10 +296,6 @@ def compare_figure(
     fig.update_xaxes(type="category")  # '70%' would otherwise be read as the number 70
     if len(categories) < MIN_CATEGORIES:  # a lone group would otherwise stretch across the whole plot
         fig.update_xaxes(range=[-0.5 * MIN_CATEGORIES, len(categories) - 1 + 0.5 * MIN_CATEGORIES])
-    values = [float(r["perplexity"]) for r in rows] + ([dense_ppl] if dense_ppl is not None else [])  # type: ignore[arg-type]
-    if log_y:
-        ticks = log_ticks(values)
-        fig.update_yaxes(tickvals=ticks, ticktext=[f"{t:,g}" for t in ticks])
     return fig
 
 
