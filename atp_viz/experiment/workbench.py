@@ -101,7 +101,8 @@ class Workbench(PrunableModel):
     def collecting(self) -> list[StoredRow]:
         """From now on rows go to memory and to the list returned (a worker hands them to its driver)."""
         self._ledger = self._ledger.collecting()
-        return self._ledger.written or []
+        assert self._ledger.written is not None  # the live list (an empty one is falsy: never ``or []``)
+        return self._ledger.written
 
     def reseeded(self, seed: int) -> Workbench:
         """The same model and dense weights, calibrated on windows drawn with ``seed`` (kept for reuse)."""
