@@ -48,7 +48,7 @@ def rows_of(folder: Path, model: str) -> tuple[list[dict[str, Any]], dict[str, A
     header: dict[str, Any] = {}
     for suffix, names in VARIANTS.items():
         path = folder / f"{model}-{suffix}.json"
-        if not path.exists():
+        if not path.exists() or not path.stat().st_size:  # not run, or still running
             continue
         table = json.loads(path.read_text())
         header = header or {"dense": table["dense_metrics"], "seeds": table["seeds"]}

@@ -95,3 +95,24 @@ def test_every_command_prints_its_help(capsys) -> None:
         code = cli.main(["--help"] if name is None else [name, "--help"])
         out = capsys.readouterr()
         assert code == 0 and "usage:" in out.out and "Traceback" not in out.err, name
+
+
+def test_a_threads_traceback_is_written_without_parsing_source() -> None:
+    """``plain_traceback`` never calls ``ast`` (Python 3.11.7 fails when two threads are in it at once)."""
+    import ast
+
+    from atp_viz.errors import plain_traceback
+
+    def fails() -> None:
+        raise KeyError("missing")
+
+    try:
+        fails()
+    except KeyError as exc:
+        original, calls = ast.parse, []
+        ast.parse = lambda *a, **k: calls.append(a) or original(*a, **k)  # type: ignore[assignment]
+        try:
+            text = plain_traceback(exc)
+        finally:
+            ast.parse = original  # type: ignore[assignment]
+    assert calls == [] and "in fails" in text and text.endswith("KeyError: 'missing'") and "^" not in text

@@ -37,7 +37,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from atp_viz.errors import first_line
+from atp_viz.errors import first_line, plain_traceback
 
 QUEUED, RUNNING, DONE, FAILED, CANCELLED = "queued", "running", "done", "failed", "cancelled"
 USER, BACKGROUND = 0, 1  # queue priorities: a student's job goes before a warm-up job
@@ -368,7 +368,7 @@ class JobManager:
         except Exception as exc:  # reported to every viewer as one line; the next job still starts
             error = first_line(exc)
             if not isinstance(exc, ValueError):
-                log.exception("job %s (%s) failed", job.id, job.label)
+                log.error("job %s (%s) failed\n%s", job.id, job.label, plain_traceback(exc))
         with self._cond:
             job.ended = time.monotonic()
             job.result, job.error = result, error

@@ -41,6 +41,7 @@ from atp_viz.config import CalibConfig, EvalConfig
 from atp_viz.dashboard import jobs
 from atp_viz.dashboard.figures import PLOTLY_CONFIG
 from atp_viz.display import full_text, perplexity_columns, perplexity_table, perplexity_text
+from atp_viz.errors import plain_traceback
 from atp_viz.experiment import classroom
 from atp_viz.experiment.executors import EXECUTORS, ExecutorConfig, PointJob, make_executor
 from atp_viz.experiment.lesson import Steppers
@@ -428,18 +429,19 @@ class Watcher:
             time.sleep(POLL_S)
             try:
                 rerun_stale_sessions(self.read())
-            except Exception:  # a closing session or server: look again next time (said once, in the server's log)
+            except Exception as exc:  # a closing session or server: look again next time (said once, in the log)
                 if not self.failed:
-                    log.warning("watcher: a look at the open tabs failed", exc_info=True)
+                    log.warning("watcher: a look at the open tabs failed\n%s", plain_traceback(exc))
                 self.failed = True
 
 
 def rerun_stale_sessions(now: tuple[int, int]) -> None:
     """Ask every open tab whose page run began before ``now`` to run its page again, unless a run is under way.
     Without a Streamlit server (AppTest, scripts) there is none."""
-    if not Runtime.exists():
+    manager = getattr(Runtime.instance(), "_session_mgr", None) if Runtime.exists() else None
+    if manager is None:  # AppTest's runtime is a stand-in without sessions
         return
-    for info in Runtime.instance()._session_mgr.list_active_sessions():
+    for info in manager.list_active_sessions():
         if _signal_seen(info.session) not in (None, now):
             # decided on the session's own event loop, where its browser's requests are handled too: a request
             # handled before this look started a run (so nothing is asked), one handled after it comes later
