@@ -11,9 +11,10 @@
 #     MODELS=/tmp/atp-viz-tests/llama-4x64-v1 CORPUS=/tmp/atp-viz-tests/tiny-corpus-v1.txt SPARSITIES=0.6 SEEDS=0 \
 #     METRICS=perplexity SIZE="--calib-samples 2 --seqlen 32 --eval-windows 1" OUT=/tmp/alloc-compare \
 #     bash bench/allocators_compare.sh
-# Not covered: DSA's own evolutionary search over graphs (`atp-viz search --space dsa --versus-atp`, per model,
-# sparsity and seed) and ATP's best curved profile over the curvature p (this runs the power profile at its
-# default p; `atp-viz sweep2d` searches p).
+# DSA's own evolutionary search over graphs runs at ATP's budget (`atp-viz search --space dsa --versus-atp`) per
+# model and sparsity in DSA_SPARSITIES (default: none; the first calibration seed) with SEARCH_SIZE. Not covered:
+# ATP's best curved profile over the curvature p (this runs the power profile with its grid at its default p;
+# `atp-viz sweep2d` searches p).
 set -euo pipefail
 PYTHON=${PYTHON:-python}
 MODELS=${MODELS:-"smollm2-135m gemma3-270m"}
@@ -24,6 +25,8 @@ METRICS=${METRICS:-perplexity,zeroshot}
 SIZE=${SIZE:-"--calib-samples 16 --seqlen 512 --eval-windows 16"}
 OUT=${OUT:-bench/results/allocators_compare}
 STORE=${STORE:-}
+DSA_SPARSITIES=${DSA_SPARSITIES:-}
+SEARCH_SIZE=${SEARCH_SIZE:-"--calib-samples 16 --seqlen 512 --eval-windows 8 --val-windows 4 --calibration cached"}
 mkdir -p "$OUT"
 
 run() {
@@ -42,5 +45,12 @@ for model in $MODELS; do
   run "$model" farms --methods alphapruning --estimator farms
   run "$model" lsa-projection --methods lsa --granularity projection --lam 0.07
   run "$model" power --methods power
+  for s in ${DSA_SPARSITIES//,/ }; do
+    echo "== $(basename "$model") DSA graph search at S = $s" >&2
+    # shellcheck disable=SC2086  # SEARCH_SIZE holds several options
+    "$PYTHON" -m atp_viz search --space dsa --versus-atp --model "$model" ${CORPUS:+--corpus "$CORPUS"} \
+      --sparsity "$s" --seed "${SEEDS%%,*}" $SEARCH_SIZE ${STORE:+--store "$STORE"} --json \
+      > "$OUT/$(basename "$model")-dsa-search-s$s.json"
+  done
 done
 echo "tables in $OUT" >&2

@@ -56,6 +56,18 @@ def rows_of(folder: Path, model: str) -> tuple[list[dict[str, Any]], dict[str, A
             if suffix != "peers" and row["method"] == "uniform":
                 continue
             rows.append({**row, "name": names.get(row["method"], row["label"]), "file": path.name})
+    for path in sorted(folder.glob(f"{model}-dsa-search-s*.json")):  # DSA's graph search beside ATP's grid
+        found = json.loads(path.read_text()) if path.stat().st_size else None
+        if not found:
+            continue
+        best, atp = found["best"], found["atp"]
+        one = {"sparsity": found["sparsity"], "perplexity_std": math.nan, "seeds": 1, "file": path.name}
+        rows.append({**one, "method": "dsa-search", "name": f"DSA, graph searched ({found['budget']} graphs)",
+                     "perplexity": best["evaluation_perplexity"], "params": {"graph": best["graph"]},
+                     "rates": best["rates"]})  # fmt: skip
+        rows.append({**one, "method": "atp-search", "name": f"ATP, the same search's grid ({atp['points']} points)",
+                     "perplexity": atp["evaluation_perplexity"], "params": {"beta": atp["params"]["beta"]},
+                     "rates": []})  # fmt: skip
     return rows, header
 
 
@@ -66,7 +78,7 @@ def table(model: str, rows: list[dict[str, Any]], header: dict[str, Any]) -> tup
         + (f", zero-shot {100 * dense['evaluation/zeroshot']:.1f} %" if "evaluation/zeroshot" in dense else "")
         + f"; seeds {', '.join(map(str, header['seeds']))})",
         "",
-        "| S | method | perplexity (mean ± std) | zero-shot acc. % | chosen | against uniform |",
+        "| S | method | perplexity (mean ± std over seeds) | zero-shot acc. % (± stderr) | chosen | against uniform |",
         "|---|---|---|---|---|---|",
     ]
     out = []
@@ -76,13 +88,14 @@ def table(model: str, rows: list[dict[str, Any]], header: dict[str, Any]) -> tup
         for r in sorted(here, key=lambda r: r["perplexity"]):
             said = verdict(r, uniform) if uniform else "no uniform row"
             zs = r.get("zeroshot", math.nan)
+            band = "" if r["seeds"] < 2 else f" ± {r['perplexity_std']:.1f}"
+            zs_text = "" if math.isnan(zs) else f"{100 * zs:.1f} ± {100 * r.get('zeroshot_stderr', math.nan):.1f}"
             chosen = ", ".join(f"{k} {v:g}" if isinstance(v, float) else f"{k} {v}" for k, v in r["params"].items())
             removed = [i for i, rate in enumerate(r["rates"]) if rate >= 1.0]
             if removed:
                 chosen += f"; removes block{'s' if len(removed) > 1 else ''} {', '.join(map(str, removed))}"
             lines.append(
-                f"| {s:g} | {r['name']} | {r['perplexity']:.1f} ± {r['perplexity_std']:.1f} | "
-                f"{'' if math.isnan(zs) else f'{100 * zs:.1f}'} | {chosen or '-'} | {said} |"
+                f"| {s:g} | {r['name']} | {r['perplexity']:.1f}{band} | {zs_text} | {chosen or '-'} | {said} |"
             )
             out.append({"model": model, "sparsity": s, "method": r["method"], "name": r["name"],
                         "perplexity": r["perplexity"], "perplexity_std": r["perplexity_std"], "seeds": r["seeds"],

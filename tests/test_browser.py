@@ -206,6 +206,8 @@ def test_every_page_draws_a_plotly_chart(server: str, browser_page) -> None:
             remove.wait_for(state="detached")
             wait_idle(page)
     press(page, re.compile("^Run$"), page.locator(".js-plotly-plot .xtitle", has_text="trial (points evaluated)"))
+    if REAL:  # the picture of a finished comparison
+        page.get_by_text(re.compile("^Running: ATP vs")).first.wait_for(state="detached")
     page.locator(".js-plotly-plot .xtitle", has_text="trial (points evaluated)").wait_for()
     wait_idle(page)
     shoot(page, "8_atp_vs_search")
@@ -218,6 +220,8 @@ def test_every_page_draws_a_plotly_chart(server: str, browser_page) -> None:
         box.press("Enter")
         wait_idle(page)
     press(page, re.compile("^Run grid"), page.get_by_role("button", name="Grid complete"))
+    if REAL:  # the picture of a finished grid
+        page.get_by_role("button", name="Grid complete").wait_for()
     page.locator(".js-plotly-plot .gtitle", has_text="validation perplexity").wait_for()
     wait_idle(page)
     assert page.locator(".js-plotly-plot").count() >= 3  # two heatmaps, the chosen schedule's rates and profiles
