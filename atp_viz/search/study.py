@@ -585,7 +585,10 @@ def versus_atp(
             results[name] = runner.stored()
             continue
         sub = scaled(progress, (1 + index) / parts, 1 / parts)
-        results[name] = runner.run(sub, on_trial, should_stop, every_split, executor, batch)
+        if isinstance(runner, Search):  # a rate search asks ``batch`` trials at a time of the executor
+            results[name] = runner.run(sub, on_trial, should_stop, every_split, executor, batch)
+        else:
+            results[name] = runner.run(sub, on_trial, should_stop, every_split)
     if progress is not None:
         progress(1.0, f"done in {time.monotonic() - started:.0f} s")
     return Comparison(sparsity, budget, results, uniform)
@@ -750,15 +753,13 @@ class GraphSearch:
         on_trial: OnTrial | None = None,
         should_stop: Callable[[], bool] | None = None,
         every_split: bool = True,
-        executor: Executor | None = None,
-        batch: int = 1,
         on_graph: Callable[[dsa_search.Evaluated, PointResult], None] | None = None,
     ) -> MethodResult:
         """Evaluate graphs until ``budget`` are (finished ones read back), each point stored as it ends; stops
         early when ``should_stop()`` or the timeout says so (checked before each graph not stored yet).
 
         ``every_split=False``: graphs measured on validation only, the winner's evaluation at the end. The graphs
-        run in this process one at a time (``executor`` and ``batch`` are accepted for ``versus_atp``, unused)."""
+        run in this process one at a time (each generation's graphs depend on the fitnesses before them)."""
         splits = measured_splits(every_split)
         need = self.wb.setup.splits if splits is None else splits
         deadline = math.inf if self.timeout_s is None else time.monotonic() + self.timeout_s
