@@ -207,7 +207,7 @@ def test_every_page_draws_a_plotly_chart(server: str, browser_page) -> None:
             wait_idle(page)
     press(page, re.compile("^Run$"), page.locator(".js-plotly-plot .xtitle", has_text="trial (points evaluated)"))
     if REAL:  # the picture of a finished comparison
-        page.get_by_text(re.compile("^Running: ATP vs")).first.wait_for(state="detached")
+        page.wait_for_function("() => !document.body.innerText.includes('Running: ATP vs')")
     page.locator(".js-plotly-plot .xtitle", has_text="trial (points evaluated)").wait_for()
     wait_idle(page)
     shoot(page, "8_atp_vs_search")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import plotly.graph_objects as go
 import pytest
 
@@ -134,3 +135,12 @@ def test_log_axes_write_every_tick_out() -> None:
     text = list(fig.layout.yaxis.ticktext)
     assert "0.002" in text and "0.5" in text and "1" in text and "2" not in text and "5" not in text
     assert all(0.001 <= v <= 2 for v in fig.layout.yaxis.tickvals)
+
+
+def test_a_2d_grid_is_drawn_on_category_axes_with_its_line_outlined_on_a_cell() -> None:
+    from atp_viz.dashboard.figures import sweep2d_figure
+
+    fig = sweep2d_figure([0.0, 0.008, 0.016], [-0.05, 0.0, 0.05], np.full((3, 3), 300.0), "offset", 0.0, (1, 0))
+    assert fig.layout.xaxis.type == "category" and fig.layout.yaxis.type == "category"
+    outline = fig.layout.shapes[0]
+    assert (outline.x0, outline.x1, outline.y0, outline.y1) == (0.5, 1.5, -0.5, 2.5)  # the column offset = 0

@@ -446,6 +446,10 @@ def sweep2d_figure(
                                      hovertemplate=f"{name}<br>%{{customdata:.4g}}<extra></extra>",
                                      customdata=[z[cell]]))  # fmt: skip
     _layout(fig, title or f"{metric_label}: beta x {value_label}", value_label, "ATP slope beta (per block)")
+    # one cell per grid value: category axes (Plotly reads "0.05" as a number and would place the cells at their
+    # values while the outline above sits at the cells' indices)
+    fig.update_xaxes(type="category")
+    fig.update_yaxes(type="category")
     return fig.update_layout(legend=dict(orientation="h", y=-0.2))
 
 
