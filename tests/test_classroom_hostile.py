@@ -140,10 +140,11 @@ def test_a_hostile_classroom_on_one_server(tiny_assets, tmp_path: Path) -> None:
         def press(index: int) -> None:
             session = flood[index]
             for run in range(FLOOD_RUNS):  # ten different sweeps: sparsity and grid step differ
-                session.run(sparsity=round(0.30 + 0.05 * run, 2), tune_step=round(0.1 + 0.005 * index, 3))
-                outcomes[index].append(click(session))
+                values = {"sparsity": round(0.30 + 0.05 * run, 2), "tune_step": round(0.1 + 0.005 * index, 3)}
+                session.run(**values)
+                outcomes[index].append(click(session, values))
 
-        def click(session: Session) -> str:
+        def click(session: Session, values: dict[str, object]) -> str:
             """Press Run sweep: 'accepted' (the button is disabled now: the job runs, waits or is done), 'complete'
             (another sweep stored these points already: nothing to run), or the refusal's line. A press can be
             lost when the page reruns itself before it reads the button (the sidebar's follow() does that while
@@ -151,7 +152,9 @@ def test_a_hostile_classroom_on_one_server(tiny_assets, tmp_path: Path) -> None:
             for _ in range(10):
                 if "[Sweep complete" in session.last.text():
                     return "complete"
-                session.run(tune_run=True)
+                # a browser sends every widget's value with a press: a rerun in between (another job's point
+                # landing) cannot then put the grid step back to its default and make the sweep a 101-point one
+                session.run(tune_run=True, **values)
                 assert not session.last.exceptions, session.last.exceptions
                 if session.last.errors:
                     return session.last.errors[0]
