@@ -9,6 +9,7 @@ import re
 import signal
 import subprocess
 import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -245,14 +246,11 @@ def test_cli_search_bad_input_is_one_line_and_writes_nothing(tmp_path: Path, ext
     assert not (tmp_path / "sub").exists()
 
 
-@pytest.mark.slow
-def test_cli_search_killed_mid_run_resumes_with_nothing_lost(tmp_path: Path) -> None:
-    """SIGKILL ``atp-viz search`` while it runs (after >= 2 finished trials), rerun: kept trials are
-    unchanged and not recomputed, the budget is completed."""
-    store, total = tmp_path / "r.sqlite", 8
-    args = search_args(store, "--sampler", "evo", "--trials", str(total), "--json")
+def killed_after(args: list[str], finished: Callable[[str], str | None], count: int) -> list[str]:
+    """Run ``atp-viz args`` and SIGKILL it once ``finished`` (a stderr line -> the trial it announces as finished,
+    or None) has named ``count`` trials; the trials named, in order."""
     proc = subprocess.Popen(cli_command(args), stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=cli_env())
-    finished: list[str] = []
+    named: list[str] = []
     lines: list[str] = []
     seen = threading.Event()
 
@@ -261,9 +259,9 @@ def test_cli_search_killed_mid_run_resumes_with_nothing_lost(tmp_path: Path) -> 
         for raw in proc.stderr:
             line = raw.decode(errors="replace")
             lines.append(line)
-            if "evo trial" in line and "validation ppl" in line:
-                finished.append(line)
-                if len(finished) >= 2:
+            if (trial := finished(line)) is not None:
+                named.append(trial)
+                if len(named) >= count:
                     seen.set()
 
     reader = threading.Thread(target=read, daemon=True)
@@ -271,7 +269,7 @@ def test_cli_search_killed_mid_run_resumes_with_nothing_lost(tmp_path: Path) -> 
     try:
         seen.wait(KILL_TIMEOUT_S)
         assert proc.poll() is None, "the search ended before it could be killed: " + "".join(lines)[-1500:]
-        assert len(finished) >= 2
+        assert len(named) >= count
         proc.send_signal(signal.SIGKILL)
         proc.wait(timeout=30)
     finally:
@@ -279,6 +277,16 @@ def test_cli_search_killed_mid_run_resumes_with_nothing_lost(tmp_path: Path) -> 
             proc.kill()
     reader.join(timeout=10)
     assert proc.returncode == -signal.SIGKILL
+    return named
+
+
+@pytest.mark.slow
+def test_cli_search_killed_mid_run_resumes_with_nothing_lost(tmp_path: Path) -> None:
+    """SIGKILL ``atp-viz search`` while it runs (after >= 2 finished trials), rerun: kept trials are
+    unchanged and not recomputed, the budget is completed."""
+    store, total = tmp_path / "r.sqlite", 8
+    args = search_args(store, "--sampler", "evo", "--trials", str(total), "--json")
+    finished = killed_after(args, lambda line: line if "evo trial" in line and "validation ppl" in line else None, 2)
     before = {r["record"]["number"]: r["record"] for r in ResultStore(store).query(kind=study.TRIAL_KIND)}
     assert len(before) >= len(finished) >= 2
 
@@ -321,33 +329,8 @@ def test_cli_dsa_search_killed_mid_run_resumes_the_same_sequence_with_nothing_me
 
     store = tmp_path / "r.sqlite"
     args = search_args(store, "--space", "dsa", "--trials", str(total), "--json")
-    proc = subprocess.Popen(cli_command(args), stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=cli_env())
-    computed: list[str] = []
-    lines: list[str] = []
-    seen = threading.Event()
-
-    def read() -> None:
-        assert proc.stderr is not None
-        for raw in proc.stderr:
-            line = raw.decode(errors="replace")
-            lines.append(line)
-            if (match := DSA_LINE.search(line)) and not match.group(3):
-                computed.append(match.group(2))
-                if len(computed) >= kill_after:
-                    seen.set()
-
-    reader = threading.Thread(target=read, daemon=True)
-    reader.start()
-    try:
-        seen.wait(KILL_TIMEOUT_S)
-        assert proc.poll() is None, "the search ended before it could be killed: " + "".join(lines)[-1500:]
-        proc.send_signal(signal.SIGKILL)
-        proc.wait(timeout=30)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-    reader.join(timeout=10)
-    assert proc.returncode == -signal.SIGKILL
+    computed = killed_after(args, lambda line: m.group(2) if (m := DSA_LINE.search(line)) and not m.group(3) else None,
+                            kill_after)  # fmt: skip
     finished = dsa_points(store)
     assert kill_after <= finished < total  # every announced graph is stored; some are still to come
 
