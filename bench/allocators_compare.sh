@@ -11,10 +11,11 @@
 #     MODELS=/tmp/atp-viz-tests/llama-4x64-v1 CORPUS=/tmp/atp-viz-tests/tiny-corpus-v1.txt SPARSITIES=0.6 SEEDS=0 \
 #     METRICS=perplexity SIZE="--calib-samples 2 --seqlen 32 --eval-windows 1" OUT=/tmp/alloc-compare \
 #     bash bench/allocators_compare.sh
-# DSA's own evolutionary search over graphs runs at ATP's budget (`atp-viz search --space dsa --versus-atp`) per
-# model and sparsity in DSA_SPARSITIES (default: none; the first calibration seed) with SEARCH_SIZE. Not covered:
-# ATP's best curved profile over the curvature p (this runs the power profile with its grid at its default p;
-# `atp-viz sweep2d` searches p).
+# ATP's curved profile (the power profile) runs its beta grid at each curvature p in POWERS (default 0.5 2 3,
+# sweep2d's curved values), one `<model>-power-p<p>.json` each; `bench/allocators_table.py` reports, per
+# sparsity, the p whose chosen point has the lowest validation perplexity. DSA's own evolutionary search over
+# graphs runs at ATP's budget (`atp-viz search --space dsa --versus-atp`) per model and sparsity in
+# DSA_SPARSITIES (default: none; the first calibration seed) with SEARCH_SIZE.
 set -euo pipefail
 PYTHON=${PYTHON:-python}
 MODELS=${MODELS:-"smollm2-135m gemma3-270m"}
@@ -25,6 +26,7 @@ METRICS=${METRICS:-perplexity,zeroshot}
 SIZE=${SIZE:-"--calib-samples 16 --seqlen 512 --eval-windows 16"}
 OUT=${OUT:-bench/results/allocators_compare}
 STORE=${STORE:-}
+POWERS=${POWERS:-"0.5 2 3"}
 DSA_SPARSITIES=${DSA_SPARSITIES:-}
 SEARCH_SIZE=${SEARCH_SIZE:-"--calib-samples 16 --seqlen 512 --eval-windows 8 --val-windows 4 --calibration cached"}
 mkdir -p "$OUT"
@@ -44,7 +46,9 @@ for model in $MODELS; do
   run "$model" peers --methods uniform,owl,alphapruning,dlp,dsa,lsa,atp
   run "$model" farms --methods alphapruning --estimator farms
   run "$model" lsa-projection --methods lsa --granularity projection --lam 0.07
-  run "$model" power --methods power
+  for p in $POWERS; do
+    run "$model" "power-p$p" --methods power --power "$p"
+  done
   for s in ${DSA_SPARSITIES//,/ }; do
     echo "== $(basename "$model") DSA graph search at S = $s" >&2
     # shellcheck disable=SC2086  # SEARCH_SIZE holds several options

@@ -3,12 +3,16 @@
     python bench/allocators_table.py OUT_DIR [--json docs/results/allocators_compare.json]
 
 Reads ``<model>-peers.json``, ``<model>-farms.json``, ``<model>-lsa-projection.json`` and
-``<model>-power.json`` of each model in OUT_DIR (whichever exist) and prints one markdown table per
+``<model>-power-p<p>.json`` of each model in OUT_DIR (whichever exist) and prints one markdown table per
 model: perplexity on the evaluation split (mean +- standard deviation over the calibration seeds; each
 method's parameter chosen on validation where it has a grid), the mean zero-shot accuracy over the
-tasks (evaluation items, mean over seeds), and the verdict against uniform at the same sparsity:
-``better`` / ``worse`` when the two seed bands (mean +- std) do not overlap, ``within the seed band``
-when they do. Nothing here is measured; it only reads what the compare runs stored.
+tasks (evaluation items, mean over seeds, +- its item standard error), and the verdicts against uniform at
+the same sparsity. Perplexity: ``better`` / ``worse`` when the two seed bands (mean +- std) do not overlap,
+``within the seed band`` when they do. Zero-shot: ``higher`` / ``lower`` only when the two accuracies differ
+by more than twice the standard error of their difference, else ``within noise``. ATP's curved profile is
+one row per sparsity: of the curvatures p run, the one whose chosen point has the lowest validation
+perplexity (mean over seeds), so the row is selected on validation like every other. Nothing here is
+measured; it only reads what the compare runs stored.
 """
 
 from __future__ import annotations
@@ -24,7 +28,6 @@ VARIANTS = {
     "peers": {"alphapruning": "AlphaPruning (official)", "lsa": "LSA (per block)", "atp": "ATP (best beta)"},
     "farms": {"alphapruning": "AlphaPruning (FARMS)"},
     "lsa-projection": {"lsa": "LSA (per projection)"},
-    "power": {"power": "ATP curved (power profile)"},
 }
 
 
@@ -43,6 +46,39 @@ def verdict(row: dict[str, Any], uniform: dict[str, Any]) -> str:
     return "within uniform's seed band"
 
 
+def zeroshot_verdict(row: dict[str, Any], uniform: dict[str, Any]) -> str:
+    """Higher accuracy is better; noise is the items' standard error of the difference (unpaired, so
+    conservative: every method answers the same items)."""
+    if row is uniform:
+        return "reference"
+    a, b = row.get("zeroshot", math.nan), uniform.get("zeroshot", math.nan)
+    if math.isnan(a) or math.isnan(b):
+        return ""
+    noise = 2 * math.hypot(row.get("zeroshot_stderr", math.nan), uniform.get("zeroshot_stderr", math.nan))
+    if a - b > noise:
+        return "higher"
+    if b - a > noise:
+        return "lower"
+    return "within noise"
+
+
+def curved_rows(folder: Path, model: str) -> list[dict[str, Any]]:
+    """Per sparsity, the power-profile row of the curvature p with the lowest validation perplexity."""
+    tried: dict[float, list[tuple[float, dict[str, Any]]]] = {}
+    for path in sorted(folder.glob(f"{model}-power-p*.json")):
+        if not path.stat().st_size:  # still running
+            continue
+        for row in json.loads(path.read_text())["rows"]:
+            if row["method"] == "power":
+                tried.setdefault(row["sparsity"], []).append((row["params"]["power"], {**row, "file": path.name}))
+    out = []
+    for found in tried.values():
+        _, best = min(found, key=lambda pair: pair[1]["validation_perplexity"])
+        powers = ", ".join(f"{p:g}" for p, _ in sorted(found, key=lambda pair: pair[0]))
+        out.append({**best, "name": f"ATP curved (power profile, best p of {powers})"})
+    return out
+
+
 def rows_of(folder: Path, model: str) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     rows: list[dict[str, Any]] = []
     header: dict[str, Any] = {}
@@ -56,6 +92,7 @@ def rows_of(folder: Path, model: str) -> tuple[list[dict[str, Any]], dict[str, A
             if suffix != "peers" and row["method"] == "uniform":
                 continue
             rows.append({**row, "name": names.get(row["method"], row["label"]), "file": path.name})
+    rows += curved_rows(folder, model)
     for path in sorted(folder.glob(f"{model}-dsa-search-s*.json")):  # DSA's graph search beside ATP's grid
         found = json.loads(path.read_text()) if path.stat().st_size else None
         if not found:
@@ -78,8 +115,9 @@ def table(model: str, rows: list[dict[str, Any]], header: dict[str, Any]) -> tup
         + (f", zero-shot {100 * dense['evaluation/zeroshot']:.1f} %" if "evaluation/zeroshot" in dense else "")
         + f"; seeds {', '.join(map(str, header['seeds']))})",
         "",
-        "| S | method | perplexity (mean ± std over seeds) | zero-shot acc. % (± stderr) | chosen | against uniform |",
-        "|---|---|---|---|---|---|",
+        "| S | method | perplexity (mean ± std over seeds) | against uniform | zero-shot acc. % (± stderr) "
+        "| zero-shot vs uniform | chosen |",
+        "|---|---|---|---|---|---|---|",
     ]
     out = []
     for s in sorted({r["sparsity"] for r in rows}):
@@ -87,6 +125,7 @@ def table(model: str, rows: list[dict[str, Any]], header: dict[str, Any]) -> tup
         uniform = next((r for r in here if r["method"] == "uniform"), None)
         for r in sorted(here, key=lambda r: r["perplexity"]):
             said = verdict(r, uniform) if uniform else "no uniform row"
+            said_zs = zeroshot_verdict(r, uniform) if uniform else ""
             zs = r.get("zeroshot", math.nan)
             band = "" if r["seeds"] < 2 else f" ± {r['perplexity_std']:.1f}"
             zs_text = "" if math.isnan(zs) else f"{100 * zs:.1f} ± {100 * r.get('zeroshot_stderr', math.nan):.1f}"
@@ -95,12 +134,14 @@ def table(model: str, rows: list[dict[str, Any]], header: dict[str, Any]) -> tup
             if removed:
                 chosen += f"; removes block{'s' if len(removed) > 1 else ''} {', '.join(map(str, removed))}"
             lines.append(
-                f"| {s:g} | {r['name']} | {r['perplexity']:.1f}{band} | {zs_text} | {chosen or '-'} | {said} |"
+                f"| {s:g} | {r['name']} | {r['perplexity']:.1f}{band} | {said} | {zs_text} | {said_zs} "
+                f"| {chosen or '-'} |"
             )
             out.append({"model": model, "sparsity": s, "method": r["method"], "name": r["name"],
                         "perplexity": r["perplexity"], "perplexity_std": r["perplexity_std"], "seeds": r["seeds"],
-                        "zeroshot": zs, "params": r["params"], "removed_blocks": removed, "verdict": said,
-                        "file": r["file"]})  # fmt: skip
+                        "zeroshot": zs, "zeroshot_stderr": r.get("zeroshot_stderr", math.nan),
+                        "params": r["params"], "removed_blocks": removed, "verdict": said,
+                        "zeroshot_verdict": said_zs, "file": r["file"]})  # fmt: skip
     return "\n".join(lines), out
 
 

@@ -126,6 +126,29 @@ def test_prefix_profile_protects_the_first_blocks(prefix: int) -> None:
             profiles.prefix_profile(30, 0.7, 0.0, bad)
 
 
+@pytest.mark.parametrize(
+    ("method", "given", "bound"),
+    [
+        ("power", {"power": 0.5}, profiles.power_beta_max(30, 0.7, 0.5)),
+        ("power", {}, profiles.power_beta_max(30, 0.7, profiles.POWER_DEFAULT)),
+        ("prefix", {"prefix": 10.0}, profiles.prefix_beta_max(30, 0.7, 10)),
+    ],
+)
+def test_a_given_shape_parameter_keeps_the_beta_grid_at_that_shape(method: str, given: dict, bound: float) -> None:
+    """compare --power 0.5 searches beta at p = 0.5 (its own bound), and only --beta fixes the grid."""
+    from atp_viz.experiment.workbench import compare_cells
+
+    (cell,) = compare_cells(30, [method], [0.7], published.GRID_STEP, {method: given})
+    betas = [dict(spec.args)["beta"] for spec in cell.specs]
+    assert betas == pytest.approx(published.GRID_STEP * np.arange(1, len(betas) + 1))
+    assert betas[-1] <= bound + published.BETA_TOL < betas[-1] + published.GRID_STEP
+    assert all(dict(spec.args).items() >= given.items() for spec in cell.specs)
+    for spec in cell.specs:  # every grid point is buildable at the given shape
+        assert methods.build_schedule(spec, 30).mean() == pytest.approx(0.7, abs=1e-12)
+    (fixed,) = compare_cells(30, [method], [0.7], published.GRID_STEP, {method: {**given, "beta": 0.004}})
+    assert fixed.specs == (ScheduleSpec(method, 0.7, **given, beta=0.004),)
+
+
 def test_offset_zero_leaves_atp_as_it_was() -> None:
     spec = ScheduleSpec("atp", 0.7, beta=0.01)
     assert spec.params() == {"method": "atp", "sparsity": 0.7, "beta": 0.01}  # stored keys unchanged

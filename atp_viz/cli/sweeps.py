@@ -264,7 +264,7 @@ def cmd_compare(args: argparse.Namespace) -> dict[str, Any]:
         if name not in methods.method_names(comparable=True):
             raise CliError(f"unknown method {name!r}; allowed: {', '.join(methods.method_names(comparable=True))}")
     fixed = {name: given_params(args, name) for name in args.methods}
-    # a method with a grid is searched unless its grid parameter is given (e.g. --beta)
+    # a method with a grid is searched at the parameters given unless its grid parameter is given (--beta)
     fixed = {name: values for name, values in fixed.items() if values}
     check_find_best(args)
     with contextlib.closing(executor_from(args, setup)) as executor:

@@ -276,8 +276,9 @@ def compare_cells(
     step: float = published.GRID_STEP,
     fixed: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> list[Cell]:
-    """Every (method, sparsity) cell: a method with a grid tries all of it unless ``fixed`` gives its
-    parameters; the others run once with their defaults (or ``fixed``)."""
+    """Every (method, sparsity) cell: a method with a grid tries all of it at the parameters ``fixed`` gives
+    (the power profile's beta grid at a given p) unless ``fixed`` gives the grid's own parameter (ATP's beta);
+    the others run once with their defaults (or ``fixed``)."""
     if not method_names or not sparsities:
         raise ValueError(
             "choose at least one method and one sparsity; methods allowed: "
@@ -292,12 +293,7 @@ def compare_cells(
                     f"{name} cannot be compared at a target sparsity; allowed: "
                     f"{', '.join(methods.method_names(comparable=True))}"
                 )
-            given = dict((fixed or {}).get(name, {}))
-            specs = (
-                [ScheduleSpec(name, s, **given)]
-                if entry.grid is None or given
-                else methods.sweep_grid(name, num_blocks, s, step)
-            )
+            specs = methods.sweep_grid(name, num_blocks, s, step, (fixed or {}).get(name))
             if not specs:
                 raise published.no_grid_point(num_blocks, s, step, entry.label)
             cells.append(Cell(name, s, tuple(specs)))

@@ -77,6 +77,9 @@ class Param:
         return f"in [{self.low:g}, {self.high:g}]"
 
 
+GRID_PARAM = "beta"  # the parameter every registered grid searches (the slope); giving it fixes the grid
+
+
 @dataclass(frozen=True)
 class Method:
     """A way of choosing per-block rates."""
@@ -90,8 +93,10 @@ class Method:
     # this method's parameters each statistic it needs is computed with, passed by name (OWL's m)
     stat_params: tuple[str, ...] = ()
     takes_sparsity: bool = True  # False: the rates are given (custom)
-    # the grid a sweep or comparison searches, as parameter dicts (None: the defaults only)
-    grid: Callable[[int, float, float], list[dict[str, Any]]] | None = None
+    # the grid a sweep or comparison searches over GRID_PARAM, as parameter dicts, at the parameters the caller
+    # fixed (the power profile's beta grid at a given curvature p): (L, S, step, fixed) -> [{beta: ...}, ...];
+    # None: the defaults only
+    grid: Callable[[int, float, float, Mapping[str, Any]], list[dict[str, Any]]] | None = None
     description: str = ""
     peer: bool = True  # a published method, compared by default; False: this project's own profiles (opt-in)
     # rates per (block, linear) in the order of each block's linears, or None where the spec keeps one rate per
@@ -291,12 +296,17 @@ def linear_split(spec: ScheduleSpec, rates: np.ndarray, counts: ArrayLike) -> np
     return None if offset == 0.0 else profiles.split_rates(rates, offset, counts)
 
 
-def sweep_grid(spec_method: str, num_layers: int, sparsity: float, step: float) -> list[ScheduleSpec]:
-    """The specs a sweep or comparison tries for one method (its grid, or its defaults)."""
+def sweep_grid(
+    spec_method: str, num_layers: int, sparsity: float, step: float, fixed: Mapping[str, Any] | None = None
+) -> list[ScheduleSpec]:
+    """The specs a sweep or comparison tries for one method: its grid at the parameters in ``fixed`` (the power
+    profile's beta grid at a given p), or one spec when it has no grid or ``fixed`` gives GRID_PARAM."""
     entry = get_method(spec_method)
-    if entry.grid is None:
-        return [ScheduleSpec(spec_method, sparsity)]
-    return [ScheduleSpec(spec_method, sparsity, **values) for values in entry.grid(num_layers, sparsity, step)]
+    given = dict(fixed or {})
+    if entry.grid is None or GRID_PARAM in given:
+        return [ScheduleSpec(spec_method, sparsity, **given)]
+    grid = entry.grid(num_layers, sparsity, step, given)
+    return [ScheduleSpec(spec_method, sparsity, **given, **values) for values in grid]
 
 
 # ------------------------------------------------------------------------------ the methods
@@ -314,17 +324,19 @@ OFFSET = Param(
 )
 
 
-def _slope_grid(bound: Callable[[int, float], float]) -> Callable[[int, float, float], list[dict[str, Any]]]:
-    """beta = step, 2 step, ... <= bound(L, S) (the ATP grid's steps under another method's bound)."""
+def _slope_grid(
+    bound: Callable[[int, float, Mapping[str, Any]], float],
+) -> Callable[[int, float, float, Mapping[str, Any]], list[dict[str, Any]]]:
+    """beta = step, 2 step, ... <= bound(L, S, fixed parameters) (the ATP grid's steps under another bound)."""
 
-    def grid(num_layers: int, sparsity: float, step: float) -> list[dict[str, Any]]:
-        count = math.floor((bound(num_layers, sparsity) + published.BETA_TOL) / step)
+    def grid(num_layers: int, sparsity: float, step: float, fixed: Mapping[str, Any]) -> list[dict[str, Any]]:
+        count = math.floor((bound(num_layers, sparsity, fixed) + published.BETA_TOL) / step)
         return [{"beta": float(b)} for b in np.round(step * np.arange(1, count + 1), published.GRID_DECIMALS)]
 
     return grid
 
 
-def _atp_grid(num_layers: int, sparsity: float, step: float) -> list[dict[str, Any]]:
+def _atp_grid(num_layers: int, sparsity: float, step: float, _fixed: Mapping[str, Any]) -> list[dict[str, Any]]:
     return [{"beta": float(b)} for b in published.beta_grid(num_layers, sparsity, step)]
 
 
@@ -528,7 +540,7 @@ register(
                 help="p > 1 keeps early blocks flatter, p < 1 rises early",
             ),
         ),
-        grid=_slope_grid(lambda n, s: profiles.power_beta_max(n, s, profiles.POWER_DEFAULT)),
+        grid=_slope_grid(lambda n, s, p: profiles.power_beta_max(n, s, float(p.get("power", profiles.POWER_DEFAULT)))),
         description="s_i = S + beta(L-1)(x_i^p - mean x^p), x_i = i/(L-1): a curved increasing profile",
         peer=False,
     )
@@ -559,7 +571,9 @@ register(
                 help="a whole number in [0, L-1]; 0 and 1 give ATP's line",
             ),
         ),
-        grid=_slope_grid(lambda n, s: profiles.prefix_beta_max(n, s, min(profiles.PREFIX_DEFAULT, n - 1))),
+        grid=_slope_grid(
+            lambda n, s, p: profiles.prefix_beta_max(n, s, min(float(p.get("prefix", profiles.PREFIX_DEFAULT)), n - 1))
+        ),
         description="first k blocks at one flat rate, then a line rising by beta per block",
         peer=False,
     )
