@@ -124,6 +124,7 @@ def test_heatmap_has_one_row_per_projection() -> None:
     heat = fig.data[0]
     assert list(heat.y) == list(per_linear) and np.array(heat.z).shape == (7, 5)
     assert fig.layout.yaxis.title.text == "linear (projection)"
+    assert fig.layout.yaxis.type == "category"  # a linear axis has no place for a name: the heatmap drew empty
 
 
 def test_projection_rates_reach_each_linear_on_a_model(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

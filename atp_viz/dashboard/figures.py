@@ -472,6 +472,7 @@ def linear_rates_figure(rates: Mapping[str, ArrayLike], title: str = "Rates per 
         )
     )
     _layout(fig, title, BLOCK_AXIS, "linear type" if len(names) <= 2 else "linear (projection)")
+    fig.update_yaxes(type="category")  # the rows are names: on _layout's linear axis Plotly draws no cell
     fig.update_layout(showlegend=False, height=max(260, 140 + 32 * len(names)))
     return _block_ticks(fig, z.shape[1])
 
