@@ -15,7 +15,8 @@
 # sweep2d's curved values), one `<model>-power-p<p>.json` each; `bench/allocators_table.py` reports, per
 # sparsity, the p whose chosen point has the lowest validation perplexity. DSA's own evolutionary search over
 # graphs runs at ATP's budget (`atp-viz search --space dsa --versus-atp`) per model and sparsity in
-# DSA_SPARSITIES (default: none; the first calibration seed) with SEARCH_SIZE.
+# DSA_SPARSITIES (default: none; the first calibration seed) with SEARCH_SIZE; the graph it finds is then measured
+# on every seed like the other methods (`<model>-dsa-found-s<S>.json`).
 set -euo pipefail
 PYTHON=${PYTHON:-python}
 MODELS=${MODELS:-"smollm2-135m gemma3-270m"}
@@ -55,6 +56,10 @@ for model in $MODELS; do
     "$PYTHON" -m atp_viz search --space dsa --versus-atp --model "$model" ${CORPUS:+--corpus "$CORPUS"} \
       --sparsity "$s" --seed "${SEEDS%%,*}" $SEARCH_SIZE ${STORE:+--store "$STORE"} --json \
       > "$OUT/$(basename "$model")-dsa-search-s$s.json"
+    # the graph it found (selected on the first seed's validation) measured like every other method, on every seed
+    graph=$("$PYTHON" -c 'import json, sys; print(json.load(open(sys.argv[1]))["best"]["graph"])' \
+      "$OUT/$(basename "$model")-dsa-search-s$s.json")
+    run "$model" "dsa-found-s$s" --methods dsa --graph "$graph" --sparsities "$s"
   done
 done
 echo "tables in $OUT" >&2

@@ -11,7 +11,9 @@ the same sparsity. Perplexity: ``better`` / ``worse`` when the two seed bands (m
 ``within the seed band`` when they do. Zero-shot: ``higher`` / ``lower`` only when the two accuracies differ
 by more than twice the standard error of their difference, else ``within noise``. ATP's curved profile is
 one row per sparsity: of the curvatures p run, the one whose chosen point has the lowest validation
-perplexity (mean over seeds), so the row is selected on validation like every other. Nothing here is
+perplexity (mean over seeds), so the row is selected on validation like every other. DSA's graph search
+(``<model>-dsa-search-s<S>.json``) gives two one-seed rows, its graph and ATP's grid at the same budget, and
+the graph it found measured on every seed (``<model>-dsa-found-s<S>.json``) a row with a band. Nothing here is
 measured; it only reads what the compare runs stored.
 """
 
@@ -105,6 +107,10 @@ def rows_of(folder: Path, model: str) -> tuple[list[dict[str, Any]], dict[str, A
         rows.append({**one, "method": "atp-search", "name": f"ATP, the same search's grid ({atp['points']} points)",
                      "perplexity": atp["evaluation_perplexity"], "params": {"beta": atp["params"]["beta"]},
                      "rates": []})  # fmt: skip
+    for path in sorted(folder.glob(f"{model}-dsa-found-s*.json")):  # the graph it found, measured on every seed
+        if path.stat().st_size:
+            rows += [{**row, "name": "DSA, the searched graph on every seed", "file": path.name}
+                     for row in json.loads(path.read_text())["rows"] if row["method"] == "dsa"]  # fmt: skip
     return rows, header
 
 
