@@ -7,10 +7,11 @@
 #
 # Full size (hours on a 2-core CPU; run it where there is room):
 #     bash bench/allocators_compare.sh
-# Tiny size (the check that it runs; a tiny model folder and a text file):
-#     MODELS=/tmp/atp-viz-tests/llama-4x64-v1 CORPUS=/tmp/atp-viz-tests/tiny-corpus-v1.txt SPARSITIES=0.6 SEEDS=0 \
-#     METRICS=perplexity SIZE="--calib-samples 2 --seqlen 32 --eval-windows 1" OUT=/tmp/alloc-compare \
-#     bash bench/allocators_compare.sh
+# Tiny size (the check that it runs, as tests/test_allocators_bench.py does; a tiny model folder and a text file):
+#     TINY="--calib-samples 2 --seqlen 32 --eval-windows 1 --calibration cached"
+#     MODELS=/tmp/atp-viz-tests/llama-4x64-v1 CORPUS=/tmp/atp-viz-tests/tiny-corpus-v1.txt SPARSITIES=0.6 SEEDS=0,1 \
+#     METRICS=perplexity SIZE="$TINY --find-best" POWERS="0.5 2" DSA_SPARSITIES=0.6 SEARCH_SIZE="$TINY --trials 3" \
+#     OUT=/tmp/alloc-compare bash bench/allocators_compare.sh
 # ATP's curved profile (the power profile) runs its beta grid at each curvature p in POWERS (default 0.5 2 3,
 # sweep2d's curved values), one `<model>-power-p<p>.json` each; `bench/allocators_table.py` reports, per
 # sparsity, the p whose chosen point has the lowest validation perplexity. DSA's own evolutionary search over
