@@ -47,11 +47,17 @@ log_y = c4.toggle("Log y axis", **ui.state("cmp_log", True))
 fast = st.toggle(
     "Fast: find best beta, cached calibration", help=findbest.FAST_COMPARE_NOTE, **ui.state("cmp_fast", True)
 )
+with st.expander("Method parameters (default: each method's published setting)"):
+    st.caption(
+        "A method with a grid searches its beta at the values here (the power profile's beta grid at curvature p); "
+        "the others run once with them."
+    )
+    given = ui.method_columns(chosen, L, sparsities[0] if sparsities else 0.5, "cmp", skip=(methods.GRID_PARAM,))
 if step <= 0:
     st.error(f"Grid step must be > 0 (paper: {published.GRID_STEP}), got {step:g}.")
     st.stop()
 try:
-    cells = compare_cells(L, chosen, sparsities, step)
+    cells = compare_cells(L, chosen, sparsities, step, given)
 except ValueError as exc:
     st.error(str(exc))
     st.stop()

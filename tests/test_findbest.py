@@ -238,3 +238,21 @@ def test_compare_page_fast_default(tiny_dashboard) -> None:
     table = at.dataframe[0].value
     assert list(table.columns) == ["S = 0.5"] and {"ATP", "uniform", "dense"} <= set(table.index)
     assert not any(b.key == "cmp_run" for b in at.button)  # every cell finished
+
+
+@pytest.mark.slow
+def test_compare_page_searches_beta_at_the_parameters_chosen(tiny_dashboard) -> None:
+    """The power profile's curvature set on the page: its beta grid is searched at that p (after a run at
+    p = 0.5, p = 2 still has its cell to run); a value outside the registry's range is refused and nothing runs."""
+    at = page("pages/4_Compare_strategies.py", _cmp_methods=["power"], _cmp_sparsities=[0.5], _tune_step=0.05,
+              _cmp_power_power=0.5)  # fmt: skip
+    assert not at.exception, [e.value for e in at.exception]
+    assert [w.key for w in at.number_input if w.key.startswith("cmp_power")] == ["cmp_power_power"]  # no beta widget
+    at.button(key="cmp_run").click().run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert not any(b.key == "cmp_run" for b in at.button)  # p = 0.5: every cell finished
+    at.number_input(key="cmp_power_power").set_value(2.0).run()
+    assert any(b.key == "cmp_run" for b in at.button)  # the default p = 2 was not what ran
+    at.number_input(key="cmp_power_power").set_value(50.0).run()
+    assert any("must be in [0.1, 10]" in e.value for e in at.error), [e.value for e in at.error]
+    assert not any(b.key == "cmp_run" for b in at.button)

@@ -25,7 +25,7 @@ import threading
 import time
 import warnings
 from collections import OrderedDict
-from collections.abc import Callable, Hashable, Mapping, Sequence
+from collections.abc import Callable, Collection, Hashable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, TypedDict
@@ -1004,10 +1004,15 @@ def schedule_json(named: dict[str, np.ndarray], meta: dict[str, object]) -> str:
 
 
 # ------------------------------------------------------------------ schedule methods (from the registry)
-def param_widgets(name: str, num_blocks: int, sparsity: float, prefix: str, container: Any = st) -> dict[str, Any]:
-    """One widget per parameter of method ``name`` (ranges and defaults from ``methods.METHODS``)."""
+def param_widgets(
+    name: str, num_blocks: int, sparsity: float, prefix: str, container: Any = st, skip: Collection[str] = ()
+) -> dict[str, Any]:
+    """One widget per parameter of method ``name`` but those in ``skip`` (ranges and defaults from
+    ``methods.METHODS``)."""
     values: dict[str, Any] = {}
     for param in methods.get_method(name).params:
+        if param.name in skip:
+            continue
         key = f"{prefix}_{name}_{param.name}"
         if param.text is not None:
             values[param.name] = container.text_input(param.label, help=param.help, **state(key, param.default))
@@ -1047,26 +1052,30 @@ def spec_label(spec: ScheduleSpec) -> str:
     return spec.entry.label + (f" ({', '.join(shown)})" if shown else "")
 
 
+def method_columns(
+    names: Sequence[str], num_blocks: int, sparsity: float, prefix: str, skip: Collection[str] = ()
+) -> dict[str, dict[str, Any]]:
+    """Parameter widgets, one column per method of ``names`` that has a parameter outside ``skip``."""
+    with_params = [n for n in names if any(p.name not in skip for p in methods.get_method(n).params)]
+    columns = st.columns(max(len(with_params), 1))
+    values: dict[str, dict[str, Any]] = {}
+    for column, name in zip(columns, with_params):
+        column.markdown(f"**{methods.label(name)}**")
+        values[name] = param_widgets(name, num_blocks, sparsity, prefix, column, skip)
+    return values
+
+
 def method_specs(
     names: Sequence[str], num_blocks: int, sparsity: float, prefix: str, custom_rates: Sequence[float] | None = None
 ) -> dict[str, ScheduleSpec]:
     """Parameter widgets (one column per method) and the resulting specs; a bad value shows an error."""
     specs: dict[str, ScheduleSpec] = {}
-    with_params = [n for n in names if methods.get_method(n).params]
-    columns = st.columns(max(len(with_params), 1))
-    for column, name in zip(columns, with_params):
-        column.markdown(f"**{methods.label(name)}**")
-    widgets = {
-        name: param_widgets(name, num_blocks, sparsity, prefix, columns[with_params.index(name)])
-        if name in with_params
-        else {}
-        for name in names
-    }
+    widgets = method_columns(names, num_blocks, sparsity, prefix)
     for name in names:
         try:
             entry = methods.get_method(name)
             spec = (
-                ScheduleSpec(name, sparsity, **widgets[name])
+                ScheduleSpec(name, sparsity, **widgets.get(name, {}))
                 if entry.takes_sparsity
                 else ScheduleSpec(name, rates=tuple(custom_rates or ()))
             )
