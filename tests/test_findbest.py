@@ -122,6 +122,30 @@ def test_probes_are_stored_and_reused_by_a_full_sweep(tmp_path, monkeypatch) -> 
 
 
 @pytest.mark.slow  # many pruned models
+def test_probes_measure_the_selection_metric_alone(tmp_path, monkeypatch) -> None:
+    """With zero-shot in the setup, a perplexity search scores no probe's items: only the chosen point gets
+    every metric (the comparison's zero-shot pass spent most of its time on probes' validation items)."""
+    from atp_viz.measure.zeroshot import ZeroShotConfig
+
+    scored: list[str] = []
+    original = METRICS["zeroshot"]
+    counted = replace(
+        original, measure=lambda wb, split, progress: scored.append(split) or original.measure(wb, split, progress)
+    )
+    monkeypatch.setitem(METRICS, "zeroshot", counted)
+    setup = tiny_setup(metrics=("perplexity", "zeroshot"), zeroshot=ZeroShotConfig(tasks=("boolq",), items=2))
+    wb = Workbench(setup, ResultStore(tmp_path / "r.sqlite"))
+    search = find_best(wb, atp_grid(wb.num_blocks, 0.5, 0.05))
+    assert search is not None and len(search.trace.values) > 1
+    assert sorted(scored) == sorted(setup.splits)  # the chosen point, once per split
+    chosen = search.points[search.best][0]
+    assert 0.0 <= chosen.value("zeroshot", "evaluation") <= 1.0
+    again = find_best(Workbench(setup, ResultStore(tmp_path / "r.sqlite")), atp_grid(wb.num_blocks, 0.5, 0.05),
+                      compute=False)  # fmt: skip
+    assert again is not None and again.best == search.best  # the replay needs no probe's zero-shot either
+
+
+@pytest.mark.slow  # many pruned models
 def test_fast_compare_runs_cells_and_builds_the_library_table(tmp_path) -> None:
     wb = Workbench(fast_setup(replace_calibration(tiny_setup(), "sequential")), ResultStore(tmp_path / "r.sqlite"))
     assert wb.setup.calibration == "cached"

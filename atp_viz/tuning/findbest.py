@@ -221,11 +221,16 @@ def find_best(
     points: dict[ScheduleSpec, list[PointResult]] = {}
     bound = max_evaluations(len(specs)) + 1
     sign = 1.0 if entry.lower_is_better else -1.0
+    # a probe is measured on the selection metric alone (with zero-shot in the setup, a perplexity search
+    # would otherwise score every probe's validation items too); the chosen spec gets every metric
+    probing = wb.variant(replace(wb.setup, metrics=(metric,)))
 
-    def measured(spec: ScheduleSpec, splits: Sequence[str] | None, label: str, fraction: float) -> list[PointResult]:
+    def measured(
+        base: Workbench, spec: ScheduleSpec, splits: Sequence[str] | None, label: str, fraction: float
+    ) -> list[PointResult]:
         out = []
         for k, seed in enumerate(seeds):
-            bench = wb.reseeded(seed)
+            bench = base.reseeded(seed)
             if not compute:
                 point = _partial(bench, spec)
                 if point is None or any(math.isnan(point.value(metric, s)) for s in (splits or bench.setup.splits)):
@@ -243,13 +248,13 @@ def find_best(
     def objective(index: int) -> float:
         spec = specs[index]
         label = f"probe {len(points) + 1} ({spec.describe()})"
-        found = measured(spec, [select], label, len(points) / bound)
+        found = measured(probing, spec, [select], label, len(points) / bound)
         return sign * spread([p.value(metric, select) for p in found]).mean
 
     try:
         trace = find_min(len(specs), objective)
         best = specs[trace.best]
-        points[best] = measured(best, None, f"chosen {best.describe()}", (bound - 1) / bound)
+        points[best] = measured(wb, best, None, f"chosen {best.describe()}", (bound - 1) / bound)
     except NotStored:
         return None
     if progress:
