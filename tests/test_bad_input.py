@@ -92,6 +92,7 @@ CLI_CASES = [
     ("sweep step = nan", "sweep " + SETUP + " --sparsity 0.5 --step nan", "(0, 1)"),
     ("unknown compare method", "compare " + SETUP + " --methods foo", "allowed: uniform"),
     ("compare power p out of range", "compare " + SETUP + " --methods power --power 50", "must be in [0.1, 10]"),
+    ("compare: a parameter, no sparsity", "compare " + SETUP + " --power 0.5 --sparsities ''", "choose at least"),
     ("unknown device", PRUNE + " --device tpu", "allowed: cpu"),
     ("empty corpus file", PRUNE.replace("{corpus}", "{empty}"), "at least 6"),
     ("corpus file of blank lines", PRUNE.replace("{corpus}", "{blank}"), "at least 6"),

@@ -267,7 +267,8 @@ def cmd_compare(args: argparse.Namespace) -> dict[str, Any]:
     # a method with a grid is searched at the parameters given unless its grid parameter is given (--beta)
     fixed = {name: values for name, values in fixed.items() if values}
     for name, values in fixed.items():  # a parameter outside its range is refused before the model loads
-        methods.ScheduleSpec(name, sparsities[0], **values)
+        for s in sparsities:
+            methods.ScheduleSpec(name, s, **values)
     check_find_best(args)
     with contextlib.closing(executor_from(args, setup)) as executor:
         wb = load_workbench(setup)
