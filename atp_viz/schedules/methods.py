@@ -331,13 +331,13 @@ def _slope_grid(
 
     def grid(num_layers: int, sparsity: float, step: float, fixed: Mapping[str, Any]) -> list[dict[str, Any]]:
         count = math.floor((bound(num_layers, sparsity, fixed) + published.BETA_TOL) / step)
-        return [{"beta": float(b)} for b in np.round(step * np.arange(1, count + 1), published.GRID_DECIMALS)]
+        return [{GRID_PARAM: float(b)} for b in np.round(step * np.arange(1, count + 1), published.GRID_DECIMALS)]
 
     return grid
 
 
 def _atp_grid(num_layers: int, sparsity: float, step: float, _fixed: Mapping[str, Any]) -> list[dict[str, Any]]:
-    return [{"beta": float(b)} for b in published.beta_grid(num_layers, sparsity, step)]
+    return [{GRID_PARAM: float(b)} for b in published.beta_grid(num_layers, sparsity, step)]
 
 
 def _custom(num_layers: int, _s: float, p: Mapping[str, Any], _stats: BlockStats, _w: np.ndarray | None) -> np.ndarray:
