@@ -17,7 +17,9 @@
 # sparsity, the p whose chosen point has the lowest validation perplexity. DSA's own evolutionary search over
 # graphs runs at ATP's budget (`atp-viz search --space dsa --versus-atp`) per model and sparsity in
 # DSA_SPARSITIES (default: none; the first calibration seed) with SEARCH_SIZE; the graph it finds is then measured
-# on every seed like the other methods (`<model>-dsa-found-s<S>.json`).
+# on every seed like the other methods (`<model>-dsa-found-s<S>.json`). VARIANTS (default: all three) picks which
+# of the single-schedule runs go first: `peers`, `farms`, `lsa-projection`; VARIANTS="" runs only the power
+# profiles and DSA's searches (to add them at sparsities whose peers are already measured).
 set -euo pipefail
 PYTHON=${PYTHON:-python}
 MODELS=${MODELS:-"smollm2-135m gemma3-270m"}
@@ -30,6 +32,7 @@ OUT=${OUT:-bench/results/allocators_compare}
 STORE=${STORE:-}
 POWERS=${POWERS:-"0.5 2 3"}
 DSA_SPARSITIES=${DSA_SPARSITIES:-}
+VARIANTS=${VARIANTS-"peers farms lsa-projection"}
 SEARCH_SIZE=${SEARCH_SIZE:-"--calib-samples 16 --seqlen 512 --eval-windows 8 --val-windows 4 --calibration cached"}
 mkdir -p "$OUT"
 
@@ -45,9 +48,14 @@ run() {
 }
 
 for model in $MODELS; do
-  run "$model" peers --methods uniform,owl,alphapruning,dlp,dsa,lsa,atp
-  run "$model" farms --methods alphapruning --estimator farms
-  run "$model" lsa-projection --methods lsa --granularity projection --lam 0.07
+  for variant in $VARIANTS; do
+    case $variant in
+      peers) run "$model" peers --methods uniform,owl,alphapruning,dlp,dsa,lsa,atp ;;
+      farms) run "$model" farms --methods alphapruning --estimator farms ;;
+      lsa-projection) run "$model" lsa-projection --methods lsa --granularity projection --lam 0.07 ;;
+      *) echo "unknown variant '$variant' in VARIANTS; allowed: peers farms lsa-projection" >&2; exit 2 ;;
+    esac
+  done
   for p in $POWERS; do
     run "$model" "power-p$p" --methods power --power "$p"
   done
