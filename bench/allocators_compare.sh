@@ -13,8 +13,8 @@
 #     METRICS=perplexity SIZE="$TINY --find-best" POWERS="0.5 2" DSA_SPARSITIES=0.6 SEARCH_SIZE="$TINY --trials 3" \
 #     OUT=/tmp/alloc-compare bash bench/allocators_compare.sh
 # ATP's curved profile (the power profile) runs its beta grid at each curvature p in POWERS (default 0.5 2 3,
-# sweep2d's curved values), one `<model>-power-p<p>.json` each; `bench/allocators_table.py` reports, per
-# sparsity, the p whose chosen point has the lowest validation perplexity. DSA's own evolutionary search over
+# sweep2d's curved values; POWERS="" runs none), one `<model>-power-p<p>.json` each; `bench/allocators_table.py`
+# reports, per sparsity, the p whose chosen point has the lowest validation perplexity. DSA's own evolutionary search over
 # graphs runs at ATP's budget (`atp-viz search --space dsa --versus-atp`) per model and sparsity in
 # DSA_SPARSITIES (default: none; the first calibration seed) with SEARCH_SIZE; the graph it finds is then measured
 # on every seed like the other methods (`<model>-dsa-found-s<S>.json`). VARIANTS (default: all three) picks which
@@ -30,7 +30,7 @@ METRICS=${METRICS:-perplexity,zeroshot}
 SIZE=${SIZE:-"--calib-samples 16 --seqlen 512 --eval-windows 16"}
 OUT=${OUT:-bench/results/allocators_compare}
 STORE=${STORE:-}
-POWERS=${POWERS:-"0.5 2 3"}
+POWERS=${POWERS-"0.5 2 3"}
 DSA_SPARSITIES=${DSA_SPARSITIES:-}
 VARIANTS=${VARIANTS-"peers farms lsa-projection"}
 SEARCH_SIZE=${SEARCH_SIZE:-"--calib-samples 16 --seqlen 512 --eval-windows 8 --val-windows 4 --calibration cached"}
