@@ -303,8 +303,8 @@ def open_session(browser, base: str, sparsity: float):
     )
     wait_idle(tab)
     set_number(tab, "Grid step (> 0)", STEP)
-    tab.get_by_text(re.compile(rf"0 of {SWEEPS[sparsity]} points stored")).wait_for()
-    tab.get_by_role("button", name=re.compile("^Run sweep")).wait_for()
+    tab.get_by_text(re.compile(rf"0 of {SWEEPS[sparsity]} points stored")).first.wait_for()
+    tab.get_by_role("button", name=re.compile("^Run sweep")).first.wait_for()
     return tab
 
 

@@ -367,7 +367,7 @@ def open_sweep_page(browser, url: str):
 
 def stored_caption(tab, total: int) -> int:
     """N from the caption 'N of TOTAL points stored' (waits for the rerun with the typed step)."""
-    caption = tab.get_by_text(re.compile(rf"\d+ of {total} points stored"))
+    caption = tab.get_by_text(re.compile(rf"\d+ of {total} points stored")).first
     caption.wait_for()
     return int(re.search(rf"(\d+) of {total} points stored", caption.text_content()).group(1))
 
