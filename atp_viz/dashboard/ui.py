@@ -163,7 +163,8 @@ def store_path() -> str:
 
 
 class Benches:
-    """The server's workbenches: one per model setting (not per session), the last MAX_BENCHES kept."""
+    """The server's workbenches on one results store: one per model setting (not per session), the last
+    MAX_BENCHES kept."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
@@ -183,7 +184,9 @@ class Benches:
 
 
 @st.cache_resource(show_spinner=False)
-def benches() -> Benches:
+def benches(store: str) -> Benches:
+    """The workbenches that read and write the store at ``store``: a server has one store, but a process whose
+    ``ATP_VIZ_STORE`` changes (AppTests, one per test) must not find a bench built on the previous one."""
     return Benches()
 
 
@@ -255,15 +258,15 @@ def start_loading(setup: Setup) -> jobs.Job | None:
     """Load ``setup``'s workbench in the background (a job on the model, owned by the server); None when
     it is loaded already. The sidebar calls this on every page that uses the model, Home included, so
     the model loads as the app opens."""
-    base = base_setup(setup)
-    if benches().get(base) is not None:
+    base, path = base_setup(setup), store_path()
+    if benches(path).get(base) is not None:
         return None
     key = ("load", base)
     last = job_manager().last(key)
     if last is not None and last.state == jobs.FAILED:
         return last  # shown with a retry button, never retried by itself
 
-    manager, registry, store, shipped = job_manager(), benches(), get_store(store_path()), shipped_results()
+    manager, registry, store, shipped = job_manager(), benches(path), get_store(path), shipped_results()
 
     def load(job: jobs.Job) -> None:
         bench = Workbench(base, store, progress=job.report, shipped=shipped)  # read under the user's store
@@ -278,7 +281,7 @@ def load_workbench(setup: Setup) -> Workbench | None:
     """The server's workbench for ``setup`` once it is loaded (other metrics share the loaded model);
     until then says that it is loading (the page fills in by itself) and returns None; shows st.error
     (and returns None) when it cannot be built."""
-    if (bench := benches().get(base_setup(setup))) is None:
+    if (bench := benches(store_path()).get(base_setup(setup))) is None:
         job = start_loading(setup)
         if job is not None and job.state == jobs.FAILED:
             st.error(f"Cannot load the model with these settings: {job.error}")
@@ -946,7 +949,7 @@ def status_box(setup: Setup | None) -> None:
         with box:
             running_caption(None)
         return
-    loaded = benches().get(base_setup(setup))
+    loaded = benches(store_path()).get(base_setup(setup))
     if loaded is None:
         load = job_manager().last(("load", base_setup(setup)))
         if load is not None and load.state == jobs.FAILED:
