@@ -67,3 +67,19 @@ def test_the_comparison_script_and_its_table(tmp_path: Path) -> None:
     assert math.isfinite(found["perplexity"]) and found["verdict"] != "one seed: no band"
     assert rows["DSA, graph searched (3 graphs)"]["verdict"] == "one seed: no band"
     assert f"| 0.6 | {found['name']} |" in table.stdout
+
+
+@pytest.mark.parametrize(
+    ("variants", "code", "said"),
+    [("", 0, "tables in"), ("bogus", 2, "unknown variant 'bogus' in VARIANTS; allowed: peers farms lsa-projection")],
+)
+def test_the_script_runs_only_the_variants_asked(tmp_path: Path, variants: str, code: int, said: str) -> None:
+    """VARIANTS="" with POWERS="" runs nothing (how the power profiles and DSA's searches are added on their own);
+    an unknown variant is refused in one line. PYTHON=false: any run the script started would exit 1."""
+    out = tmp_path / "out"
+    env = {**os.environ, "PYTHON": "false", "MODELS": "m", "VARIANTS": variants, "POWERS": "", "OUT": str(out)}
+    env.pop("DSA_SPARSITIES", None)
+    script = ROOT / "bench" / "allocators_compare.sh"
+    done = subprocess.run(["bash", str(script)], env=env, capture_output=True, text=True)
+    assert done.returncode == code and said in done.stderr, done.stderr
+    assert list(out.iterdir()) == []
