@@ -1,20 +1,21 @@
 """The allocator comparison table (issue 23) from the JSON tables `bench/allocators_compare.sh` writes.
 
-    python bench/allocators_table.py OUT_DIR [--json docs/results/allocators_compare.json]
+    python bench/allocators_table.py OUT_DIR [OUT_DIR ...] [--json docs/results/allocators_compare.json]
 
 Reads ``<model>-peers.json``, ``<model>-farms.json``, ``<model>-lsa-projection.json`` and
-``<model>-power-p<p>.json`` of each model in OUT_DIR (whichever exist) and prints one markdown table per
-model: perplexity on the evaluation split (mean +- standard deviation over the calibration seeds; each
+``<model>-power-p<p>.json`` of each model in each OUT_DIR (whichever exist; several folders when runs at
+different sparsities wrote their own; the same row in two of them is refused) and prints one markdown table
+per model: perplexity on the evaluation split (mean +- standard deviation over the calibration seeds; each
 method's parameter chosen on validation where it has a grid), the mean zero-shot accuracy over the
 tasks (evaluation items, mean over seeds, +- its item standard error), and the verdicts against uniform at
 the same sparsity. Perplexity: ``better`` / ``worse`` when the two seed bands (mean +- std) do not overlap,
 ``within the seed band`` when they do. Zero-shot: ``higher`` / ``lower`` only when the two accuracies differ
 by more than twice the standard error of their difference, else ``within noise``. ATP's curved profile is
-one row per sparsity: of the curvatures p run, the one whose chosen point has the lowest validation
-perplexity (mean over seeds), so the row is selected on validation like every other. DSA's graph search
-(``<model>-dsa-search-s<S>.json``) gives two one-seed rows, its graph and ATP's grid at the same budget, and
-the graph it found measured on every seed (``<model>-dsa-found-s<S>.json``) a row with a band. Nothing here is
-measured; it only reads what the compare runs stored.
+one row per sparsity: of the curvatures p run (in any of the folders), the one whose chosen point has the
+lowest validation perplexity (mean over seeds), so the row is selected on validation like every other. DSA's
+graph search (``<model>-dsa-search-s<S>.json``) gives two one-seed rows, its graph and ATP's grid at the same
+budget, and the graph it found measured on every seed (``<model>-dsa-found-s<S>.json``) a row with a band.
+Nothing here is measured; it only reads what the compare runs stored.
 """
 
 from __future__ import annotations
@@ -64,15 +65,20 @@ def zeroshot_verdict(row: dict[str, Any], uniform: dict[str, Any]) -> str:
     return "within noise"
 
 
-def curved_rows(folder: Path, model: str) -> list[dict[str, Any]]:
+def where(path: Path) -> str:
+    """A raw file as the table names it: its folder and name."""
+    return f"{path.parent.name}/{path.name}"
+
+
+def curved_rows(folders: list[Path], model: str) -> list[dict[str, Any]]:
     """Per sparsity, the power-profile row of the curvature p with the lowest validation perplexity."""
     tried: dict[float, list[tuple[float, dict[str, Any]]]] = {}
-    for path in sorted(folder.glob(f"{model}-power-p*.json")):
+    for path in sorted(path for folder in folders for path in folder.glob(f"{model}-power-p*.json")):
         if not path.stat().st_size:  # still running
             continue
         for row in json.loads(path.read_text())["rows"]:
             if row["method"] == "power":
-                tried.setdefault(row["sparsity"], []).append((row["params"]["power"], {**row, "file": path.name}))
+                tried.setdefault(row["sparsity"], []).append((row["params"]["power"], {**row, "file": where(path)}))
     out = []
     for found in tried.values():
         _, best = min(found, key=lambda pair: pair[1]["validation_perplexity"])
@@ -81,8 +87,25 @@ def curved_rows(folder: Path, model: str) -> list[dict[str, Any]]:
     return out
 
 
-def rows_of(folder: Path, model: str) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+def rows_of(folders: list[Path], model: str) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     rows: list[dict[str, Any]] = []
+    header: dict[str, Any] = {}
+    for folder in folders:
+        first = folder_rows(folder, model, rows)
+        header = header or first
+    rows += curved_rows(folders, model)
+    seen: dict[tuple[float, str, str], str] = {}
+    for row in rows:  # the same method at the same sparsity from two runs: which one to report is not ours to pick
+        key = (row["sparsity"], row["name"], json.dumps(row["params"], sort_keys=True))
+        if key in seen:
+            raise SystemExit(f"{model}: {row['name']} at S = {row['sparsity']:g} is in {seen[key]} and {row['file']}")
+        seen[key] = row["file"]
+    return rows, header
+
+
+def folder_rows(folder: Path, model: str, rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """Append the rows of ``model``'s tables in ``folder`` (all but the power profiles) to ``rows``; return the
+    header (dense metrics, seeds) of its first table, {} when it has none."""
     header: dict[str, Any] = {}
     for suffix, names in VARIANTS.items():
         path = folder / f"{model}-{suffix}.json"
@@ -93,14 +116,13 @@ def rows_of(folder: Path, model: str) -> tuple[list[dict[str, Any]], dict[str, A
         for row in table["rows"]:
             if suffix != "peers" and row["method"] == "uniform":
                 continue
-            rows.append({**row, "name": names.get(row["method"], row["label"]), "file": path.name})
-    rows += curved_rows(folder, model)
+            rows.append({**row, "name": names.get(row["method"], row["label"]), "file": where(path)})
     for path in sorted(folder.glob(f"{model}-dsa-search-s*.json")):  # DSA's graph search beside ATP's grid
         found = json.loads(path.read_text()) if path.stat().st_size else None
         if not found:
             continue
         best, atp = found["best"], found["atp"]
-        one = {"sparsity": found["sparsity"], "perplexity_std": math.nan, "seeds": 1, "file": path.name}
+        one = {"sparsity": found["sparsity"], "perplexity_std": math.nan, "seeds": 1, "file": where(path)}
         rows.append({**one, "method": "dsa-search", "name": f"DSA, graph searched ({found['budget']} graphs)",
                      "perplexity": best["evaluation_perplexity"], "params": {"graph": best["graph"]},
                      "rates": best["rates"]})  # fmt: skip
@@ -109,9 +131,9 @@ def rows_of(folder: Path, model: str) -> tuple[list[dict[str, Any]], dict[str, A
                      "rates": []})  # fmt: skip
     for path in sorted(folder.glob(f"{model}-dsa-found-s*.json")):  # the graph it found, measured on every seed
         if path.stat().st_size:
-            rows += [{**row, "name": "DSA, the searched graph on every seed", "file": path.name}
+            rows += [{**row, "name": "DSA, the searched graph on every seed", "file": where(path)}
                      for row in json.loads(path.read_text())["rows"] if row["method"] == "dsa"]  # fmt: skip
-    return rows, header
+    return header
 
 
 def table(model: str, rows: list[dict[str, Any]], header: dict[str, Any]) -> tuple[str, list[dict[str, Any]]]:
@@ -153,19 +175,20 @@ def table(model: str, rows: list[dict[str, Any]], header: dict[str, Any]) -> tup
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("folder", type=Path)
+    parser.add_argument("folders", type=Path, nargs="+", metavar="folder")
     parser.add_argument("--json", type=Path, default=None, help="also write the rows as JSON here")
     args = parser.parse_args()
-    models = sorted({p.name.rsplit("-", 1)[0] for p in args.folder.glob("*-peers.json")})
+    models = sorted({p.name.rsplit("-", 1)[0] for folder in args.folders for p in folder.glob("*-peers.json")})
     if not models:
-        raise SystemExit(f"no <model>-peers.json in {args.folder}")
+        raise SystemExit(f"no <model>-peers.json in {', '.join(map(str, args.folders))}")
     everything = []
     for model in models:
-        text, rows = table(model, *rows_of(args.folder, model))
+        text, rows = table(model, *rows_of(args.folders, model))
         print(text + "\n")
         everything += rows
     if args.json:
-        args.json.write_text(json.dumps({"folder": str(args.folder), "rows": everything}, indent=1) + "\n")
+        folders = [str(folder) for folder in args.folders]
+        args.json.write_text(json.dumps({"folders": folders, "rows": everything}, indent=1) + "\n")
 
 
 if __name__ == "__main__":

@@ -67,6 +67,17 @@ def test_the_comparison_script_and_its_table(tmp_path: Path) -> None:
     assert math.isfinite(found["perplexity"]) and found["verdict"] != "one seed: no band"
     assert rows["DSA, graph searched (3 graphs)"]["verdict"] == "one seed: no band"
     assert f"| 0.6 | {found['name']} |" in table.stdout
+    # runs in two folders make one table (the curved row still picks among both p), and a row twice is refused
+    apart = tmp_path / "apart"
+    apart.mkdir()
+    (out / f"{model}-power-p2.json").rename(apart / f"{model}-power-p2.json")
+    split = [sys.executable, str(ROOT / "bench" / "allocators_table.py"), str(out), str(apart)]
+    joined = subprocess.run([*split, "--json", str(tmp_path / "j.json")], capture_output=True, text=True)
+    assert joined.returncode == 0, joined.stderr[-3000:]
+    rows_joined = {row["name"]: row for row in json.loads((tmp_path / "j.json").read_text())["rows"]}
+    assert rows_joined.keys() == rows.keys() and rows_joined[curved["name"]]["params"] == curved["params"]
+    twice = subprocess.run([*split, str(out)], capture_output=True, text=True)
+    assert twice.returncode == 1 and f"uniform at S = 0.6 is in out/{model}-peers.json and out/" in twice.stderr
 
 
 @pytest.mark.parametrize(
