@@ -226,8 +226,10 @@ def test_every_page_draws_a_plotly_chart(server: str, browser_page) -> None:
         box.press("Enter")
         wait_idle(page)
     press(page, re.compile("^Run grid"), page.get_by_role("button", name="Grid complete"))
-    page.get_by_role("button", name="Grid complete").first.wait_for()  # the picture of a finished grid
+    if REAL:  # the picture of a finished grid
+        page.get_by_role("button", name="Grid complete").first.wait_for()
     drawn(page, "gtitle", "validation perplexity").wait_for()
     wait_idle(page)
-    wait_charts(page, 4)  # two heatmaps, the chosen schedule's rates per linear type and the curved profiles
+    # from the first stored point on: two heatmaps, the chosen schedule's rates per linear type, the curved profiles
+    wait_charts(page, 4)
     shoot(page, "9_profile_shapes")
