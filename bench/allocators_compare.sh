@@ -14,8 +14,8 @@
 #     OUT=/tmp/alloc-compare bash bench/allocators_compare.sh
 # ATP's curved profile (the power profile) runs its beta grid at each curvature p in POWERS (default 0.5 2 3,
 # sweep2d's curved values; POWERS="" runs none), one `<model>-power-p<p>.json` each; `bench/allocators_table.py`
-# reports, per sparsity, the p whose chosen point has the lowest validation perplexity. DSA's own evolutionary search over
-# graphs runs at ATP's budget (`atp-viz search --space dsa --versus-atp`) per model and sparsity in
+# reports, per sparsity, the p whose chosen point has the lowest validation perplexity. DSA's own evolutionary
+# search over graphs runs at ATP's budget (`atp-viz search --space dsa --versus-atp`) per model and sparsity in
 # DSA_SPARSITIES (default: none; the first calibration seed) with SEARCH_SIZE; the graph it finds is then measured
 # on every seed like the other methods (`<model>-dsa-found-s<S>.json`). VARIANTS (default: all three) picks which
 # of the single-schedule runs go first: `peers`, `farms`, `lsa-projection`; VARIANTS="" runs only the power
