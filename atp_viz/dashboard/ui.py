@@ -254,13 +254,18 @@ def base_setup(setup: Setup) -> Setup:
     return replace(setup, metrics=Setup.metrics, zeroshot=ZeroShotConfig(), calibration=Setup.calibration)
 
 
+def loaded_bench(setup: Setup) -> Workbench | None:
+    """The server's workbench for ``setup`` on this process's results store; None until it is loaded."""
+    return benches(store_path()).get(base_setup(setup))
+
+
 def start_loading(setup: Setup) -> jobs.Job | None:
     """Load ``setup``'s workbench in the background (a job on the model, owned by the server); None when
     it is loaded already. The sidebar calls this on every page that uses the model, Home included, so
     the model loads as the app opens."""
-    base, path = base_setup(setup), store_path()
-    if benches(path).get(base) is not None:
+    if loaded_bench(setup) is not None:
         return None
+    base, path = base_setup(setup), store_path()
     key = ("load", base)
     last = job_manager().last(key)
     if last is not None and last.state == jobs.FAILED:
@@ -281,7 +286,7 @@ def load_workbench(setup: Setup) -> Workbench | None:
     """The server's workbench for ``setup`` once it is loaded (other metrics share the loaded model);
     until then says that it is loading (the page fills in by itself) and returns None; shows st.error
     (and returns None) when it cannot be built."""
-    if (bench := benches(store_path()).get(base_setup(setup))) is None:
+    if (bench := loaded_bench(setup)) is None:
         job = start_loading(setup)
         if job is not None and job.state == jobs.FAILED:
             st.error(f"Cannot load the model with these settings: {job.error}")
@@ -949,7 +954,7 @@ def status_box(setup: Setup | None) -> None:
         with box:
             running_caption(None)
         return
-    loaded = benches(store_path()).get(base_setup(setup))
+    loaded = loaded_bench(setup)
     if loaded is None:
         load = job_manager().last(("load", base_setup(setup)))
         if load is not None and load.state == jobs.FAILED:
