@@ -32,7 +32,8 @@ OUT=${OUT:-bench/results/allocators_compare}
 STORE=${STORE:-}
 POWERS=${POWERS-"0.5 2 3"}
 DSA_SPARSITIES=${DSA_SPARSITIES:-}
-VARIANTS=${VARIANTS-"peers farms lsa-projection"}
+ALL_VARIANTS="peers farms lsa-projection"
+VARIANTS=${VARIANTS-$ALL_VARIANTS}
 SEARCH_SIZE=${SEARCH_SIZE:-"--calib-samples 16 --seqlen 512 --eval-windows 8 --val-windows 4 --calibration cached"}
 mkdir -p "$OUT"
 
@@ -53,7 +54,7 @@ for model in $MODELS; do
       peers) run "$model" peers --methods uniform,owl,alphapruning,dlp,dsa,lsa,atp ;;
       farms) run "$model" farms --methods alphapruning --estimator farms ;;
       lsa-projection) run "$model" lsa-projection --methods lsa --granularity projection --lam 0.07 ;;
-      *) echo "unknown variant '$variant' in VARIANTS; allowed: peers farms lsa-projection" >&2; exit 2 ;;
+      *) echo "unknown variant '$variant' in VARIANTS; allowed: $ALL_VARIANTS" >&2; exit 2 ;;
     esac
   done
   for p in $POWERS; do

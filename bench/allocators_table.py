@@ -91,7 +91,8 @@ def rows_of(folders: list[Path], model: str) -> tuple[list[dict[str, Any]], dict
     rows: list[dict[str, Any]] = []
     header: dict[str, Any] = {}
     for folder in folders:
-        first = folder_rows(folder, model, rows)
+        found, first = folder_rows(folder, model)
+        rows += found
         header = header or first
     rows += curved_rows(folders, model)
     seen: dict[tuple[float, str, str], str] = {}
@@ -103,9 +104,10 @@ def rows_of(folders: list[Path], model: str) -> tuple[list[dict[str, Any]], dict
     return rows, header
 
 
-def folder_rows(folder: Path, model: str, rows: list[dict[str, Any]]) -> dict[str, Any]:
-    """Append the rows of ``model``'s tables in ``folder`` (all but the power profiles) to ``rows``; return the
-    header (dense metrics, seeds) of its first table, {} when it has none."""
+def folder_rows(folder: Path, model: str) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """The rows of ``model``'s tables in ``folder`` (all but the power profiles, which ``curved_rows`` reads
+    across folders) and the header (dense metrics, seeds) of its first table, {} when it has none."""
+    rows: list[dict[str, Any]] = []
     header: dict[str, Any] = {}
     for suffix, names in VARIANTS.items():
         path = folder / f"{model}-{suffix}.json"
@@ -133,7 +135,7 @@ def folder_rows(folder: Path, model: str, rows: list[dict[str, Any]]) -> dict[st
         if path.stat().st_size:
             rows += [{**row, "name": "DSA, the searched graph on every seed", "file": where(path)}
                      for row in json.loads(path.read_text())["rows"] if row["method"] == "dsa"]  # fmt: skip
-    return header
+    return rows, header
 
 
 def table(model: str, rows: list[dict[str, Any]], header: dict[str, Any]) -> tuple[str, list[dict[str, Any]]]:
