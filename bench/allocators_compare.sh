@@ -17,7 +17,10 @@
 # reports, per sparsity, the p whose chosen point has the lowest validation perplexity. DSA's own evolutionary
 # search over graphs runs at ATP's budget (`atp-viz search --space dsa --versus-atp`) per model and sparsity in
 # DSA_SPARSITIES (default: none; the first calibration seed) with SEARCH_SIZE; the graph it finds is then measured
-# on every seed like the other methods (`<model>-dsa-found-s<S>.json`). VARIANTS (default: all three) picks which
+# on every seed like the other methods (`<model>-dsa-found-s<S>.json`). SEARCHED (default: none), one or more
+# folders holding earlier `<model>-dsa-search-s<S>.json`: the graph of that search is measured again instead of
+# searching anew (how the found graphs get zero-shot accuracy); a search missing from them is refused before any
+# run. VARIANTS (default: all three) picks which
 # of the single-schedule runs go first: `peers`, `farms`, `lsa-projection`; VARIANTS="" runs only the power
 # profiles and DSA's searches (to add them at sparsities whose peers are already measured).
 set -euo pipefail
@@ -35,6 +38,26 @@ DSA_SPARSITIES=${DSA_SPARSITIES:-}
 ALL_VARIANTS="peers farms lsa-projection"
 VARIANTS=${VARIANTS-$ALL_VARIANTS}
 SEARCH_SIZE=${SEARCH_SIZE:-"--calib-samples 16 --seqlen 512 --eval-windows 8 --val-windows 4 --calibration cached"}
+SEARCHED=${SEARCHED:-}
+
+searched() {  # the earlier search of model $1 at S = $2 in SEARCHED, or nothing
+  local folder
+  for folder in $SEARCHED; do
+    if [ -s "$folder/$1-dsa-search-s$2.json" ]; then echo "$folder/$1-dsa-search-s$2.json"; return; fi
+  done
+}
+
+if [ -n "$SEARCHED" ]; then
+  for model in $MODELS; do
+    for s in ${DSA_SPARSITIES//,/ }; do
+      if [ -z "$(searched "$(basename "$model")" "$s")" ]; then
+        echo "no DSA search of $(basename "$model") at S = $s in SEARCHED ($SEARCHED); allowed: a folder holding" \
+          "$(basename "$model")-dsa-search-s$s.json" >&2
+        exit 2
+      fi
+    done
+  done
+fi
 mkdir -p "$OUT"
 
 run() {
@@ -61,14 +84,16 @@ for model in $MODELS; do
     run "$model" "power-p$p" --methods power --power "$p"
   done
   for s in ${DSA_SPARSITIES//,/ }; do
-    echo "== $(basename "$model") DSA graph search at S = $s" >&2
-    # shellcheck disable=SC2086  # SEARCH_SIZE holds several options
-    "$PYTHON" -m atp_viz search --space dsa --versus-atp --model "$model" ${CORPUS:+--corpus "$CORPUS"} \
-      --sparsity "$s" --seed "${SEEDS%%,*}" $SEARCH_SIZE ${STORE:+--store "$STORE"} --json \
-      > "$OUT/$(basename "$model")-dsa-search-s$s.json"
+    search=$(searched "$(basename "$model")" "$s")
+    if [ -z "$search" ]; then
+      echo "== $(basename "$model") DSA graph search at S = $s" >&2
+      search="$OUT/$(basename "$model")-dsa-search-s$s.json"
+      # shellcheck disable=SC2086  # SEARCH_SIZE holds several options
+      "$PYTHON" -m atp_viz search --space dsa --versus-atp --model "$model" ${CORPUS:+--corpus "$CORPUS"} \
+        --sparsity "$s" --seed "${SEEDS%%,*}" $SEARCH_SIZE ${STORE:+--store "$STORE"} --json > "$search"
+    fi
     # the graph it found (selected on the first seed's validation) measured like every other method, on every seed
-    graph=$("$PYTHON" -c 'import json, sys; print(json.load(open(sys.argv[1]))["best"]["graph"])' \
-      "$OUT/$(basename "$model")-dsa-search-s$s.json")
+    graph=$("$PYTHON" -c 'import json, sys; print(json.load(open(sys.argv[1]))["best"]["graph"])' "$search")
     run "$model" "dsa-found-s$s" --methods dsa --graph "$graph" --sparsities "$s"
   done
 done

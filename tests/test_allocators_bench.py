@@ -67,6 +67,16 @@ def test_the_comparison_script_and_its_table(tmp_path: Path) -> None:
     assert math.isfinite(found["perplexity"]) and found["verdict"] != "one seed: no band"
     assert rows["DSA, graph searched (3 graphs)"]["verdict"] == "one seed: no band"
     assert f"| 0.6 | {found['name']} |" in table.stdout
+    # SEARCHED: the found graph measured again from the earlier search's file, with no second search
+    again = tmp_path / "again"
+    rerun = {**env, "OUT": str(again), "SEARCHED": f"{tmp_path / 'none'} {out}", "VARIANTS": "", "POWERS": ""}
+    done = subprocess.run(
+        ["bash", str(ROOT / "bench" / "allocators_compare.sh")], env=rerun, capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert [p.name for p in again.iterdir()] == [f"{model}-dsa-found-s0.6.json"] and "graph search" not in done.stderr
+    (remeasured,) = json.loads((again / f"{model}-dsa-found-s0.6.json").read_text())["rows"]
+    assert remeasured["params"]["graph"] == search["best"]["graph"]
     # runs in two folders make one table (the curved row still picks among both p), and a row twice is refused
     apart = tmp_path / "apart"
     apart.mkdir()
@@ -94,3 +104,21 @@ def test_the_script_runs_only_the_variants_asked(tmp_path: Path, variants: str, 
     done = subprocess.run(["bash", str(script)], env=env, capture_output=True, text=True)
     assert done.returncode == code and said in done.stderr, done.stderr
     assert list(out.iterdir()) == []
+
+
+def test_a_search_missing_from_searched_is_refused_before_any_run(tmp_path: Path) -> None:
+    """SEARCHED names folders of earlier DSA searches; a sparsity with none there is refused in one line and
+    nothing runs (PYTHON=false: any run the script started would exit 1)."""
+    out, searched = tmp_path / "out", tmp_path / "searched"
+    searched.mkdir()
+    (searched / "m-dsa-search-s0.7.json").write_text(json.dumps({"best": {"graph": "W:(NO_OP)-(VAR)-(EXP,EXP)"}}))
+    env = {**os.environ, "PYTHON": "false", "MODELS": "m", "POWERS": "", "OUT": str(out)}
+    env.update(DSA_SPARSITIES="0.7,0.6", SEARCHED=str(searched))
+    done = subprocess.run(
+        ["bash", str(ROOT / "bench" / "allocators_compare.sh")], env=env, capture_output=True, text=True
+    )
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.strip() == (
+        f"no DSA search of m at S = 0.6 in SEARCHED ({searched}); allowed: a folder holding m-dsa-search-s0.6.json"
+    )
+    assert not out.exists()
