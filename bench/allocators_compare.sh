@@ -20,9 +20,9 @@
 # on every seed like the other methods (`<model>-dsa-found-s<S>.json`). SEARCHED (default: none), one or more
 # folders holding earlier `<model>-dsa-search-s<S>.json`: the graph of that search is measured again instead of
 # searching anew (how the found graphs get zero-shot accuracy); a search missing from them is refused before any
-# run. VARIANTS (default: all three) picks which
-# of the single-schedule runs go first: `peers`, `farms`, `lsa-projection`; VARIANTS="" runs only the power
-# profiles and DSA's searches (to add them at sparsities whose peers are already measured).
+# run. VARIANTS (default: all three) picks which of the single-schedule runs go first: `peers`, `farms`,
+# `lsa-projection`; VARIANTS="" runs only the power profiles and DSA's searches (to add them at sparsities whose
+# peers are already measured).
 set -euo pipefail
 PYTHON=${PYTHON:-python}
 MODELS=${MODELS:-"smollm2-135m gemma3-270m"}
