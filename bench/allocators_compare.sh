@@ -40,7 +40,7 @@ VARIANTS=${VARIANTS-$ALL_VARIANTS}
 SEARCH_SIZE=${SEARCH_SIZE:-"--calib-samples 16 --seqlen 512 --eval-windows 8 --val-windows 4 --calibration cached"}
 SEARCHED=${SEARCHED:-}
 
-searched() {  # the earlier search of model $1 at S = $2 in SEARCHED, or nothing
+searched() {  # the earlier search of model tag $1 at S = $2 in SEARCHED, or nothing
   local folder
   for folder in $SEARCHED; do
     if [ -s "$folder/$1-dsa-search-s$2.json" ]; then echo "$folder/$1-dsa-search-s$2.json"; return; fi
@@ -49,10 +49,11 @@ searched() {  # the earlier search of model $1 at S = $2 in SEARCHED, or nothing
 
 if [ -n "$SEARCHED" ]; then
   for model in $MODELS; do
+    tag=$(basename "$model")
     for s in ${DSA_SPARSITIES//,/ }; do
-      if [ -z "$(searched "$(basename "$model")" "$s")" ]; then
-        echo "no DSA search of $(basename "$model") at S = $s in SEARCHED ($SEARCHED); allowed: a folder holding" \
-          "$(basename "$model")-dsa-search-s$s.json" >&2
+      if [ -z "$(searched "$tag" "$s")" ]; then
+        echo "no DSA search of $tag at S = $s in SEARCHED ($SEARCHED); allowed: a folder holding" \
+          "$tag-dsa-search-s$s.json" >&2
         exit 2
       fi
     done
@@ -72,6 +73,7 @@ run() {
 }
 
 for model in $MODELS; do
+  tag=$(basename "$model")
   for variant in $VARIANTS; do
     case $variant in
       peers) run "$model" peers --methods uniform,owl,alphapruning,dlp,dsa,lsa,atp ;;
@@ -84,10 +86,10 @@ for model in $MODELS; do
     run "$model" "power-p$p" --methods power --power "$p"
   done
   for s in ${DSA_SPARSITIES//,/ }; do
-    search=$(searched "$(basename "$model")" "$s")
+    search=$(searched "$tag" "$s")
     if [ -z "$search" ]; then
-      echo "== $(basename "$model") DSA graph search at S = $s" >&2
-      search="$OUT/$(basename "$model")-dsa-search-s$s.json"
+      echo "== $tag DSA graph search at S = $s" >&2
+      search="$OUT/$tag-dsa-search-s$s.json"
       # shellcheck disable=SC2086  # SEARCH_SIZE holds several options
       "$PYTHON" -m atp_viz search --space dsa --versus-atp --model "$model" ${CORPUS:+--corpus "$CORPUS"} \
         --sparsity "$s" --seed "${SEEDS%%,*}" $SEARCH_SIZE ${STORE:+--store "$STORE"} --json > "$search"
